@@ -1,0 +1,83 @@
+//! What every `qrm-*` binary shares: output flags, logging, progress bars and exit codes.
+//!
+//! Exit codes: 0 ok (a closed output pipe counts as ok), 1 runtime error, 2 usage error (clap).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::pipeline::io::{Format, Output};
+
+/// `-o/--output` and `--format`, flattened into every tool that writes a table.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutputArgs {
+    /// Output file; the extension picks the format (.parquet, .arrow, .jsonl, .csv).
+    /// Without it, an Arrow IPC stream goes to stdout (a readable table on a terminal).
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Output format, overriding the extension.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+}
+
+impl OutputArgs {
+    pub fn output(&self) -> Output {
+        Output::new(self.output.clone(), self.format)
+    }
+}
+
+/// Sends logs to stderr; `-q` keeps only warnings and errors. `RUST_LOG` overrides.
+pub fn init_logging(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// A progress bar on stderr, hidden under `-q` or when stderr is not a terminal.
+pub fn progress_bar(length: u64, message: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(length);
+    let style = ProgressStyle::with_template(
+        "{msg:>12} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta}) {prefix}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(message.to_owned());
+    bar
+}
+
+/// Turns a tool's result into its exit code: a broken pipe is a normal end (0), any other
+/// error is printed with its causes and gives 1.
+pub fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+        if let Some(qrm) = cause.downcast_ref::<crate::error::Error>() {
+            return qrm.is_broken_pipe();
+        }
+        cause.to_string().contains("Broken pipe")
+    })
+}

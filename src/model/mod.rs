@@ -1,0 +1,1 @@
+//! The reward model: transformer backbone, heads, losses and training.

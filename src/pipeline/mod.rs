@@ -1,0 +1,5 @@
+//! Data: table I/O, the canonical schemas, importers, preference pairs, grading and the
+//! synthetic task.
+
+pub mod io;
+pub mod schema;
