@@ -283,9 +283,7 @@ pub fn encode(
                 .finish(frame)
                 .map_err(table_error)?;
         }
-        Format::Arrow => IpcWriter::new(writer)
-            .finish(frame)
-            .map_err(table_error)?,
+        Format::Arrow => IpcWriter::new(writer).finish(frame).map_err(table_error)?,
         Format::Stream => IpcStreamWriter::new(writer)
             .finish(frame)
             .map_err(table_error)?,
@@ -319,4 +317,136 @@ pub fn render_table(frame: &DataFrame) -> String {
         std::env::set_var(key, value);
     }
     format!("{frame}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_frame() -> DataFrame {
+        DataFrame::new(
+            3,
+            vec![
+                Column::new("question_id".into(), ["q1", "q1", "q2"]),
+                Column::new("is_correct".into(), [true, false, true]),
+                Column::new("reward".into(), [0.5f32, -1.25, 2.0]),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn write_bytes(directory: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = directory.join(name);
+        fs_err::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn every_format_round_trips_through_detection() {
+        let directory = tempfile::tempdir().unwrap();
+        for (name, format) in [
+            ("t.parquet", Format::Parquet),
+            ("t.arrow", Format::Arrow),
+            ("t.arrows", Format::Stream),
+            ("t.jsonl", Format::Jsonl),
+            ("t.csv", Format::Csv),
+        ] {
+            let path = directory.path().join(name);
+            let mut frame = sample_frame();
+            Output::new(Some(path.clone()), None)
+                .write(&mut frame)
+                .unwrap();
+            let read = read_table(&path).unwrap();
+            assert_eq!(read.height(), 3, "{name}");
+            assert_eq!(
+                read.column("question_id").unwrap().str().unwrap().get(2),
+                Some("q2"),
+                "{name}"
+            );
+            assert_eq!(
+                read.column("is_correct").unwrap().bool().unwrap().get(1),
+                Some(false),
+                "{name}"
+            );
+            let reward = read
+                .column("reward")
+                .unwrap()
+                .cast(&DataType::Float64)
+                .unwrap();
+            assert_eq!(
+                reward.f64().unwrap().get(1),
+                Some(-1.25),
+                "{name} ({format:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn gzipped_json_lines_are_detected_by_content() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(b"{\"a\": 1}\n{\"a\": 2}\n").unwrap();
+        // A misleading extension: detection goes by the gzip magic bytes, then by content.
+        let path = write_bytes(directory.path(), "data.bin", &encoder.finish().unwrap());
+        let frame = read_table(&path).unwrap();
+        assert_eq!(frame.height(), 2);
+    }
+
+    #[test]
+    fn malformed_json_line_is_named_and_can_be_skipped() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = write_bytes(
+            directory.path(),
+            "bad.jsonl",
+            b"{\"a\": 1}\n\n{\"a\": 2\n[1, 2]\n{\"a\": 3}\n",
+        );
+        let error = read_table(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("bad.jsonl: line 3: malformed JSON"),
+            "{error}"
+        );
+
+        let options = ReadOptions { skip_bad: true };
+        let (frame, report) = read_table_with(&path, &options).unwrap();
+        assert_eq!(frame.height(), 2);
+        // Line 3 is truncated JSON, line 4 is an array rather than an object.
+        assert_eq!(report.skipped_lines, vec![3, 4]);
+    }
+
+    #[test]
+    fn non_utf8_line_is_named() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = write_bytes(
+            directory.path(),
+            "latin1.jsonl",
+            b"{\"a\": \"ok\"}\n{\"a\": \"\xe9\"}\n",
+        );
+        let error = read_table(&path).unwrap_err().to_string();
+        assert!(error.contains("line 2: not UTF-8"), "{error}");
+    }
+
+    #[test]
+    fn empty_input_is_an_error() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = write_bytes(directory.path(), "empty.jsonl", b"\n  \n");
+        let error = read_table(&path).unwrap_err();
+        assert!(matches!(error, Error::EmptyInput { .. }), "{error}");
+    }
+
+    #[test]
+    fn failed_write_leaves_no_file_behind() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("out.parquet");
+        let result = write_atomic(&path, |_| Err(Error::Usage("interrupted".into())));
+        assert!(result.is_err());
+        let leftovers: Vec<_> = fs_err::read_dir(directory.path()).unwrap().collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn unknown_output_extension_is_a_usage_error() {
+        let output = Output::new(Some(PathBuf::from("scores.xlsx")), None);
+        let error = output.resolved_format().unwrap_err().to_string();
+        assert!(error.contains("unknown output extension"), "{error}");
+    }
 }
