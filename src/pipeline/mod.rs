@@ -4,3 +4,4 @@
 pub mod io;
 pub mod schema;
 pub mod grading;
+pub mod pairs;
