@@ -5,3 +5,4 @@ pub mod io;
 pub mod schema;
 pub mod grading;
 pub mod pairs;
+pub mod import;
