@@ -17,7 +17,10 @@ use qrm::pipeline::grading::DEFAULT_TOLERANCE;
 use qrm::pipeline::import::{import_paths, ColumnMapping, ImportOptions, SourceFormat, TableKind};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Import ZeroEval, NeMo-Skills, OpenMathInstruct, HH-RLHF, PRM800K or any table into qrm's tables")]
+#[command(
+    version,
+    about = "Import ZeroEval, NeMo-Skills, OpenMathInstruct, HH-RLHF, PRM800K or any table into qrm's tables"
+)]
 struct Args {
     /// Input files (`-` for stdin); all must be in the same format.
     #[arg(value_name = "INPUT", default_value = "-")]
@@ -80,7 +83,10 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     if !(args.tolerance >= 0.0 && args.tolerance.is_finite()) {
-        anyhow::bail!("--tolerance must be a non-negative number, got {}", args.tolerance);
+        anyhow::bail!(
+            "--tolerance must be a non-negative number, got {}",
+            args.tolerance
+        );
     }
     let options = ImportOptions {
         from: args.from,
@@ -116,11 +122,23 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     for (count, what) in [
         (report.skipped_lines, "malformed lines skipped"),
-        (report.skipped_null_values, "rows with a null required value or label skipped"),
-        (report.skipped_duplicates, "rows repeating a (question_id, sample) skipped"),
-        (report.skipped_bad_values, "rows with a malformed value skipped"),
+        (
+            report.skipped_null_values,
+            "rows with a null required value or label skipped",
+        ),
+        (
+            report.skipped_duplicates,
+            "rows repeating a (question_id, sample) skipped",
+        ),
+        (
+            report.skipped_bad_values,
+            "rows with a malformed value skipped",
+        ),
         (report.dropped_unrated, "unrated PRM800K steps dropped"),
-        (report.multi_turn_pairs, "pairs whose dialogues diverge before the last turn (kept)"),
+        (
+            report.multi_turn_pairs,
+            "pairs whose dialogues diverge before the last turn (kept)",
+        ),
     ] {
         if count > 0 {
             tracing::warn!("{count} {what}");

@@ -17,7 +17,10 @@ use qrm::pipeline::io::{display_path, read_table_with, Output, ReadOptions};
 use qrm::pipeline::pairs::{build_pairs, PairingOptions, PairsOptions};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Pair correct and incorrect solutions of the same question")]
+#[command(
+    version,
+    about = "Pair correct and incorrect solutions of the same question"
+)]
 struct Args {
     /// Generations table (`-` for stdin).
     #[arg(value_name = "INPUT", default_value = "-")]
@@ -67,7 +70,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let (frame, read_report) = read_table_with(&args.input, &read_options)?;
     if !read_report.skipped_lines.is_empty() {
-        tracing::warn!("{} malformed lines skipped", read_report.skipped_lines.len());
+        tracing::warn!(
+            "{} malformed lines skipped",
+            read_report.skipped_lines.len()
+        );
     }
     let options = PairsOptions {
         pairing: PairingOptions {

@@ -31,17 +31,15 @@ pub enum AnswerSource {
     LastNumber,
 }
 
-static JSON_ANSWER_STRING: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#""answer"\s*:\s*"((?:[^"\\]|\\.)*)""#).expect("static regex")
-});
+static JSON_ANSWER_STRING: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#""answer"\s*:\s*"((?:[^"\\]|\\.)*)""#).expect("static regex"));
 static JSON_ANSWER_NUMBER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#""answer"\s*:\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)"#).expect("static regex")
 });
 static HASHES: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"####\s*([^\n]+)").expect("static regex"));
-static ANSWER_IS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\banswer\s+is\s*:?\s*([^\n]+)").expect("static regex")
-});
+static ANSWER_IS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)\banswer\s+is\s*:?\s*([^\n]+)").expect("static regex"));
 static ANSWER_LINE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?im)^[\s*#]*(?:final\s+)?answer\s*[*]*\s*:\s*[*]*\s*([^\n]+)$")
         .expect("static regex")
@@ -87,10 +85,7 @@ pub fn extract_answer_with_source(text: &str) -> Option<(String, AnswerSource)> 
                 }),
                 (a, b) => a.or(b),
             }?;
-            Some((
-                trim_sentence(pick.get(1)?.as_str()),
-                AnswerSource::AnswerIs,
-            ))
+            Some((trim_sentence(pick.get(1)?.as_str()), AnswerSource::AnswerIs))
         })
         .or_else(|| {
             NUMBER
@@ -207,6 +202,15 @@ fn clean_answer(answer: &str) -> String {
         if text.len() >= 2 && text.starts_with('$') && text.ends_with('$') {
             text = text.trim_matches('$').trim();
         }
+        // Quotes left by almost-JSON (`"83"`, `\"60\"`).
+        for quote in ["\\\"", "\""] {
+            if let Some(inner) = text.strip_prefix(quote).and_then(|t| t.strip_suffix(quote)) {
+                text = inner.trim();
+            }
+        }
+        if text.matches('"').count() == 1 {
+            text = text.trim_matches('"').trim();
+        }
         if text == before {
             break;
         }
@@ -277,15 +281,29 @@ pub fn parse_number(answer: &str) -> Option<f64> {
     first.as_str().replace(',', "").parse().ok()
 }
 
-/// Whether two answers agree: as numbers within `tolerance` relative to `max(1, |expected|)`
-/// when both parse as one number, otherwise as [`normalize_answer`] strings.
+/// The first number in an answer (`"4 (3 onions and 1 potato)"` → 4, `"2:00 pm"` → 2).
+pub fn first_number(answer: &str) -> Option<f64> {
+    let text = normalize_answer(answer);
+    NUMBER.find(&text)?.as_str().replace(',', "").parse().ok()
+}
+
+/// Whether two answers agree.
+///
+/// * Both hold one number ([`parse_number`]): `|p - e| <= tolerance · max(1, |e|)`.
+/// * The reference is one number and the prediction holds several: the prediction's
+///   [`first_number`] is compared the same way, as ZeroEval's grader does (a sentence such as
+///   "6 pizzas (3 cheese and 3 pepperoni)" counts as 6).
+/// * Otherwise the [`normalize_answer`] strings must be equal and not empty.
 pub fn answers_match(predicted: &str, expected: &str, tolerance: f64) -> bool {
+    let close = |p: f64, e: f64| (p - e).abs() <= tolerance * e.abs().max(1.0);
+    let strings_equal = || {
+        let predicted = normalize_answer(predicted);
+        !predicted.is_empty() && predicted == normalize_answer(expected)
+    };
     match (parse_number(predicted), parse_number(expected)) {
-        (Some(p), Some(e)) => (p - e).abs() <= tolerance * e.abs().max(1.0),
-        _ => {
-            let predicted = normalize_answer(predicted);
-            !predicted.is_empty() && predicted == normalize_answer(expected)
-        }
+        (Some(p), Some(e)) => close(p, e),
+        (None, Some(e)) => first_number(predicted).is_some_and(|p| close(p, e)) || strings_equal(),
+        _ => strings_equal(),
     }
 }
 
@@ -341,10 +359,13 @@ mod tests {
     #[test]
     fn boxed_fraction_with_nested_braces() {
         let text = "So the probability is $\\boxed{\\frac{1}{2}}$.";
-        assert_eq!(extracted(text), ("\\frac{1}{2}".into(), AnswerSource::Boxed));
+        assert_eq!(
+            extracted(text),
+            ("\\frac{1}{2}".into(), AnswerSource::Boxed)
+        );
         assert_eq!(parse_number("\\frac{1}{2}"), Some(0.5));
         assert!(answers_match("\\dfrac{1}{2}", "0.5", DEFAULT_TOLERANCE));
-        assert!(answers_match("1/2", "\\frac12x", DEFAULT_TOLERANCE) == false);
+        assert!(!answers_match("1/2", "\\frac12x", DEFAULT_TOLERANCE));
     }
 
     #[test]
@@ -355,7 +376,10 @@ mod tests {
 
     #[test]
     fn boxed_without_braces() {
-        assert_eq!(extracted("so $\\boxed 5$."), ("5".into(), AnswerSource::Boxed));
+        assert_eq!(
+            extracted("so $\\boxed 5$."),
+            ("5".into(), AnswerSource::Boxed)
+        );
     }
 
     #[test]
@@ -408,7 +432,8 @@ mod tests {
     #[test]
     fn almost_json_with_raw_newlines_uses_regex_fallback() {
         // A raw newline inside a string is invalid JSON; ZeroEval outputs contain such text.
-        let text = "```json\n{\n  \"reasoning\": \"line one\nline two\",\n  \"answer\": \"$64\"\n}\n```";
+        let text =
+            "```json\n{\n  \"reasoning\": \"line one\nline two\",\n  \"answer\": \"$64\"\n}\n```";
         assert_eq!(extracted(text), ("$64".into(), AnswerSource::Json));
         assert!(answers_match("$64", "64", DEFAULT_TOLERANCE));
     }
@@ -442,9 +467,21 @@ mod tests {
     fn several_numbers_are_not_one_number() {
         assert_eq!(parse_number("(1, 2)"), None);
         assert_eq!(parse_number("10 - 2 = 8"), None);
+        // Against a one-number reference, the first number counts (ZeroEval's rule).
+        assert!(answers_match(
+            "6 pizzas (3 cheese and 3 pepperoni)",
+            "6",
+            DEFAULT_TOLERANCE
+        ));
+        assert!(answers_match("2:00 pm", "2", DEFAULT_TOLERANCE));
+        assert!(!answers_match("10 - 2 = 8", "8", DEFAULT_TOLERANCE));
         // So tuples compare as strings, not by their first element.
         assert!(!answers_match("(1,3)", "(1,2)", DEFAULT_TOLERANCE));
-        assert!(answers_match("\\left( 1, 2 \\right)", "(1,2)", DEFAULT_TOLERANCE));
+        assert!(answers_match(
+            "\\left( 1, 2 \\right)",
+            "(1,2)",
+            DEFAULT_TOLERANCE
+        ));
     }
 
     #[test]
@@ -469,8 +506,16 @@ mod tests {
     #[test]
     fn symbolic_answers_compare_as_normalised_strings() {
         assert!(answers_match("\\text{(B)}", "(b)", DEFAULT_TOLERANCE));
-        assert!(answers_match("2\\sqrt{3}", "2 \\sqrt{3}", DEFAULT_TOLERANCE));
-        assert!(!answers_match("2\\sqrt{3}", "3\\sqrt{2}", DEFAULT_TOLERANCE));
+        assert!(answers_match(
+            "2\\sqrt{3}",
+            "2 \\sqrt{3}",
+            DEFAULT_TOLERANCE
+        ));
+        assert!(!answers_match(
+            "2\\sqrt{3}",
+            "3\\sqrt{2}",
+            DEFAULT_TOLERANCE
+        ));
         assert!(!answers_match("", "", DEFAULT_TOLERANCE));
     }
 
@@ -488,14 +533,28 @@ mod tests {
         let graded = grade(Some("18"), "The answer is 20.", "18", DEFAULT_TOLERANCE);
         assert_eq!(graded.predicted_answer.as_deref(), Some("18"));
         assert!(graded.is_correct);
-        let graded = grade(Some("  "), "The answer is 20.", "#### 20", DEFAULT_TOLERANCE);
+        let graded = grade(
+            Some("  "),
+            "The answer is 20.",
+            "#### 20",
+            DEFAULT_TOLERANCE,
+        );
         assert_eq!(graded.predicted_answer.as_deref(), Some("20"));
         assert!(graded.is_correct);
     }
 
     #[test]
+    fn quotes_from_almost_json_are_stripped() {
+        assert_eq!(normalize_answer("\"83\""), "83");
+        assert!(answers_match("\\\"60\\\"", "60", DEFAULT_TOLERANCE));
+    }
+
+    #[test]
     fn math_span_delimiters_are_stripped() {
-        assert_eq!(extracted("Answer: $\\frac{7}{2}$"), ("\\frac{7}{2}".into(), AnswerSource::AnswerIs));
+        assert_eq!(
+            extracted("Answer: $\\frac{7}{2}$"),
+            ("\\frac{7}{2}".into(), AnswerSource::AnswerIs)
+        );
         assert_eq!(normalize_answer("\\(x^2\\)"), "x^2");
     }
 }

@@ -24,9 +24,9 @@ use crate::pipeline::grading::{grade, DEFAULT_TOLERANCE};
 use crate::pipeline::io::{display_path, read_table_with, ReadOptions};
 use crate::pipeline::pairs::unique_samples;
 use crate::pipeline::schema::{
-    generations_frame, pairs_frame, Generation, Pair, BENCHMARK, EXPECTED_ANSWER,
-    FIRST_ERROR_CHAR, IS_CORRECT, PAIR_ID, PREDICTED_ANSWER, QUESTION, QUESTION_ID, RESPONSE,
-    SAMPLE, STEP_INDEX, STEP_RATING,
+    generations_frame, pairs_frame, Generation, Pair, BENCHMARK, EXPECTED_ANSWER, FIRST_ERROR_CHAR,
+    IS_CORRECT, PAIR_ID, PREDICTED_ANSWER, QUESTION, QUESTION_ID, RESPONSE, SAMPLE, STEP_INDEX,
+    STEP_RATING,
 };
 
 /// The source formats `qrm-import` reads.
@@ -209,9 +209,9 @@ pub fn import_paths(paths: &[PathBuf], options: &ImportOptions) -> Result<Import
         parts.push((path.clone(), imported));
     }
     let mut parts = parts.into_iter();
-    let (first_path, mut combined) = parts.next().ok_or_else(|| {
-        Error::Usage("no input given".to_owned())
-    })?;
+    let (first_path, mut combined) = parts
+        .next()
+        .ok_or_else(|| Error::Usage("no input given".to_owned()))?;
     let mut sources = vec![(display_path(&first_path), combined.frame.height())];
     for (path, part) in parts {
         sources.push((display_path(&path), part.frame.height()));
@@ -287,7 +287,10 @@ pub fn import_table(frame: &DataFrame, path: &Path, options: &ImportOptions) -> 
 /// The prompt is everything up to and including the last `"\n\nAssistant:"` inside the common
 /// prefix of the two dialogues; the continuations are what follows, leading whitespace
 /// stripped. `None` when the two share no assistant turn.
-pub fn split_dialogue<'a>(chosen: &'a str, rejected: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+pub fn split_dialogue<'a>(
+    chosen: &'a str,
+    rejected: &'a str,
+) -> Option<(&'a str, &'a str, &'a str)> {
     const ASSISTANT: &str = "\n\nAssistant:";
     let common = chosen
         .char_indices()
@@ -342,7 +345,10 @@ impl Context<'_> {
         let column = self.frame.column(name).map_err(|_| self.missing(name))?;
         let dtype = column.dtype();
         if dtype == &DataType::String {
-            return Ok(column.str().map_err(|e| Error::table(self.path, e))?.clone());
+            return Ok(column
+                .str()
+                .map_err(|e| Error::table(self.path, e))?
+                .clone());
         }
         if dtype == &DataType::Null || dtype.is_primitive_numeric() {
             let cast = column
@@ -414,7 +420,12 @@ impl Context<'_> {
 
     /// A required cell: its value, `None` to skip the row (counted) under `skip_bad`, or an
     /// error naming the row and column.
-    fn required<'v>(&mut self, value: Option<&'v str>, row: usize, column: &str) -> Result<Option<&'v str>> {
+    fn required<'v>(
+        &mut self,
+        value: Option<&'v str>,
+        row: usize,
+        column: &str,
+    ) -> Result<Option<&'v str>> {
         match value {
             Some(v) => Ok(Some(v)),
             None if self.options.skip_bad => {
@@ -491,11 +502,13 @@ impl Context<'_> {
                     sample: model.to_owned(),
                     first_error_char: None,
                 },
-                label: labels[row],
+                label: labels.get(row).copied().flatten(),
                 source_row: row,
             });
         }
-        let consumed = ["id", QUESTION, "gold", "model", "output", "pred", IS_CORRECT];
+        let consumed = [
+            "id", QUESTION, "gold", "model", "output", "pred", IS_CORRECT,
+        ];
         self.finish_generations(drafts, IS_CORRECT, &consumed, Vec::new())
     }
 
@@ -572,13 +585,19 @@ impl Context<'_> {
                     question: question_text.to_owned(),
                     response: response.to_owned(),
                     is_correct: false,
-                    predicted_answer: predicted.as_ref().and_then(|p| p.get(row)).map(str::to_owned),
-                    expected_answer: expected.as_ref().and_then(|e| e.get(row)).map(str::to_owned),
+                    predicted_answer: predicted
+                        .as_ref()
+                        .and_then(|p| p.get(row))
+                        .map(str::to_owned),
+                    expected_answer: expected
+                        .as_ref()
+                        .and_then(|e| e.get(row))
+                        .map(str::to_owned),
                     benchmark,
                     sample,
                     first_error_char: None,
                 },
-                label: labels[row],
+                label: labels.get(row).copied().flatten(),
                 source_row: row,
             });
         }
@@ -595,9 +614,18 @@ impl Context<'_> {
 
     fn generic(&mut self) -> Result<DataFrame> {
         let mapping = &self.options.mapping;
-        let question_column = mapping.question.clone().unwrap_or_else(|| QUESTION.to_owned());
-        let response_column = mapping.response.clone().unwrap_or_else(|| RESPONSE.to_owned());
-        let label_column = mapping.label.clone().unwrap_or_else(|| IS_CORRECT.to_owned());
+        let question_column = mapping
+            .question
+            .clone()
+            .unwrap_or_else(|| QUESTION.to_owned());
+        let response_column = mapping
+            .response
+            .clone()
+            .unwrap_or_else(|| RESPONSE.to_owned());
+        let label_column = mapping
+            .label
+            .clone()
+            .unwrap_or_else(|| IS_CORRECT.to_owned());
         let expected_column = mapping
             .expected
             .clone()
@@ -617,13 +645,13 @@ impl Context<'_> {
         let predicted = self.optional_text(PREDICTED_ANSWER)?;
         let benchmark_column = self.optional_text(BENCHMARK)?;
         let sample_column = self.optional_text(SAMPLE)?;
-        let first_error = if self.has(FIRST_ERROR_CHAR) {
-            Some(
+        // An all-null column read from JSON Lines has the Null type: no offsets.
+        let first_error = match self.frame.column(FIRST_ERROR_CHAR) {
+            Ok(column) if column.dtype() != &DataType::Null => Some(
                 crate::pipeline::schema::Columns::new(self.frame, self.path)
                     .f64(FIRST_ERROR_CHAR)?,
-            )
-        } else {
-            None
+            ),
+            _ => None,
         };
         let labels = if self.options.grade && !self.has(&label_column) {
             vec![None; self.frame.height()]
@@ -667,8 +695,14 @@ impl Context<'_> {
                     question: question_text.to_owned(),
                     response: response_text.to_owned(),
                     is_correct: false,
-                    predicted_answer: predicted.as_ref().and_then(|p| p.get(row)).map(str::to_owned),
-                    expected_answer: expected.as_ref().and_then(|e| e.get(row)).map(str::to_owned),
+                    predicted_answer: predicted
+                        .as_ref()
+                        .and_then(|p| p.get(row))
+                        .map(str::to_owned),
+                    expected_answer: expected
+                        .as_ref()
+                        .and_then(|e| e.get(row))
+                        .map(str::to_owned),
                     benchmark,
                     sample,
                     first_error_char: first_error
@@ -676,7 +710,7 @@ impl Context<'_> {
                         .and_then(|f| f.get(row))
                         .map(|v| v as i32),
                 },
-                label: labels[row],
+                label: labels.get(row).copied().flatten(),
                 source_row: row,
             });
         }
@@ -710,11 +744,15 @@ impl Context<'_> {
         let instruction = self.text("instruction")?;
         let next_response = self.text("next_response")?;
         let answer = self.optional_text("answer")?;
-        let previous = self.frame.column("responses").map_err(|_| self.missing("responses"))?;
+        let previous = self
+            .frame
+            .column("responses")
+            .map_err(|_| self.missing("responses"))?;
         let previous = match previous.dtype() {
-            DataType::List(inner) if **inner == DataType::String => {
-                previous.list().map_err(|e| Error::table(self.path, e))?.clone()
-            }
+            DataType::List(inner) if **inner == DataType::String => previous
+                .list()
+                .map_err(|e| Error::table(self.path, e))?
+                .clone(),
             other => {
                 return Err(Error::ColumnType {
                     path: self.path.to_owned(),
@@ -780,7 +818,13 @@ impl Context<'_> {
             Column::new(STEP_RATING.into(), step_ratings),
             Column::new(STEP_INDEX.into(), step_indices),
         ];
-        let consumed = ["instruction", "responses", "next_response", "rating", "answer"];
+        let consumed = [
+            "instruction",
+            "responses",
+            "next_response",
+            "rating",
+            "answer",
+        ];
         self.finish_generations(drafts, "rating", &consumed, extras)
     }
 
@@ -850,7 +894,11 @@ impl Context<'_> {
         let extra_take = indices(kept.iter().map(|&i| settled[i].2));
         let mut added: Vec<Column> = Vec::with_capacity(extras.len());
         for extra in extras {
-            added.push(extra.take(&extra_take).map_err(|e| Error::table(self.path, e))?);
+            added.push(
+                extra
+                    .take(&extra_take)
+                    .map_err(|e| Error::table(self.path, e))?,
+            );
         }
         frame = frame
             .hstack(&added)
@@ -930,7 +978,8 @@ impl Context<'_> {
                 self.bad(row, "rejected", "identical to `chosen`".to_owned())?;
                 continue;
             }
-            let Some((prompt, chosen_turn, rejected_turn)) = split_dialogue(chosen_text, rejected_text)
+            let Some((prompt, chosen_turn, rejected_turn)) =
+                split_dialogue(chosen_text, rejected_text)
             else {
                 self.bad(
                     row,
@@ -1044,9 +1093,9 @@ fn concat_frames(top: &DataFrame, bottom: &DataFrame, bottom_path: &Path) -> Res
                 Ok(column) => {
                     let wanted = other.column(name).map(|c| c.dtype().clone());
                     match wanted {
-                        Ok(dtype) if column.dtype() == &DataType::Null => column
-                            .cast(&dtype)
-                            .map_err(|e| Error::table(&shown, e))?,
+                        Ok(dtype) if column.dtype() == &DataType::Null => {
+                            column.cast(&dtype).map_err(|e| Error::table(&shown, e))?
+                        }
                         _ => column.clone(),
                     }
                 }
@@ -1159,7 +1208,10 @@ mod tests {
         let chosen = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: No.";
         let rejected = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: Sure, one.";
         let (prompt, a, b) = split_dialogue(chosen, rejected).unwrap();
-        assert_eq!(prompt, "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant:");
+        assert_eq!(
+            prompt,
+            "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant:"
+        );
         assert_eq!(a, "No.");
         assert_eq!(b, "Sure, one.");
     }
@@ -1190,7 +1242,10 @@ mod tests {
     #[test]
     fn dialogue_without_shared_assistant_turn() {
         assert_eq!(split_dialogue("\n\nHuman: a", "\n\nHuman: b"), None);
-        assert_eq!(split_dialogue("x\n\nAssistant: 1", "y\n\nAssistant: 1"), None);
+        assert_eq!(
+            split_dialogue("x\n\nAssistant: 1", "y\n\nAssistant: 1"),
+            None
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Data: table I/O, the canonical schemas, importers, preference pairs, grading and the
 //! synthetic task.
 
-pub mod io;
-pub mod schema;
 pub mod grading;
-pub mod pairs;
 pub mod import;
+pub mod io;
+pub mod pairs;
+pub mod schema;

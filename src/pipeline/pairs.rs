@@ -23,7 +23,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::pipeline::schema::{
-    generations_from_frame, pairs_frame, Generation, Pair, CHOSEN_SAMPLE, REJECTED_SAMPLE,
+    generations_from_frame, pairs_frame, Generation, Pair, BENCHMARK, CHOSEN_SAMPLE,
+    EXPECTED_ANSWER, FIRST_ERROR_CHAR, PREDICTED_ANSWER, REJECTED_SAMPLE, SAMPLE,
 };
 
 /// How pairs are formed within a question.
@@ -244,9 +245,30 @@ pub fn make_pairs(
     (pairs, indices)
 }
 
+/// JSON Lines give an all-null column the Null type; casts the optional canonical columns
+/// to the types their readers expect (`first_error_char` Int32, answers Utf8).
+fn typed_null_columns(frame: &DataFrame, path: &Path) -> Result<DataFrame> {
+    let mut typed = frame.clone();
+    for (name, dtype) in [
+        (FIRST_ERROR_CHAR, DataType::Int32),
+        (PREDICTED_ANSWER, DataType::String),
+        (EXPECTED_ANSWER, DataType::String),
+        (BENCHMARK, DataType::String),
+        (SAMPLE, DataType::String),
+    ] {
+        if let Ok(column) = frame.column(name) {
+            if column.dtype() == &DataType::Null {
+                let cast = column.cast(&dtype).map_err(|e| Error::table(path, e))?;
+                typed.with_column(cast).map_err(|e| Error::table(path, e))?;
+            }
+        }
+    }
+    Ok(typed)
+}
+
 /// Reads a generations frame, holds out questions if asked, and pairs the rest.
 pub fn build_pairs(frame: &DataFrame, path: &Path, options: &PairsOptions) -> Result<PairsOutput> {
-    let rows = generations_from_frame(frame, path)?;
+    let rows = generations_from_frame(&typed_null_columns(frame, path)?, path)?;
     if rows.is_empty() {
         return Err(Error::EmptyInput {
             path: path.to_owned(),
@@ -340,10 +362,22 @@ mod tests {
     /// q1: 3 correct, 2 incorrect; q2: 1 correct, 4 incorrect; q3: all correct; q4: all wrong.
     fn fixture() -> Vec<Generation> {
         let mut rows = Vec::new();
-        for (sample, ok) in [("a", true), ("b", true), ("c", true), ("d", false), ("e", false)] {
+        for (sample, ok) in [
+            ("a", true),
+            ("b", true),
+            ("c", true),
+            ("d", false),
+            ("e", false),
+        ] {
             rows.push(generation("q1", sample, ok));
         }
-        for (sample, ok) in [("a", false), ("b", true), ("c", false), ("d", false), ("e", false)] {
+        for (sample, ok) in [
+            ("a", false),
+            ("b", true),
+            ("c", false),
+            ("d", false),
+            ("e", false),
+        ] {
             rows.push(generation("q2", sample, ok));
         }
         rows.push(generation("q3", "a", true));
@@ -355,7 +389,12 @@ mod tests {
     fn pair_keys(rows: &[Generation], indices: &[PairIndex]) -> Vec<(String, String)> {
         indices
             .iter()
-            .map(|i| (rows[i.chosen].response.clone(), rows[i.rejected].response.clone()))
+            .map(|i| {
+                (
+                    rows[i.chosen].response.clone(),
+                    rows[i.rejected].response.clone(),
+                )
+            })
             .collect()
     }
 
@@ -369,14 +408,20 @@ mod tests {
         assert_eq!(summary.paired_questions, 2);
         assert_eq!(summary.skipped_all_correct, 1);
         assert_eq!(summary.skipped_all_incorrect, 1);
-        let mut used: Vec<usize> = indices.iter().flat_map(|i| [i.chosen, i.rejected]).collect();
+        let mut used: Vec<usize> = indices
+            .iter()
+            .flat_map(|i| [i.chosen, i.rejected])
+            .collect();
         let before = used.len();
         used.sort_unstable();
         used.dedup();
         assert_eq!(used.len(), before, "a solution was used twice");
         for (pair, index) in pairs.iter().zip(&indices) {
             assert!(rows[index.chosen].is_correct && !rows[index.rejected].is_correct);
-            assert_eq!(rows[index.chosen].question_id, rows[index.rejected].question_id);
+            assert_eq!(
+                rows[index.chosen].question_id,
+                rows[index.rejected].question_id
+            );
             assert_eq!(pair.question_id, rows[index.chosen].question_id);
         }
         assert_eq!(
@@ -478,7 +523,10 @@ mod tests {
         let rows = fixture();
         let mut frame = crate::pipeline::schema::generations_frame(&rows).unwrap();
         frame
-            .with_column(Column::new("extra".into(), (0..rows.len() as i64).collect::<Vec<_>>()))
+            .with_column(Column::new(
+                "extra".into(),
+                (0..rows.len() as i64).collect::<Vec<_>>(),
+            ))
             .unwrap();
         let options = PairsOptions {
             holdout_fraction: Some(0.5),
@@ -498,7 +546,8 @@ mod tests {
             .unwrap()
             .str()
             .unwrap()
-            .iter().flatten()
+            .iter()
+            .flatten()
             .collect();
         for id in output
             .pairs
@@ -506,7 +555,8 @@ mod tests {
             .unwrap()
             .str()
             .unwrap()
-            .iter().flatten()
+            .iter()
+            .flatten()
         {
             assert!(!held.contains(id), "held-out question {id} was paired");
         }
