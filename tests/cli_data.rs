@@ -358,6 +358,26 @@ fn import_pipes_into_pairs() {
 }
 
 #[test]
+fn import_reads_gzip_from_stdin_and_pairs_refuses_a_pairs_table() {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder
+        .write_all(&std::fs::read(fixture("hh_small.jsonl")).unwrap())
+        .unwrap();
+    let imported = import()
+        .arg("-")
+        .write_stdin(encoder.finish().unwrap())
+        .output()
+        .unwrap();
+    assert!(imported.status.success());
+    pairs()
+        .write_stdin(imported.stdout)
+        .assert()
+        .code(1)
+        .stderr(contains("<stdin>: this is already a pairs table"));
+}
+
+#[test]
 fn pairs_are_identical_for_the_same_seed_and_shuffled_input() {
     let directory = tempfile::tempdir().unwrap();
     let generations = directory.path().join("g.parquet");

@@ -31,34 +31,32 @@ pub enum AnswerSource {
     LastNumber,
 }
 
-static JSON_ANSWER_STRING: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r#""answer"\s*:\s*"((?:[^"\\]|\\.)*)""#).expect("static regex"));
-static JSON_ANSWER_NUMBER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#""answer"\s*:\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)"#).expect("static regex")
-});
-static HASHES: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"####\s*([^\n]+)").expect("static regex"));
-static ANSWER_IS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)\banswer\s+is\s*:?\s*([^\n]+)").expect("static regex"));
-static ANSWER_LINE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?im)^[\s*#]*(?:final\s+)?answer\s*[*]*\s*:\s*[*]*\s*([^\n]+)$")
-        .expect("static regex")
+// The patterns are literals: `every_pattern_compiles` checks them, so `None` (a rule that
+// matches nothing) cannot happen in a tested build.
+static JSON_ANSWER_STRING: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r#""answer"\s*:\s*"((?:[^"\\]|\\.)*)""#).ok());
+static JSON_ANSWER_NUMBER: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r#""answer"\s*:\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)"#).ok());
+static HASHES: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(r"####\s*([^\n]+)").ok());
+static ANSWER_IS: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"(?i)\banswer\s+is\s*:?\s*([^\n]+)").ok());
+static ANSWER_LINE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"(?im)^[\s*#]*(?:final\s+)?answer\s*[*]*\s*:\s*[*]*\s*([^\n]+)$").ok()
 });
 /// A number: optional sign, thousands groups or plain digits, optional decimals and exponent.
-static NUMBER: LazyLock<Regex> = LazyLock::new(|| {
+static NUMBER: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|-?\.[0-9]+")
-        .expect("static regex")
+        .ok()
 });
 /// `a/b` or `\frac{a}{b}` (after `\dfrac`/`\tfrac` became `\frac`), each side a plain number.
-static FRACTION: LazyLock<Regex> = LazyLock::new(|| {
+static FRACTION: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
         r"(-)?\\frac\{\s*(-?[0-9]+(?:\.[0-9]+)?)\s*\}\{\s*(-?[0-9]+(?:\.[0-9]+)?)\s*\}|(-?[0-9]+(?:\.[0-9]+)?)\s*/\s*(-?[0-9]+(?:\.[0-9]+)?)",
     )
-    .expect("static regex")
+    .ok()
 });
-static TEXT_COMMAND: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\\(?:text|textbf|mathrm|mbox|textrm)\{([^{}]*)\}").expect("static regex")
-});
+static TEXT_COMMAND: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"\\(?:text|textbf|mathrm|mbox|textrm)\{([^{}]*)\}").ok());
 
 /// The final answer in `text`, if one is found (see [`extract_answer_with_source`]).
 pub fn extract_answer(text: &str) -> Option<String> {
@@ -72,10 +70,10 @@ pub fn extract_answer_with_source(text: &str) -> Option<(String, AnswerSource)> 
     let found = json_answer(text)
         .map(|a| (a, AnswerSource::Json))
         .or_else(|| last_boxed(text).map(|a| (a, AnswerSource::Boxed)))
-        .or_else(|| last_capture(&HASHES, text).map(|a| (a, AnswerSource::Hashes)))
+        .or_else(|| last_capture(HASHES.as_ref(), text).map(|a| (a, AnswerSource::Hashes)))
         .or_else(|| {
-            let is = ANSWER_IS.captures_iter(text).last();
-            let line = ANSWER_LINE.captures_iter(text).last();
+            let is = ANSWER_IS.as_ref()?.captures_iter(text).last();
+            let line = ANSWER_LINE.as_ref()?.captures_iter(text).last();
             // Whichever comes last in the text is the final statement.
             let pick = match (is, line) {
                 (Some(a), Some(b)) => Some(if a.get(0)?.start() > b.get(0)?.start() {
@@ -89,6 +87,7 @@ pub fn extract_answer_with_source(text: &str) -> Option<(String, AnswerSource)> 
         })
         .or_else(|| {
             NUMBER
+                .as_ref()?
                 .find_iter(text)
                 .last()
                 .map(|m| (m.as_str().to_owned(), AnswerSource::LastNumber))
@@ -100,7 +99,7 @@ pub fn extract_answer_with_source(text: &str) -> Option<(String, AnswerSource)> 
 /// The reference answer inside an expected-answer cell: the `#### N` or `\boxed{}` of a full
 /// reference solution (GSM8K `answer`, MATH `solution`), otherwise the cell itself.
 pub fn reference_answer(expected: &str) -> String {
-    if let Some(answer) = last_capture(&HASHES, expected).or_else(|| last_boxed(expected)) {
+    if let Some(answer) = last_capture(HASHES.as_ref(), expected).or_else(|| last_boxed(expected)) {
         return clean_answer(&answer);
     }
     clean_answer(expected)
@@ -125,13 +124,13 @@ fn json_answer(text: &str) -> Option<String> {
             break;
         }
     }
-    if let Some(captures) = JSON_ANSWER_STRING.captures(text) {
+    if let Some(captures) = JSON_ANSWER_STRING.as_ref().and_then(|p| p.captures(text)) {
         let raw = captures.get(1)?.as_str();
         let unescaped = serde_json::from_str::<String>(&format!("\"{raw}\""))
             .unwrap_or_else(|_| raw.to_owned());
         return Some(unescaped);
     }
-    last_capture(&JSON_ANSWER_NUMBER, text)
+    last_capture(JSON_ANSWER_NUMBER.as_ref(), text)
 }
 
 /// The content of the last `\boxed{...}` (or `\fbox{...}`), braces balanced.
@@ -168,8 +167,8 @@ fn last_boxed(text: &str) -> Option<String> {
     }
 }
 
-fn last_capture(pattern: &Regex, text: &str) -> Option<String> {
-    pattern
+fn last_capture(pattern: Option<&Regex>, text: &str) -> Option<String> {
+    pattern?
         .captures_iter(text)
         .last()
         .and_then(|c| c.get(1))
@@ -242,8 +241,10 @@ pub fn normalize_answer(answer: &str) -> String {
     ] {
         text = text.replace(from, to);
     }
-    while TEXT_COMMAND.is_match(&text) {
-        text = TEXT_COMMAND.replace_all(&text, "$1").into_owned();
+    if let Some(command) = TEXT_COMMAND.as_ref() {
+        while command.is_match(&text) {
+            text = command.replace_all(&text, "$1").into_owned();
+        }
     }
     let mut text: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     while text.ends_with('.') {
@@ -256,7 +257,7 @@ pub fn normalize_answer(answer: &str) -> String {
 /// number with optional thousands commas, currency, unit words or a percent sign around it.
 pub fn parse_number(answer: &str) -> Option<f64> {
     let text = normalize_answer(answer);
-    if let Some(captures) = FRACTION.captures(&text) {
+    if let Some(captures) = FRACTION.as_ref().and_then(|p| p.captures(&text)) {
         let whole = captures.get(0)?;
         let rest = format!("{}{}", &text[..whole.start()], &text[whole.end()..]);
         if !rest.chars().any(|c| c.is_ascii_digit()) {
@@ -273,7 +274,7 @@ pub fn parse_number(answer: &str) -> Option<f64> {
             return (denominator != 0.0).then(|| sign * numerator / denominator);
         }
     }
-    let mut numbers = NUMBER.find_iter(&text);
+    let mut numbers = NUMBER.as_ref()?.find_iter(&text);
     let first = numbers.next()?;
     if numbers.next().is_some() {
         return None;
@@ -284,7 +285,13 @@ pub fn parse_number(answer: &str) -> Option<f64> {
 /// The first number in an answer (`"4 (3 onions and 1 potato)"` → 4, `"2:00 pm"` → 2).
 pub fn first_number(answer: &str) -> Option<f64> {
     let text = normalize_answer(answer);
-    NUMBER.find(&text)?.as_str().replace(',', "").parse().ok()
+    NUMBER
+        .as_ref()?
+        .find(&text)?
+        .as_str()
+        .replace(',', "")
+        .parse()
+        .ok()
 }
 
 /// Whether two answers agree.
@@ -346,6 +353,22 @@ mod tests {
 
     fn extracted(text: &str) -> (String, AnswerSource) {
         extract_answer_with_source(text).expect("an answer")
+    }
+
+    #[test]
+    fn every_pattern_compiles() {
+        for pattern in [
+            &JSON_ANSWER_STRING,
+            &JSON_ANSWER_NUMBER,
+            &HASHES,
+            &ANSWER_IS,
+            &ANSWER_LINE,
+            &NUMBER,
+            &FRACTION,
+            &TEXT_COMMAND,
+        ] {
+            assert!(pattern.is_some());
+        }
     }
 
     #[test]

@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::pipeline::schema::{
-    generations_from_frame, pairs_frame, Generation, Pair, BENCHMARK, CHOSEN_SAMPLE,
-    EXPECTED_ANSWER, FIRST_ERROR_CHAR, PREDICTED_ANSWER, REJECTED_SAMPLE, SAMPLE,
+    generations_from_frame, pairs_frame, Generation, Pair, BENCHMARK, CHOSEN, CHOSEN_SAMPLE,
+    EXPECTED_ANSWER, FIRST_ERROR_CHAR, PREDICTED_ANSWER, REJECTED, REJECTED_SAMPLE, SAMPLE,
 };
 
 /// How pairs are formed within a question.
@@ -268,6 +268,14 @@ fn typed_null_columns(frame: &DataFrame, path: &Path) -> Result<DataFrame> {
 
 /// Reads a generations frame, holds out questions if asked, and pairs the rest.
 pub fn build_pairs(frame: &DataFrame, path: &Path, options: &PairsOptions) -> Result<PairsOutput> {
+    if frame.column(CHOSEN).is_ok() && frame.column(REJECTED).is_ok() {
+        return Err(Error::Format {
+            path: path.to_owned(),
+            message: "this is already a pairs table (it has `chosen` and `rejected`); \
+                      qrm-pairs reads generations"
+                .to_owned(),
+        });
+    }
     let rows = generations_from_frame(&typed_null_columns(frame, path)?, path)?;
     if rows.is_empty() {
         return Err(Error::EmptyInput {
