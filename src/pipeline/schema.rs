@@ -36,6 +36,8 @@ pub const SAMPLE: &str = "sample";
 pub const FIRST_ERROR_CHAR: &str = "first_error_char";
 /// Int8, nullable, optional. PRM800K human rating of the last step of `response` (-1, 0, 1).
 pub const STEP_RATING: &str = "step_rating";
+/// Int32, optional. PRM800K: 0-based index of the rated step (the number of steps before it).
+pub const STEP_INDEX: &str = "step_index";
 
 // ---------------------------------------------------------------- pairs
 
@@ -47,6 +49,10 @@ pub const CHOSEN: &str = "chosen";
 pub const REJECTED: &str = "rejected";
 /// Float32, nullable. Optional preference margin for the Bradley–Terry loss.
 pub const MARGIN: &str = "margin";
+/// Utf8, optional. `sample` of the chosen response (written by `qrm-pairs`, for tracing).
+pub const CHOSEN_SAMPLE: &str = "chosen_sample";
+/// Utf8, optional. `sample` of the rejected response (written by `qrm-pairs`, for tracing).
+pub const REJECTED_SAMPLE: &str = "rejected_sample";
 
 // ---------------------------------------------------------------- scores
 
