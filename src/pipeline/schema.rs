@@ -229,10 +229,7 @@ impl<'a> Columns<'a> {
         let cast = column
             .cast(&DataType::Float64)
             .map_err(|e| Error::table(self.path, e))?;
-        Ok(cast
-            .f64()
-            .map_err(|e| Error::table(self.path, e))?
-            .clone())
+        Ok(cast.f64().map_err(|e| Error::table(self.path, e))?.clone())
     }
 
     /// A List column whose items are numbers, cast to List<Float64> (null lists kept).
@@ -245,10 +242,7 @@ impl<'a> Columns<'a> {
         let cast = column
             .cast(&DataType::List(Box::new(DataType::Float64)))
             .map_err(|e| Error::table(self.path, e))?;
-        Ok(cast
-            .list()
-            .map_err(|e| Error::table(self.path, e))?
-            .clone())
+        Ok(cast.list().map_err(|e| Error::table(self.path, e))?.clone())
     }
 }
 
