@@ -6,3 +6,4 @@ pub mod import;
 pub mod io;
 pub mod pairs;
 pub mod schema;
+pub mod synth;
