@@ -339,7 +339,8 @@ impl Figure for PartialFigure {
         draw_legend(&legend_area.margin(40, 0, 0, 0), "Reward model", &legend)?;
 
         let x_values = rows.points.iter().filter_map(|p| p.percentile);
-        let (x_low, x_high) = padded_range(x_values.map(|p| p * 100.0), 0.04).unwrap_or((0.0, 100.0));
+        let (x_low, x_high) =
+            padded_range(x_values.map(|p| p * 100.0), 0.04).unwrap_or((0.0, 100.0));
         let (y_low, y_high) = padded_range(rows.values(|_| true), 0.08).unwrap_or((0.5, 1.0));
         let (y_low, y_high) = (y_low.max(0.0), y_high.min(1.02));
 
@@ -426,8 +427,10 @@ mod tests {
     use crate::plot::test_support::{assert_svg_texts, png_size, samples_dir};
     use polars::prelude::*;
 
-    fn report(rows: &[(&str, &str, Option<f64>, Option<f64>, Option<f64>)]) -> DataFrame {
-        // (rm, benchmark, percentile, auroc, half-width of the CI)
+    /// `(rm, benchmark, percentile, auroc, half-width of the CI)`.
+    type Row<'a> = (&'a str, &'a str, Option<f64>, Option<f64>, Option<f64>);
+
+    fn report(rows: &[Row<'_>]) -> DataFrame {
         let rm: Vec<&str> = rows.iter().map(|r| r.0).collect();
         let benchmark: Vec<&str> = rows.iter().map(|r| r.1).collect();
         let percentile: Vec<Option<f64>> = rows.iter().map(|r| r.2).collect();

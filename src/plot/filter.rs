@@ -8,9 +8,9 @@ use plotters::prelude::*;
 use polars::prelude::DataFrame;
 
 use super::{
-    bold, distinct_in_order, draw_legend, legend_width, nothing_to_plot, padded_range,
-    required_f64, save, series_color, text, tick_label, decimals_for, titled, DrawResult, Figure, LegendEntry, Mark,
-    AXIS_LABEL_SIZE, GREY, PANEL_TITLE_SIZE, TICK_LABEL_SIZE,
+    bold, decimals_for, distinct_in_order, draw_legend, legend_width, nothing_to_plot,
+    padded_range, required_f64, save, series_color, text, tick_label, titled, DrawResult, Figure,
+    LegendEntry, Mark, AXIS_LABEL_SIZE, GREY, PANEL_TITLE_SIZE, TICK_LABEL_SIZE,
 };
 use crate::error::Result;
 use crate::pipeline::schema::{Columns, BENCHMARK, RM};

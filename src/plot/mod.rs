@@ -318,7 +318,11 @@ where
     let left = 14;
     let mut top = 12;
     if !heading.is_empty() {
-        area.draw(&Text::new(heading.to_owned(), (left, top), bold(LEGEND_SIZE)))?;
+        area.draw(&Text::new(
+            heading.to_owned(),
+            (left, top),
+            bold(LEGEND_SIZE),
+        ))?;
         top += LEGEND_ROW + 4;
     }
     for entry in entries {
@@ -339,7 +343,10 @@ where
             Mark::Dashed => {
                 for start in (0..SWATCH).step_by(10) {
                     area.draw(&PathElement::new(
-                        vec![(left + start, middle), (left + (start + 6).min(SWATCH), middle)],
+                        vec![
+                            (left + start, middle),
+                            (left + (start + 6).min(SWATCH), middle),
+                        ],
                         color.stroke_width(2),
                     ))?;
                 }
@@ -394,13 +401,13 @@ pub(crate) fn padded_range(
     values: impl IntoIterator<Item = f64>,
     padding: f64,
 ) -> Option<(f64, f64)> {
-    let (low, high) = values
-        .into_iter()
-        .filter(|v| v.is_finite())
-        .fold(None, |range: Option<(f64, f64)>, v| match range {
+    let (low, high) = values.into_iter().filter(|v| v.is_finite()).fold(
+        None,
+        |range: Option<(f64, f64)>, v| match range {
             None => Some((v, v)),
             Some((low, high)) => Some((low.min(v), high.max(v))),
-        })?;
+        },
+    )?;
     let span = high - low;
     if span <= f64::EPSILON * high.abs().max(1.0) {
         let half = if low == 0.0 { 0.5 } else { low.abs() * 0.1 };
@@ -462,7 +469,12 @@ pub(crate) mod test_support {
     /// Width and height from a PNG's IHDR chunk, checking the signature.
     pub fn png_size(path: &Path) -> (u32, u32) {
         let bytes = std::fs::read(path).unwrap();
-        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG: {}", path.display());
+        assert_eq!(
+            &bytes[..8],
+            b"\x89PNG\r\n\x1a\n",
+            "not a PNG: {}",
+            path.display()
+        );
         assert_eq!(&bytes[12..16], b"IHDR");
         let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
         let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
@@ -496,9 +508,7 @@ pub(crate) mod test_support {
     pub fn samples_dir() -> PathBuf {
         let directory = std::env::var_os("QRM_PLOT_SAMPLES")
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("target/plot-samples")
-            });
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/plot-samples"));
         std::fs::create_dir_all(&directory).unwrap();
         directory
     }

@@ -11,9 +11,7 @@ use polars::prelude::*;
 
 use super::{register_fonts, write_text, FONT};
 use crate::error::{Error, Result};
-use crate::pipeline::schema::{
-    Columns, IS_CORRECT, QUESTION_ID, Q_VALUES, REWARD, RM, SAMPLE,
-};
+use crate::pipeline::schema::{Columns, IS_CORRECT, QUESTION_ID, Q_VALUES, REWARD, RM, SAMPLE};
 
 /// The optional scores column holding each response token's text (`qrm-score --emit-tokens`).
 pub const TOKENS: &str = "tokens";
@@ -99,7 +97,13 @@ fn summary(tokens: usize, q_values: &[f32]) -> String {
     format!("{tokens} tokens · mean q {mean:+.3} · min {min:+.3} · max {max:+.3}")
 }
 
-const SCALE_STOPS: [f32; 5] = [-1.0, -0.5, 0.0, 0.5, 1.0];
+const SCALE_STOPS: [(f32, &str); 5] = [
+    (-1.0, "−1"),
+    (-0.5, "−0.5"),
+    (0.0, "0"),
+    (0.5, "+0.5"),
+    (1.0, "+1"),
+];
 
 /// A standalone HTML page showing `tokens` on backgrounds coloured by `q_values` (see
 /// [`diverging_color`]), with each value in the token's tooltip. Text is escaped, whitespace and
@@ -129,11 +133,11 @@ h1 {{ font-size: 1.3em; }}
 <p class="scale">Q-value: "#,
         summary = escape(&summary(tokens.len(), q_values)),
     );
-    for stop in SCALE_STOPS {
+    for (stop, label) in SCALE_STOPS {
         let background = diverging_color(stop);
         let _ = write!(
             html,
-            r#"<span style="background:{};color:{}">{stop:+.1}</span>"#,
+            r#"<span style="background:{};color:{}">{label}</span>"#,
             hex(background),
             text_color(background),
         );
@@ -253,12 +257,12 @@ pub fn tokens_svg(tokens: &[String], q_values: &[f32], title: &str) -> String {
         r##"<text x="{}" y="60" font-size="14" text-anchor="end" fill="#555555">Q-value</text>"##,
         SVG_WIDTH - SVG_MARGIN - 5.0 * 44.0 - 8.0
     );
-    for (index, stop) in SCALE_STOPS.into_iter().enumerate() {
+    for (index, (stop, label)) in SCALE_STOPS.into_iter().enumerate() {
         let background = diverging_color(stop);
         let left = SVG_WIDTH - SVG_MARGIN - (5 - index) as f64 * 44.0;
         let _ = write!(
             svg,
-            r##"<rect x="{left}" y="44" width="44" height="22" fill="{}" stroke="#cccccc"/><text x="{}" y="60" font-size="12" text-anchor="middle" fill="{}">{stop:+.1}</text>"##,
+            r##"<rect x="{left}" y="44" width="44" height="22" fill="{}" stroke="#cccccc"/><text x="{}" y="60" font-size="12" text-anchor="middle" fill="{}">{label}</text>"##,
             hex(background),
             left + 22.0,
             text_color(background),
@@ -276,10 +280,7 @@ pub enum RowSelector {
     /// The n-th row, counted from 1 as qrm's error messages count.
     Number(usize),
     /// The row with this `question_id` and `sample`.
-    Sample {
-        question_id: String,
-        sample: String,
-    },
+    Sample { question_id: String, sample: String },
 }
 
 /// One scores row's tokens and Q-values, and a title describing it.
@@ -327,8 +328,7 @@ pub fn token_row(scores: &DataFrame, path: &Path, selector: &RowSelector) -> Res
                     )))
                 }
                 several => {
-                    let rows: Vec<String> =
-                        several.iter().map(|i| (i + 1).to_string()).collect();
+                    let rows: Vec<String> = several.iter().map(|i| (i + 1).to_string()).collect();
                     return Err(Error::Usage(format!(
                         "{}: rows {} all have question_id {question_id:?} and sample \
                          {sample:?}; pick one with --row",
@@ -349,13 +349,11 @@ pub fn token_row(scores: &DataFrame, path: &Path, selector: &RowSelector) -> Res
             ),
         });
     }
-    let tokens_column = scores
-        .column(TOKENS)
-        .map_err(|e| Error::table(path, e))?;
+    let tokens_column = scores.column(TOKENS).map_err(|e| Error::table(path, e))?;
     let tokens_list = match tokens_column.dtype() {
-        DataType::List(inner) if matches!(**inner, DataType::String) => tokens_column
-            .list()
-            .map_err(|e| Error::table(path, e))?,
+        DataType::List(inner) if matches!(**inner, DataType::String) => {
+            tokens_column.list().map_err(|e| Error::table(path, e))?
+        }
         other => {
             return Err(Error::ColumnType {
                 path: path.to_owned(),
@@ -431,7 +429,11 @@ fn row_title(columns: &Columns<'_>, index: usize) -> Result<String> {
         }
     }
     if columns.has(IS_CORRECT) {
-        if let Ok(correct) = columns.frame.column(IS_CORRECT).and_then(|c| c.bool().cloned()) {
+        if let Ok(correct) = columns
+            .frame
+            .column(IS_CORRECT)
+            .and_then(|c| c.bool().cloned())
+        {
             match correct.get(index) {
                 Some(true) => parts.push("correct".to_owned()),
                 Some(false) => parts.push("incorrect".to_owned()),
@@ -478,7 +480,9 @@ pub fn readable_tokens(tokens: &[String]) -> Vec<String> {
 
 /// GPT-2's `bytes_to_unicode`: the character standing for each byte 0..=255.
 fn byte_level_alphabet() -> [char; 256] {
-    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
     let mut alphabet = ['\0'; 256];
     let mut next = 256u32;
     for byte in 0..256u32 {
@@ -558,8 +562,10 @@ mod tests {
         assert!(html.contains(">\n</span>"));
         assert!(html.contains(">  y</span>"));
         assert!(html.contains("white-space: pre-wrap"));
-        assert!(html.contains(r#"style="background:#b2182b;color:#ffffff" title="token 0: q = -1.000""#));
-        assert!(html.contains(r#"style="background:#2166ac;color:#ffffff" title="token 2: q = +1.000""#));
+        assert!(html
+            .contains(r#"style="background:#b2182b;color:#ffffff" title="token 0: q = -1.000""#));
+        assert!(html
+            .contains(r#"style="background:#2166ac;color:#ffffff" title="token 2: q = +1.000""#));
     }
 
     #[test]
@@ -582,15 +588,36 @@ mod tests {
         assert!(rows.len() > 10, "{} lines", rows.len());
         for width in svg.split("<rect x=\"").skip(1).filter_map(|r| {
             let x: f64 = r.split('"').next()?.parse().ok()?;
-            let w: f64 = r.split("width=\"").nth(1)?.split('"').next()?.parse().ok()?;
+            let w: f64 = r
+                .split("width=\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .parse()
+                .ok()?;
             Some(x + w)
         }) {
-            assert!(width <= SVG_WIDTH - SVG_MARGIN + 0.1, "token ends at {width}");
+            assert!(
+                width <= SVG_WIDTH - SVG_MARGIN + 0.1,
+                "token ends at {width}"
+            );
         }
 
         let svg = tokens_svg(&strings(&["a", "\n", "b"]), &[0.1, 0.2, 0.3], "t");
-        let a_y = svg.split(">a</text>").next().unwrap().rsplit("y=\"").next().unwrap();
-        let b_y = svg.split(">b</text>").next().unwrap().rsplit("y=\"").next().unwrap();
+        let a_y = svg
+            .split(">a</text>")
+            .next()
+            .unwrap()
+            .rsplit("y=\"")
+            .next()
+            .unwrap();
+        let b_y = svg
+            .split(">b</text>")
+            .next()
+            .unwrap()
+            .rsplit("y=\"")
+            .next()
+            .unwrap();
         assert_ne!(a_y.split('"').next(), b_y.split('"').next());
     }
 
@@ -689,7 +716,10 @@ mod tests {
         frame.with_column(q_values.into_column()).unwrap();
         let error = token_row(&frame, Path::new("s.parquet"), &RowSelector::Number(1)).unwrap_err();
         assert!(error.to_string().contains("row 1"), "{error}");
-        assert!(error.to_string().contains("2 tokens but 1 values"), "{error}");
+        assert!(
+            error.to_string().contains("2 tokens but 1 values"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -698,7 +728,9 @@ mod tests {
         let input = Path::new("scores.parquet");
         let html = directory.path().join("t.html");
         tokens_figure(&scores(), input, &RowSelector::Number(2), &html).unwrap();
-        assert!(std::fs::read_to_string(&html).unwrap().starts_with("<!DOCTYPE html>"));
+        assert!(std::fs::read_to_string(&html)
+            .unwrap()
+            .starts_with("<!DOCTYPE html>"));
         let svg = directory.path().join("t.svg");
         tokens_figure(&scores(), input, &RowSelector::Number(2), &svg).unwrap();
         assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
@@ -735,8 +767,15 @@ mod tests {
             .collect();
         let directory = samples_dir();
         let title = "gsm8k-main-test-#0 · sample 3 · qrm · reward +1.234 · correct";
-        std::fs::write(directory.join("tokens.svg"), tokens_svg(&tokens, &values, title)).unwrap();
-        std::fs::write(directory.join("tokens.html"), tokens_html(&tokens, &values, title))
-            .unwrap();
+        std::fs::write(
+            directory.join("tokens.svg"),
+            tokens_svg(&tokens, &values, title),
+        )
+        .unwrap();
+        std::fs::write(
+            directory.join("tokens.html"),
+            tokens_html(&tokens, &values, title),
+        )
+        .unwrap();
     }
 }

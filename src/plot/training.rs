@@ -28,7 +28,10 @@ const LOG: &str = "<training log>";
 pub fn training_figure(log: &DataFrame, path: &Path) -> Result<()> {
     let figure = TrainingLog::from_frame(log)?;
     if figure.losses.iter().all(|c| c.points.is_empty()) {
-        return Err(nothing_to_plot(path, "the training log has no `loss` values"));
+        return Err(nothing_to_plot(
+            path,
+            "the training log has no `loss` values",
+        ));
     }
     save(&figure, path)
 }
@@ -139,7 +142,13 @@ impl Figure for TrainingLog {
                 text(AXIS_LABEL_SIZE).pos(Pos::new(HPos::Center, VPos::Center)),
             ))?;
         } else {
-            self.panel(&right, "Pairwise accuracy", "accuracy", &self.accuracies, true)?;
+            self.panel(
+                &right,
+                "Pairwise accuracy",
+                "accuracy",
+                &self.accuracies,
+                true,
+            )?;
         }
         Ok(())
     }
@@ -247,13 +256,11 @@ impl TrainingLog {
         chart
             .draw_series(LineSeries::new(smoothed.clone(), color.stroke_width(3)))?
             .label(curve.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
         if few {
-            chart.draw_series(
-                smoothed
-                    .iter()
-                    .map(|&p| Circle::new(p, 4, color.filled())),
-            )?;
+            chart.draw_series(smoothed.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
         }
         Ok(())
     }
