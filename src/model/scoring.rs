@@ -669,7 +669,11 @@ pub(crate) mod tests {
     fn list_values(frame: &DataFrame, name: &str) -> Vec<Option<Vec<f32>>> {
         let lists = frame.column(name).unwrap().list().unwrap().clone();
         (0..lists.len())
-            .map(|i| lists.get_as_series(i).map(|s| s.f32().unwrap().iter().flatten().collect()))
+            .map(|i| {
+                lists
+                    .get_as_series(i)
+                    .map(|s| s.f32().unwrap().iter().flatten().collect())
+            })
             .collect()
     }
 
@@ -686,12 +690,7 @@ pub(crate) mod tests {
             }
         }
         let rewards = |f: &DataFrame| -> Vec<Option<f32>> {
-            f.column(REWARD)
-                .unwrap()
-                .f32()
-                .unwrap()
-                .iter()
-                .collect()
+            f.column(REWARD).unwrap().f32().unwrap().iter().collect()
         };
         for (u, v) in rewards(a).iter().zip(rewards(b)) {
             assert!((u.unwrap() - v.unwrap()).abs() <= tolerance);
@@ -752,14 +751,16 @@ pub(crate) mod tests {
             .unwrap()
             .f32()
             .unwrap()
-            .iter().flatten()
+            .iter()
+            .flatten()
             .collect();
         let lengths: Vec<u32> = scored
             .column(RESPONSE_TOKENS)
             .unwrap()
             .u32()
             .unwrap()
-            .iter().flatten()
+            .iter()
+            .flatten()
             .collect();
         for (row, token_rewards) in list_values(&scored, TOKEN_REWARDS).into_iter().enumerate() {
             let token_rewards = token_rewards.unwrap();
