@@ -1,11 +1,16 @@
 //! The reward model: transformer backbone, heads, losses and training.
 
+pub mod batching;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod gguf;
+pub mod goal;
 pub mod head;
+pub mod inference;
 pub mod reward_model;
+pub mod scoring;
+pub mod template;
 pub mod transformer;
 
 pub use checkpoint::Checkpoint;
