@@ -1,1 +1,4 @@
 //! The reward model: transformer backbone, heads, losses and training.
+pub mod loss;
+pub mod optim;
+pub mod sampling;
