@@ -3,3 +3,4 @@ pub mod loss;
 pub mod optim;
 pub mod sampling;
 pub mod train;
+pub mod checkpoint;
