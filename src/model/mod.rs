@@ -4,3 +4,4 @@ pub mod optim;
 pub mod sampling;
 pub mod train;
 pub mod checkpoint;
+pub mod fit;
