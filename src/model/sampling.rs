@@ -309,7 +309,7 @@ mod tests {
             assert!(positions
                 .positive_goals
                 .iter()
-                .all(|&goal| goal >= 93 && goal < 103));
+                .all(|goal| (93..103).contains(goal)));
             assert!(positions.positive_sources.iter().all(|&source| source >= 3));
         }
     }

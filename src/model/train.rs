@@ -488,7 +488,7 @@ fn epoch_order(pairs: usize, seed: u64, epoch: usize) -> Vec<usize> {
 
 /// The RNG of micro-batch `index` (global, counted over the run): seeded by (seed, index).
 fn micro_rng(seed: u64, index: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_C0_17_2A57);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0FC0_172A_5700);
     rng.set_stream(index);
     rng
 }
