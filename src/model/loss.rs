@@ -416,6 +416,62 @@ mod tests {
     }
 
     #[test]
+    fn contrastive_gradients_match_pytorch_autograd() {
+        let all = fixture();
+        let chosen =
+            Var::from_tensor(&tensor3(&all["contrastive_reference"]["hidden_chosen"])).unwrap();
+        let rejected =
+            Var::from_tensor(&tensor3(&all["contrastive_reference"]["hidden_rejected"])).unwrap();
+        for (key, case, averaged) in [
+            ("reference", "contrastive_reference", false),
+            ("reference_avg", "contrastive_reference", true),
+            ("paper", "contrastive_paper", false),
+            ("paper_avg", "contrastive_paper", true),
+        ] {
+            let case = &all[case];
+            let ps = gather_positions(&chosen, &index_rows(&case["positive_sources"])).unwrap();
+            let mut pg = gather_positions(&chosen, &index_rows(&case["positive_goals"])).unwrap();
+            let ns = gather_positions(&chosen, &index_rows(&case["negative_sources"])).unwrap();
+            let mut ng = gather_positions(&rejected, &index_rows(&case["negative_goals"])).unwrap();
+            if averaged {
+                pg = average_goals(&pg).unwrap();
+                ng = average_goals(&ng).unwrap();
+            }
+            let loss = if key.starts_with("reference") {
+                contrastive_reference(&ps, &pg, &ns, &ng).unwrap()
+            } else {
+                contrastive_paper(&ps, &pg, &ns, &ng).unwrap()
+            };
+            let expected = &all["torch"][key];
+            assert!((scalar(&loss) - expected["loss"].as_f64().unwrap()).abs() < 1e-12);
+            let gradients = loss.backward().unwrap();
+            for (var, name) in [
+                (&chosen, "gradient_chosen"),
+                (&rejected, "gradient_rejected"),
+            ] {
+                let got = gradients
+                    .get(var)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap();
+                let want = tensor3(&expected[name])
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap();
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(worst < 1e-12, "{key} {name}: max |Δ| {worst:e}");
+            }
+        }
+    }
+
+    #[test]
     fn contrastive_reference_hand_case_bounds() {
         // Identical positives (cos 1) and opposite negatives (cos −1): P = σ(1), 1 − N = σ(1),
         // L = −2 log σ(1) = 2·0.3132617 = 0.6265234 (the minimum). Swapped: −2 log σ(−1) = 2.6265234.
