@@ -41,7 +41,10 @@ mod tests {
 
     #[test]
     fn perfect_separation_is_one() {
-        assert_eq!(auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), Some(1.0));
+        assert_eq!(
+            auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
+            Some(1.0)
+        );
     }
 
     #[test]

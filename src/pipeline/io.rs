@@ -283,9 +283,7 @@ pub fn encode(
                 .finish(frame)
                 .map_err(table_error)?;
         }
-        Format::Arrow => IpcWriter::new(writer)
-            .finish(frame)
-            .map_err(table_error)?,
+        Format::Arrow => IpcWriter::new(writer).finish(frame).map_err(table_error)?,
         Format::Stream => IpcStreamWriter::new(writer)
             .finish(frame)
             .map_err(table_error)?,

@@ -61,6 +61,10 @@ pub const TOKEN_REWARDS: &str = "token_rewards";
 /// List<Float32>, nullable. Cosine of each response token's hidden state with the goal state;
 /// null when no goal state was given.
 pub const Q_VALUES: &str = "q_values";
+/// List<Utf8>, optional (`qrm-score --emit-tokens`). The decoded scored tokens.
+pub const TOKENS: &str = "tokens";
+/// UInt64, shard outputs only. The row's position in the unsharded input.
+pub const ROW_INDEX: &str = "row_index";
 
 /// One row of the generations table.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -229,10 +233,7 @@ impl<'a> Columns<'a> {
         let cast = column
             .cast(&DataType::Float64)
             .map_err(|e| Error::table(self.path, e))?;
-        Ok(cast
-            .f64()
-            .map_err(|e| Error::table(self.path, e))?
-            .clone())
+        Ok(cast.f64().map_err(|e| Error::table(self.path, e))?.clone())
     }
 
     /// A List column whose items are numbers, cast to List<Float64> (null lists kept).
@@ -245,10 +246,7 @@ impl<'a> Columns<'a> {
         let cast = column
             .cast(&DataType::List(Box::new(DataType::Float64)))
             .map_err(|e| Error::table(self.path, e))?;
-        Ok(cast
-            .list()
-            .map_err(|e| Error::table(self.path, e))?
-            .clone())
+        Ok(cast.list().map_err(|e| Error::table(self.path, e))?.clone())
     }
 }
 

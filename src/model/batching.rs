@@ -1,0 +1,139 @@
+//! Length-bucketed batching for inference.
+//!
+//! Examples are sorted by length and packed greedily into batches whose padded size
+//! (`rows × longest`) stays within a token budget, padded on the right, run through the model,
+//! and handed back batch by batch with the input indices so callers can scatter the results to
+//! input order. With right padding and causal attention, the outputs at real positions do not
+//! depend on the batch or on the padding (a test in `scoring` checks it).
+
+use candle_core::{Device, Tensor};
+
+use crate::error::Result;
+use crate::model::template::Encoded;
+
+/// A model that maps token ids to per-token hidden states and rewards.
+pub trait TokenModel {
+    /// # Shapes
+    /// `input_ids`: (batch, seq_len) u32, `attention_mask`: (batch, seq_len) u32 with 1 on real
+    /// tokens, right padding → (hidden (batch, seq_len, hidden), token_rewards (batch, seq_len)).
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)>;
+
+    /// Where the inputs must live.
+    fn device(&self) -> &Device;
+}
+
+/// Splits example indices into batches: sorted by length (longest first, so memory trouble
+/// shows at once), each batch's `rows × longest` at most `batch_tokens` (a single longer
+/// example gets a batch of its own). Empty examples are left out.
+pub fn plan_batches(lengths: &[usize], batch_tokens: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).filter(|&i| lengths[i] > 0).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let mut batches = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut longest = 0;
+    for index in order {
+        let length = lengths[index];
+        let widest = longest.max(length);
+        if !current.is_empty() && (current.len() + 1) * widest > batch_tokens {
+            batches.push(std::mem::take(&mut current));
+            longest = 0;
+        }
+        longest = longest.max(length);
+        current.push(index);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+/// Right-padded `(input_ids, attention_mask)` for some examples.
+///
+/// # Shapes
+/// → (rows, longest) u32 each.
+pub fn pad_right(examples: &[&Encoded], pad_id: u32, device: &Device) -> Result<(Tensor, Tensor)> {
+    let longest = examples
+        .iter()
+        .map(|e| e.input_ids.len())
+        .max()
+        .unwrap_or(0);
+    let mut ids = Vec::with_capacity(examples.len() * longest);
+    let mut mask = Vec::with_capacity(examples.len() * longest);
+    for example in examples {
+        let padding = longest - example.input_ids.len();
+        ids.extend_from_slice(&example.input_ids);
+        ids.extend(std::iter::repeat_n(pad_id, padding));
+        mask.extend(std::iter::repeat_n(1u32, example.input_ids.len()));
+        mask.extend(std::iter::repeat_n(0u32, padding));
+    }
+    let shape = (examples.len(), longest);
+    Ok((
+        Tensor::from_vec(ids, shape, device)?,
+        Tensor::from_vec(mask, shape, device)?,
+    ))
+}
+
+/// Runs every non-empty example through the model in length-sorted batches and calls
+/// `on_batch(indices, hidden, token_rewards)` for each, where row `r` of the tensors belongs to
+/// `examples[indices[r]]`.
+///
+/// # Shapes
+/// `hidden`: (rows, longest, hidden), `token_rewards`: (rows, longest).
+pub fn run_batches(
+    model: &dyn TokenModel,
+    examples: &[Encoded],
+    batch_tokens: usize,
+    pad_id: u32,
+    mut on_batch: impl FnMut(&[usize], &Tensor, &Tensor) -> Result<()>,
+) -> Result<()> {
+    let lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
+    for indices in plan_batches(&lengths, batch_tokens) {
+        let batch: Vec<&Encoded> = indices.iter().map(|&i| &examples[i]).collect();
+        let (input_ids, attention_mask) = pad_right(&batch, pad_id, model.device())?;
+        let (hidden, token_rewards) = model.forward(&input_ids, &attention_mask)?;
+        on_batch(&indices, &hidden, &token_rewards)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_the_token_budget_and_cover_every_example_once() {
+        let lengths = [5, 0, 3, 9, 4, 4, 12, 1];
+        let batches = plan_batches(&lengths, 12);
+        // Sorted longest first: 6(12) | 3(9) | 0(5),4(4) → 2×5 = 10 ≤ 12, +5(4) → 15 > 12
+        // | 5(4),2(3),7(1) → 3×4 = 12.
+        assert_eq!(batches, vec![vec![6], vec![3], vec![0, 4], vec![5, 2, 7]]);
+        for batch in &batches {
+            let longest = batch.iter().map(|&i| lengths[i]).max().unwrap();
+            assert!(batch.len() == 1 || batch.len() * longest <= 12);
+        }
+        let mut seen: Vec<usize> = batches.concat();
+        seen.sort();
+        assert_eq!(seen, vec![0, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn padding_is_on_the_right_with_a_zero_mask() {
+        let a = Encoded {
+            input_ids: vec![7, 8, 9],
+            ..Encoded::default()
+        };
+        let b = Encoded {
+            input_ids: vec![5],
+            ..Encoded::default()
+        };
+        let (ids, mask) = pad_right(&[&a, &b], 0, &Device::Cpu).unwrap();
+        assert_eq!(
+            ids.to_vec2::<u32>().unwrap(),
+            vec![vec![7, 8, 9], vec![5, 0, 0]]
+        );
+        assert_eq!(
+            mask.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 1, 1], vec![1, 0, 0]]
+        );
+    }
+}

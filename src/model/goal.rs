@@ -1,0 +1,262 @@
+//! The goal state (paper Eq. 7) and the cosine Q-values computed against it.
+//!
+//! `h_g = (1/N) Σ h(y_w)`: the mean, over the chosen responses of a pairs table, of the reward
+//! model's last hidden state at the final scored token (the EOS under `--eos append`), or at a
+//! random response token (`--token random`, the App. C ablation). It is stored in a small
+//! safetensors file: tensor `goal_state` of shape `(hidden,)`, F32, with its provenance (reward
+//! model, count, template, token choice, EOS policy) in the header metadata.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+use crate::model::batching::{run_batches, TokenModel};
+use crate::model::scoring::encode_rows;
+use crate::model::template::{Encoder, TruncationCounts};
+use crate::pipeline::io::write_atomic;
+
+/// Name of the tensor in a goal-state file.
+pub const GOAL_TENSOR: &str = "goal_state";
+
+/// Which token of a chosen response contributes its hidden state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum GoalToken {
+    /// The final scored token (the paper's default).
+    #[default]
+    Last,
+    /// A uniformly random scored token of each response (seeded).
+    Random,
+}
+
+impl GoalToken {
+    pub fn name(self) -> &'static str {
+        match self {
+            GoalToken::Last => "last",
+            GoalToken::Random => "random",
+        }
+    }
+}
+
+/// A goal state and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoalState {
+    pub vector: Vec<f32>,
+    /// Provenance: `rm`, `count`, `template`, `token`, `eos`, and anything else worth keeping.
+    pub metadata: HashMap<String, String>,
+}
+
+impl GoalState {
+    /// Writes `goal_state` (hidden,) F32 and the metadata, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let format = |e: safetensors::SafeTensorError| Error::Format {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        let data: Vec<u8> = self.vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            vec![self.vector.len()],
+            &data,
+        )
+        .map_err(format)?;
+        let bytes = safetensors::serialize([(GOAL_TENSOR, view)], Some(self.metadata.clone()))
+            .map_err(format)?;
+        write_atomic(path, |writer| {
+            std::io::Write::write_all(writer, &bytes).map_err(|e| Error::io(path, e))
+        })
+    }
+
+    /// Reads a file written by [`GoalState::save`] (or any safetensors file holding a 1-D or
+    /// `(1, hidden)` tensor named `goal_state`).
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = fs_err::read(path).map_err(|e| Error::io(path, e))?;
+        let format = |message: String| Error::Format {
+            path: path.to_owned(),
+            message,
+        };
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+        let tensor = tensors
+            .get(GOAL_TENSOR)
+            .ok_or_else(|| format(format!("no tensor named `{GOAL_TENSOR}`")))?;
+        let vector = tensor
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        if tensor.elem_count() == 0 || tensor.dims().iter().rev().skip(1).any(|&d| d != 1) {
+            return Err(format(format!(
+                "`{GOAL_TENSOR}` has shape {:?}, expected (hidden,)",
+                tensor.dims()
+            )));
+        }
+        Ok(GoalState { vector, metadata })
+    }
+}
+
+/// Cosine similarity of each row of `xs` with `goal`, in f32.
+///
+/// `cos(x, g) = x·g / max(‖x‖‖g‖, ε)` with ε = 1e-8, as `torch.nn.functional.cosine_similarity`.
+///
+/// # Shapes
+/// `xs`: (n, hidden), `goal`: (hidden,) → (n,)
+pub fn cosine_with_goal(xs: &Tensor, goal: &Tensor) -> Result<Tensor> {
+    let xs = xs.to_dtype(DType::F32)?;
+    let goal = goal.to_dtype(DType::F32)?.to_device(xs.device())?;
+    let dots = xs.matmul(&goal.unsqueeze(1)?)?.squeeze(1)?; // (n,)
+    let x_norms = xs.sqr()?.sum(1)?.sqrt()?; // (n,)
+    let goal_norm = goal.sqr()?.sum_all()?.sqrt()?; // ()
+    let denominator = x_norms.broadcast_mul(&goal_norm)?.maximum(1e-8)?; // (n,)
+    Ok(dots.div(&denominator)?)
+}
+
+/// Running sum of hidden states, averaged at the end (Eq. 7).
+#[derive(Debug, Clone, Default)]
+pub struct GoalAccumulator {
+    sum: Vec<f64>,
+    count: usize,
+}
+
+impl GoalAccumulator {
+    /// Adds one hidden state of shape (hidden,).
+    pub fn add(&mut self, hidden: &[f32]) -> Result<()> {
+        if self.sum.is_empty() {
+            self.sum = vec![0.0; hidden.len()];
+        }
+        if hidden.len() != self.sum.len() {
+            return Err(Error::Model(format!(
+                "hidden size changed from {} to {}",
+                self.sum.len(),
+                hidden.len()
+            )));
+        }
+        for (total, &value) in self.sum.iter_mut().zip(hidden) {
+            *total += f64::from(value);
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The mean, or `None` when nothing was added.
+    pub fn mean(&self) -> Option<Vec<f32>> {
+        (self.count > 0).then(|| {
+            self.sum
+                .iter()
+                .map(|total| (total / self.count as f64) as f32)
+                .collect()
+        })
+    }
+}
+
+/// How [`embed_goal`] picks the hidden states it averages.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbedOptions {
+    pub token: GoalToken,
+    /// Seeds the random token choice of [`GoalToken::Random`].
+    pub seed: u64,
+    /// Padded tokens per batch.
+    pub batch_tokens: usize,
+}
+
+/// Accumulates the goal state over (question, chosen response) rows (Eq. 7): the hidden state at
+/// the final scored token of each row, or at a scored token drawn uniformly with the seed (the
+/// draws are made in input order, so they do not depend on batching). Rows that truncation
+/// skips, and rows with no scored token, are left out. `on_rows` is called with the number of
+/// rows each batch finished.
+pub fn embed_goal(
+    model: &dyn TokenModel,
+    encoder: &Encoder,
+    questions: &[&str],
+    chosen: &[&str],
+    options: &EmbedOptions,
+    mut on_rows: impl FnMut(usize),
+) -> Result<(GoalAccumulator, TruncationCounts)> {
+    let encoded = encode_rows(encoder, questions, chosen)?;
+    let mut truncation = TruncationCounts::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let positions: Vec<Option<usize>> = encoded
+        .iter()
+        .map(|example| {
+            truncation.add(example.truncated);
+            let (start, end) = (example.response_start, example.input_ids.len());
+            match options.token {
+                _ if end <= start => None,
+                GoalToken::Last => Some(end - 1),
+                GoalToken::Random => Some(rng.random_range(start..end)),
+            }
+        })
+        .collect();
+    let mut accumulator = GoalAccumulator::default();
+    run_batches(
+        model,
+        &encoded,
+        options.batch_tokens.max(1),
+        encoder.eos_id,
+        |indices, hidden, _| {
+            for (row, &index) in indices.iter().enumerate() {
+                if let Some(position) = positions[index] {
+                    let state = hidden.i((row, position))?.to_dtype(DType::F32)?; // (hidden,)
+                    accumulator.add(&state.to_vec1::<f32>()?)?;
+                }
+            }
+            on_rows(indices.len());
+            Ok(())
+        },
+    )?;
+    Ok((accumulator, truncation))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_matches_hand_computation() {
+        // rows: (3,4)·(4,3) = 24, norms 5 and 5 → 0.96; (1,0)·(4,3) = 4, norms 1·5 → 0.8;
+        // (0,0) → 0 by the ε floor; (-4,-3) → -1.
+        let xs = Tensor::new(&[[3f32, 4.], [1., 0.], [0., 0.], [-4., -3.]], &Device::Cpu).unwrap();
+        let goal = Tensor::new(&[4f32, 3.], &Device::Cpu).unwrap();
+        let cosines = cosine_with_goal(&xs, &goal)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let expected = [0.96f32, 0.8, 0.0, -1.0];
+        for (got, want) in cosines.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{cosines:?}");
+        }
+    }
+
+    #[test]
+    fn accumulator_mean_is_elementwise_mean() {
+        let mut accumulator = GoalAccumulator::default();
+        assert_eq!(accumulator.mean(), None);
+        accumulator.add(&[1.0, 2.0]).unwrap();
+        accumulator.add(&[3.0, -2.0]).unwrap();
+        assert_eq!(accumulator.mean(), Some(vec![2.0, 0.0]));
+        assert!(accumulator.add(&[1.0]).is_err());
+    }
+
+    #[test]
+    fn goal_state_roundtrips_with_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("goal.safetensors");
+        let goal = GoalState {
+            vector: vec![0.5, -1.25, 3.0],
+            metadata: HashMap::from([
+                ("rm".to_owned(), "tiny".to_owned()),
+                ("count".to_owned(), "2".to_owned()),
+            ]),
+        };
+        goal.save(&path).unwrap();
+        assert_eq!(GoalState::load(&path).unwrap(), goal);
+    }
+}

@@ -1,0 +1,991 @@
+//! Scoring generations with a reward model: sequence reward, per-token rewards and Q-values.
+//!
+//! For each row, `template(question) ++ response ++ [eos]` (see [`crate::model::template`]) goes
+//! through the model. The scored positions are the response tokens followed by the EOS when
+//! `--eos append`: `token_rewards` and `q_values` hold one value per scored position, so
+//! `reward` (read at the final scored token) equals the last element of `token_rewards`, and
+//! `response_tokens` is their length. `q_values` is the cosine of each scored position's hidden
+//! state with the goal state (null without a goal).
+//!
+//! [`score_table`] drives a whole table with bounded memory: rows are scored in chunks, each
+//! chunk is written to `OUTPUT.partial/` as its own Parquet file (so `--resume` can skip the
+//! rows already done), and the chunks are joined into the output at the end, one Parquet row
+//! group per chunk. `--shard i/n` scores the rows whose input index is `i` mod `n` and keeps a
+//! `row_index` column; [`merge_shards`] joins the parts back into input order.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+use indicatif::ProgressBar;
+use polars::prelude::*;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::model::batching::{run_batches, TokenModel};
+use crate::model::goal::cosine_with_goal;
+use crate::model::template::{Encoded, Encoder, TruncationCounts};
+use crate::pipeline::io::{display_path, encode, read_table, write_atomic, Format, Output};
+use crate::pipeline::schema::{
+    Columns, QUESTION, Q_VALUES, RESPONSE, RESPONSE_TOKENS, REWARD, RM, ROW_INDEX, TOKENS,
+    TOKEN_REWARDS,
+};
+
+/// What to compute for each row.
+#[derive(Debug, Clone)]
+pub struct ScoreOptions {
+    /// Stored in the `rm` column.
+    pub rm_name: String,
+    /// Padded tokens per batch (`rows × longest`).
+    pub batch_tokens: usize,
+    /// The goal state, (hidden,); `q_values` is null without it.
+    pub goal: Option<Tensor>,
+    /// Also write `tokens`: the decoded scored tokens.
+    pub emit_tokens: bool,
+}
+
+/// The scores of one row; all `None` for a row skipped by truncation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowScore {
+    pub reward: Option<f32>,
+    pub token_rewards: Option<Vec<f32>>,
+    pub q_values: Option<Vec<f32>>,
+    pub tokens: Option<Vec<String>>,
+}
+
+/// Counts reported after scoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScoreSummary {
+    /// Rows in the (sharded) input.
+    pub rows: usize,
+    /// Rows scored by this run (not counting rows resumed from a partial output).
+    pub scored: usize,
+    /// Rows skipped because an earlier run had written them (`--resume`).
+    pub resumed: usize,
+    /// Tokens run through the model by this run (prompt and response, without padding).
+    pub tokens: usize,
+    pub truncation: TruncationCounts,
+}
+
+/// Encodes every (question, response) pair, in parallel.
+pub fn encode_rows(
+    encoder: &Encoder,
+    questions: &[&str],
+    responses: &[&str],
+) -> Result<Vec<Encoded>> {
+    questions
+        .par_iter()
+        .zip(responses.par_iter())
+        .map(|(question, response)| encoder.encode(question, response))
+        .collect()
+}
+
+/// Scores encoded rows; the result is in the order of `encoded`.
+pub fn score_encoded(
+    model: &dyn TokenModel,
+    encoder: &Encoder,
+    encoded: &[Encoded],
+    options: &ScoreOptions,
+    mut on_tokens: impl FnMut(usize),
+) -> Result<Vec<RowScore>> {
+    let mut scores = vec![RowScore::default(); encoded.len()];
+    let batch_tokens = options.batch_tokens.max(1);
+    run_batches(
+        model,
+        encoded,
+        batch_tokens,
+        encoder.eos_id,
+        |indices, hidden, token_rewards| {
+            let rewards = token_rewards.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let cosines = match &options.goal {
+                Some(goal) => {
+                    let (rows, seq_len, width) = hidden.dims3()?;
+                    let flat = hidden.reshape((rows * seq_len, width))?; // (rows*seq_len, hidden)
+                    let cosines = cosine_with_goal(&flat, goal)?; // (rows*seq_len,)
+                    Some(cosines.reshape((rows, seq_len))?.to_vec2::<f32>()?)
+                }
+                None => None,
+            };
+            let mut tokens = 0;
+            for (row, &index) in indices.iter().enumerate() {
+                let example = &encoded[index];
+                let (start, end) = (example.response_start, example.input_ids.len());
+                tokens += end;
+                let tokens_text = if options.emit_tokens {
+                    let decoded = example.input_ids[start..end]
+                        .iter()
+                        .map(|&id| {
+                            encoder
+                                .tokenizer
+                                .decode(&[id], false)
+                                .map_err(|e| Error::Model(format!("tokenizer: {e}")))
+                        })
+                        .collect::<Result<Vec<String>>>()?;
+                    Some(decoded)
+                } else {
+                    None
+                };
+                scores[index] = RowScore {
+                    reward: Some(rewards[row][end - 1]),
+                    token_rewards: Some(rewards[row][start..end].to_vec()),
+                    q_values: cosines.as_ref().map(|c| c[row][start..end].to_vec()),
+                    tokens: tokens_text,
+                };
+            }
+            on_tokens(tokens);
+            Ok(())
+        },
+    )?;
+    Ok(scores)
+}
+
+fn f32_lists(name: &str, values: impl Iterator<Item = Option<Vec<f32>>>) -> Result<Column> {
+    let lists: ListChunked = values
+        .map(|v| v.map(|v| Series::new(PlSmallStr::EMPTY, v)))
+        .collect();
+    let lists = lists
+        .into_series()
+        .cast(&DataType::List(Box::new(DataType::Float32)))
+        .map_err(|e| Error::table("<scores>", e))?;
+    Ok(lists.with_name(name.into()).into_column())
+}
+
+/// The score columns for some rows: `rm`, `reward`, `response_tokens`, `token_rewards`,
+/// `q_values`, and `tokens` when asked.
+pub fn score_columns(scores: &[RowScore], rm_name: &str, emit_tokens: bool) -> Result<Vec<Column>> {
+    let mut columns = vec![
+        Column::new(RM.into(), vec![rm_name; scores.len()]),
+        Column::new(
+            REWARD.into(),
+            scores.iter().map(|s| s.reward).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            RESPONSE_TOKENS.into(),
+            scores
+                .iter()
+                .map(|s| s.token_rewards.as_ref().map_or(0, |t| t.len() as u32))
+                .collect::<Vec<u32>>(),
+        ),
+        f32_lists(
+            TOKEN_REWARDS,
+            scores.iter().map(|s| s.token_rewards.clone()),
+        )?,
+        f32_lists(Q_VALUES, scores.iter().map(|s| s.q_values.clone()))?,
+    ];
+    if emit_tokens {
+        let lists: ListChunked = scores
+            .iter()
+            .map(|s| {
+                s.tokens
+                    .as_ref()
+                    .map(|t| Series::new(PlSmallStr::EMPTY, t.as_slice()))
+            })
+            .collect();
+        let lists = lists
+            .into_series()
+            .cast(&DataType::List(Box::new(DataType::String)))
+            .map_err(|e| Error::table("<scores>", e))?;
+        columns.push(lists.with_name(TOKENS.into()).into_column());
+    }
+    Ok(columns)
+}
+
+/// Scores every row of a generations frame (columns `question`, `response`), keeping its other
+/// columns and replacing any score columns it already had.
+pub fn score_frame(
+    model: &dyn TokenModel,
+    encoder: &Encoder,
+    frame: &DataFrame,
+    path: &Path,
+    options: &ScoreOptions,
+    on_tokens: impl FnMut(usize),
+) -> Result<(DataFrame, ScoreSummary)> {
+    let columns = Columns::new(frame, path);
+    let questions: Vec<&str> = columns
+        .str_not_null(QUESTION)?
+        .iter()
+        .map(Option::unwrap_or_default)
+        .collect();
+    let responses: Vec<&str> = columns
+        .str_not_null(RESPONSE)?
+        .iter()
+        .map(Option::unwrap_or_default)
+        .collect();
+    let encoded = encode_rows(encoder, &questions, &responses)?;
+    let mut summary = ScoreSummary {
+        rows: frame.height(),
+        scored: frame.height(),
+        ..ScoreSummary::default()
+    };
+    for example in &encoded {
+        summary.truncation.add(example.truncated);
+        summary.tokens += example.input_ids.len();
+    }
+    let scores = score_encoded(model, encoder, &encoded, options, on_tokens)?;
+    let mut out = frame.clone();
+    for name in [RM, REWARD, RESPONSE_TOKENS, TOKEN_REWARDS, Q_VALUES, TOKENS] {
+        if out.column(name).is_ok() {
+            out = out.drop(name).map_err(|e| Error::table(path, e))?;
+        }
+    }
+    let out = out
+        .hstack(&score_columns(
+            &scores,
+            &options.rm_name,
+            options.emit_tokens,
+        )?)
+        .map_err(|e| Error::table(path, e))?;
+    Ok((out, summary))
+}
+
+/// `--shard i/n`: the rows whose input index is `i` modulo `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let (index, count) = text
+            .split_once('/')
+            .ok_or_else(|| format!("`{text}`: expected i/n, e.g. 0/4"))?;
+        let index: usize = index.trim().parse().map_err(|e| format!("`{text}`: {e}"))?;
+        let count: usize = count.trim().parse().map_err(|e| format!("`{text}`: {e}"))?;
+        if count == 0 || index >= count {
+            return Err(format!("`{text}`: need 0 <= i < n"));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// How [`score_table`] runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Rows scored and written at a time (one Parquet row group each).
+    pub chunk_rows: usize,
+    /// Continue from `OUTPUT.partial/` instead of refusing to overwrite it.
+    pub resume: bool,
+    pub shard: Option<Shard>,
+    /// Stop after this many chunks, leaving the partial output (for tests of `--resume`).
+    pub stop_after_chunks: Option<usize>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            chunk_rows: 4096,
+            resume: false,
+            shard: None,
+            stop_after_chunks: None,
+        }
+    }
+}
+
+/// Keeps the rows of a shard and adds `row_index` (their input position).
+pub fn select_shard(frame: &DataFrame, path: &Path, shard: Shard) -> Result<DataFrame> {
+    if frame.column(ROW_INDEX).is_ok() {
+        return Err(Error::Format {
+            path: path.to_owned(),
+            message: format!("the input already has a `{ROW_INDEX}` column"),
+        });
+    }
+    let indices: Vec<u64> = (0..frame.height() as u64)
+        .filter(|i| *i % shard.count as u64 == shard.index as u64)
+        .collect();
+    let take = IdxCa::from_vec(
+        PlSmallStr::EMPTY,
+        indices.iter().map(|&i| i as IdxSize).collect(),
+    );
+    let mut selected = frame.take(&take).map_err(|e| Error::table(path, e))?;
+    selected
+        .with_column(Column::new(ROW_INDEX.into(), indices))
+        .map_err(|e| Error::table(path, e))?;
+    Ok(selected)
+}
+
+fn partial_dir(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+fn chunk_path(dir: &Path, chunk: usize) -> PathBuf {
+    dir.join(format!("chunk-{chunk:06}.parquet"))
+}
+
+/// The chunk files already in a partial directory, in order, with their row counts.
+fn existing_chunks(dir: &Path) -> Result<Vec<(PathBuf, usize)>> {
+    let mut chunks = Vec::new();
+    while chunk_path(dir, chunks.len()).exists() {
+        let path = chunk_path(dir, chunks.len());
+        let rows = read_table(&path)?.height();
+        chunks.push((path, rows));
+    }
+    Ok(chunks)
+}
+
+/// A fingerprint of what the partial output was made from, so `--resume` refuses to mix runs.
+fn run_fingerprint(frame: &DataFrame, options: &ScoreOptions, encoder: &Encoder) -> String {
+    format!(
+        "rows={} columns={:?} rm={} template={} eos={} max_len={:?} truncation={:?} goal={} tokens={}",
+        frame.height(),
+        frame.get_column_names(),
+        options.rm_name,
+        encoder.template.name(),
+        encoder.eos.name(),
+        encoder.max_len,
+        encoder.truncation,
+        options.goal.is_some(),
+        options.emit_tokens
+    )
+}
+
+/// Scores a whole table and writes it to `output`.
+///
+/// To a file: chunks go to `OUTPUT.partial/chunk-NNNNNN.parquet` (each written atomically), and
+/// once all are done they are joined into the output — as one Parquet row group per chunk,
+/// reading one chunk at a time, for `.parquet` — and the directory is removed. With `resume`,
+/// the rows of the chunks already there are skipped. To stdout there is no partial directory and
+/// the chunks are joined in memory.
+#[allow(clippy::too_many_arguments)]
+pub fn score_table(
+    model: &dyn TokenModel,
+    encoder: &Encoder,
+    frame: DataFrame,
+    input_path: &Path,
+    output: &Output,
+    options: &ScoreOptions,
+    run: &RunOptions,
+    progress: &ProgressBar,
+) -> Result<ScoreSummary> {
+    let input_shown = display_path(input_path);
+    let frame = match run.shard {
+        Some(shard) => select_shard(&frame, &input_shown, shard)?,
+        None => frame,
+    };
+    let mut summary = ScoreSummary {
+        rows: frame.height(),
+        ..ScoreSummary::default()
+    };
+    let format = output.resolved_format()?;
+    let file = output.path.as_deref().filter(|p| *p != Path::new("-"));
+    let chunk_rows = run.chunk_rows.max(1);
+    progress.set_length(frame.height() as u64);
+    let started = std::time::Instant::now();
+
+    let partial = file.map(partial_dir);
+    let mut done_chunks: Vec<(PathBuf, usize)> = Vec::new();
+    let mut in_memory: Vec<DataFrame> = Vec::new();
+    if let Some(dir) = &partial {
+        let fingerprint = run_fingerprint(&frame, options, encoder);
+        let fingerprint_path = dir.join("run.txt");
+        if dir.exists() {
+            if !run.resume {
+                return Err(Error::Usage(format!(
+                    "{} exists (an interrupted run): pass --resume to continue it, or delete it",
+                    dir.display()
+                )));
+            }
+            let previous = fs_err::read_to_string(&fingerprint_path)
+                .map_err(|e| Error::io(&fingerprint_path, e))?;
+            if previous != fingerprint {
+                return Err(Error::Usage(format!(
+                    "{} was made by a different run ({previous}); now: {fingerprint}",
+                    dir.display()
+                )));
+            }
+            done_chunks = existing_chunks(dir)?;
+        } else {
+            fs_err::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            write_atomic(&fingerprint_path, |w| {
+                std::io::Write::write_all(w, fingerprint.as_bytes())
+                    .map_err(|e| Error::io(&fingerprint_path, e))
+            })?;
+        }
+    }
+    summary.resumed = done_chunks.iter().map(|(_, rows)| rows).sum();
+    if summary.resumed > frame.height() {
+        return Err(Error::Usage(format!(
+            "the partial output holds {} rows, more than the {} of the input",
+            summary.resumed,
+            frame.height()
+        )));
+    }
+    progress.set_position(summary.resumed as u64);
+
+    let mut offset = summary.resumed;
+    let mut chunks_this_run = 0;
+    while offset < frame.height() {
+        if run.stop_after_chunks == Some(chunks_this_run) {
+            return Ok(summary);
+        }
+        let length = chunk_rows.min(frame.height() - offset);
+        let chunk = frame.slice(offset as i64, length);
+        let mut tokens_so_far = summary.tokens;
+        let (mut scored, chunk_summary) =
+            score_frame(model, encoder, &chunk, &input_shown, options, |tokens| {
+                tokens_so_far += tokens;
+                let seconds = started.elapsed().as_secs_f64().max(1e-9);
+                progress.set_prefix(format!("{:.0} tokens/s", tokens_so_far as f64 / seconds));
+            })?;
+        summary.scored += chunk_summary.scored;
+        summary.tokens += chunk_summary.tokens;
+        summary.truncation.merge(chunk_summary.truncation);
+        match &partial {
+            Some(dir) => {
+                let path = chunk_path(dir, done_chunks.len());
+                write_atomic(&path, |w| encode(&mut scored, Format::Parquet, w, &path))?;
+                done_chunks.push((path, length));
+            }
+            None => in_memory.push(scored),
+        }
+        offset += length;
+        chunks_this_run += 1;
+        progress.set_position(offset as u64);
+    }
+
+    match (&partial, file) {
+        (Some(dir), Some(path)) => {
+            join_chunks(&done_chunks, path, format)?;
+            fs_err::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        _ => {
+            let mut joined = concat_frames(in_memory, &input_shown)?
+                .unwrap_or_else(|| empty_scores(&frame, options));
+            output.write(&mut joined)?;
+        }
+    }
+    Ok(summary)
+}
+
+fn empty_scores(frame: &DataFrame, options: &ScoreOptions) -> DataFrame {
+    let mut out = frame.clone();
+    if let Ok(columns) = score_columns(&[], &options.rm_name, options.emit_tokens) {
+        if let Ok(joined) = out.hstack(&columns) {
+            out = joined;
+        }
+    }
+    out
+}
+
+fn concat_frames(frames: Vec<DataFrame>, path: &Path) -> Result<Option<DataFrame>> {
+    let mut frames = frames.into_iter();
+    let Some(mut joined) = frames.next() else {
+        return Ok(None);
+    };
+    for frame in frames {
+        joined
+            .vstack_mut(&frame)
+            .map_err(|e| Error::table(path, e))?;
+    }
+    joined.rechunk_mut();
+    Ok(Some(joined))
+}
+
+/// Joins chunk files into `path`: Parquet streams one row group per chunk, other formats are
+/// assembled in memory.
+fn join_chunks(chunks: &[(PathBuf, usize)], path: &Path, format: Format) -> Result<()> {
+    if format == Format::Parquet && !chunks.is_empty() {
+        return write_atomic(path, |w| {
+            let first = read_table(&chunks[0].0)?;
+            let mut writer = ParquetWriter::new(w)
+                .with_compression(ParquetCompression::Zstd(None))
+                .batched(&first.schema())
+                .map_err(|e| Error::table(path, e))?;
+            writer
+                .write_batch(&first)
+                .map_err(|e| Error::table(path, e))?;
+            for (chunk, _) in &chunks[1..] {
+                let frame = read_table(chunk)?;
+                writer
+                    .write_batch(&frame)
+                    .map_err(|e| Error::table(path, e))?;
+            }
+            writer.finish().map_err(|e| Error::table(path, e))?;
+            Ok(())
+        });
+    }
+    let frames = chunks
+        .iter()
+        .map(|(chunk, _)| read_table(chunk))
+        .collect::<Result<Vec<_>>>()?;
+    let mut joined = concat_frames(frames, path)?.unwrap_or_default();
+    Output::new(Some(path.to_owned()), Some(format)).write(&mut joined)
+}
+
+/// Joins shard outputs (each with a `row_index` column) back into input order, checking that
+/// every row index from 0 to the total appears exactly once, and drops `row_index`.
+pub fn merge_shards(parts: &[PathBuf]) -> Result<DataFrame> {
+    let mut frames = Vec::with_capacity(parts.len());
+    for part in parts {
+        let frame = read_table(part)?;
+        if frame.column(ROW_INDEX).is_err() {
+            return Err(Error::MissingColumn {
+                path: part.clone(),
+                column: ROW_INDEX.to_owned(),
+                available: frame
+                    .get_column_names()
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        frames.push(frame);
+    }
+    let shown = Path::new("<merged shards>");
+    let Some(joined) = concat_frames(frames, shown)? else {
+        return Err(Error::Usage("merge needs at least one part".into()));
+    };
+    let joined = joined
+        .sort([ROW_INDEX], SortMultipleOptions::default())
+        .map_err(|e| Error::table(shown, e))?;
+    let index = joined
+        .column(ROW_INDEX)
+        .and_then(|c| c.cast(&DataType::UInt64))
+        .map_err(|e| Error::table(shown, e))?;
+    let index = index.u64().map_err(|e| Error::table(shown, e))?;
+    for (expected, found) in index.iter().enumerate() {
+        if found != Some(expected as u64) {
+            return Err(Error::Usage(format!(
+                "the parts do not cover the input exactly: row_index {expected} is {}",
+                match found {
+                    Some(found) if found < expected as u64 => "duplicated".to_owned(),
+                    _ => "missing".to_owned(),
+                }
+            )));
+        }
+    }
+    joined.drop(ROW_INDEX).map_err(|e| Error::table(shown, e))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::template::{EosPolicy, Template, Truncation};
+    use candle_core::{Device, D};
+    use tokenizers::Tokenizer;
+
+    /// A causal stand-in for a reward model: the hidden state at t is `tanh` of the mean of the
+    /// token embeddings up to t, the reward is a linear head on it. Right padding cannot change
+    /// real positions, exactly as in a causal transformer.
+    pub(crate) struct CausalMeanModel {
+        embedding: Tensor,
+        head: Tensor,
+        device: Device,
+    }
+
+    impl CausalMeanModel {
+        pub(crate) fn new(vocab: usize, hidden: usize) -> Self {
+            let device = Device::Cpu;
+            let embedding = (0..vocab * hidden)
+                .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 2.0)
+                .collect::<Vec<f32>>();
+            let head = (0..hidden).map(|i| ((i as f32 * 0.414_213).fract() - 0.5) * 3.0);
+            CausalMeanModel {
+                embedding: Tensor::from_vec(embedding, (vocab, hidden), &device).unwrap(),
+                head: Tensor::from_iter(head, &device).unwrap(),
+                device,
+            }
+        }
+    }
+
+    impl TokenModel for CausalMeanModel {
+        fn forward(&self, input_ids: &Tensor, _mask: &Tensor) -> Result<(Tensor, Tensor)> {
+            let (batch, seq_len) = input_ids.dims2()?;
+            let width = self.embedding.dim(1)?;
+            let xs = self
+                .embedding
+                .index_select(&input_ids.flatten_all()?, 0)?
+                .reshape((batch, seq_len, width))?; // (batch, seq_len, hidden)
+            let weights: Vec<f32> = (0..seq_len)
+                .flat_map(|t| {
+                    (0..seq_len).map(move |s| if s <= t { 1.0 / (t + 1) as f32 } else { 0.0 })
+                })
+                .collect();
+            let weights = Tensor::from_vec(weights, (seq_len, seq_len), &self.device)?;
+            let hidden = weights.broadcast_matmul(&xs)?.tanh()?; // (batch, seq_len, hidden)
+            let rewards = hidden.broadcast_mul(&self.head)?.sum(D::Minus1)?; // (batch, seq_len)
+            Ok((hidden, rewards))
+        }
+
+        fn device(&self) -> &Device {
+            &self.device
+        }
+    }
+
+    pub(crate) fn smollm_encoder() -> Option<Encoder> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/data/models/smollm2-135m-instruct");
+        if !dir.exists() {
+            eprintln!("skipping: ../shared/data not found");
+            return None;
+        }
+        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).ok()?;
+        let eos_id = crate::model::template::find_eos_id(&tokenizer, Some(&dir)).ok()?;
+        Some(Encoder {
+            tokenizer,
+            template: Template::ChatMl,
+            eos: EosPolicy::Append,
+            eos_id,
+            max_len: None,
+            truncation: Truncation::LeftPrompt,
+        })
+    }
+
+    fn generations(rows: usize) -> DataFrame {
+        let questions: Vec<String> = (0..rows)
+            .map(|i| format!("Question {i}: what is {i} plus {}?", i * 7))
+            .collect();
+        let responses: Vec<String> = (0..rows)
+            .map(|i| format!("{i} + {} = {}. {}", i * 7, i * 8, "Check. ".repeat(i % 5)))
+            .collect();
+        let notes: Vec<u32> = (0..rows as u32).collect();
+        DataFrame::new(
+            rows,
+            vec![
+                Column::new(QUESTION.into(), questions),
+                Column::new(RESPONSE.into(), responses),
+                Column::new("note".into(), notes),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn options(batch_tokens: usize, goal: bool) -> ScoreOptions {
+        let goal = goal.then(|| {
+            Tensor::from_iter((0..16).map(|i| (i as f32 - 7.5) / 4.0), &Device::Cpu).unwrap()
+        });
+        ScoreOptions {
+            rm_name: "mock".into(),
+            batch_tokens,
+            goal,
+            emit_tokens: false,
+        }
+    }
+
+    fn list_values(frame: &DataFrame, name: &str) -> Vec<Option<Vec<f32>>> {
+        let lists = frame.column(name).unwrap().list().unwrap().clone();
+        (0..lists.len())
+            .map(|i| lists.get_as_series(i).map(|s| s.f32().unwrap().iter().flatten().collect()))
+            .collect()
+    }
+
+    fn assert_frames_close(a: &DataFrame, b: &DataFrame, tolerance: f32) {
+        assert_eq!(a.get_column_names(), b.get_column_names());
+        assert_eq!(a.height(), b.height());
+        for name in [TOKEN_REWARDS, Q_VALUES] {
+            for (x, y) in list_values(a, name).iter().zip(list_values(b, name)) {
+                let (x, y) = (x.clone().unwrap_or_default(), y.unwrap_or_default());
+                assert_eq!(x.len(), y.len());
+                for (u, v) in x.iter().zip(&y) {
+                    assert!((u - v).abs() <= tolerance, "{name}: {u} vs {v}");
+                }
+            }
+        }
+        let rewards = |f: &DataFrame| -> Vec<Option<f32>> {
+            f.column(REWARD)
+                .unwrap()
+                .f32()
+                .unwrap()
+                .iter()
+                .collect()
+        };
+        for (u, v) in rewards(a).iter().zip(rewards(b)) {
+            assert!((u.unwrap() - v.unwrap()).abs() <= tolerance);
+        }
+        for name in ["note", RESPONSE_TOKENS, QUESTION] {
+            assert_eq!(a.column(name).unwrap(), b.column(name).unwrap(), "{name}");
+        }
+    }
+
+    #[test]
+    fn scores_do_not_depend_on_batch_size_or_padding() {
+        let Some(encoder) = smollm_encoder() else {
+            return;
+        };
+        let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
+        let frame = generations(13);
+        let path = Path::new("<test>");
+        let (one, _) =
+            score_frame(&model, &encoder, &frame, path, &options(1, true), |_| {}).unwrap();
+        let (many, _) = score_frame(
+            &model,
+            &encoder,
+            &frame,
+            path,
+            &options(100_000, true),
+            |_| {},
+        )
+        .unwrap();
+        let (some, _) =
+            score_frame(&model, &encoder, &frame, path, &options(150, true), |_| {}).unwrap();
+        assert_frames_close(&one, &many, 1e-5);
+        assert_frames_close(&one, &some, 1e-5);
+    }
+
+    #[test]
+    fn reward_is_the_last_token_reward_and_rows_keep_input_order() {
+        let Some(encoder) = smollm_encoder() else {
+            return;
+        };
+        let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
+        let frame = generations(9);
+        let (scored, summary) = score_frame(
+            &model,
+            &encoder,
+            &frame,
+            Path::new("<test>"),
+            &options(200, false),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(summary.rows, 9);
+        assert_eq!(
+            scored.column("note").unwrap(),
+            frame.column("note").unwrap()
+        );
+        let rewards: Vec<f32> = scored
+            .column(REWARD)
+            .unwrap()
+            .f32()
+            .unwrap()
+            .iter().flatten()
+            .collect();
+        let lengths: Vec<u32> = scored
+            .column(RESPONSE_TOKENS)
+            .unwrap()
+            .u32()
+            .unwrap()
+            .iter().flatten()
+            .collect();
+        for (row, token_rewards) in list_values(&scored, TOKEN_REWARDS).into_iter().enumerate() {
+            let token_rewards = token_rewards.unwrap();
+            assert_eq!(token_rewards.last(), Some(&rewards[row]));
+            assert_eq!(token_rewards.len(), lengths[row] as usize);
+            let response = frame
+                .column(RESPONSE)
+                .unwrap()
+                .str()
+                .unwrap()
+                .get(row)
+                .unwrap();
+            let encoded = encoder.encode("q", response).unwrap();
+            assert_eq!(lengths[row] as usize, encoded.response_len + 1);
+        }
+        assert_eq!(scored.column(Q_VALUES).unwrap().null_count(), 9);
+    }
+
+    #[test]
+    fn q_values_are_cosines_with_the_goal() {
+        let Some(mut encoder) = smollm_encoder() else {
+            return;
+        };
+        encoder.eos = EosPolicy::None;
+        let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
+        let frame = generations(4);
+        let options = options(64, true);
+        let (scored, _) = score_frame(
+            &model,
+            &encoder,
+            &frame,
+            Path::new("<test>"),
+            &options,
+            |_| {},
+        )
+        .unwrap();
+        let q_values = list_values(&scored, Q_VALUES);
+        for row in q_values.iter().flatten() {
+            assert!(row.iter().all(|q| (-1.0..=1.0).contains(q)));
+        }
+        // Row 2 by hand: hidden states of the lone sequence, cosine in f64.
+        let encoded = encoder
+            .encode(
+                "Question 2: what is 2 plus 14?",
+                "2 + 14 = 16. Check. Check. ",
+            )
+            .unwrap();
+        let ids = Tensor::new(encoded.input_ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let (hidden, _) = model.forward(&ids, &ids.ones_like().unwrap()).unwrap();
+        let hidden = hidden.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let goal = options.goal.unwrap().to_vec1::<f32>().unwrap();
+        let expected: Vec<f64> = hidden[encoded.response_start..]
+            .iter()
+            .map(|h| {
+                let dot: f64 = h
+                    .iter()
+                    .zip(&goal)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                let norm = |v: &[f32]| v.iter().map(|a| f64::from(*a).powi(2)).sum::<f64>().sqrt();
+                dot / (norm(h) * norm(&goal))
+            })
+            .collect();
+        let got = q_values[2].as_ref().unwrap();
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((f64::from(*g) - e).abs() < 1e-5, "{g} vs {e}");
+        }
+    }
+
+    #[test]
+    fn truncation_cases_are_counted_and_skipped_rows_are_null() {
+        let Some(mut encoder) = smollm_encoder() else {
+            return;
+        };
+        let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
+        let frame = generations(10);
+        let lengths: Vec<(usize, usize)> = (0..10)
+            .map(|i| {
+                let questions = frame.column(QUESTION).unwrap().str().unwrap();
+                let responses = frame.column(RESPONSE).unwrap().str().unwrap();
+                let e = encoder
+                    .encode(questions.get(i).unwrap(), responses.get(i).unwrap())
+                    .unwrap();
+                (e.response_start, e.response_len + 1)
+            })
+            .collect();
+        let max_len = 16;
+        let expect_prompt = lengths
+            .iter()
+            .filter(|(p, r)| p + r > max_len && *r <= max_len)
+            .count();
+        let expect_response = lengths.iter().filter(|(_, r)| *r > max_len).count();
+        assert!(expect_prompt > 0 && expect_response > 0, "{lengths:?}");
+        encoder.max_len = Some(max_len);
+        let (_, summary) = score_frame(
+            &model,
+            &encoder,
+            &frame,
+            Path::new("<t>"),
+            &options(100, false),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(summary.truncation.prompt, expect_prompt);
+        assert_eq!(summary.truncation.response, expect_response);
+        assert_eq!(summary.truncation.skipped, 0);
+
+        encoder.truncation = Truncation::Skip;
+        let (scored, summary) = score_frame(
+            &model,
+            &encoder,
+            &frame,
+            Path::new("<t>"),
+            &options(100, false),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(summary.truncation.skipped, expect_prompt + expect_response);
+        assert_eq!(
+            scored.column(REWARD).unwrap().null_count(),
+            expect_prompt + expect_response
+        );
+    }
+
+    fn run_to(
+        model: &CausalMeanModel,
+        encoder: &Encoder,
+        frame: &DataFrame,
+        path: &Path,
+        run: &RunOptions,
+    ) -> Result<ScoreSummary> {
+        let output = Output::new(Some(path.to_owned()), None);
+        score_table(
+            model,
+            encoder,
+            frame.clone(),
+            Path::new("<t>"),
+            &output,
+            &options(200, true),
+            run,
+            &ProgressBar::hidden(),
+        )
+    }
+
+    #[test]
+    fn resume_after_an_interruption_equals_a_full_run() {
+        let Some(encoder) = smollm_encoder() else {
+            return;
+        };
+        let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
+        let frame = generations(11);
+        let dir = tempfile::tempdir().unwrap();
+        let full_path = dir.path().join("full.parquet");
+        let full_run = RunOptions {
+            chunk_rows: 3,
+            ..RunOptions::default()
+        };
+        run_to(&model, &encoder, &frame, &full_path, &full_run).unwrap();
+        assert!(!partial_dir(&full_path).exists());
+
+        let path = dir.path().join("resumed.parquet");
+        let interrupted = RunOptions {
+            chunk_rows: 3,
+            stop_after_chunks: Some(2),
+            ..RunOptions::default()
+        };
+        run_to(&model, &encoder, &frame, &path, &interrupted).unwrap();
+        assert!(!path.exists() && partial_dir(&path).exists());
+        assert!(
+            run_to(&model, &encoder, &frame, &path, &full_run).is_err(),
+            "needs --resume"
+        );
+        // A different chunk size on resume is fine: rows, not chunks, are skipped.
+        let resume = RunOptions {
+            chunk_rows: 4,
+            resume: true,
+            ..RunOptions::default()
+        };
+        let summary = run_to(&model, &encoder, &frame, &path, &resume).unwrap();
+        assert_eq!((summary.resumed, summary.scored), (6, 5));
+        assert!(!partial_dir(&path).exists());
+        let full = read_table(&full_path).unwrap();
+        let resumed = read_table(&path).unwrap();
+        assert_frames_close(&full, &resumed, 0.0);
+    }
+
+    #[test]
+    fn shards_merge_back_into_the_full_run() {
+        let Some(encoder) = smollm_encoder() else {
+            return;
+        };
+        let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
+        let frame = generations(10);
+        let dir = tempfile::tempdir().unwrap();
+        let full_path = dir.path().join("full.parquet");
+        run_to(&model, &encoder, &frame, &full_path, &RunOptions::default()).unwrap();
+        let mut parts = Vec::new();
+        for index in 0..3 {
+            let part = dir.path().join(format!("part{index}.parquet"));
+            let run = RunOptions {
+                chunk_rows: 2,
+                shard: Some(Shard { index, count: 3 }),
+                ..RunOptions::default()
+            };
+            let summary = run_to(&model, &encoder, &frame, &part, &run).unwrap();
+            assert_eq!(summary.rows, [4, 3, 3][index]);
+            parts.push(part);
+        }
+        let merged = merge_shards(&parts).unwrap();
+        assert_frames_close(&read_table(&full_path).unwrap(), &merged, 1e-6);
+        assert!(
+            merge_shards(&parts[..2]).is_err(),
+            "a missing shard is an error"
+        );
+        assert!(merge_shards(&[parts[0].clone(), parts[0].clone()]).is_err());
+    }
+
+    #[test]
+    fn shard_spec_parses_and_rejects_out_of_range() {
+        assert_eq!("1/4".parse::<Shard>(), Ok(Shard { index: 1, count: 4 }));
+        assert!("4/4".parse::<Shard>().is_err());
+        assert!("1".parse::<Shard>().is_err());
+        assert!("0/0".parse::<Shard>().is_err());
+    }
+}

@@ -1,0 +1,455 @@
+//! Prompt templates, the EOS policy and the encoding of one (question, response) example.
+//!
+//! One template and one EOS policy are used for training, goal extraction and scoring. The
+//! released code of the paper trained on `template + response + " " + eos` but computed the goal
+//! state and the evaluation rewards on `template + response` without EOS, and with a slightly
+//! different template (DIGEST §12 items 14–15); qrm does not repeat that mismatch: the policy is
+//! a parameter of every tool and is stored with the goal state.
+//!
+//! The prompt and the response are tokenised separately and concatenated, so the positions of
+//! the response tokens are exact (a BPE merge across the prompt/response boundary cannot move
+//! them).
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+
+/// The clean NeMo template of the paper (App. A.1), as `examples/get_representation.py` spells
+/// it: no leading or repeated spaces. `{question}` is replaced by the problem text.
+pub const NEMO_TEMPLATE: &str = "System:\nYou're an expert Python programmer and mathematician. \
+Help the user to solve this problem using code when necessary. \
+Make sure to put the answer (and only answer) inside \\boxed{}.\n\nUser:\n{question}\n\nAssistant:\n";
+
+/// The ChatML template of SmolLM2-Instruct (one user turn, then the assistant turn opens).
+pub const CHATML_TEMPLATE: &str = "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n";
+
+/// The question followed by a newline, nothing else.
+pub const RAW_TEMPLATE: &str = "{question}\n";
+
+/// The placeholder every template holds exactly once.
+pub const PLACEHOLDER: &str = "{question}";
+
+/// How the question becomes the prompt the response follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Template {
+    /// The paper's NeMo format ([`NEMO_TEMPLATE`]).
+    Nemo,
+    /// SmolLM2's ChatML format ([`CHATML_TEMPLATE`]).
+    ChatMl,
+    /// `{question}\n` ([`RAW_TEMPLATE`]).
+    Raw,
+    /// A user template read from a file holding `{question}` once.
+    File { path: PathBuf, text: String },
+}
+
+impl Template {
+    /// Parses `nemo`, `chatml`, `raw`, or a path to a template file.
+    pub fn parse(spec: &str) -> Result<Self> {
+        match spec {
+            "nemo" => Ok(Template::Nemo),
+            "chatml" => Ok(Template::ChatMl),
+            "raw" => Ok(Template::Raw),
+            path => Template::from_file(Path::new(path)),
+        }
+    }
+
+    /// Reads a template file; it must hold `{question}` exactly once.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = fs_err::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let count = text.matches(PLACEHOLDER).count();
+        if count != 1 {
+            return Err(Error::Format {
+                path: path.to_owned(),
+                message: format!("a template holds `{PLACEHOLDER}` exactly once, found {count}"),
+            });
+        }
+        Ok(Template::File {
+            path: path.to_owned(),
+            text,
+        })
+    }
+
+    /// The template text with its `{question}` placeholder.
+    pub fn text(&self) -> &str {
+        match self {
+            Template::Nemo => NEMO_TEMPLATE,
+            Template::ChatMl => CHATML_TEMPLATE,
+            Template::Raw => RAW_TEMPLATE,
+            Template::File { text, .. } => text,
+        }
+    }
+
+    /// The name stored as provenance: `nemo`, `chatml`, `raw`, or the file path.
+    pub fn name(&self) -> String {
+        match self {
+            Template::Nemo => "nemo".into(),
+            Template::ChatMl => "chatml".into(),
+            Template::Raw => "raw".into(),
+            Template::File { path, .. } => path.display().to_string(),
+        }
+    }
+
+    /// The prompt for a question.
+    pub fn prompt(&self, question: &str) -> String {
+        self.text().replacen(PLACEHOLDER, question, 1)
+    }
+}
+
+/// Whether an EOS token closes the response.
+///
+/// `Append` (the default of every tool) appends the tokenizer's EOS token after the response:
+/// the sequence reward and the goal state are read at that EOS, as in training. `None` reads
+/// them at the last response token, as the paper's released evaluation code did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EosPolicy {
+    #[default]
+    Append,
+    None,
+}
+
+impl EosPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            EosPolicy::Append => "append",
+            EosPolicy::None => "none",
+        }
+    }
+}
+
+/// What to do with an example longer than `--max-len` tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Truncation {
+    /// Drop prompt tokens from the left first; when the response alone does not fit, cut it
+    /// from the right too (the EOS, when appended, stays last).
+    #[default]
+    LeftPrompt,
+    /// Cut the response from the right first (EOS stays last); when the prompt alone does not
+    /// fit, drop prompt tokens from the left too.
+    RightResponse,
+    /// Do not score the example (its scores are null).
+    Skip,
+}
+
+/// What truncation did to one example; counted in the summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Truncated {
+    #[default]
+    No,
+    /// Only prompt tokens were dropped.
+    Prompt,
+    /// Response tokens were cut (prompt tokens may have been dropped too).
+    Response,
+    /// The example was not encoded (`Truncation::Skip`).
+    Skipped,
+}
+
+/// Per-case counts of [`Truncated`] over many examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TruncationCounts {
+    pub prompt: usize,
+    pub response: usize,
+    pub skipped: usize,
+}
+
+impl TruncationCounts {
+    pub fn add(&mut self, truncated: Truncated) {
+        match truncated {
+            Truncated::No => {}
+            Truncated::Prompt => self.prompt += 1,
+            Truncated::Response => self.response += 1,
+            Truncated::Skipped => self.skipped += 1,
+        }
+    }
+
+    pub fn merge(&mut self, other: TruncationCounts) {
+        self.prompt += other.prompt;
+        self.response += other.response;
+        self.skipped += other.skipped;
+    }
+}
+
+/// One encoded example: `input_ids[response_start..]` are the scored tokens, that is the
+/// response tokens followed by the EOS under [`EosPolicy::Append`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Encoded {
+    pub input_ids: Vec<u32>,
+    /// Position of the first response token.
+    pub response_start: usize,
+    /// Number of response tokens kept (the EOS not included).
+    pub response_len: usize,
+    /// Whether an EOS closes the sequence.
+    pub eos: bool,
+    pub truncated: Truncated,
+}
+
+impl Encoded {
+    /// Number of scored positions: the response tokens and the EOS when appended.
+    pub fn scored_len(&self) -> usize {
+        self.input_ids.len() - self.response_start
+    }
+
+    /// Position of the token the sequence reward and the goal state are read at.
+    /// `None` when the sequence is empty (a skipped example).
+    pub fn final_position(&self) -> Option<usize> {
+        self.input_ids.len().checked_sub(1)
+    }
+}
+
+/// The tokenizer and the encoding settings shared by training, goal extraction and scoring.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    pub tokenizer: Tokenizer,
+    pub template: Template,
+    pub eos: EosPolicy,
+    pub eos_id: u32,
+    pub max_len: Option<usize>,
+    pub truncation: Truncation,
+}
+
+/// Names tokenizers commonly give their end-of-sequence token, tried in order.
+const EOS_CANDIDATES: [&str; 5] = ["<|im_end|>", "<|endoftext|>", "</s>", "<eos>", "<|eot_id|>"];
+
+/// The EOS token id: `eos_token` of a `tokenizer_config.json` beside the tokenizer when there is
+/// one, else the first of the usual EOS names the vocabulary holds.
+pub fn find_eos_id(tokenizer: &Tokenizer, model_dir: Option<&Path>) -> Result<u32> {
+    if let Some(dir) = model_dir {
+        let config = dir.join("tokenizer_config.json");
+        if let Ok(text) = fs_err::read_to_string(&config) {
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::Format {
+                    path: config.clone(),
+                    message: e.to_string(),
+                })?;
+            let token = match &value["eos_token"] {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => {
+                    o.get("content").and_then(|c| c.as_str()).map(str::to_owned)
+                }
+                _ => None,
+            };
+            if let Some(id) = token.and_then(|t| tokenizer.token_to_id(&t)) {
+                return Ok(id);
+            }
+        }
+    }
+    EOS_CANDIDATES
+        .iter()
+        .find_map(|t| tokenizer.token_to_id(t))
+        .ok_or_else(|| Error::Model(format!("no EOS token found (tried {EOS_CANDIDATES:?})")))
+}
+
+fn tokenize(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    tokenizer
+        .encode(text, false)
+        .map(|encoding| encoding.get_ids().to_vec())
+        .map_err(|e| Error::Model(format!("tokenizer: {e}")))
+}
+
+impl Encoder {
+    /// Encodes `template(question) ++ response ++ [eos]`, truncated to `max_len` by the policy.
+    pub fn encode(&self, question: &str, response: &str) -> Result<Encoded> {
+        let mut prompt = tokenize(&self.tokenizer, &self.template.prompt(question))?;
+        let mut response = tokenize(&self.tokenizer, response)?;
+        let eos = self.eos == EosPolicy::Append;
+        let eos_len = usize::from(eos);
+        let mut truncated = Truncated::No;
+        if let Some(max_len) = self.max_len {
+            let total = prompt.len() + response.len() + eos_len;
+            if total > max_len {
+                let room = max_len.saturating_sub(eos_len);
+                match self.truncation {
+                    Truncation::Skip => {
+                        return Ok(Encoded {
+                            truncated: Truncated::Skipped,
+                            eos,
+                            ..Encoded::default()
+                        })
+                    }
+                    Truncation::LeftPrompt => {
+                        let keep_response = response.len().min(room);
+                        let keep_prompt = prompt.len().min(room - keep_response);
+                        truncated = if keep_response < response.len() {
+                            Truncated::Response
+                        } else {
+                            Truncated::Prompt
+                        };
+                        prompt.drain(..prompt.len() - keep_prompt);
+                        response.truncate(keep_response);
+                    }
+                    Truncation::RightResponse => {
+                        let keep_prompt = prompt.len().min(room);
+                        let keep_response = response.len().min(room - keep_prompt);
+                        truncated = if keep_response < response.len() {
+                            Truncated::Response
+                        } else {
+                            Truncated::Prompt
+                        };
+                        prompt.drain(..prompt.len() - keep_prompt);
+                        response.truncate(keep_response);
+                    }
+                }
+            }
+        }
+        let response_start = prompt.len();
+        let response_len = response.len();
+        let mut input_ids = prompt;
+        input_ids.extend(response);
+        if eos {
+            input_ids.push(self.eos_id);
+        }
+        Ok(Encoded {
+            input_ids,
+            response_start,
+            response_len,
+            eos,
+            truncated,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm_tokenizer() -> Option<(Tokenizer, PathBuf)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/data/models/smollm2-135m-instruct");
+        if !dir.exists() {
+            eprintln!("skipping: ../shared/data not found");
+            return None;
+        }
+        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).ok()?;
+        Some((tokenizer, dir))
+    }
+
+    fn encoder(template: Template, eos: EosPolicy) -> Option<Encoder> {
+        let (tokenizer, dir) = smollm_tokenizer()?;
+        let eos_id = find_eos_id(&tokenizer, Some(&dir)).ok()?;
+        Some(Encoder {
+            tokenizer,
+            template,
+            eos,
+            eos_id,
+            max_len: None,
+            truncation: Truncation::LeftPrompt,
+        })
+    }
+
+    #[test]
+    fn nemo_template_matches_the_clean_digest_string() {
+        let prompt = Template::Nemo.prompt("What is 2+2?");
+        assert!(prompt.starts_with("System:\nYou're an expert Python programmer"));
+        assert!(prompt.contains("inside \\boxed{}.\n\nUser:\nWhat is 2+2?\n\nAssistant:\n"));
+        assert!(
+            !prompt.contains("  "),
+            "the clean template has no double spaces"
+        );
+    }
+
+    #[test]
+    fn eos_of_smollm2_is_im_end() {
+        let Some(encoder) = encoder(Template::ChatMl, EosPolicy::Append) else {
+            return;
+        };
+        assert_eq!(
+            encoder.tokenizer.id_to_token(encoder.eos_id).as_deref(),
+            Some("<|im_end|>")
+        );
+    }
+
+    #[test]
+    fn response_tokens_decode_back_to_the_response() {
+        for template in [Template::Nemo, Template::ChatMl, Template::Raw] {
+            let Some(encoder) = encoder(template, EosPolicy::Append) else {
+                return;
+            };
+            let response = "Natalia sold 48/2 = 24 clips in May.\nSo 48+24 = 72. \\boxed{72}";
+            let encoded = encoder.encode("How many clips?", response).unwrap();
+            let end = encoded.response_start + encoded.response_len;
+            let response_ids = &encoded.input_ids[encoded.response_start..end];
+            let decoded = encoder.tokenizer.decode(response_ids, false).unwrap();
+            assert_eq!(decoded, response);
+            let prompt_ids = &encoded.input_ids[..encoded.response_start];
+            let prompt = encoder.tokenizer.decode(prompt_ids, false).unwrap();
+            assert_eq!(prompt, encoder.template.prompt("How many clips?"));
+            assert_eq!(encoded.input_ids.last(), Some(&encoder.eos_id));
+            assert_eq!(encoded.scored_len(), encoded.response_len + 1);
+        }
+    }
+
+    #[test]
+    fn eos_none_ends_on_the_last_response_token() {
+        let Some(encoder) = encoder(Template::Raw, EosPolicy::None) else {
+            return;
+        };
+        let encoded = encoder.encode("q", "the answer is 4").unwrap();
+        assert_eq!(encoded.scored_len(), encoded.response_len);
+        assert_ne!(encoded.input_ids.last(), Some(&encoder.eos_id));
+    }
+
+    #[test]
+    fn truncation_policies_cut_where_documented() {
+        let Some(mut encoder) = encoder(Template::Raw, EosPolicy::Append) else {
+            return;
+        };
+        let question = "one two three four five six seven eight";
+        let response = "alpha beta gamma delta";
+        let full = encoder.encode(question, response).unwrap();
+        let (prompt_len, response_len) = (full.response_start, full.response_len);
+        assert_eq!(full.truncated, Truncated::No);
+
+        // Room for the whole response plus EOS and 2 prompt tokens: only the prompt is cut.
+        encoder.max_len = Some(response_len + 1 + 2);
+        let cut = encoder.encode(question, response).unwrap();
+        assert_eq!(cut.truncated, Truncated::Prompt);
+        assert_eq!(cut.response_start, 2);
+        assert_eq!(
+            cut.input_ids[..2],
+            full.input_ids[prompt_len - 2..prompt_len]
+        );
+        assert_eq!(cut.input_ids[2..], full.input_ids[prompt_len..]);
+
+        // Room for 2 response tokens and EOS: the prompt is gone, the response cut on the right.
+        encoder.max_len = Some(3);
+        let cut = encoder.encode(question, response).unwrap();
+        assert_eq!(cut.truncated, Truncated::Response);
+        assert_eq!((cut.response_start, cut.response_len), (0, 2));
+        assert_eq!(
+            cut.input_ids,
+            vec![
+                full.input_ids[prompt_len],
+                full.input_ids[prompt_len + 1],
+                encoder.eos_id
+            ]
+        );
+
+        // right-response keeps the prompt and cuts the response.
+        encoder.truncation = Truncation::RightResponse;
+        encoder.max_len = Some(prompt_len + 1 + 1);
+        let cut = encoder.encode(question, response).unwrap();
+        assert_eq!(cut.truncated, Truncated::Response);
+        assert_eq!((cut.response_start, cut.response_len), (prompt_len, 1));
+
+        encoder.truncation = Truncation::Skip;
+        let cut = encoder.encode(question, response).unwrap();
+        assert_eq!(cut.truncated, Truncated::Skipped);
+        assert!(cut.input_ids.is_empty());
+        assert_eq!(cut.final_position(), None);
+    }
+
+    #[test]
+    fn template_file_needs_one_placeholder() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.txt");
+        std::fs::write(&good, "Q: {question}\nA: ").unwrap();
+        assert_eq!(
+            Template::parse(good.to_str().unwrap()).unwrap().prompt("x"),
+            "Q: x\nA: "
+        );
+        let bad = dir.path().join("bad.txt");
+        std::fs::write(&bad, "no placeholder").unwrap();
+        assert!(Template::parse(bad.to_str().unwrap()).is_err());
+    }
+}
