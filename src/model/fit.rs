@@ -9,7 +9,43 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::error::Result;
+use crate::model::template::{Encoded, Encoder, Truncated, TruncationCounts};
+use crate::model::train::{EncodedPair, EncodedResponse};
 use crate::pipeline::schema::Pair;
+
+fn response(encoded: Encoded) -> EncodedResponse {
+    EncodedResponse {
+        input_ids: encoded.input_ids,
+        response_start: encoded.response_start,
+    }
+}
+
+/// Tokenises pairs with the shared template and EOS policy. A pair is dropped when either side
+/// is skipped by the truncation policy or has no token to read a reward at; the counts say how
+/// many of each truncation case occurred.
+pub fn encode_pairs(
+    encoder: &Encoder,
+    pairs: &[Pair],
+) -> Result<(Vec<EncodedPair>, TruncationCounts)> {
+    let mut counts = TruncationCounts::default();
+    let mut encoded = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        let chosen = encoder.encode(&pair.question, &pair.chosen)?;
+        let rejected = encoder.encode(&pair.question, &pair.rejected)?;
+        counts.add(chosen.truncated);
+        counts.add(rejected.truncated);
+        let usable = |e: &Encoded| e.truncated != Truncated::Skipped && e.scored_len() > 0;
+        if usable(&chosen) && usable(&rejected) {
+            encoded.push(EncodedPair {
+                chosen: response(chosen),
+                rejected: response(rejected),
+                margin: pair.margin,
+            });
+        }
+    }
+    Ok((encoded, counts))
+}
 
 /// Splits pairs into (train, eval) by question, so no eval question is seen in training:
 /// ⌈fraction · questions⌉ questions, drawn with `seed`, go to eval (at least one when the

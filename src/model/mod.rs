@@ -1,6 +1,5 @@
 //! The reward model: transformer backbone, heads, losses and training.
 pub mod batching;
-pub mod checkpoint;
 pub mod fit;
 pub mod goal;
 pub mod loss;
@@ -9,3 +8,4 @@ pub mod sampling;
 pub mod scoring;
 pub mod template;
 pub mod train;
+pub mod trunk;

@@ -203,7 +203,7 @@ pub struct BatchInput {
 pub trait TrainableRewardModel {
     /// Last hidden states after the final norm (B, L, H) and per-token values (B, L), computed
     /// with differentiable kernels, from `input.trunk_hidden` when it is set.
-    fn forward(&self, input: &BatchInput) -> candle_core::Result<(Tensor, Tensor)>;
+    fn forward(&self, input: &BatchInput) -> Result<(Tensor, Tensor)>;
 
     /// The weights the optimiser updates, with stable names.
     fn trainable_variables(&self) -> Vec<(String, Var)>;
@@ -854,7 +854,7 @@ mod tests {
     }
 
     impl TrainableRewardModel for Toy {
-        fn forward(&self, input: &BatchInput) -> candle_core::Result<(Tensor, Tensor)> {
+        fn forward(&self, input: &BatchInput) -> Result<(Tensor, Tensor)> {
             let (batch, seq_len) = input.input_ids.dims2()?;
             let embedded = match &input.trunk_hidden {
                 Some(hidden) => hidden.clone(),

@@ -1,28 +1,16 @@
-//! What a training run writes and caches: the Hugging Face checkpoint directory and the
-//! frozen-trunk cache.
+//! The frozen-trunk cache and the hashes that key it.
 //!
-//! Checkpoint layout (loadable by `qrm-score` and by transformers as a sequence-classification
-//! model when the head is linear):
-//! - `model.safetensors`: the whole backbone under Hugging Face names (frozen layers included)
-//!   and the head, `score.weight` (1, H) for the linear head — what
-//!   `LlamaForSequenceClassification` reads — or `value_head.{0,2,4,6}.*` for the MLP head, which
-//!   transformers cannot load;
-//! - `config.json`: the backbone's config plus `architectures: ["LlamaForSequenceClassification"]`,
-//!   `num_labels: 1`, `pad_token_id`, and OpenRLHF's `value_head_prefix`, `normalize_reward`,
-//!   `mean`, `std` (the eval reward distribution);
-//! - `tokenizer.json`;
-//! - `train_config.json`: every training setting, input hashes and versions.
-//!
-//! The trunk cache holds, per response, the hidden states after the frozen layers [0, L − K),
-//! under `.cache/trunk/<key>/trunk.safetensors`; the key hashes the model file, the template, the
-//! EOS policy, K and the pairs file, so BT and Q runs, and every epoch, reuse one computation.
+//! With `--train-layers K` only the top K layers, the final norm and the head train; the
+//! frozen layers [0, L − K) give the same output every epoch and in every run on the same data,
+//! so their output is computed once per response and cached under
+//! `.cache/trunk/<key>/trunk.safetensors`. The key hashes the model file, the template, the
+//! EOS policy, K and the pairs file: the BT and the Q runs share one computation.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -41,6 +29,30 @@ pub fn file_sha256(path: &Path) -> Result<String> {
         hasher.update(&buffer[..read]);
     }
     Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Hex sha256 identifying a model: of the file itself, or for a directory of its `config.json`
+/// and `*.safetensors` files' hashes, in name order.
+pub fn model_sha256(path: &Path) -> Result<String> {
+    if !path.is_dir() {
+        return file_sha256(path);
+    }
+    let mut names: Vec<PathBuf> = fs_err::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|file| {
+            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name == "config.json" || name.ends_with(".safetensors")
+        })
+        .collect();
+    names.sort();
+    let hashes = names
+        .iter()
+        .map(|file| file_sha256(file))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(key_of(
+        &hashes.iter().map(String::as_str).collect::<Vec<_>>(),
+    ))
 }
 
 /// Hex sha256 of the parts joined by NUL bytes.
@@ -126,75 +138,9 @@ impl TrunkCache {
     }
 }
 
-/// Adds the sequence-classification and OpenRLHF keys to a backbone config.
-///
-/// `head_prefix` is `score` for the linear head and `value_head` for the MLP head.
-pub fn reward_model_config(
-    backbone_config: &Value,
-    head_prefix: &str,
-    pad_token_id: u32,
-    reward_mean: f64,
-    reward_std: f64,
-) -> Value {
-    let mut config = backbone_config.clone();
-    if let Value::Object(map) = &mut config {
-        let architecture = match map.get("model_type").and_then(Value::as_str) {
-            Some("qwen2") => "Qwen2ForSequenceClassification",
-            _ => "LlamaForSequenceClassification",
-        };
-        map.insert("architectures".into(), serde_json::json!([architecture]));
-        map.insert("num_labels".into(), serde_json::json!(1));
-        map.insert("pad_token_id".into(), serde_json::json!(pad_token_id));
-        map.insert("value_head_prefix".into(), serde_json::json!(head_prefix));
-        map.insert("normalize_reward".into(), serde_json::json!(false));
-        map.insert("mean".into(), serde_json::json!(reward_mean));
-        map.insert("std".into(), serde_json::json!(reward_std));
-    }
-    config
-}
-
-/// Writes a checkpoint directory: weights, config, tokenizer (copied) and the training config.
-pub fn write_checkpoint(
-    directory: &Path,
-    tensors: &HashMap<String, Tensor>,
-    config: &Value,
-    tokenizer_json: Option<&Path>,
-    train_config: &Value,
-) -> Result<()> {
-    fs_err::create_dir_all(directory).map_err(|e| Error::io(directory, e))?;
-    save_tensors(tensors, &directory.join("model.safetensors"))?;
-    for (name, value) in [("config.json", config), ("train_config.json", train_config)] {
-        let path = directory.join(name);
-        let text = serde_json::to_string_pretty(value).map_err(|e| Error::Model(e.to_string()))?;
-        crate::pipeline::io::write_atomic(&path, |writer| {
-            writer
-                .write_all(text.as_bytes())
-                .map_err(|e| Error::io(&path, e))
-        })?;
-    }
-    if let Some(source) = tokenizer_json {
-        let target = directory.join("tokenizer.json");
-        fs_err::copy(source, &target).map_err(|e| Error::io(&target, e))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn config_gets_sequence_classification_keys() {
-        let backbone = serde_json::json!({"model_type": "llama", "hidden_size": 8});
-        let config = reward_model_config(&backbone, "score", 2, 0.5, 1.5);
-        assert_eq!(config["architectures"][0], "LlamaForSequenceClassification");
-        assert_eq!(config["num_labels"], 1);
-        assert_eq!(config["pad_token_id"], 2);
-        assert_eq!(config["value_head_prefix"], "score");
-        assert_eq!(config["mean"], 0.5);
-        assert_eq!(config["std"], 1.5);
-        assert_eq!(config["hidden_size"], 8);
-    }
 
     #[test]
     fn trunk_cache_computes_once_then_loads() {
