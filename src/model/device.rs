@@ -1,0 +1,95 @@
+//! `--device cpu|cuda[:N]`: the candle device and the dtype the model runs in there (f32 on the
+//! CPU, bf16 on a GPU). CUDA needs the crate's `cuda` feature.
+
+use std::str::FromStr;
+
+use candle_core::{DType, Device};
+
+use crate::{Error, Result};
+
+/// Where the model runs, as given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    /// A CUDA GPU by ordinal.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
+            _ => match text.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(ordinal)) => Ok(DeviceChoice::Cuda(ordinal)),
+                _ => Err(Error::Usage(format!(
+                    "unknown device `{text}`: expected cpu, cuda or cuda:N"
+                ))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// Opens the device. CUDA without the `cuda` feature is a usage error that says how to build.
+    pub fn device(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda(ordinal) => {
+                if !candle_core::utils::cuda_is_available() {
+                    return Err(Error::Usage(
+                        "--device cuda needs qrm built with `--features cuda`".into(),
+                    ));
+                }
+                Ok(Device::new_cuda(ordinal)?)
+            }
+        }
+    }
+
+    /// The dtype the model runs in on this device: f32 on the CPU, bf16 on a GPU.
+    pub fn dtype(self) -> DType {
+        match self {
+            DeviceChoice::Cpu => DType::F32,
+            DeviceChoice::Cuda(_) => DType::BF16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse_to_cpu_and_cuda_ordinals() {
+        assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
+        assert_eq!(
+            "cuda".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(0)
+        );
+        assert_eq!(
+            "cuda:1".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(1)
+        );
+        assert!("tpu".parse::<DeviceChoice>().is_err());
+        assert!("cuda:x".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn cpu_runs_in_f32_and_gpu_in_bf16() {
+        assert_eq!(DeviceChoice::Cpu.dtype(), DType::F32);
+        assert_eq!(DeviceChoice::Cuda(0).dtype(), DType::BF16);
+        assert!(DeviceChoice::Cpu.device().unwrap().is_cpu());
+    }
+}

@@ -1,0 +1,521 @@
+//! The decoder-only transformer (llama and qwen2 families) that returns the final hidden state of
+//! every token, for right-padded batches.
+//!
+//! candle-transformers' models return last-position logits and keep their layers private, so qrm
+//! owns this forward. Weight names equal the Hugging Face checkpoint names (`model.layers.{i}...`
+//! below the prefix the caller's `VarBuilder` carries), so `vb.pp("model")` on a
+//! `*ForCausalLM` or `*ForSequenceClassification` checkpoint finds them.
+//!
+//! Two kernel sets compute the same function: [`Kernels::Fused`] uses candle-nn's fused
+//! rms-norm, softmax and rotary kernels (fast, inference only: they have no backward pass, and
+//! gradients through them silently stop, candle issue #2168); [`Kernels::Differentiable`] writes
+//! the same three operations as compositions of differentiable tensor ops, for training.
+
+use std::ops::Range;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::model::config::ModelConfig;
+use crate::{Error, Result};
+
+/// Which implementation of rms-norm, softmax and rotary embedding the forward uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// candle-nn's fused kernels: fastest, but no gradient flows through them.
+    #[default]
+    Fused,
+    /// Compositions of differentiable ops: use whenever a backward pass follows.
+    Differentiable,
+}
+
+/// A dense layer `y = x Wᵀ (+ b)` with the weight in PyTorch's `(out, in)` layout.
+///
+/// Unlike `candle_nn::Linear` it flattens leading dimensions into one matmul rather than
+/// broadcasting the weight over the batch.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `weight` (out, in) and, when `bias`, `bias` (out) below `vb`.
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// A layer from its weight (out, in) and optional bias (out).
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// The weight, (out, in).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, (out), when there is one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = xs.dims().to_vec();
+        let (last, leading) = dims.split_last().ok_or_else(|| {
+            candle_core::Error::Msg("linear: input must have at least one dimension".into())
+        })?;
+        let rows: usize = leading.iter().product();
+        let xs = xs.reshape((rows, *last))?; // (rows, in)
+        let ys = xs.matmul(&self.weight.t()?)?; // (rows, out)
+        let ys = match &self.bias {
+            Some(bias) => ys.broadcast_add(bias)?,
+            None => ys,
+        };
+        let mut out_dims = leading.to_vec();
+        out_dims.push(self.weight.dim(0)?);
+        ys.reshape(out_dims)
+    }
+}
+
+/// Root-mean-square norm `x / sqrt(mean(x²) + eps) · w`, computed in f32 for half inputs.
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        Ok(match kernels {
+            Kernels::Fused => candle_nn::ops::rms_norm(xs, &self.weight, self.eps)?,
+            Kernels::Differentiable => candle_nn::ops::rms_norm_slow(xs, &self.weight, self.eps)?,
+        })
+    }
+}
+
+/// What every layer of one forward shares: the additive attention mask and the rotary tables.
+struct Prepared {
+    /// (batch, 1, seq_len, seq_len), 0 where a query may attend, the dtype's minimum elsewhere.
+    mask: Tensor,
+    /// (seq_len, head_size / 2).
+    cos: Tensor,
+    /// (seq_len, head_size / 2).
+    sin: Tensor,
+}
+
+fn softmax_last_dim(xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    Ok(match kernels {
+        Kernels::Fused => candle_nn::ops::softmax_last_dim(xs)?,
+        Kernels::Differentiable => candle_nn::ops::softmax(xs, D::Minus1)?,
+    })
+}
+
+/// Rotary embedding in the Hugging Face (non-interleaved, rotate-half) layout.
+///
+/// # Shapes
+/// `xs` (batch, heads, seq_len, head_size); `cos`, `sin` (seq_len, head_size / 2).
+fn rotary(xs: &Tensor, cos: &Tensor, sin: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    Ok(match kernels {
+        Kernels::Fused => candle_nn::rotary_emb::rope(&xs.contiguous()?, cos, sin)?,
+        Kernels::Differentiable => {
+            // x·cos + rotate_half(x)·sin, rotate_half([x1, x2]) = [-x2, x1].
+            let half = xs.dim(D::Minus1)? / 2;
+            let cos = Tensor::cat(&[cos, cos], D::Minus1)?; // (seq_len, head_size)
+            let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+            let x1 = xs.narrow(D::Minus1, 0, half)?;
+            let x2 = xs.narrow(D::Minus1, half, half)?;
+            let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+            (xs.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?
+        }
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_size: usize,
+}
+
+impl Attention {
+    fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let hidden = cfg.hidden_size;
+        let head_size = cfg.head_size();
+        let num_heads = cfg.num_attention_heads;
+        let num_kv_heads = cfg.num_kv_heads();
+        let qkv_bias = cfg.qkv_bias();
+        Ok(Self {
+            q_proj: Linear::new(hidden, num_heads * head_size, qkv_bias, vb.pp("q_proj"))?,
+            k_proj: Linear::new(hidden, num_kv_heads * head_size, qkv_bias, vb.pp("k_proj"))?,
+            v_proj: Linear::new(hidden, num_kv_heads * head_size, qkv_bias, vb.pp("v_proj"))?,
+            o_proj: Linear::new(num_heads * head_size, hidden, cfg.o_bias(), vb.pp("o_proj"))?,
+            num_heads,
+            num_kv_heads,
+            head_size,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, prepared: &Prepared, kernels: Kernels) -> Result<Tensor> {
+        let (batch, seq_len, _hidden) = xs.dims3()?;
+        let group = self.num_heads / self.num_kv_heads;
+        let q = self
+            .q_proj
+            .forward(xs)?
+            .reshape((batch, seq_len, self.num_heads, self.head_size))?
+            .transpose(1, 2)?; // (batch, heads, seq_len, head_size)
+        let k = self
+            .k_proj
+            .forward(xs)?
+            .reshape((batch, seq_len, self.num_kv_heads, self.head_size))?
+            .transpose(1, 2)?; // (batch, kv_heads, seq_len, head_size)
+        let v = self
+            .v_proj
+            .forward(xs)?
+            .reshape((batch, seq_len, self.num_kv_heads, self.head_size))?
+            .transpose(1, 2)?
+            .contiguous()?; // (batch, kv_heads, seq_len, head_size)
+        let q = rotary(&q, &prepared.cos, &prepared.sin, kernels)?;
+        let k = rotary(&k, &prepared.cos, &prepared.sin, kernels)?;
+
+        // Grouped-query attention without copying K and V: query head h uses kv head h / group,
+        // so the `group` query heads of one kv head are stacked along the sequence axis.
+        let q = (q.contiguous()?.reshape((
+            batch,
+            self.num_kv_heads,
+            group * seq_len,
+            self.head_size,
+        ))? * (1.0 / (self.head_size as f64).sqrt()))?; // (batch, kv_heads, group·seq_len, head_size)
+        let scores = q
+            .matmul(&k.t()?)? // (batch, kv_heads, group·seq_len, seq_len)
+            .reshape((batch, self.num_heads, seq_len, seq_len))?
+            .broadcast_add(&prepared.mask)?;
+        let dtype = scores.dtype();
+        let weights = if dtype == DType::F32 {
+            softmax_last_dim(&scores, kernels)?
+        } else {
+            softmax_last_dim(&scores.to_dtype(DType::F32)?, kernels)?.to_dtype(dtype)?
+        }; // (batch, heads, seq_len, seq_len)
+        let context = weights
+            .reshape((batch, self.num_kv_heads, group * seq_len, seq_len))?
+            .matmul(&v)? // (batch, kv_heads, group·seq_len, head_size)
+            .reshape((batch, self.num_heads, seq_len, self.head_size))?
+            .transpose(1, 2)? // (batch, seq_len, heads, head_size)
+            .reshape((batch, seq_len, self.num_heads * self.head_size))?;
+        Ok(self.o_proj.forward(&context)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let (hidden, inner, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Self {
+            gate_proj: Linear::new(hidden, inner, bias, vb.pp("gate_proj"))?,
+            up_proj: Linear::new(hidden, inner, bias, vb.pp("up_proj"))?,
+            down_proj: Linear::new(inner, hidden, bias, vb.pp("down_proj"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(xs)?.silu()?; // (batch, seq_len, inner)
+        let up = self.up_proj.forward(xs)?;
+        Ok(self.down_proj.forward(&(gate * up)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            input_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("input_layernorm"),
+            )?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, prepared: &Prepared, kernels: Kernels) -> Result<Tensor> {
+        let residual = xs;
+        let xs = self.input_layernorm.forward(xs, kernels)?;
+        let xs = (self.self_attn.forward(&xs, prepared, kernels)? + residual)?;
+        let residual = &xs;
+        let ys = self.post_attention_layernorm.forward(&xs, kernels)?;
+        Ok((self.mlp.forward(&ys)? + residual)?)
+    }
+}
+
+/// The decoder stack: token embedding, `num_hidden_layers` pre-norm layers, final norm.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    inverse_frequencies: Vec<f32>,
+    kernels: Kernels,
+    hidden_size: usize,
+    dtype: DType,
+    device: Device,
+}
+
+impl Transformer {
+    /// Builds the stack from weights named as in Hugging Face checkpoints below `vb`
+    /// (`embed_tokens`, `layers.{i}.self_attn.{q,k,v,o}_proj`, `layers.{i}.mlp.{gate,up,down}_proj`,
+    /// `layers.{i}.{input,post_attention}_layernorm`, `norm`): pass `vb.pp("model")` for a
+    /// `*ForCausalLM` checkpoint.
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(Error::Model)?;
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("embed_tokens"))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, vb.pp(format!("layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            inverse_frequencies: cfg
+                .rope_inverse_frequencies()
+                .into_iter()
+                .map(|f| f as f32)
+                .collect(),
+            kernels: Kernels::default(),
+            hidden_size: cfg.hidden_size,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    /// The same model with another kernel set (weights are shared, not copied).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// Switches the kernel set in place.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    /// The kernel set in use.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Every weight, named as in a Hugging Face checkpoint below the backbone prefix
+    /// (`embed_tokens.weight`, `layers.0.self_attn.q_proj.weight`, ..., `norm.weight`). The
+    /// tensors are the model's own (for trained `Var`s, their current values).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "embed_tokens.weight".to_owned(),
+            self.embed_tokens.embeddings().clone(),
+        )];
+        let mut linear = |name: String, layer: &Linear| {
+            out.push((format!("{name}.weight"), layer.weight.clone()));
+            if let Some(bias) = &layer.bias {
+                out.push((format!("{name}.bias"), bias.clone()));
+            }
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attn = &layer.self_attn;
+            let mlp = &layer.mlp;
+            linear(format!("layers.{i}.self_attn.q_proj"), &attn.q_proj);
+            linear(format!("layers.{i}.self_attn.k_proj"), &attn.k_proj);
+            linear(format!("layers.{i}.self_attn.v_proj"), &attn.v_proj);
+            linear(format!("layers.{i}.self_attn.o_proj"), &attn.o_proj);
+            linear(format!("layers.{i}.mlp.gate_proj"), &mlp.gate_proj);
+            linear(format!("layers.{i}.mlp.up_proj"), &mlp.up_proj);
+            linear(format!("layers.{i}.mlp.down_proj"), &mlp.down_proj);
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            out.push((
+                format!("layers.{i}.input_layernorm.weight"),
+                layer.input_layernorm.weight.clone(),
+            ));
+            out.push((
+                format!("layers.{i}.post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.weight.clone(),
+            ));
+        }
+        out.push(("norm.weight".to_owned(), self.norm.weight.clone()));
+        out
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Final hidden state (after the last norm) of every token.
+    ///
+    /// # Shapes
+    /// `input_ids` (batch, seq_len) u32; `attention_mask` (batch, seq_len), any numeric dtype,
+    /// 1 for a real token and 0 for padding, padding only at the end of a row (right padding).
+    /// Returns (batch, seq_len, hidden). Positions count from 0 in every row; real tokens never
+    /// attend to padding; the outputs at padded positions are meaningless.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let hidden = self.embed(input_ids)?;
+        self.forward_from_layer(&hidden, attention_mask, 0)
+    }
+
+    /// Token embeddings, (batch, seq_len) u32 → (batch, seq_len, hidden).
+    pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        Ok(self.embed_tokens.forward(input_ids)?)
+    }
+
+    /// Runs layers `first_layer..` and the final norm on the hidden state that enters
+    /// `first_layer` (from [`Transformer::embed`] for 0, or from [`Transformer::run_layers`]).
+    /// A trainer caches the frozen trunk's output this way and runs only the top layers.
+    pub fn forward_from_layer(
+        &self,
+        hidden: &Tensor,
+        attention_mask: &Tensor,
+        first_layer: usize,
+    ) -> Result<Tensor> {
+        let xs = self.run_layers(hidden, attention_mask, first_layer..self.layers.len())?;
+        self.norm.forward(&xs, self.kernels)
+    }
+
+    /// Runs the given layers (no final norm) on the hidden state entering `layers.start`.
+    ///
+    /// # Shapes
+    /// `hidden` (batch, seq_len, hidden) → (batch, seq_len, hidden).
+    pub fn run_layers(
+        &self,
+        hidden: &Tensor,
+        attention_mask: &Tensor,
+        layers: Range<usize>,
+    ) -> Result<Tensor> {
+        if layers.start > layers.end || layers.end > self.layers.len() {
+            return Err(Error::Model(format!(
+                "layer range {layers:?} is outside the model's {} layers",
+                self.layers.len()
+            )));
+        }
+        let (batch, seq_len, _hidden) = hidden.dims3()?;
+        let prepared = self.prepare(attention_mask, batch, seq_len)?;
+        let mut xs = hidden.clone();
+        for layer in &self.layers[layers] {
+            xs = layer.forward(&xs, &prepared, self.kernels)?;
+        }
+        Ok(xs)
+    }
+
+    fn prepare(&self, attention_mask: &Tensor, batch: usize, seq_len: usize) -> Result<Prepared> {
+        let mask = attention_mask_rows(attention_mask, batch, seq_len)?;
+        // Additive mask: query i may see key j when j <= i and key j is a real token.
+        let blocked = f32::MIN;
+        let mut additive = vec![0f32; batch * seq_len * seq_len];
+        for (row, length) in mask.iter().enumerate() {
+            for i in 0..seq_len {
+                let start = (row * seq_len + i) * seq_len;
+                for (j, cell) in additive[start..start + seq_len].iter_mut().enumerate() {
+                    // A padded query (i >= length) still sees the real keys before it, so no
+                    // row of the softmax is empty.
+                    if j > i || j >= *length {
+                        *cell = blocked;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(additive, (batch, 1, seq_len, seq_len), &self.device)?
+            .to_dtype(self.dtype)?;
+        let half = self.inverse_frequencies.len();
+        let inverse = Tensor::from_slice(&self.inverse_frequencies, (1, half), &self.device)?;
+        let positions = Tensor::arange(0u32, seq_len as u32, &self.device)?
+            .to_dtype(DType::F32)?
+            .reshape((seq_len, 1))?;
+        let angles = positions.broadcast_mul(&inverse)?; // (seq_len, head_size / 2)
+        Ok(Prepared {
+            mask,
+            cos: angles.cos()?.to_dtype(self.dtype)?,
+            sin: angles.sin()?.to_dtype(self.dtype)?,
+        })
+    }
+}
+
+/// The number of real tokens in each row of a right-padded 0/1 mask, checked.
+///
+/// Every row must be ones followed by zeros, with at least one real token.
+pub fn attention_mask_rows(
+    attention_mask: &Tensor,
+    batch: usize,
+    seq_len: usize,
+) -> Result<Vec<usize>> {
+    let dims = attention_mask.dims();
+    if dims != [batch, seq_len] {
+        return Err(Error::Model(format!(
+            "attention_mask has shape {dims:?}, expected [{batch}, {seq_len}]"
+        )));
+    }
+    let rows = attention_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    rows.iter()
+        .enumerate()
+        .map(|(row, values)| {
+            let length = values.iter().take_while(|&&v| v == 1.0).count();
+            if values[length..].iter().any(|&v| v != 0.0) {
+                return Err(Error::Model(format!(
+                    "attention_mask row {row} is not right-padded ones then zeros: {values:?}"
+                )));
+            }
+            if length == 0 {
+                return Err(Error::Model(format!(
+                    "attention_mask row {row} has no real token"
+                )));
+            }
+            Ok(length)
+        })
+        .collect()
+}

@@ -1,0 +1,291 @@
+//! The backbone, heads and loaders against references: tiny random llama/qwen2 reward models
+//! whose expected outputs transformers computed (tests/fixtures/make_tiny_models.py), kernel
+//! agreement, gradients, padding invariance, checkpoint round trips, and SmolLM2 from GGUF.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarMap;
+use qrm::model::{last_token_values, Checkpoint, HeadKind, Kernels, RewardModel, Transformer};
+use serde::Deserialize;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+#[derive(Deserialize)]
+struct Golden {
+    input_ids: Vec<Vec<u32>>,
+    attention_mask: Vec<Vec<u32>>,
+    hidden: Vec<Vec<Vec<f64>>>,
+    token_rewards: Vec<Vec<f64>>,
+    sequence_rewards: Vec<f64>,
+}
+
+fn golden(family: &str) -> Golden {
+    let text = std::fs::read_to_string(fixtures().join("tiny_golden.json")).unwrap();
+    let mut all: serde_json::Value = serde_json::from_str(&text).unwrap();
+    serde_json::from_value(all[family].take()).unwrap()
+}
+
+fn batch(golden: &Golden) -> (Tensor, Tensor) {
+    let rows = golden.input_ids.len();
+    let cols = golden.input_ids[0].len();
+    let ids: Vec<u32> = golden.input_ids.concat();
+    let mask: Vec<u32> = golden.attention_mask.concat();
+    (
+        Tensor::from_vec(ids, (rows, cols), &Device::Cpu).unwrap(),
+        Tensor::from_vec(mask, (rows, cols), &Device::Cpu).unwrap(),
+    )
+}
+
+/// Largest |actual − expected| over real (unpadded) tokens, with where it happened.
+fn max_abs_diff_real(actual: &Tensor, expected: &[Vec<Vec<f64>>], mask: &[Vec<u32>]) -> f64 {
+    let actual = actual
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec3::<f64>()
+        .unwrap();
+    let mut worst = 0f64;
+    for (row, mask_row) in mask.iter().enumerate() {
+        for (t, &m) in mask_row.iter().enumerate() {
+            if m == 0 {
+                continue;
+            }
+            for (a, e) in actual[row][t].iter().zip(&expected[row][t]) {
+                worst = worst.max((a - e).abs());
+            }
+        }
+    }
+    worst
+}
+
+fn assert_close(name: &str, max_diff: f64, tolerance: f64) {
+    eprintln!("{name}: max |Δ| = {max_diff:.3e} (tolerance {tolerance:.0e})");
+    assert!(
+        max_diff <= tolerance,
+        "{name}: max |Δ| = {max_diff:e} > {tolerance:e}"
+    );
+}
+
+fn check_golden(family: &str, dir: &str) {
+    let golden = golden(family);
+    let model = RewardModel::load(fixtures().join(dir), &Device::Cpu, DType::F32).unwrap();
+    let (ids, mask) = batch(&golden);
+    for kernels in [Kernels::Fused, Kernels::Differentiable] {
+        let model = model.clone().with_kernels(kernels);
+        let out = model.forward(&ids, &mask).unwrap();
+        let hidden_diff = max_abs_diff_real(&out.hidden, &golden.hidden, &golden.attention_mask);
+        assert_close(&format!("{family} {kernels:?} hidden"), hidden_diff, 1e-5);
+        let rewards = out.token_rewards.unsqueeze(D::Minus1).unwrap();
+        let expected: Vec<Vec<Vec<f64>>> = golden
+            .token_rewards
+            .iter()
+            .map(|row| row.iter().map(|&r| vec![r]).collect())
+            .collect();
+        let reward_diff = max_abs_diff_real(&rewards, &expected, &golden.attention_mask);
+        assert_close(
+            &format!("{family} {kernels:?} token rewards"),
+            reward_diff,
+            1e-5,
+        );
+        let sequence = last_token_values(&out.token_rewards, &mask)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let sequence_diff = sequence
+            .iter()
+            .zip(&golden.sequence_rewards)
+            .map(|(a, e)| (a - e).abs())
+            .fold(0f64, f64::max);
+        assert_close(
+            &format!("{family} {kernels:?} sequence rewards"),
+            sequence_diff,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn tiny_llama_with_mlp_head_matches_transformers() {
+    check_golden("llama", "tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_for_sequence_classification_matches_transformers() {
+    check_golden("qwen2", "tiny-qwen2");
+}
+
+#[test]
+fn a_row_alone_equals_the_same_row_in_a_padded_batch() {
+    let golden = golden("llama");
+    let model = RewardModel::load(fixtures().join("tiny-llama"), &Device::Cpu, DType::F32).unwrap();
+    let (ids, mask) = batch(&golden);
+    let batched = model.forward(&ids, &mask).unwrap();
+    // Row 1 has 5 real tokens; alone it needs no padding.
+    let alone_ids = ids.narrow(0, 1, 1).unwrap().narrow(1, 0, 5).unwrap();
+    let alone_mask = mask.narrow(0, 1, 1).unwrap().narrow(1, 0, 5).unwrap();
+    let alone = model.forward(&alone_ids, &alone_mask).unwrap();
+    let from_batch = batched
+        .hidden
+        .narrow(0, 1, 1)
+        .unwrap()
+        .narrow(1, 0, 5)
+        .unwrap();
+    let diff = (alone.hidden - from_batch)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    // Only float32 summation order differs (the matmuls are blocked differently).
+    assert_close("row alone vs in batch", diff as f64, 1e-5);
+}
+
+#[test]
+fn left_padding_is_rejected() {
+    let model = RewardModel::load(fixtures().join("tiny-llama"), &Device::Cpu, DType::F32).unwrap();
+    let ids = Tensor::new(&[[0u32, 5, 6]], &Device::Cpu).unwrap();
+    let mask = Tensor::new(&[[0u32, 1, 1]], &Device::Cpu).unwrap();
+    let error = model.forward(&ids, &mask).unwrap_err().to_string();
+    assert!(error.contains("right-padded"), "{error}");
+}
+
+#[test]
+fn every_trainable_weight_gets_a_gradient() {
+    let golden = golden("qwen2");
+    let checkpoint =
+        Checkpoint::load(fixtures().join("tiny-qwen2"), &Device::Cpu, DType::F32).unwrap();
+    let varmap = VarMap::new();
+    let model = RewardModel::trainable(&checkpoint, HeadKind::Linear, &varmap, |_| true).unwrap();
+    assert_eq!(model.transformer.kernels(), Kernels::Differentiable);
+    let (ids, mask) = batch(&golden);
+    let out = model.forward(&ids, &mask).unwrap();
+    // A loss that touches every real token's reward and hidden state.
+    let loss = (last_token_values(&out.token_rewards, &mask)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        + out.hidden.sqr().unwrap().mean_all().unwrap())
+    .unwrap();
+    let grads = loss.backward().unwrap();
+    let vars = varmap.data().lock().unwrap();
+    // Every checkpoint tensor is trainable here: 2 layers × (4 weights + 3 biases + 3 MLP + 2 norms)
+    // + embedding + final norm + score = 27.
+    assert_eq!(vars.len(), 27, "{:?}", vars.keys().collect::<Vec<_>>());
+    let mut missing = Vec::new();
+    for (name, var) in vars.iter() {
+        let norm = grads
+            .get(var.as_tensor())
+            .map(|g| {
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .unwrap_or(0.0);
+        if norm == 0.0 {
+            missing.push(name.clone());
+        }
+    }
+    assert!(missing.is_empty(), "no gradient for {missing:?}");
+}
+
+#[test]
+fn fused_kernels_stop_gradients_that_differentiable_ones_pass() {
+    // The reason Kernels::Differentiable exists (candle issue #2168): with fused kernels the
+    // q/k projections and norms receive no gradient.
+    let golden = golden("llama");
+    let checkpoint =
+        Checkpoint::load(fixtures().join("tiny-llama"), &Device::Cpu, DType::F32).unwrap();
+    let varmap = VarMap::new();
+    let model = RewardModel::trainable(&checkpoint, HeadKind::Mlp, &varmap, |_| true)
+        .unwrap()
+        .with_kernels(Kernels::Fused);
+    let (ids, mask) = batch(&golden);
+    let out = model.forward(&ids, &mask).unwrap();
+    let grads = out.token_rewards.sum_all().unwrap().backward().unwrap();
+    let vars = varmap.data().lock().unwrap();
+    let q = &vars["model.layers.0.self_attn.q_proj.weight"];
+    assert!(grads.get(q.as_tensor()).is_none());
+}
+
+#[test]
+fn training_only_the_top_layer_from_a_cached_trunk_matches_the_full_forward() {
+    let golden = golden("llama");
+    let checkpoint =
+        Checkpoint::load(fixtures().join("tiny-llama"), &Device::Cpu, DType::F32).unwrap();
+    let varmap = VarMap::new();
+    let model = RewardModel::trainable(&checkpoint, HeadKind::Mlp, &varmap, |name| {
+        name.starts_with("model.layers.1.") || name == "model.norm.weight"
+    })
+    .unwrap();
+    let (ids, mask) = batch(&golden);
+    let transformer: &Transformer = &model.transformer;
+    let trunk = transformer
+        .run_layers(&transformer.embed(&ids).unwrap(), &mask, 0..1)
+        .unwrap()
+        .detach();
+    let top = transformer.forward_from_layer(&trunk, &mask, 1).unwrap();
+    let full = transformer.forward(&ids, &mask).unwrap();
+    let diff = max_abs_diff_real(
+        &top,
+        &full.to_dtype(DType::F64).unwrap().to_vec3().unwrap(),
+        &golden.attention_mask,
+    );
+    assert_close("cached trunk + top layer vs full", diff, 1e-6);
+    // Only layer 1, the final norm and the head (7 tensors) are Vars.
+    let vars = varmap.data().lock().unwrap();
+    assert_eq!(
+        vars.len(),
+        9 + 1 + 7,
+        "{:?}",
+        vars.keys().collect::<Vec<_>>()
+    );
+    let grads = model
+        .rewards_from_hidden(&top)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let down = &vars["model.layers.1.mlp.down_proj.weight"];
+    assert!(grads.get(down.as_tensor()).is_some());
+}
+
+#[test]
+fn a_saved_reward_model_loads_back_with_the_same_rewards() {
+    let golden = golden("llama");
+    let (ids, mask) = batch(&golden);
+    for kind in [HeadKind::Linear, HeadKind::Mlp] {
+        let checkpoint =
+            Checkpoint::load(fixtures().join("tiny-qwen2"), &Device::Cpu, DType::F32).unwrap();
+        let mut tensors = checkpoint.tensors.clone();
+        tensors.remove("score.weight");
+        let bare = Checkpoint::from_tensors(checkpoint.config.clone(), tensors, "bare").unwrap();
+        let varmap = VarMap::new();
+        let model = RewardModel::with_new_head(&bare, kind, &varmap).unwrap();
+        assert_eq!(model.head.kind(), kind);
+        let dir = tempfile::tempdir().unwrap();
+        model.save(dir.path()).unwrap();
+        let loaded = RewardModel::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(loaded.head.kind(), kind);
+        let a = model.forward(&ids, &mask).unwrap().token_rewards;
+        let b = loaded.forward(&ids, &mask).unwrap().token_rewards;
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "{kind}");
+    }
+}
