@@ -534,6 +534,38 @@ fn step_micro_batches(
         .collect()
 }
 
+/// The gradient norm of every trainable weight after one backward pass of the first
+/// micro-batch of step 0 (0 where no gradient arrives): a check that gradients reach every
+/// weight through the whole forward.
+pub fn gradient_norms(
+    model: &dyn TrainableRewardModel,
+    data: &TrainData,
+    config: &TrainConfig,
+) -> Result<Vec<(String, f64)>> {
+    config.validate()?;
+    let steps_per_epoch = (data.pairs.len() / config.batch_size).max(1);
+    let micro_batches = step_micro_batches(data.pairs.len(), config, 0, steps_per_epoch);
+    let Some(micro) = micro_batches.first() else {
+        return Ok(Vec::new());
+    };
+    let mut rng = micro_rng(config.seed, 0);
+    let result = micro_batch_loss(model, data, micro, config, &config.sampling()?, &mut rng)?;
+    let store = result.total.backward()?;
+    model
+        .trainable_variables()
+        .into_iter()
+        .map(|(name, var)| {
+            let norm = match store.get(&var) {
+                Some(gradient) => {
+                    crate::model::optim::gradient_norm(std::slice::from_ref(gradient))?
+                }
+                None => 0.0,
+            };
+            Ok((name, norm))
+        })
+        .collect()
+}
+
 /// Scores `data` in micro-batches without gradients (positions from a fixed seed, so eval
 /// contrastive losses are comparable across steps).
 pub fn evaluate(
