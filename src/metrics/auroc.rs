@@ -474,7 +474,10 @@ mod tests {
         let second = bootstrap_interval(&scores, None, &labels, 500, 0.95, 3).unwrap();
         assert_eq!(first, second);
         let estimate = auroc(&scores, &labels).unwrap();
-        assert!(first.0 <= estimate && estimate <= first.1, "{first:?} {estimate}");
+        assert!(
+            first.0 <= estimate && estimate <= first.1,
+            "{first:?} {estimate}"
+        );
     }
 
     #[test]

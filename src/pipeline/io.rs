@@ -319,6 +319,59 @@ pub fn render_table(frame: &DataFrame) -> String {
     format!("{frame}")
 }
 
+/// Stacks tables vertically, matching columns by name: a column some tables lack is null in
+/// their rows, and an all-null column (JSON's `null` type) takes the type the others give it.
+/// Columns of one name must otherwise share a type; the error names the file and column.
+pub fn concat_tables(tables: Vec<(DataFrame, PathBuf)>) -> Result<DataFrame> {
+    let mut names: Vec<PlSmallStr> = Vec::new();
+    let mut types: Vec<DataType> = Vec::new();
+    for (frame, path) in &tables {
+        for column in frame.columns() {
+            let dtype = column.dtype();
+            match names.iter().position(|name| name == column.name()) {
+                None => {
+                    names.push(column.name().clone());
+                    types.push(dtype.clone());
+                }
+                Some(index) if types[index] == DataType::Null => types[index] = dtype.clone(),
+                Some(index) if dtype != &DataType::Null && dtype != &types[index] => {
+                    return Err(Error::ColumnType {
+                        path: display_path(path),
+                        column: column.name().to_string(),
+                        expected: types[index].to_string(),
+                        found: dtype.to_string(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let mut stacked: Option<DataFrame> = None;
+    for (frame, path) in tables {
+        let shown = display_path(&path);
+        let mut columns = Vec::with_capacity(names.len());
+        for (name, dtype) in names.iter().zip(&types) {
+            columns.push(match frame.column(name) {
+                Ok(column) if column.dtype() == dtype => column.clone(),
+                Ok(column) => column.cast(dtype).map_err(|e| Error::table(&shown, e))?,
+                Err(_) => Column::full_null(name.clone(), frame.height(), dtype),
+            });
+        }
+        let aligned =
+            DataFrame::new(frame.height(), columns).map_err(|e| Error::table(&shown, e))?;
+        match stacked.as_mut() {
+            None => stacked = Some(aligned),
+            Some(top) => {
+                top.vstack_mut(&aligned)
+                    .map_err(|e| Error::table(&shown, e))?;
+            }
+        }
+    }
+    let mut stacked = stacked.unwrap_or_default();
+    stacked.rechunk_mut();
+    Ok(stacked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +501,54 @@ mod tests {
         let output = Output::new(Some(PathBuf::from("scores.xlsx")), None);
         let error = output.resolved_format().unwrap_err().to_string();
         assert!(error.contains("unknown output extension"), "{error}");
+    }
+
+    #[test]
+    fn concat_tables_aligns_columns_by_name_and_fills_nulls() {
+        let top = sample_frame();
+        let bottom = DataFrame::new(
+            1,
+            vec![
+                Column::new("reward".into(), [7.0f32]),
+                Column::new("rm".into(), ["q"]),
+                Column::full_null("question_id".into(), 1, &DataType::Null),
+            ],
+        )
+        .unwrap();
+        let stacked = concat_tables(vec![
+            (top, PathBuf::from("a.parquet")),
+            (bottom, PathBuf::from("b.parquet")),
+        ])
+        .unwrap();
+        assert_eq!(stacked.height(), 4);
+        let names: Vec<&str> = stacked
+            .get_column_names()
+            .iter()
+            .map(|n| n.as_str())
+            .collect();
+        assert_eq!(names, ["question_id", "is_correct", "reward", "rm"]);
+        assert_eq!(stacked.column("rm").unwrap().null_count(), 3);
+        assert_eq!(
+            stacked.column("question_id").unwrap().str().unwrap().get(3),
+            None
+        );
+        let reward = stacked.column("reward").unwrap().f32().unwrap();
+        assert_eq!(reward.get(3), Some(7.0));
+    }
+
+    #[test]
+    fn concat_tables_names_the_file_with_a_conflicting_type() {
+        let top = sample_frame();
+        let bottom = DataFrame::new(1, vec![Column::new("reward".into(), ["high"])]).unwrap();
+        let error = concat_tables(vec![
+            (top, PathBuf::from("a.parquet")),
+            (bottom, PathBuf::from("b.parquet")),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("b.parquet: column `reward` has type str"),
+            "{error}"
+        );
     }
 }
