@@ -119,7 +119,9 @@ impl AurocRows {
         })
     }
 
-    fn legend(&self, interval_mark: Mark) -> Vec<LegendEntry> {
+    /// Legend entries: the series, the interval when any row has one, and the chance line when
+    /// it is drawn.
+    fn legend(&self, interval_mark: Mark, chance: bool) -> Vec<LegendEntry> {
         let series_mark = if interval_mark == Mark::Band {
             Mark::Line
         } else {
@@ -139,7 +141,9 @@ impl AurocRows {
             };
             entries.push(LegendEntry::new(label, GREY, interval_mark));
         }
-        entries.push(LegendEntry::new("chance (0.5)", GREY, Mark::Dashed));
+        if chance {
+            entries.push(LegendEntry::new("chance (0.5)", GREY, Mark::Dashed));
+        }
         entries
     }
 
@@ -173,8 +177,9 @@ impl BarFigure {
 impl Figure for BarFigure {
     fn size(&self) -> (u32, u32) {
         let bars = self.rows.benchmarks.len() * self.rows.series.len();
-        let plot_width = 160 + bars * 64 + self.rows.benchmarks.len() * 40;
-        (plot_width.clamp(700, 2200) as u32 + 320, 680)
+        let plot_width = 160 + bars * 48 + self.rows.benchmarks.len() * 40;
+        let legend = legend_width("Reward model", &self.rows.legend(Mark::Whisker, true));
+        (plot_width.clamp(700, 1500) as u32 + legend, 680)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
@@ -183,8 +188,9 @@ impl Figure for BarFigure {
     {
         let rows = &self.rows;
         let area = titled(root, "AUROC on whole responses")?;
-        let legend = rows.legend(Mark::Whisker);
-        let legend_w = legend_width(&area, "Reward model", &legend);
+        // The axis starts below 0.5, so the chance line is always drawn.
+        let legend = rows.legend(Mark::Whisker, true);
+        let legend_w = legend_width("Reward model", &legend);
         let (width, _) = area.dim_in_pixel();
         let (plot, legend_area) = area.split_horizontally(width.saturating_sub(legend_w));
         draw_legend(&legend_area.margin(40, 0, 0, 0), "Reward model", &legend)?;
@@ -318,10 +324,27 @@ impl PartialFigure {
     }
 }
 
+impl PartialFigure {
+    /// The AUROC axis, shared by the panels.
+    fn y_range(&self) -> (f64, f64) {
+        let (low, high) = padded_range(self.rows.values(|_| true), 0.08).unwrap_or((0.5, 1.0));
+        (low.max(0.0), high.min(1.02))
+    }
+
+    fn shows_chance(&self) -> bool {
+        let (low, high) = self.y_range();
+        low < 0.5 && high > 0.5
+    }
+}
+
 impl Figure for PartialFigure {
     fn size(&self) -> (u32, u32) {
+        let legend = legend_width(
+            "Reward model",
+            &self.rows.legend(Mark::Band, self.shows_chance()),
+        );
         (
-            self.columns as u32 * 560 + 320,
+            self.columns as u32 * 560 + legend,
             70 + self.panel_rows as u32 * 460,
         )
     }
@@ -332,8 +355,8 @@ impl Figure for PartialFigure {
     {
         let rows = &self.rows;
         let area = titled(root, "AUROC on partial generations")?;
-        let legend = rows.legend(Mark::Band);
-        let legend_w = legend_width(&area, "Reward model", &legend);
+        let legend = rows.legend(Mark::Band, self.shows_chance());
+        let legend_w = legend_width("Reward model", &legend);
         let (width, _) = area.dim_in_pixel();
         let (panels, legend_area) = area.split_horizontally(width.saturating_sub(legend_w));
         draw_legend(&legend_area.margin(40, 0, 0, 0), "Reward model", &legend)?;
@@ -341,8 +364,7 @@ impl Figure for PartialFigure {
         let x_values = rows.points.iter().filter_map(|p| p.percentile);
         let (x_low, x_high) =
             padded_range(x_values.map(|p| p * 100.0), 0.04).unwrap_or((0.0, 100.0));
-        let (y_low, y_high) = padded_range(rows.values(|_| true), 0.08).unwrap_or((0.5, 1.0));
-        let (y_low, y_high) = (y_low.max(0.0), y_high.min(1.02));
+        let (y_low, y_high) = self.y_range();
 
         for (index, panel) in panels
             .split_evenly((self.panel_rows, self.columns))
@@ -371,7 +393,7 @@ impl Figure for PartialFigure {
                 .y_desc("AUROC")
                 .axis_desc_style(text(AXIS_LABEL_SIZE))
                 .draw()?;
-            if y_low < 0.5 && y_high > 0.5 {
+            if self.shows_chance() {
                 chart.draw_series(DashedLineSeries::new(
                     vec![(x_low, 0.5), (x_high, 0.5)],
                     10,
@@ -575,5 +597,39 @@ mod tests {
         auroc_figure(&whole_report(), &directory.join("auroc_bars.png")).unwrap();
         auroc_figure(&whole_report(), &directory.join("auroc_bars.svg")).unwrap();
         auroc_figure(&partial_report(), &directory.join("auroc_partial.png")).unwrap();
+
+        // Crowded: five reward models with long names on six benchmarks, some without a value.
+        let models = [
+            "smollm2-135m-bt",
+            "smollm2-135m-bt+contrastive",
+            "smollm2-135m-bt+contrastive-frozen-trunk",
+            "llama-3.1-8b-rm",
+            "q-rm",
+        ];
+        let benchmarks = ["gsm8k", "math", "gsm-hard", "svamp", "asdiv", "algebra222"];
+        let mut rows = Vec::new();
+        for (b, benchmark) in benchmarks.iter().enumerate() {
+            for (m, rm) in models.iter().enumerate() {
+                let value = (b + m != 7).then_some(0.55 + 0.04 * m as f64 + 0.02 * b as f64);
+                rows.push((*rm, *benchmark, None, value, Some(0.04)));
+            }
+        }
+        auroc_figure(&report(&rows), &directory.join("auroc_bars_crowded.png")).unwrap();
+        let single: Vec<Row<'_>> = (1..=4)
+            .map(|step| {
+                (
+                    "q-rm",
+                    "gsm8k",
+                    Some(step as f64 / 4.0),
+                    Some(0.6 + 0.03 * step as f64),
+                    Some(0.02),
+                )
+            })
+            .collect();
+        auroc_figure(
+            &report(&single),
+            &directory.join("auroc_partial_single.png"),
+        )
+        .unwrap();
     }
 }
