@@ -21,7 +21,7 @@ pub use auroc::auroc_figure;
 pub use filter::filter_sweep_figure;
 pub use tokens::{
     diverging_color, readable_tokens, token_row, tokens_figure, tokens_html, tokens_svg,
-    RowSelector, TokenRow, NEGATIVE_COLOR, POSITIVE_COLOR, TOKENS,
+    RowSelector, TokenRow, MISSING_COLOR, NEGATIVE_COLOR, POSITIVE_COLOR, TOKENS, ZERO_COLOR,
 };
 pub use training::training_figure;
 

@@ -124,7 +124,7 @@ h1 {{ font-size: 1.3em; }}
 .summary {{ color: #555; }}
 .scale span {{ display: inline-block; padding: 0.1em 0.6em; font-size: 0.85em; border: 1px solid #ccc; }}
 .tokens {{ white-space: pre-wrap; font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 15px; line-height: 1.9; border: 1px solid #ddd; padding: 1em; }}
-.tokens span {{ border-radius: 2px; }}
+.tokens span {{ border-radius: 2px; box-shadow: inset -1px 0 #ffffff; }}
 </style>
 </head>
 <body>
@@ -217,8 +217,10 @@ pub fn tokens_svg(tokens: &[String], q_values: &[f32], title: &str) -> String {
             if let Some(background) = background {
                 let _ = write!(
                     body,
-                    r#"<rect x="{x:.1}" y="{:.1}" width="{width:.1}" height="{:.1}" fill="{}"/>"#,
+                    r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}"/>"#,
                     y - SVG_LINE_HEIGHT + 6.0,
+                    // A hairline gap keeps neighbouring tokens of similar colour apart.
+                    (width - 1.0).max(1.0),
                     SVG_LINE_HEIGHT - 4.0,
                     hex(background),
                 );
@@ -816,5 +818,30 @@ mod tests {
             tokens_html(&tokens, &values, title),
         )
         .unwrap();
+
+        // Real SmolLM2 pieces of a GSM8K reference answer, when the shared data is here.
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+        let tokenizer = data.join("models/smollm2-135m-instruct/tokenizer.json");
+        if let Ok(tokenizer) = tokenizers::Tokenizer::from_file(tokenizer) {
+            let text = std::fs::read_to_string(data.join("gsm8k/test.jsonl")).unwrap();
+            let row: serde_json::Value =
+                serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            let answer = row["answer"].as_str().unwrap();
+            let pieces = tokenizer
+                .encode(answer, false)
+                .unwrap()
+                .get_tokens()
+                .to_vec();
+            let tokens = readable_tokens(&pieces);
+            let values: Vec<f32> = (0..tokens.len())
+                .map(|i| ((i as f32) * 0.21).cos() * 0.9)
+                .collect();
+            let svg = tokens_svg(
+                &tokens,
+                &values,
+                "gsm8k test 0 (SmolLM2 tokens) <reference>",
+            );
+            std::fs::write(directory.join("tokens_smollm2.svg"), svg).unwrap();
+        }
     }
 }
