@@ -56,6 +56,8 @@ struct AurocRows {
     series: Vec<String>,
     benchmarks: Vec<String>,
     ci_methods: Vec<String>,
+    /// Per benchmark, the number of responses when every row of it agrees on one.
+    sizes: Vec<Option<u64>>,
     points: Vec<AurocPoint>,
 }
 
@@ -99,7 +101,7 @@ impl AurocRows {
         let ci_methods = ci_method
             .map(|m| distinct_in_order(m.iter().flatten()))
             .unwrap_or_default();
-        let points = (0..report.height())
+        let points: Vec<AurocPoint> = (0..report.height())
             .map(|index| AurocPoint {
                 series: series.iter().position(|s| *s == labels[index]).unwrap_or(0),
                 benchmark: benchmarks
@@ -111,10 +113,19 @@ impl AurocRows {
                 ci: ci_low[index].zip(ci_high[index]),
             })
             .collect();
+        let n = optional_f64(&columns, "n")?;
+        let sizes = (0..benchmarks.len())
+            .map(|b| {
+                let mut values = points_of(&points, b).filter_map(|i| n[i]);
+                let first = values.next()?;
+                values.all(|v| v == first).then_some(first as u64)
+            })
+            .collect();
         Ok(Self {
             series,
             benchmarks,
             ci_methods,
+            sizes,
             points,
         })
     }
@@ -161,6 +172,22 @@ impl AurocRows {
     }
 }
 
+/// Row indices of the points of benchmark `benchmark`.
+fn points_of(points: &[AurocPoint], benchmark: usize) -> impl Iterator<Item = usize> + '_ {
+    (0..points.len()).filter(move |&i| points[i].benchmark == benchmark)
+}
+
+impl AurocRows {
+    /// `name` or `name (n = 1319)` when the benchmark's rows agree on their size.
+    fn benchmark_label(&self, benchmark: usize) -> String {
+        let name = self.benchmarks[benchmark].clone();
+        match self.sizes.get(benchmark).copied().flatten() {
+            Some(n) => format!("{name} (n = {n})"),
+            None => name,
+        }
+    }
+}
+
 // ---------------------------------------------------------------- whole responses: bars
 
 struct BarFigure {
@@ -204,7 +231,7 @@ impl Figure for BarFigure {
         let mut chart = ChartBuilder::on(&plot)
             .margin(16)
             .margin_top(28)
-            .x_label_area_size(48)
+            .x_label_area_size(72)
             .y_label_area_size(84)
             .build_cartesian_2d(0.0..groups as f64, y_low..y_high)?;
         chart
@@ -220,9 +247,19 @@ impl Figure for BarFigure {
             .draw()?;
         // Benchmark names under their groups, in backend pixels (the root's own coordinates).
         let name_style = text(AXIS_LABEL_SIZE).pos(Pos::new(HPos::Center, VPos::Top));
+        let size_style = text(TICK_LABEL_SIZE)
+            .color(&GREY)
+            .pos(Pos::new(HPos::Center, VPos::Top));
         for (group, name) in rows.benchmarks.iter().enumerate() {
             let (x, y) = chart.backend_coord(&(group as f64 + 0.5, y_low));
             root.draw(&Text::new(name.clone(), (x, y + 12), name_style.clone()))?;
+            if let Some(n) = rows.sizes.get(group).copied().flatten() {
+                root.draw(&Text::new(
+                    format!("n = {n}"),
+                    (x, y + 42),
+                    size_style.clone(),
+                ))?;
+            }
         }
 
         if y_low < 0.5 {
@@ -312,6 +349,13 @@ impl PartialFigure {
         for point in &mut rows.points {
             point.benchmark = remap[point.benchmark];
         }
+        rows.sizes = used
+            .iter()
+            .map(|u| {
+                let old = rows.benchmarks.iter().position(|b| b == u)?;
+                rows.sizes.get(old).copied().flatten()
+            })
+            .collect();
         rows.benchmarks = used;
         let panels = rows.benchmarks.len().max(1);
         let columns = if panels == 4 { 2 } else { panels.min(3) };
@@ -371,11 +415,11 @@ impl Figure for PartialFigure {
             .iter()
             .enumerate()
         {
-            let Some(benchmark) = rows.benchmarks.get(index) else {
+            if index >= rows.benchmarks.len() {
                 break;
-            };
+            }
             let mut chart = ChartBuilder::on(panel)
-                .caption(benchmark, super::bold(PANEL_TITLE_SIZE))
+                .caption(rows.benchmark_label(index), super::bold(PANEL_TITLE_SIZE))
                 .margin(14)
                 .x_label_area_size(56)
                 .y_label_area_size(76)
@@ -522,6 +566,7 @@ mod tests {
                 "q-rm (contrastive)",
                 "CI (bootstrap)",
                 "0.670",
+                "n = 500",
             ],
         );
     }
@@ -534,7 +579,11 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         assert_svg_texts(
             &svg,
-            &["AUROC on partial generations", "response seen (%)", "asdiv"],
+            &[
+                "AUROC on partial generations",
+                "response seen (%)",
+                "asdiv (n = 500)",
+            ],
         );
     }
 
@@ -597,6 +646,7 @@ mod tests {
         auroc_figure(&whole_report(), &directory.join("auroc_bars.png")).unwrap();
         auroc_figure(&whole_report(), &directory.join("auroc_bars.svg")).unwrap();
         auroc_figure(&partial_report(), &directory.join("auroc_partial.png")).unwrap();
+        auroc_figure(&partial_report(), &directory.join("auroc_partial.svg")).unwrap();
 
         // Crowded: five reward models with long names on six benchmarks, some without a value.
         let models = [
