@@ -443,11 +443,15 @@ pub(crate) fn optional_f64(
         .collect())
 }
 
-/// Reads a required numeric column as `Option<f64>` per row.
+/// Reads a required numeric column as `Option<f64>` per row (a column of only nulls, which JSON
+/// input gives as type null, is all `None`).
 pub(crate) fn required_f64(
     columns: &crate::pipeline::schema::Columns<'_>,
     name: &str,
 ) -> Result<Vec<Option<f64>>> {
+    if matches!(columns.frame.column(name), Ok(column) if column.dtype().is_null()) {
+        return Ok(vec![None; columns.frame.height()]);
+    }
     Ok(columns
         .f64(name)?
         .iter()
