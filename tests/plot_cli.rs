@@ -152,3 +152,25 @@ fn unknown_figure_extension_is_an_error() {
         .code(1)
         .stderr(predicate::str::contains(".png or .svg"));
 }
+
+#[test]
+fn report_with_only_null_aurocs_says_why_nothing_is_drawn() {
+    let directory = tempfile::tempdir().unwrap();
+    let report = directory.path().join("auroc.jsonl");
+    write(
+        &report,
+        &[
+            serde_json::json!({"rm": "qrm", "benchmark": "gsm8k", "percentile": null,
+            "n": 3, "n_pos": 3, "auroc": null, "ci_low": null, "ci_high": null,
+            "note": "only one class"}),
+        ],
+    );
+    qrm_plot()
+        .arg("auroc")
+        .arg(&report)
+        .arg("-o")
+        .arg(directory.path().join("auroc.png"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("nothing to plot"));
+}

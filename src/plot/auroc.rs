@@ -56,6 +56,8 @@ struct AurocRows {
     series: Vec<String>,
     benchmarks: Vec<String>,
     ci_methods: Vec<String>,
+    /// Per benchmark, the number of responses when every row of it agrees on one.
+    sizes: Vec<Option<u64>>,
     points: Vec<AurocPoint>,
 }
 
@@ -99,7 +101,7 @@ impl AurocRows {
         let ci_methods = ci_method
             .map(|m| distinct_in_order(m.iter().flatten()))
             .unwrap_or_default();
-        let points = (0..report.height())
+        let points: Vec<AurocPoint> = (0..report.height())
             .map(|index| AurocPoint {
                 series: series.iter().position(|s| *s == labels[index]).unwrap_or(0),
                 benchmark: benchmarks
@@ -111,15 +113,26 @@ impl AurocRows {
                 ci: ci_low[index].zip(ci_high[index]),
             })
             .collect();
+        let n = optional_f64(&columns, "n")?;
+        let sizes = (0..benchmarks.len())
+            .map(|b| {
+                let mut values = points_of(&points, b).filter_map(|i| n[i]);
+                let first = values.next()?;
+                values.all(|v| v == first).then_some(first as u64)
+            })
+            .collect();
         Ok(Self {
             series,
             benchmarks,
             ci_methods,
+            sizes,
             points,
         })
     }
 
-    fn legend(&self, interval_mark: Mark) -> Vec<LegendEntry> {
+    /// Legend entries: the series, the interval when any row has one, and the chance line when
+    /// it is drawn.
+    fn legend(&self, interval_mark: Mark, chance: bool) -> Vec<LegendEntry> {
         let series_mark = if interval_mark == Mark::Band {
             Mark::Line
         } else {
@@ -139,7 +152,9 @@ impl AurocRows {
             };
             entries.push(LegendEntry::new(label, GREY, interval_mark));
         }
-        entries.push(LegendEntry::new("chance (0.5)", GREY, Mark::Dashed));
+        if chance {
+            entries.push(LegendEntry::new("chance (0.5)", GREY, Mark::Dashed));
+        }
         entries
     }
 
@@ -154,6 +169,22 @@ impl AurocRows {
                     .flatten()
             })
             .collect()
+    }
+}
+
+/// Row indices of the points of benchmark `benchmark`.
+fn points_of(points: &[AurocPoint], benchmark: usize) -> impl Iterator<Item = usize> + '_ {
+    (0..points.len()).filter(move |&i| points[i].benchmark == benchmark)
+}
+
+impl AurocRows {
+    /// `name` or `name (n = 1319)` when the benchmark's rows agree on their size.
+    fn benchmark_label(&self, benchmark: usize) -> String {
+        let name = self.benchmarks[benchmark].clone();
+        match self.sizes.get(benchmark).copied().flatten() {
+            Some(n) => format!("{name} (n = {n})"),
+            None => name,
+        }
     }
 }
 
@@ -173,8 +204,9 @@ impl BarFigure {
 impl Figure for BarFigure {
     fn size(&self) -> (u32, u32) {
         let bars = self.rows.benchmarks.len() * self.rows.series.len();
-        let plot_width = 160 + bars * 64 + self.rows.benchmarks.len() * 40;
-        (plot_width.clamp(700, 2200) as u32 + 320, 680)
+        let plot_width = 160 + bars * 48 + self.rows.benchmarks.len() * 40;
+        let legend = legend_width("Reward model", &self.rows.legend(Mark::Whisker, true));
+        (plot_width.clamp(700, 1500) as u32 + legend, 680)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
@@ -183,8 +215,9 @@ impl Figure for BarFigure {
     {
         let rows = &self.rows;
         let area = titled(root, "AUROC on whole responses")?;
-        let legend = rows.legend(Mark::Whisker);
-        let legend_w = legend_width(&area, "Reward model", &legend);
+        // The axis starts below 0.5, so the chance line is always drawn.
+        let legend = rows.legend(Mark::Whisker, true);
+        let legend_w = legend_width("Reward model", &legend);
         let (width, _) = area.dim_in_pixel();
         let (plot, legend_area) = area.split_horizontally(width.saturating_sub(legend_w));
         draw_legend(&legend_area.margin(40, 0, 0, 0), "Reward model", &legend)?;
@@ -198,7 +231,7 @@ impl Figure for BarFigure {
         let mut chart = ChartBuilder::on(&plot)
             .margin(16)
             .margin_top(28)
-            .x_label_area_size(48)
+            .x_label_area_size(72)
             .y_label_area_size(84)
             .build_cartesian_2d(0.0..groups as f64, y_low..y_high)?;
         chart
@@ -214,9 +247,19 @@ impl Figure for BarFigure {
             .draw()?;
         // Benchmark names under their groups, in backend pixels (the root's own coordinates).
         let name_style = text(AXIS_LABEL_SIZE).pos(Pos::new(HPos::Center, VPos::Top));
+        let size_style = text(TICK_LABEL_SIZE)
+            .color(&GREY)
+            .pos(Pos::new(HPos::Center, VPos::Top));
         for (group, name) in rows.benchmarks.iter().enumerate() {
             let (x, y) = chart.backend_coord(&(group as f64 + 0.5, y_low));
             root.draw(&Text::new(name.clone(), (x, y + 12), name_style.clone()))?;
+            if let Some(n) = rows.sizes.get(group).copied().flatten() {
+                root.draw(&Text::new(
+                    format!("n = {n}"),
+                    (x, y + 42),
+                    size_style.clone(),
+                ))?;
+            }
         }
 
         if y_low < 0.5 {
@@ -306,6 +349,13 @@ impl PartialFigure {
         for point in &mut rows.points {
             point.benchmark = remap[point.benchmark];
         }
+        rows.sizes = used
+            .iter()
+            .map(|u| {
+                let old = rows.benchmarks.iter().position(|b| b == u)?;
+                rows.sizes.get(old).copied().flatten()
+            })
+            .collect();
         rows.benchmarks = used;
         let panels = rows.benchmarks.len().max(1);
         let columns = if panels == 4 { 2 } else { panels.min(3) };
@@ -318,10 +368,27 @@ impl PartialFigure {
     }
 }
 
+impl PartialFigure {
+    /// The AUROC axis, shared by the panels.
+    fn y_range(&self) -> (f64, f64) {
+        let (low, high) = padded_range(self.rows.values(|_| true), 0.08).unwrap_or((0.5, 1.0));
+        (low.max(0.0), high.min(1.02))
+    }
+
+    fn shows_chance(&self) -> bool {
+        let (low, high) = self.y_range();
+        low < 0.5 && high > 0.5
+    }
+}
+
 impl Figure for PartialFigure {
     fn size(&self) -> (u32, u32) {
+        let legend = legend_width(
+            "Reward model",
+            &self.rows.legend(Mark::Band, self.shows_chance()),
+        );
         (
-            self.columns as u32 * 560 + 320,
+            self.columns as u32 * 560 + legend,
             70 + self.panel_rows as u32 * 460,
         )
     }
@@ -332,8 +399,8 @@ impl Figure for PartialFigure {
     {
         let rows = &self.rows;
         let area = titled(root, "AUROC on partial generations")?;
-        let legend = rows.legend(Mark::Band);
-        let legend_w = legend_width(&area, "Reward model", &legend);
+        let legend = rows.legend(Mark::Band, self.shows_chance());
+        let legend_w = legend_width("Reward model", &legend);
         let (width, _) = area.dim_in_pixel();
         let (panels, legend_area) = area.split_horizontally(width.saturating_sub(legend_w));
         draw_legend(&legend_area.margin(40, 0, 0, 0), "Reward model", &legend)?;
@@ -341,19 +408,18 @@ impl Figure for PartialFigure {
         let x_values = rows.points.iter().filter_map(|p| p.percentile);
         let (x_low, x_high) =
             padded_range(x_values.map(|p| p * 100.0), 0.04).unwrap_or((0.0, 100.0));
-        let (y_low, y_high) = padded_range(rows.values(|_| true), 0.08).unwrap_or((0.5, 1.0));
-        let (y_low, y_high) = (y_low.max(0.0), y_high.min(1.02));
+        let (y_low, y_high) = self.y_range();
 
         for (index, panel) in panels
             .split_evenly((self.panel_rows, self.columns))
             .iter()
             .enumerate()
         {
-            let Some(benchmark) = rows.benchmarks.get(index) else {
+            if index >= rows.benchmarks.len() {
                 break;
-            };
+            }
             let mut chart = ChartBuilder::on(panel)
-                .caption(benchmark, super::bold(PANEL_TITLE_SIZE))
+                .caption(rows.benchmark_label(index), super::bold(PANEL_TITLE_SIZE))
                 .margin(14)
                 .x_label_area_size(56)
                 .y_label_area_size(76)
@@ -371,7 +437,7 @@ impl Figure for PartialFigure {
                 .y_desc("AUROC")
                 .axis_desc_style(text(AXIS_LABEL_SIZE))
                 .draw()?;
-            if y_low < 0.5 && y_high > 0.5 {
+            if self.shows_chance() {
                 chart.draw_series(DashedLineSeries::new(
                     vec![(x_low, 0.5), (x_high, 0.5)],
                     10,
@@ -500,6 +566,7 @@ mod tests {
                 "q-rm (contrastive)",
                 "CI (bootstrap)",
                 "0.670",
+                "n = 500",
             ],
         );
     }
@@ -512,7 +579,11 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         assert_svg_texts(
             &svg,
-            &["AUROC on partial generations", "response seen (%)", "asdiv"],
+            &[
+                "AUROC on partial generations",
+                "response seen (%)",
+                "asdiv (n = 500)",
+            ],
         );
     }
 
@@ -575,5 +646,40 @@ mod tests {
         auroc_figure(&whole_report(), &directory.join("auroc_bars.png")).unwrap();
         auroc_figure(&whole_report(), &directory.join("auroc_bars.svg")).unwrap();
         auroc_figure(&partial_report(), &directory.join("auroc_partial.png")).unwrap();
+        auroc_figure(&partial_report(), &directory.join("auroc_partial.svg")).unwrap();
+
+        // Crowded: five reward models with long names on six benchmarks, some without a value.
+        let models = [
+            "smollm2-135m-bt",
+            "smollm2-135m-bt+contrastive",
+            "smollm2-135m-bt+contrastive-frozen-trunk",
+            "llama-3.1-8b-rm",
+            "q-rm",
+        ];
+        let benchmarks = ["gsm8k", "math", "gsm-hard", "svamp", "asdiv", "algebra222"];
+        let mut rows = Vec::new();
+        for (b, benchmark) in benchmarks.iter().enumerate() {
+            for (m, rm) in models.iter().enumerate() {
+                let value = (b + m != 7).then_some(0.55 + 0.04 * m as f64 + 0.02 * b as f64);
+                rows.push((*rm, *benchmark, None, value, Some(0.04)));
+            }
+        }
+        auroc_figure(&report(&rows), &directory.join("auroc_bars_crowded.png")).unwrap();
+        let single: Vec<Row<'_>> = (1..=4)
+            .map(|step| {
+                (
+                    "q-rm",
+                    "gsm8k",
+                    Some(step as f64 / 4.0),
+                    Some(0.6 + 0.03 * step as f64),
+                    Some(0.02),
+                )
+            })
+            .collect();
+        auroc_figure(
+            &report(&single),
+            &directory.join("auroc_partial_single.png"),
+        )
+        .unwrap();
     }
 }

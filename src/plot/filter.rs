@@ -128,16 +128,8 @@ impl Sweep {
     }
 }
 
-impl Figure for Sweep {
-    fn size(&self) -> (u32, u32) {
-        (1500, 620)
-    }
-
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
-    where
-        DB::ErrorType: 'static,
-    {
-        let area = titled(root, "Q-value filtering: accuracy and tokens saved")?;
+impl Sweep {
+    fn legend(&self) -> Vec<LegendEntry> {
         let mut legend: Vec<LegendEntry> = self
             .series
             .iter()
@@ -145,7 +137,22 @@ impl Figure for Sweep {
             .map(|(index, s)| LegendEntry::new(s.label.clone(), series_color(index), Mark::Line))
             .collect();
         legend.push(LegendEntry::new("without filtering", GREY, Mark::Dashed));
-        let legend_w = legend_width(&area, "Reward model", &legend);
+        legend
+    }
+}
+
+impl Figure for Sweep {
+    fn size(&self) -> (u32, u32) {
+        (1200 + legend_width("Reward model", &self.legend()), 620)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        let area = titled(root, "Q-value filtering: accuracy and tokens saved")?;
+        let legend = self.legend();
+        let legend_w = legend_width("Reward model", &legend);
         let (width, _) = area.dim_in_pixel();
         let (panels, legend_area) = area.split_horizontally(width.saturating_sub(legend_w));
         draw_legend(&legend_area.margin(40, 0, 0, 0), "Reward model", &legend)?;
@@ -290,7 +297,11 @@ mod tests {
                     accuracy.push(base);
                     let gain = (0.02 + 0.02 * m as f64) * (1.0 - (t + 0.6) / 1.0).max(0.0);
                     accuracy_filtered.push(base + gain);
-                    saved.push(40.0 * (1.0 - (t + 0.6) / 1.0).max(0.0) * (1.0 + m as f64 * 0.3));
+                    saved.push(
+                        40.0 * (1.0 - (t + 0.6) / 1.0).max(0.0)
+                            * (1.0 + m as f64 * 0.3)
+                            * (1.0 - 0.2 * b as f64),
+                    );
                 }
             }
         }
@@ -314,7 +325,8 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("sweep.png");
         filter_sweep_figure(&sweep_report(), &path).unwrap();
-        assert_eq!(png_size(&path), (1500, 620));
+        let sweep = Sweep::from_frame(&sweep_report()).unwrap();
+        assert_eq!(png_size(&path), sweep.size());
     }
 
     #[test]
@@ -355,7 +367,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("one.png");
         filter_sweep_figure(&frame, &path).unwrap();
-        assert_eq!(png_size(&path), (1500, 620));
+        assert_eq!(png_size(&path).1, 620);
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub use auroc::auroc_figure;
 pub use filter::filter_sweep_figure;
 pub use tokens::{
     diverging_color, readable_tokens, token_row, tokens_figure, tokens_html, tokens_svg,
-    RowSelector, TokenRow, NEGATIVE_COLOR, POSITIVE_COLOR, TOKENS,
+    RowSelector, TokenRow, MISSING_COLOR, NEGATIVE_COLOR, POSITIVE_COLOR, TOKENS, ZERO_COLOR,
 };
 pub use training::training_figure;
 
@@ -283,26 +283,21 @@ impl LegendEntry {
 const SWATCH: i32 = 34;
 const LEGEND_ROW: i32 = 30;
 
-/// Width in pixels a legend of these entries needs, padding included.
-pub(crate) fn legend_width<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    heading: &str,
-    entries: &[LegendEntry],
-) -> u32 {
-    let style = text(LEGEND_SIZE);
+/// Width in pixels a legend of these entries needs, padding included (fonts must be registered).
+pub(crate) fn legend_width(heading: &str, entries: &[LegendEntry]) -> u32 {
+    let measure = |style: TextStyle<'_>, label: &str| {
+        style
+            .font
+            .box_size(label)
+            .map(|(width, _)| width)
+            .unwrap_or(label.chars().count() as u32 * LEGEND_SIZE / 2)
+    };
     let widest_label = entries
         .iter()
-        .map(|entry| {
-            area.estimate_text_size(&entry.label, &style)
-                .map(|(w, _)| w)
-                .unwrap_or(entry.label.chars().count() as u32 * 11)
-        })
+        .map(|entry| measure(text(LEGEND_SIZE), &entry.label))
         .max()
         .unwrap_or(0);
-    let heading_width = area
-        .estimate_text_size(heading, &bold(LEGEND_SIZE))
-        .map(|(w, _)| w)
-        .unwrap_or(0);
+    let heading_width = measure(bold(LEGEND_SIZE), heading);
     (widest_label + SWATCH as u32 + 16).max(heading_width) + 40
 }
 
@@ -448,11 +443,15 @@ pub(crate) fn optional_f64(
         .collect())
 }
 
-/// Reads a required numeric column as `Option<f64>` per row.
+/// Reads a required numeric column as `Option<f64>` per row (a column of only nulls, which JSON
+/// input gives as type null, is all `None`).
 pub(crate) fn required_f64(
     columns: &crate::pipeline::schema::Columns<'_>,
     name: &str,
 ) -> Result<Vec<Option<f64>>> {
+    if matches!(columns.frame.column(name), Ok(column) if column.dtype().is_null()) {
+        return Ok(vec![None; columns.frame.height()]);
+    }
     Ok(columns
         .f64(name)?
         .iter()

@@ -124,7 +124,7 @@ h1 {{ font-size: 1.3em; }}
 .summary {{ color: #555; }}
 .scale span {{ display: inline-block; padding: 0.1em 0.6em; font-size: 0.85em; border: 1px solid #ccc; }}
 .tokens {{ white-space: pre-wrap; font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 15px; line-height: 1.9; border: 1px solid #ddd; padding: 1em; }}
-.tokens span {{ border-radius: 2px; }}
+.tokens span {{ border-radius: 2px; box-shadow: inset -1px 0 #ffffff; }}
 </style>
 </head>
 <body>
@@ -217,8 +217,10 @@ pub fn tokens_svg(tokens: &[String], q_values: &[f32], title: &str) -> String {
             if let Some(background) = background {
                 let _ = write!(
                     body,
-                    r#"<rect x="{x:.1}" y="{:.1}" width="{width:.1}" height="{:.1}" fill="{}"/>"#,
+                    r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}"/>"#,
                     y - SVG_LINE_HEIGHT + 6.0,
+                    // A hairline gap keeps neighbouring tokens of similar colour apart.
+                    (width - 1.0).max(1.0),
                     SVG_LINE_HEIGHT - 4.0,
                     hex(background),
                 );
@@ -453,7 +455,8 @@ fn row_title(columns: &Columns<'_>, index: usize) -> Result<String> {
 ///
 /// The pieces are decoded only when every character of every token belongs to the byte-level
 /// alphabet, none is a plain space or newline, and some token holds one of the alphabet's
-/// stand-ins for bytes below `!` (`Ġ` for a space, `Ċ` for a newline).
+/// stand-ins for bytes below `!` (`Ġ` for a space, `Ċ` for a newline). A character whose UTF-8
+/// bytes are split across tokens is shown with the token that completes it.
 pub fn readable_tokens(tokens: &[String]) -> Vec<String> {
     let alphabet = byte_level_alphabet();
     let byte_of = |c: char| alphabet.iter().position(|&a| a == c);
@@ -466,14 +469,22 @@ pub fn readable_tokens(tokens: &[String]) -> Vec<String> {
     if !all_byte_level || !has_stand_ins {
         return tokens.to_vec();
     }
+    // A character split across tokens is shown with the token that completes it.
+    let mut pending: Vec<u8> = Vec::new();
     tokens
         .iter()
         .map(|token| {
-            let bytes: Vec<u8> = token
-                .chars()
-                .filter_map(|c| byte_of(c).map(|b| b as u8))
-                .collect();
-            String::from_utf8_lossy(&bytes).into_owned()
+            pending.extend(token.chars().filter_map(|c| byte_of(c).map(|b| b as u8)));
+            let complete = match std::str::from_utf8(&pending) {
+                Ok(_) => pending.len(),
+                // An incomplete sequence at the end waits for the next token.
+                Err(error) if error.error_len().is_none() => error.valid_up_to(),
+                Err(_) => pending.len(),
+            };
+            let rest = pending.split_off(complete);
+            let text = String::from_utf8_lossy(&pending).into_owned();
+            pending = rest;
+            text
         })
         .collect()
 }
@@ -639,9 +650,39 @@ mod tests {
             readable_tokens(&tokens),
             strings(&["The", " answer", " is", "\n", "42", " €"])
         );
+        // "€" is E2 82 AC: split as "â" + "Ĥ¬", it shows with the second piece.
+        let split = strings(&["Ġx", "Ġâ", "Ĥ¬"]);
+        assert_eq!(readable_tokens(&split), strings(&[" x", " ", "€"]));
         // Already text: unchanged, even with characters from the alphabet.
         let text = strings(&["The", " café", "Ġ"]);
         assert_eq!(readable_tokens(&text), text);
+    }
+
+    #[test]
+    fn smollm2_pieces_of_a_gsm8k_answer_read_back_as_the_answer() {
+        let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+        let tokenizer_path = directory.join("models/smollm2-135m-instruct/tokenizer.json");
+        let questions = directory.join("gsm8k/test.jsonl");
+        if !tokenizer_path.exists() || !questions.exists() {
+            eprintln!("skipping: ../shared/data not found");
+            return;
+        }
+        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).unwrap();
+        let text = std::fs::read_to_string(&questions).unwrap();
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        // "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<...": a
+        // newline, a curly apostrophe (three UTF-8 bytes) and `<<`, `$` to escape.
+        let answer = first["answer"].as_str().unwrap();
+        let encoding = tokenizer.encode(answer, false).unwrap();
+        let pieces: Vec<String> = encoding.get_tokens().to_vec();
+        assert!(pieces.iter().any(|p| p.contains('Ġ')), "{pieces:?}");
+        let readable = readable_tokens(&pieces);
+        assert_eq!(readable.concat(), answer);
+        assert_eq!(readable.len(), pieces.len());
+        let values: Vec<f32> = (0..pieces.len()).map(|i| (i as f32 * 0.3).sin()).collect();
+        let html = tokens_html(&readable, &values, "gsm8k 0");
+        assert!(html.contains("&lt;&lt;"));
+        assert_eq!(html.matches("title=\"token ").count(), pieces.len());
     }
 
     fn scores() -> DataFrame {
@@ -777,5 +818,30 @@ mod tests {
             tokens_html(&tokens, &values, title),
         )
         .unwrap();
+
+        // Real SmolLM2 pieces of a GSM8K reference answer, when the shared data is here.
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+        let tokenizer = data.join("models/smollm2-135m-instruct/tokenizer.json");
+        if let Ok(tokenizer) = tokenizers::Tokenizer::from_file(tokenizer) {
+            let text = std::fs::read_to_string(data.join("gsm8k/test.jsonl")).unwrap();
+            let row: serde_json::Value =
+                serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            let answer = row["answer"].as_str().unwrap();
+            let pieces = tokenizer
+                .encode(answer, false)
+                .unwrap()
+                .get_tokens()
+                .to_vec();
+            let tokens = readable_tokens(&pieces);
+            let values: Vec<f32> = (0..tokens.len())
+                .map(|i| ((i as f32) * 0.21).cos() * 0.9)
+                .collect();
+            let svg = tokens_svg(
+                &tokens,
+                &values,
+                "gsm8k test 0 (SmolLM2 tokens) <reference>",
+            );
+            std::fs::write(directory.join("tokens_smollm2.svg"), svg).unwrap();
+        }
     }
 }
