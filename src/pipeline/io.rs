@@ -258,6 +258,15 @@ pub fn write_atomic(
         write(&mut buffered)?;
         buffered.flush().map_err(|e| Error::io(path, e))?;
     }
+    // Temporary files are created private (0600); the finished file gets the usual 0644, or the
+    // mode of the file it replaces.
+    let mode = fs_err::metadata(path)
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    temporary
+        .as_file()
+        .set_permissions(mode)
+        .map_err(|e| Error::io(path, e))?;
     temporary
         .as_file()
         .sync_all()
@@ -494,6 +503,18 @@ mod tests {
         assert!(result.is_err());
         let leftovers: Vec<_> = fs_err::read_dir(directory.path()).unwrap().collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn written_files_are_world_readable_not_private_like_temporaries() {
+        use std::os::unix::fs::PermissionsExt;
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("out.jsonl");
+        Output::new(Some(path.clone()), None)
+            .write(&mut sample_frame())
+            .unwrap();
+        let mode = fs_err::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
     }
 
     #[test]

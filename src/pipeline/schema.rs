@@ -62,12 +62,12 @@ pub const RM: &str = "rm";
 pub const REWARD: &str = "reward";
 /// UInt32, not null. Number of response tokens scored.
 pub const RESPONSE_TOKENS: &str = "response_tokens";
-/// List<Float32>, not null. Value head output at each response token (reward of that prefix).
+/// `List<Float32>`, not null. Value head output at each response token (reward of that prefix).
 pub const TOKEN_REWARDS: &str = "token_rewards";
-/// List<Float32>, nullable. Cosine of each response token's hidden state with the goal state;
+/// `List<Float32>`, nullable. Cosine of each response token's hidden state with the goal state;
 /// null when no goal state was given.
 pub const Q_VALUES: &str = "q_values";
-/// List<Utf8>, optional (`qrm-score --emit-tokens`). The decoded scored tokens.
+/// `List<Utf8>`, optional (`qrm-score --emit-tokens`). The decoded scored tokens.
 pub const TOKENS: &str = "tokens";
 /// UInt64, shard outputs only. The row's position in the unsharded input.
 pub const ROW_INDEX: &str = "row_index";
@@ -242,7 +242,7 @@ impl<'a> Columns<'a> {
         Ok(cast.f64().map_err(|e| Error::table(self.path, e))?.clone())
     }
 
-    /// A List column whose items are numbers, cast to List<Float64> (null lists kept).
+    /// A List column whose items are numbers, cast to `List<Float64>` (null lists kept).
     pub fn f64_lists(&self, name: &str) -> Result<ListChunked> {
         let column = self.get(name)?;
         match column.dtype() {
