@@ -29,6 +29,8 @@ pub enum Format {
     Csv,
     /// A readable table for people; not meant to be parsed.
     Table,
+    /// A GitHub-flavoured Markdown table, for reports.
+    Markdown,
 }
 
 impl Format {
@@ -44,6 +46,7 @@ impl Format {
             "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
             "csv" => Some(Format::Csv),
             "txt" => Some(Format::Table),
+            "md" => Some(Format::Markdown),
             _ => None,
         }
     }
@@ -304,11 +307,54 @@ pub fn encode(
             .include_header(true)
             .finish(frame)
             .map_err(table_error)?,
+        Format::Markdown => {
+            write!(writer, "{}", render_markdown(frame)).map_err(|e| Error::io(path, e))?
+        }
         Format::Table => {
             writeln!(writer, "{}", render_table(frame)).map_err(|e| Error::io(path, e))?
         }
     }
     Ok(())
+}
+
+/// A GitHub-flavoured Markdown table: floats to four decimals, nulls as `–`, lists as their
+/// length, `|` in text escaped.
+pub fn render_markdown(frame: &DataFrame) -> String {
+    let names: Vec<&str> = frame
+        .get_column_names()
+        .iter()
+        .map(|n| n.as_str())
+        .collect();
+    let mut out = format!(
+        "| {} |\n|{}\n",
+        names.join(" | "),
+        "---|".repeat(names.len())
+    );
+    for row in 0..frame.height() {
+        let cells: Vec<String> = frame
+            .columns()
+            .iter()
+            .map(|column| match column.get(row) {
+                Ok(AnyValue::Null) | Err(_) => "–".to_owned(),
+                Ok(AnyValue::Float64(value)) => format_float(value),
+                Ok(AnyValue::Float32(value)) => format_float(f64::from(value)),
+                Ok(AnyValue::String(text)) => text.replace('|', "\\|").replace('\n', " "),
+                Ok(AnyValue::StringOwned(text)) => text.replace('|', "\\|").replace('\n', " "),
+                Ok(AnyValue::List(items)) => format!("[{} items]", items.len()),
+                Ok(value) => value.to_string(),
+            })
+            .collect();
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+    }
+    out
+}
+
+fn format_float(value: f64) -> String {
+    if value.is_finite() && value != 0.0 && value.abs() < 1e-3 {
+        format!("{value:.2e}")
+    } else {
+        format!("{value:.4}")
+    }
 }
 
 /// A readable rendering of a frame: every row, floats as they are, long strings cut.
@@ -515,6 +561,25 @@ mod tests {
             .unwrap();
         let mode = fs_err::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644);
+    }
+
+    #[test]
+    fn markdown_rounds_floats_and_shows_nulls() {
+        let frame = DataFrame::new(
+            2,
+            vec![
+                Column::new("rm".into(), ["bt", "a|b"]),
+                Column::new("auroc".into(), [Some(0.712345f64), None]),
+                Column::new("p_value".into(), [0.00012f64, 0.5]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            render_markdown(&frame),
+            "| rm | auroc | p_value |\n|---|---|---|\n\
+             | bt | 0.7123 | 1.20e-4 |\n\
+             | a\\|b | – | 0.5000 |\n"
+        );
     }
 
     #[test]
