@@ -870,3 +870,63 @@ fn prm800k_and_hh_rlhf_match_the_data() {
     assert!(rows.iter().all(|r| r.question.ends_with("\n\nAssistant:")));
     assert!(rows.iter().all(|r| r.chosen != r.rejected));
 }
+
+#[test]
+fn math500_reference_solutions_grade_against_their_answers_only() {
+    let Some(shared) = shared_data() else { return };
+    let text = std::fs::read_to_string(shared.join("benchmarks/math_oai/test.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    // Each solution graded against its own answer, and against the previous problem's answer.
+    let directory = tempfile::tempdir().unwrap();
+    let mut lines = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let previous = &rows[(index + rows.len() - 1) % rows.len()];
+        for (suffix, answer) in [("own", &row["answer"]), ("shifted", &previous["answer"])] {
+            lines.push(
+                serde_json::json!({
+                    "question_id": row["unique_id"],
+                    "sample": suffix,
+                    "question": row["problem"],
+                    "response": row["solution"],
+                    "expected_answer": answer,
+                    "same_answer": answer == &row["answer"],
+                })
+                .to_string(),
+            );
+        }
+    }
+    let input = write(directory.path(), "m.jsonl", lines.join("\n").as_bytes());
+    let out = directory.path().join("graded.parquet");
+    import()
+        .arg(&input)
+        .arg("--grade")
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let frame = read_table(&out).unwrap();
+    let columns = Columns::new(&frame, &out);
+    let correct = columns.bool_not_null("is_correct").unwrap();
+    let same = columns.bool_not_null("same_answer").unwrap();
+    let samples = strings(&frame, "sample");
+    let mut own_correct = 0;
+    let mut shifted_false_positives = 0;
+    for (index, sample) in samples.iter().enumerate() {
+        let is_correct = correct.get(index).unwrap();
+        if sample == "own" {
+            own_correct += usize::from(is_correct);
+        } else if is_correct && !same.get(index).unwrap() {
+            shifted_false_positives += 1;
+        }
+    }
+    // The \boxed{} of every reference solution matches its answer after normalisation.
+    assert_eq!(own_correct, rows.len());
+    // A different problem's answer almost never matches (one known case: "x=5" vs "5").
+    assert!(
+        shifted_false_positives <= 2,
+        "{shifted_false_positives} false positives"
+    );
+}
