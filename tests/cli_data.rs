@@ -855,7 +855,11 @@ fn prm800k_and_hh_rlhf_match_the_data() {
         .arg("-o")
         .arg(&out)
         .assert()
-        .success();
+        .success()
+        .stderr(contains(format!(
+            "{} pairs whose dialogues diverge before the last turn",
+            expected["hh_rlhf"]["diverging_before_last_turn"]
+        )));
     let frame = read_table(&out).unwrap();
     let rows = pairs_from_frame(&frame, &out).unwrap();
     assert_eq!(

@@ -141,7 +141,8 @@ pub struct ImportReport {
     pub graded: usize,
     /// Graded rows whose computed label differs from the input's own label.
     pub grade_changed: usize,
-    /// HH-RLHF pairs whose differing part spans more than one turn (kept).
+    /// HH-RLHF pairs whose dialogues diverge before the final assistant turn (kept; the
+    /// continuations then hold several turns).
     pub multi_turn_pairs: usize,
     /// Distinct questions in the output.
     pub questions: usize,
@@ -156,6 +157,60 @@ pub struct Imported {
     pub table: TableKind,
     pub frame: DataFrame,
     pub report: ImportReport,
+}
+
+impl Imported {
+    /// Logs what was imported (info) and every kind of skip (warn) to stderr.
+    pub fn log_summary(&self) {
+        let report = &self.report;
+        match self.table {
+            TableKind::Generations => tracing::info!(
+                "{}: {} rows read, {} generations over {} questions ({} correct)",
+                self.format.name(),
+                report.rows_read,
+                report.rows_written,
+                report.questions,
+                report.correct
+            ),
+            TableKind::Pairs => tracing::info!(
+                "{}: {} rows read, {} pairs",
+                self.format.name(),
+                report.rows_read,
+                report.rows_written
+            ),
+        }
+        for (count, what) in [
+            (report.skipped_lines, "malformed lines skipped"),
+            (
+                report.skipped_null_values,
+                "rows with a null required value or label skipped",
+            ),
+            (
+                report.skipped_duplicates,
+                "rows repeating a (question_id, sample) skipped",
+            ),
+            (
+                report.skipped_bad_values,
+                "rows with a malformed value skipped",
+            ),
+            (report.dropped_unrated, "unrated PRM800K steps dropped"),
+            (
+                report.multi_turn_pairs,
+                "pairs whose dialogues diverge before the last turn (kept)",
+            ),
+        ] {
+            if count > 0 {
+                tracing::warn!("{count} {what}");
+            }
+        }
+        if report.graded > 0 {
+            tracing::info!(
+                "graded {} rows; {} differ from the input's own label",
+                report.graded,
+                report.grade_changed
+            );
+        }
+    }
 }
 
 /// Guesses the source format from the columns present.
@@ -282,6 +337,9 @@ pub fn import_table(frame: &DataFrame, path: &Path, options: &ImportOptions) -> 
     })
 }
 
+/// The marker that opens an assistant turn in HH-RLHF dialogues.
+pub const ASSISTANT_TURN: &str = "\n\nAssistant:";
+
 /// Splits an HH-RLHF pair into the shared prompt and the two differing continuations.
 ///
 /// The prompt is everything up to and including the last `"\n\nAssistant:"` inside the common
@@ -291,14 +349,13 @@ pub fn split_dialogue<'a>(
     chosen: &'a str,
     rejected: &'a str,
 ) -> Option<(&'a str, &'a str, &'a str)> {
-    const ASSISTANT: &str = "\n\nAssistant:";
     let common = chosen
         .char_indices()
         .zip(rejected.chars())
         .find(|((_, a), b)| a != b)
         .map(|((index, _), _)| index)
         .unwrap_or_else(|| chosen.len().min(rejected.len()));
-    let end = chosen[..common].rfind(ASSISTANT)? + ASSISTANT.len();
+    let end = chosen[..common].rfind(ASSISTANT_TURN)? + ASSISTANT_TURN.len();
     Some((
         &chosen[..end],
         chosen[end..].trim_start(),
@@ -988,7 +1045,12 @@ impl Context<'_> {
                 )?;
                 continue;
             };
-            if chosen_turn.contains("\n\nHuman:") || rejected_turn.contains("\n\nHuman:") {
+            // Either dialogue has a later assistant turn than the shared prompt.
+            let last_turn = |dialogue: &str| dialogue.rfind(ASSISTANT_TURN);
+            let prompt_turn = prompt.len() - ASSISTANT_TURN.len();
+            if last_turn(chosen_text) != Some(prompt_turn)
+                || last_turn(rejected_text) != Some(prompt_turn)
+            {
                 self.report.multi_turn_pairs += 1;
             }
             let question_id = format!("{benchmark}-{}", stable_id(prompt));
