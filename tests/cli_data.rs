@@ -639,6 +639,30 @@ fn duplicated_question_and_sample_is_an_error_or_a_counted_skip() {
 }
 
 #[test]
+fn pairs_reports_null_and_mistyped_labels() {
+    let directory = tempfile::tempdir().unwrap();
+    let null_label = write(
+        directory.path(),
+        "n.jsonl",
+        b"{\"question_id\": \"q\", \"question\": \"q\", \"response\": \"a\", \"is_correct\": true}\n\
+          {\"question_id\": \"q\", \"question\": \"q\", \"response\": \"b\", \"is_correct\": null}\n",
+    );
+    pairs()
+        .arg(&null_label)
+        .assert()
+        .code(1)
+        .stderr(contains("row 2, column `is_correct`: null value"));
+    let text_label = write(
+        directory.path(),
+        "t.jsonl",
+        b"{\"question_id\": \"q\", \"question\": \"q\", \"response\": \"a\", \"is_correct\": \"yes\"}\n",
+    );
+    pairs().arg(&text_label).assert().code(1).stderr(contains(
+        "column `is_correct` has type str, expected Boolean",
+    ));
+}
+
+#[test]
 fn duplicated_pair_id_across_inputs_is_an_error() {
     import()
         .arg(fixture("openmath_pairs.jsonl"))
