@@ -857,22 +857,25 @@ fn zeroeval_grading_agrees_with_its_labels() {
 fn prm800k_and_hh_rlhf_match_the_data() {
     let Some(shared) = shared_data() else { return };
     let expected = reference();
-    let prm = &expected["prm800k_test"];
     let directory = tempfile::tempdir().unwrap();
-    import()
-        .arg(shared.join("prm800k/phase1_test.stepwise-critic.parquet"))
-        .arg("-o")
-        .arg(directory.path().join("prm.parquet"))
-        .assert()
-        .success()
-        .stderr(contains(format!(
-            "prm800k: {} rows read, {} generations over {} questions ({} correct)",
-            prm["rows"], prm["rated"], prm["questions"], prm["correct"]
-        )))
-        .stderr(contains(format!(
-            "{} unrated PRM800K steps dropped",
-            prm["unrated"]
-        )));
+    // The train file stores `rating` as Float64, the test file as Int8.
+    for split in ["test", "train_plus"] {
+        let prm = &expected[format!("prm800k_{split}").as_str()];
+        import()
+            .arg(shared.join(format!("prm800k/phase1_{split}.stepwise-critic.parquet")))
+            .arg("-o")
+            .arg(directory.path().join("prm.parquet"))
+            .assert()
+            .success()
+            .stderr(contains(format!(
+                "prm800k: {} rows read, {} generations over {} questions ({} correct)",
+                prm["rows"], prm["rated"], prm["questions"], prm["correct"]
+            )))
+            .stderr(contains(format!(
+                "{} unrated PRM800K steps dropped",
+                prm["unrated"]
+            )));
+    }
     let out = directory.path().join("hh.parquet");
     import()
         .arg(shared.join("hh-rlhf/harmless-base-test.jsonl.gz"))

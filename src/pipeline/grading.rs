@@ -111,7 +111,8 @@ fn json_answer(text: &str) -> Option<String> {
     if !text.contains("\"answer\"") {
         return None;
     }
-    for (start, _) in text.match_indices('{') {
+    // A bounded number of tries keeps brace-heavy text (LaTeX) linear.
+    for (start, _) in text.match_indices('{').take(16) {
         let mut stream =
             serde_json::Deserializer::from_str(&text[start..]).into_iter::<serde_json::Value>();
         if let Some(Ok(serde_json::Value::Object(object))) = stream.next() {
