@@ -433,6 +433,24 @@ fn split_requires_holdout_and_a_fraction_in_range() {
         .assert()
         .code(1)
         .stderr(contains("fraction in [0, 1]"));
+    // An unknown extension is refused before any work, and nothing is written.
+    pairs()
+        .arg(&generations)
+        .args(["--split-questions", "0.5", "--holdout"])
+        .arg(directory.path().join("h.xyz"))
+        .arg("-o")
+        .arg(directory.path().join("p.parquet"))
+        .assert()
+        .code(1)
+        .stderr(contains("unknown output extension"));
+    assert!(!directory.path().join("p.parquet").exists());
+    import()
+        .arg(fixture("zeroeval_small.jsonl"))
+        .arg("-o")
+        .arg(directory.path().join("g.xyz"))
+        .assert()
+        .code(1)
+        .stderr(contains("unknown output extension"));
 }
 
 // ---------------------------------------------------------------- bad input

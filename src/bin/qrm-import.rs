@@ -102,10 +102,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             expected: args.expected_col,
         },
     };
+    // Refuse an unknown output extension before reading anything.
+    let output = args.output.output();
+    output.resolved_format()?;
     let mut imported = import_paths(&args.inputs, &options)?;
     imported.log_summary();
-    args.output
-        .output()
+    output
         .write(&mut imported.frame)
         .context("writing the imported table")?;
     Ok(())
