@@ -128,6 +128,49 @@ fn nemo_grade_agrees_with_its_labels() {
 }
 
 #[test]
+fn openmathinstruct2_rows_grade_from_boxed_answers() {
+    // OpenMathInstruct-2 shape: `problem`, `generated_solution`, `expected_answer`,
+    // `problem_source`, no label.
+    let directory = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = [
+        ("What is 2 + 2?", "2 + 2 = 4, so \\boxed{4}.", "4"),
+        ("What is 2 + 2?", "2 + 2 = 5, so \\boxed{5}.", "4"),
+    ]
+    .iter()
+    .map(|(problem, solution, expected)| {
+        serde_json::json!({
+            "problem": problem,
+            "generated_solution": solution,
+            "expected_answer": expected,
+            "problem_source": "augmented_gsm8k",
+        })
+        .to_string()
+    })
+    .collect();
+    let input = write(directory.path(), "omi2.jsonl", lines.join("\n").as_bytes());
+    let out = directory.path().join("g.parquet");
+    import()
+        .arg(&input)
+        .arg("--grade")
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains(
+            "nemo: 2 rows read, 2 generations over 1 questions (1 correct)",
+        ));
+    let frame = read_table(&out).unwrap();
+    let rows = generations_from_frame(&frame, &out).unwrap();
+    assert_eq!(rows[0].question, "What is 2 + 2?");
+    assert_eq!(rows[0].benchmark, "augmented_gsm8k");
+    assert_eq!(rows[1].predicted_answer.as_deref(), Some("5"));
+    assert_eq!(
+        (rows[0].sample.as_str(), rows[1].sample.as_str()),
+        ("0", "1")
+    );
+}
+
+#[test]
 fn openmath_preference_rows_become_pairs() {
     let directory = tempfile::tempdir().unwrap();
     let out = directory.path().join("p.parquet");

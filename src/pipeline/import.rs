@@ -570,7 +570,13 @@ impl Context<'_> {
     }
 
     fn nemo(&mut self, source: &Path) -> Result<DataFrame> {
-        let question = self.text(QUESTION)?;
+        // OpenMathInstruct-2 names the question `problem` and its origin `problem_source`.
+        let question_column = if !self.has(QUESTION) && self.has("problem") {
+            "problem"
+        } else {
+            QUESTION
+        };
+        let question = self.text(question_column)?;
         let solution = self.text("generated_solution")?;
         let predicted = self.optional_text(PREDICTED_ANSWER)?;
         let expected = self.optional_text(EXPECTED_ANSWER)?;
@@ -588,7 +594,11 @@ impl Context<'_> {
         };
         let id_column = [QUESTION_ID, "id", "idx"].into_iter().find(|c| self.has(c));
         let ids = id_column.map(|c| self.text(c)).transpose()?;
-        let dataset = self.optional_text("dataset")?;
+        let dataset_column = ["dataset", "problem_source"]
+            .into_iter()
+            .find(|c| self.has(c))
+            .unwrap_or("dataset");
+        let dataset = self.optional_text(dataset_column)?;
         let file_name = source.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let file_sample = file_name
             .strip_prefix("output-")
@@ -608,7 +618,7 @@ impl Context<'_> {
         let mut drafts = Vec::with_capacity(self.frame.height());
         for row in 0..self.frame.height() {
             let (Some(question_text), Some(response)) = (
-                self.required(question.get(row), row, QUESTION)?,
+                self.required(question.get(row), row, question_column)?,
                 self.required(solution.get(row), row, "generated_solution")?,
             ) else {
                 continue;
@@ -659,7 +669,7 @@ impl Context<'_> {
             });
         }
         let mut consumed = vec![
-            QUESTION,
+            question_column,
             "generated_solution",
             PREDICTED_ANSWER,
             EXPECTED_ANSWER,
