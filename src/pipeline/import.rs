@@ -1328,6 +1328,64 @@ mod tests {
         assert_eq!((a, b), ("é", "è"));
     }
 
+    fn frame_with(columns: &[&str]) -> DataFrame {
+        let columns: Vec<Column> = columns
+            .iter()
+            .map(|name| Column::new((*name).into(), ["x"]))
+            .collect();
+        DataFrame::new(1, columns).unwrap()
+    }
+
+    #[test]
+    fn format_detected_from_columns() {
+        let cases: [(&[&str], SourceFormat); 7] = [
+            (
+                &[
+                    "id",
+                    "question",
+                    "gold",
+                    "model",
+                    "output",
+                    "pred",
+                    "is_correct",
+                ],
+                SourceFormat::Zeroeval,
+            ),
+            (
+                &[
+                    "question",
+                    "generated_solution",
+                    "predicted_answer",
+                    "is_correct",
+                ],
+                SourceFormat::Nemo,
+            ),
+            (
+                &["problem", "generated_solution", "expected_answer"],
+                SourceFormat::Nemo,
+            ),
+            (
+                &["question", "correct", "incorrect"],
+                SourceFormat::OpenmathPairs,
+            ),
+            (&["chosen", "rejected"], SourceFormat::HhRlhf),
+            (
+                &["instruction", "responses", "next_response", "rating"],
+                SourceFormat::Prm800k,
+            ),
+            // A canonical generations table goes through the generic mapping unchanged.
+            (
+                &["question_id", "question", "response", "is_correct"],
+                SourceFormat::Generic,
+            ),
+        ];
+        for (columns, expected) in cases {
+            assert_eq!(detect_format(&frame_with(columns)), expected, "{columns:?}");
+        }
+        assert_eq!(SourceFormat::HhRlhf.table(), TableKind::Pairs);
+        assert_eq!(SourceFormat::Prm800k.table(), TableKind::Generations);
+    }
+
     #[test]
     fn stable_id_is_sha256_prefix() {
         // sha256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
