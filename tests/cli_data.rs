@@ -86,6 +86,16 @@ fn zeroeval_fixture_becomes_generations_with_model_as_sample() {
     assert_eq!(rows.iter().filter(|r| r.is_correct).count(), 9);
     // Pass-through: `generator` is not consumed by the importer.
     assert_eq!(strings(&frame, "generator")[3], "org/model-b");
+    // A canonical table re-imports unchanged (generic mapping, every column kept).
+    let again = directory.path().join("again.parquet");
+    import()
+        .arg(&out)
+        .arg("-o")
+        .arg(&again)
+        .assert()
+        .success()
+        .stderr(contains("generic: 12 rows read"));
+    assert!(read_table(&again).unwrap().equals_missing(&frame));
 }
 
 #[test]
