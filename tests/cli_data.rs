@@ -548,6 +548,12 @@ fn wrong_label_type_is_an_error() {
     import().arg(&input).assert().code(1).stderr(contains(
         "column `is_correct` has type str, expected Boolean",
     ));
+    // Under --grade the input label is not used, so its type does not matter.
+    import()
+        .arg(&input)
+        .args(["--grade", "--expected-col", "question"])
+        .assert()
+        .success();
     let input = write(
         directory.path(),
         "h.jsonl",

@@ -429,6 +429,17 @@ impl Context<'_> {
         }
     }
 
+    /// The input's labels. Under `--grade` they are only compared with the computed ones, so
+    /// a missing or malformed label column reads as all null instead of failing.
+    fn input_labels(&self, name: &str) -> Result<Vec<Option<bool>>> {
+        if self.options.grade {
+            return Ok(self
+                .labels(name)
+                .unwrap_or_else(|_| vec![None; self.frame.height()]));
+        }
+        self.labels(name)
+    }
+
     /// A correctness label column: Boolean, or integers that are all 0 or 1.
     fn labels(&self, name: &str) -> Result<Vec<Option<bool>>> {
         let column = self.frame.column(name).map_err(|_| {
@@ -526,11 +537,7 @@ impl Context<'_> {
         let model = self.text("model")?;
         let output = self.text("output")?;
         let pred = self.optional_text("pred")?;
-        let labels = if self.options.grade && !self.has(IS_CORRECT) {
-            vec![None; self.frame.height()]
-        } else {
-            self.labels(IS_CORRECT)?
-        };
+        let labels = self.input_labels(IS_CORRECT)?;
         let mut drafts = Vec::with_capacity(self.frame.height());
         for row in 0..self.frame.height() {
             let (Some(question_id), Some(question), Some(model), Some(output)) = (
@@ -587,11 +594,7 @@ impl Context<'_> {
         } else {
             IS_CORRECT
         };
-        let labels = if self.options.grade && !self.has(label_column) {
-            vec![None; self.frame.height()]
-        } else {
-            self.labels(label_column)?
-        };
+        let labels = self.input_labels(label_column)?;
         let id_column = [QUESTION_ID, "id", "idx"].into_iter().find(|c| self.has(c));
         let ids = id_column.map(|c| self.text(c)).transpose()?;
         let dataset_column = ["dataset", "problem_source"]
@@ -720,11 +723,7 @@ impl Context<'_> {
             ),
             _ => None,
         };
-        let labels = if self.options.grade && !self.has(&label_column) {
-            vec![None; self.frame.height()]
-        } else {
-            self.labels(&label_column)?
-        };
+        let labels = self.input_labels(&label_column)?;
         let mut occurrences: HashMap<String, usize> = HashMap::new();
         let mut drafts = Vec::with_capacity(self.frame.height());
         for row in 0..self.frame.height() {
