@@ -86,6 +86,16 @@ fn zeroeval_fixture_becomes_generations_with_model_as_sample() {
     assert_eq!(rows.iter().filter(|r| r.is_correct).count(), 9);
     // Pass-through: `generator` is not consumed by the importer.
     assert_eq!(strings(&frame, "generator")[3], "org/model-b");
+    // A canonical table re-imports unchanged (generic mapping, every column kept).
+    let again = directory.path().join("again.parquet");
+    import()
+        .arg(&out)
+        .arg("-o")
+        .arg(&again)
+        .assert()
+        .success()
+        .stderr(contains("generic: 12 rows read"));
+    assert!(read_table(&again).unwrap().equals_missing(&frame));
 }
 
 #[test]
@@ -125,6 +135,49 @@ fn nemo_grade_agrees_with_its_labels() {
         .assert()
         .success()
         .stderr(contains("graded 4 rows; 0 differ"));
+}
+
+#[test]
+fn openmathinstruct2_rows_grade_from_boxed_answers() {
+    // OpenMathInstruct-2 shape: `problem`, `generated_solution`, `expected_answer`,
+    // `problem_source`, no label.
+    let directory = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = [
+        ("What is 2 + 2?", "2 + 2 = 4, so \\boxed{4}.", "4"),
+        ("What is 2 + 2?", "2 + 2 = 5, so \\boxed{5}.", "4"),
+    ]
+    .iter()
+    .map(|(problem, solution, expected)| {
+        serde_json::json!({
+            "problem": problem,
+            "generated_solution": solution,
+            "expected_answer": expected,
+            "problem_source": "augmented_gsm8k",
+        })
+        .to_string()
+    })
+    .collect();
+    let input = write(directory.path(), "omi2.jsonl", lines.join("\n").as_bytes());
+    let out = directory.path().join("g.parquet");
+    import()
+        .arg(&input)
+        .arg("--grade")
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains(
+            "nemo: 2 rows read, 2 generations over 1 questions (1 correct)",
+        ));
+    let frame = read_table(&out).unwrap();
+    let rows = generations_from_frame(&frame, &out).unwrap();
+    assert_eq!(rows[0].question, "What is 2 + 2?");
+    assert_eq!(rows[0].benchmark, "augmented_gsm8k");
+    assert_eq!(rows[1].predicted_answer.as_deref(), Some("5"));
+    assert_eq!(
+        (rows[0].sample.as_str(), rows[1].sample.as_str()),
+        ("0", "1")
+    );
 }
 
 #[test]
@@ -433,6 +486,24 @@ fn split_requires_holdout_and_a_fraction_in_range() {
         .assert()
         .code(1)
         .stderr(contains("fraction in [0, 1]"));
+    // An unknown extension is refused before any work, and nothing is written.
+    pairs()
+        .arg(&generations)
+        .args(["--split-questions", "0.5", "--holdout"])
+        .arg(directory.path().join("h.xyz"))
+        .arg("-o")
+        .arg(directory.path().join("p.parquet"))
+        .assert()
+        .code(1)
+        .stderr(contains("unknown output extension"));
+    assert!(!directory.path().join("p.parquet").exists());
+    import()
+        .arg(fixture("zeroeval_small.jsonl"))
+        .arg("-o")
+        .arg(directory.path().join("g.xyz"))
+        .assert()
+        .code(1)
+        .stderr(contains("unknown output extension"));
 }
 
 // ---------------------------------------------------------------- bad input
@@ -477,6 +548,12 @@ fn wrong_label_type_is_an_error() {
     import().arg(&input).assert().code(1).stderr(contains(
         "column `is_correct` has type str, expected Boolean",
     ));
+    // Under --grade the input label is not used, so its type does not matter.
+    import()
+        .arg(&input)
+        .args(["--grade", "--expected-col", "question"])
+        .assert()
+        .success();
     let input = write(
         directory.path(),
         "h.jsonl",
@@ -636,6 +713,30 @@ fn duplicated_question_and_sample_is_an_error_or_a_counted_skip() {
         .assert()
         .success()
         .stderr(contains("wrote 1 pairs"));
+}
+
+#[test]
+fn pairs_reports_null_and_mistyped_labels() {
+    let directory = tempfile::tempdir().unwrap();
+    let null_label = write(
+        directory.path(),
+        "n.jsonl",
+        b"{\"question_id\": \"q\", \"question\": \"q\", \"response\": \"a\", \"is_correct\": true}\n\
+          {\"question_id\": \"q\", \"question\": \"q\", \"response\": \"b\", \"is_correct\": null}\n",
+    );
+    pairs()
+        .arg(&null_label)
+        .assert()
+        .code(1)
+        .stderr(contains("row 2, column `is_correct`: null value"));
+    let text_label = write(
+        directory.path(),
+        "t.jsonl",
+        b"{\"question_id\": \"q\", \"question\": \"q\", \"response\": \"a\", \"is_correct\": \"yes\"}\n",
+    );
+    pairs().arg(&text_label).assert().code(1).stderr(contains(
+        "column `is_correct` has type str, expected Boolean",
+    ));
 }
 
 #[test]
@@ -833,29 +934,36 @@ fn zeroeval_grading_agrees_with_its_labels() {
 fn prm800k_and_hh_rlhf_match_the_data() {
     let Some(shared) = shared_data() else { return };
     let expected = reference();
-    let prm = &expected["prm800k_test"];
     let directory = tempfile::tempdir().unwrap();
-    import()
-        .arg(shared.join("prm800k/phase1_test.stepwise-critic.parquet"))
-        .arg("-o")
-        .arg(directory.path().join("prm.parquet"))
-        .assert()
-        .success()
-        .stderr(contains(format!(
-            "prm800k: {} rows read, {} generations over {} questions ({} correct)",
-            prm["rows"], prm["rated"], prm["questions"], prm["correct"]
-        )))
-        .stderr(contains(format!(
-            "{} unrated PRM800K steps dropped",
-            prm["unrated"]
-        )));
+    // The train file stores `rating` as Float64, the test file as Int8.
+    for split in ["test", "train_plus"] {
+        let prm = &expected[format!("prm800k_{split}").as_str()];
+        import()
+            .arg(shared.join(format!("prm800k/phase1_{split}.stepwise-critic.parquet")))
+            .arg("-o")
+            .arg(directory.path().join("prm.parquet"))
+            .assert()
+            .success()
+            .stderr(contains(format!(
+                "prm800k: {} rows read, {} generations over {} questions ({} correct)",
+                prm["rows"], prm["rated"], prm["questions"], prm["correct"]
+            )))
+            .stderr(contains(format!(
+                "{} unrated PRM800K steps dropped",
+                prm["unrated"]
+            )));
+    }
     let out = directory.path().join("hh.parquet");
     import()
         .arg(shared.join("hh-rlhf/harmless-base-test.jsonl.gz"))
         .arg("-o")
         .arg(&out)
         .assert()
-        .success();
+        .success()
+        .stderr(contains(format!(
+            "{} pairs whose dialogues diverge before the last turn",
+            expected["hh_rlhf"]["diverging_before_last_turn"]
+        )));
     let frame = read_table(&out).unwrap();
     let rows = pairs_from_frame(&frame, &out).unwrap();
     assert_eq!(
@@ -869,4 +977,64 @@ fn prm800k_and_hh_rlhf_match_the_data() {
     );
     assert!(rows.iter().all(|r| r.question.ends_with("\n\nAssistant:")));
     assert!(rows.iter().all(|r| r.chosen != r.rejected));
+}
+
+#[test]
+fn math500_reference_solutions_grade_against_their_answers_only() {
+    let Some(shared) = shared_data() else { return };
+    let text = std::fs::read_to_string(shared.join("benchmarks/math_oai/test.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    // Each solution graded against its own answer, and against the previous problem's answer.
+    let directory = tempfile::tempdir().unwrap();
+    let mut lines = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let previous = &rows[(index + rows.len() - 1) % rows.len()];
+        for (suffix, answer) in [("own", &row["answer"]), ("shifted", &previous["answer"])] {
+            lines.push(
+                serde_json::json!({
+                    "question_id": row["unique_id"],
+                    "sample": suffix,
+                    "question": row["problem"],
+                    "response": row["solution"],
+                    "expected_answer": answer,
+                    "same_answer": answer == &row["answer"],
+                })
+                .to_string(),
+            );
+        }
+    }
+    let input = write(directory.path(), "m.jsonl", lines.join("\n").as_bytes());
+    let out = directory.path().join("graded.parquet");
+    import()
+        .arg(&input)
+        .arg("--grade")
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let frame = read_table(&out).unwrap();
+    let columns = Columns::new(&frame, &out);
+    let correct = columns.bool_not_null("is_correct").unwrap();
+    let same = columns.bool_not_null("same_answer").unwrap();
+    let samples = strings(&frame, "sample");
+    let mut own_correct = 0;
+    let mut shifted_false_positives = 0;
+    for (index, sample) in samples.iter().enumerate() {
+        let is_correct = correct.get(index).unwrap();
+        if sample == "own" {
+            own_correct += usize::from(is_correct);
+        } else if is_correct && !same.get(index).unwrap() {
+            shifted_false_positives += 1;
+        }
+    }
+    // The \boxed{} of every reference solution matches its answer after normalisation.
+    assert_eq!(own_correct, rows.len());
+    // A different problem's answer almost never matches (one known case: "x=5" vs "5").
+    assert!(
+        shifted_false_positives <= 2,
+        "{shifted_false_positives} false positives"
+    );
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use qrm::pipeline::grading::DEFAULT_TOLERANCE;
-use qrm::pipeline::import::{import_paths, ColumnMapping, ImportOptions, SourceFormat, TableKind};
+use qrm::pipeline::import::{import_paths, ColumnMapping, ImportOptions, SourceFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -102,57 +102,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             expected: args.expected_col,
         },
     };
+    // Refuse an unknown output extension before reading anything.
+    let output = args.output.output();
+    output.resolved_format()?;
     let mut imported = import_paths(&args.inputs, &options)?;
-    let report = &imported.report;
-    match imported.table {
-        TableKind::Generations => tracing::info!(
-            "{}: {} rows read, {} generations over {} questions ({} correct)",
-            imported.format.name(),
-            report.rows_read,
-            report.rows_written,
-            report.questions,
-            report.correct
-        ),
-        TableKind::Pairs => tracing::info!(
-            "{}: {} rows read, {} pairs",
-            imported.format.name(),
-            report.rows_read,
-            report.rows_written
-        ),
-    }
-    for (count, what) in [
-        (report.skipped_lines, "malformed lines skipped"),
-        (
-            report.skipped_null_values,
-            "rows with a null required value or label skipped",
-        ),
-        (
-            report.skipped_duplicates,
-            "rows repeating a (question_id, sample) skipped",
-        ),
-        (
-            report.skipped_bad_values,
-            "rows with a malformed value skipped",
-        ),
-        (report.dropped_unrated, "unrated PRM800K steps dropped"),
-        (
-            report.multi_turn_pairs,
-            "pairs whose dialogues diverge before the last turn (kept)",
-        ),
-    ] {
-        if count > 0 {
-            tracing::warn!("{count} {what}");
-        }
-    }
-    if report.graded > 0 {
-        tracing::info!(
-            "graded {} rows; {} differ from the input's own label",
-            report.graded,
-            report.grade_changed
-        );
-    }
-    args.output
-        .output()
+    imported.log_summary();
+    output
         .write(&mut imported.frame)
         .context("writing the imported table")?;
     Ok(())

@@ -65,6 +65,16 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    // Refuse an unknown output extension before reading anything.
+    let output = args.output.output();
+    output.resolved_format()?;
+    let holdout_output = args
+        .holdout
+        .clone()
+        .map(|path| Output::new(Some(path), None));
+    if let Some(holdout) = &holdout_output {
+        holdout.resolved_format()?;
+    }
     let read_options = ReadOptions {
         skip_bad: args.skip_bad,
     };
@@ -84,8 +94,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         holdout_fraction: args.split_questions,
         skip_bad: args.skip_bad,
     };
-    let mut output = build_pairs(&frame, &display_path(&args.input), &options)?;
-    let summary = &output.summary;
+    let mut pairs = build_pairs(&frame, &display_path(&args.input), &options)?;
+    let summary = &pairs.summary;
     tracing::info!(
         "read {} generations over {} questions; {} questions with both labels",
         summary.generations,
@@ -98,14 +108,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             summary.duplicate_rows_skipped
         );
     }
-    if let (Some(mut holdout), Some(path)) = (output.holdout.take(), args.holdout.as_ref()) {
+    if let (Some(mut holdout), Some(target)) = (pairs.holdout.take(), holdout_output) {
         tracing::info!(
             "held out {} questions ({} generations) -> {}",
             summary.held_out_questions,
             summary.held_out_generations,
-            path.display()
+            args.holdout
+                .as_deref()
+                .unwrap_or(std::path::Path::new("-"))
+                .display()
         );
-        Output::new(Some(path.clone()), None)
+        target
             .write(&mut holdout)
             .context("writing the held-out generations")?;
     }
@@ -120,9 +133,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         summary.pairs,
         summary.paired_questions
     );
-    args.output
-        .output()
-        .write(&mut output.pairs)
+    output
+        .write(&mut pairs.pairs)
         .context("writing the pairs")?;
     Ok(())
 }

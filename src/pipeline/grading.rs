@@ -111,7 +111,8 @@ fn json_answer(text: &str) -> Option<String> {
     if !text.contains("\"answer\"") {
         return None;
     }
-    for (start, _) in text.match_indices('{') {
+    // A bounded number of tries keeps brace-heavy text (LaTeX) linear.
+    for (start, _) in text.match_indices('{').take(16) {
         let mut stream =
             serde_json::Deserializer::from_str(&text[start..]).into_iter::<serde_json::Value>();
         if let Some(Ok(serde_json::Value::Object(object))) = stream.next() {
@@ -282,16 +283,19 @@ pub fn parse_number(answer: &str) -> Option<f64> {
     first.as_str().replace(',', "").parse().ok()
 }
 
-/// The first number in an answer (`"4 (3 onions and 1 potato)"` → 4, `"2:00 pm"` → 2).
+/// The number a worded answer starts with (`"4 (3 onions and 1 potato)"` → 4, `"2:00 pm"` →
+/// 2), or `None` when the answer is mathematics rather than words: LaTeX (`\\`, `{`), or a
+/// number followed by `,`, `;` or `/` (a list or a ratio, `"3, 5, 7"`).
 pub fn first_number(answer: &str) -> Option<f64> {
     let text = normalize_answer(answer);
-    NUMBER
-        .as_ref()?
-        .find(&text)?
-        .as_str()
-        .replace(',', "")
-        .parse()
-        .ok()
+    if text.contains(['\\', '{']) {
+        return None;
+    }
+    let found = NUMBER.as_ref()?.find(&text)?;
+    if text[found.end()..].starts_with([',', ';', '/']) {
+        return None;
+    }
+    found.as_str().replace(',', "").parse().ok()
 }
 
 /// Whether two answers agree.
@@ -498,6 +502,15 @@ mod tests {
         ));
         assert!(answers_match("2:00 pm", "2", DEFAULT_TOLERANCE));
         assert!(!answers_match("10 - 2 = 8", "8", DEFAULT_TOLERANCE));
+        // ...but not for lists, ratios or LaTeX, whose first number is not the answer.
+        assert!(!answers_match("3, 5, 7", "3", DEFAULT_TOLERANCE));
+        assert!(!answers_match(
+            "\\frac{3\\sqrt{3}}{4}",
+            "3",
+            DEFAULT_TOLERANCE
+        ));
+        assert!(!answers_match("9/19 of them", "9", DEFAULT_TOLERANCE));
+        assert!(answers_match("x = 5", "5", DEFAULT_TOLERANCE));
         // So tuples compare as strings, not by their first element.
         assert!(!answers_match("(1,3)", "(1,2)", DEFAULT_TOLERANCE));
         assert!(answers_match(

@@ -141,7 +141,8 @@ pub struct ImportReport {
     pub graded: usize,
     /// Graded rows whose computed label differs from the input's own label.
     pub grade_changed: usize,
-    /// HH-RLHF pairs whose differing part spans more than one turn (kept).
+    /// HH-RLHF pairs whose dialogues diverge before the final assistant turn (kept; the
+    /// continuations then hold several turns).
     pub multi_turn_pairs: usize,
     /// Distinct questions in the output.
     pub questions: usize,
@@ -156,6 +157,60 @@ pub struct Imported {
     pub table: TableKind,
     pub frame: DataFrame,
     pub report: ImportReport,
+}
+
+impl Imported {
+    /// Logs what was imported (info) and every kind of skip (warn) to stderr.
+    pub fn log_summary(&self) {
+        let report = &self.report;
+        match self.table {
+            TableKind::Generations => tracing::info!(
+                "{}: {} rows read, {} generations over {} questions ({} correct)",
+                self.format.name(),
+                report.rows_read,
+                report.rows_written,
+                report.questions,
+                report.correct
+            ),
+            TableKind::Pairs => tracing::info!(
+                "{}: {} rows read, {} pairs",
+                self.format.name(),
+                report.rows_read,
+                report.rows_written
+            ),
+        }
+        for (count, what) in [
+            (report.skipped_lines, "malformed lines skipped"),
+            (
+                report.skipped_null_values,
+                "rows with a null required value or label skipped",
+            ),
+            (
+                report.skipped_duplicates,
+                "rows repeating a (question_id, sample) skipped",
+            ),
+            (
+                report.skipped_bad_values,
+                "rows with a malformed value skipped",
+            ),
+            (report.dropped_unrated, "unrated PRM800K steps dropped"),
+            (
+                report.multi_turn_pairs,
+                "pairs whose dialogues diverge before the last turn (kept)",
+            ),
+        ] {
+            if count > 0 {
+                tracing::warn!("{count} {what}");
+            }
+        }
+        if report.graded > 0 {
+            tracing::info!(
+                "graded {} rows; {} differ from the input's own label",
+                report.graded,
+                report.grade_changed
+            );
+        }
+    }
 }
 
 /// Guesses the source format from the columns present.
@@ -282,6 +337,9 @@ pub fn import_table(frame: &DataFrame, path: &Path, options: &ImportOptions) -> 
     })
 }
 
+/// The marker that opens an assistant turn in HH-RLHF dialogues.
+pub const ASSISTANT_TURN: &str = "\n\nAssistant:";
+
 /// Splits an HH-RLHF pair into the shared prompt and the two differing continuations.
 ///
 /// The prompt is everything up to and including the last `"\n\nAssistant:"` inside the common
@@ -291,14 +349,13 @@ pub fn split_dialogue<'a>(
     chosen: &'a str,
     rejected: &'a str,
 ) -> Option<(&'a str, &'a str, &'a str)> {
-    const ASSISTANT: &str = "\n\nAssistant:";
     let common = chosen
         .char_indices()
         .zip(rejected.chars())
         .find(|((_, a), b)| a != b)
         .map(|((index, _), _)| index)
         .unwrap_or_else(|| chosen.len().min(rejected.len()));
-    let end = chosen[..common].rfind(ASSISTANT)? + ASSISTANT.len();
+    let end = chosen[..common].rfind(ASSISTANT_TURN)? + ASSISTANT_TURN.len();
     Some((
         &chosen[..end],
         chosen[end..].trim_start(),
@@ -370,6 +427,17 @@ impl Context<'_> {
         } else {
             Ok(None)
         }
+    }
+
+    /// The input's labels. Under `--grade` they are only compared with the computed ones, so
+    /// a missing or malformed label column reads as all null instead of failing.
+    fn input_labels(&self, name: &str) -> Result<Vec<Option<bool>>> {
+        if self.options.grade {
+            return Ok(self
+                .labels(name)
+                .unwrap_or_else(|_| vec![None; self.frame.height()]));
+        }
+        self.labels(name)
     }
 
     /// A correctness label column: Boolean, or integers that are all 0 or 1.
@@ -469,11 +537,7 @@ impl Context<'_> {
         let model = self.text("model")?;
         let output = self.text("output")?;
         let pred = self.optional_text("pred")?;
-        let labels = if self.options.grade && !self.has(IS_CORRECT) {
-            vec![None; self.frame.height()]
-        } else {
-            self.labels(IS_CORRECT)?
-        };
+        let labels = self.input_labels(IS_CORRECT)?;
         let mut drafts = Vec::with_capacity(self.frame.height());
         for row in 0..self.frame.height() {
             let (Some(question_id), Some(question), Some(model), Some(output)) = (
@@ -513,7 +577,13 @@ impl Context<'_> {
     }
 
     fn nemo(&mut self, source: &Path) -> Result<DataFrame> {
-        let question = self.text(QUESTION)?;
+        // OpenMathInstruct-2 names the question `problem` and its origin `problem_source`.
+        let question_column = if !self.has(QUESTION) && self.has("problem") {
+            "problem"
+        } else {
+            QUESTION
+        };
+        let question = self.text(question_column)?;
         let solution = self.text("generated_solution")?;
         let predicted = self.optional_text(PREDICTED_ANSWER)?;
         let expected = self.optional_text(EXPECTED_ANSWER)?;
@@ -524,14 +594,14 @@ impl Context<'_> {
         } else {
             IS_CORRECT
         };
-        let labels = if self.options.grade && !self.has(label_column) {
-            vec![None; self.frame.height()]
-        } else {
-            self.labels(label_column)?
-        };
+        let labels = self.input_labels(label_column)?;
         let id_column = [QUESTION_ID, "id", "idx"].into_iter().find(|c| self.has(c));
         let ids = id_column.map(|c| self.text(c)).transpose()?;
-        let dataset = self.optional_text("dataset")?;
+        let dataset_column = ["dataset", "problem_source"]
+            .into_iter()
+            .find(|c| self.has(c))
+            .unwrap_or("dataset");
+        let dataset = self.optional_text(dataset_column)?;
         let file_name = source.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let file_sample = file_name
             .strip_prefix("output-")
@@ -551,7 +621,7 @@ impl Context<'_> {
         let mut drafts = Vec::with_capacity(self.frame.height());
         for row in 0..self.frame.height() {
             let (Some(question_text), Some(response)) = (
-                self.required(question.get(row), row, QUESTION)?,
+                self.required(question.get(row), row, question_column)?,
                 self.required(solution.get(row), row, "generated_solution")?,
             ) else {
                 continue;
@@ -602,7 +672,7 @@ impl Context<'_> {
             });
         }
         let mut consumed = vec![
-            QUESTION,
+            question_column,
             "generated_solution",
             PREDICTED_ANSWER,
             EXPECTED_ANSWER,
@@ -653,11 +723,7 @@ impl Context<'_> {
             ),
             _ => None,
         };
-        let labels = if self.options.grade && !self.has(&label_column) {
-            vec![None; self.frame.height()]
-        } else {
-            self.labels(&label_column)?
-        };
+        let labels = self.input_labels(&label_column)?;
         let mut occurrences: HashMap<String, usize> = HashMap::new();
         let mut drafts = Vec::with_capacity(self.frame.height());
         for row in 0..self.frame.height() {
@@ -988,7 +1054,12 @@ impl Context<'_> {
                 )?;
                 continue;
             };
-            if chosen_turn.contains("\n\nHuman:") || rejected_turn.contains("\n\nHuman:") {
+            // Either dialogue has a later assistant turn than the shared prompt.
+            let last_turn = |dialogue: &str| dialogue.rfind(ASSISTANT_TURN);
+            let prompt_turn = prompt.len() - ASSISTANT_TURN.len();
+            if last_turn(chosen_text) != Some(prompt_turn)
+                || last_turn(rejected_text) != Some(prompt_turn)
+            {
                 self.report.multi_turn_pairs += 1;
             }
             let question_id = format!("{benchmark}-{}", stable_id(prompt));
@@ -1254,6 +1325,64 @@ mod tests {
         let rejected = "\n\nHuman: café?\n\nAssistant: è";
         let (_, a, b) = split_dialogue(chosen, rejected).unwrap();
         assert_eq!((a, b), ("é", "è"));
+    }
+
+    fn frame_with(columns: &[&str]) -> DataFrame {
+        let columns: Vec<Column> = columns
+            .iter()
+            .map(|name| Column::new((*name).into(), ["x"]))
+            .collect();
+        DataFrame::new(1, columns).unwrap()
+    }
+
+    #[test]
+    fn format_detected_from_columns() {
+        let cases: [(&[&str], SourceFormat); 7] = [
+            (
+                &[
+                    "id",
+                    "question",
+                    "gold",
+                    "model",
+                    "output",
+                    "pred",
+                    "is_correct",
+                ],
+                SourceFormat::Zeroeval,
+            ),
+            (
+                &[
+                    "question",
+                    "generated_solution",
+                    "predicted_answer",
+                    "is_correct",
+                ],
+                SourceFormat::Nemo,
+            ),
+            (
+                &["problem", "generated_solution", "expected_answer"],
+                SourceFormat::Nemo,
+            ),
+            (
+                &["question", "correct", "incorrect"],
+                SourceFormat::OpenmathPairs,
+            ),
+            (&["chosen", "rejected"], SourceFormat::HhRlhf),
+            (
+                &["instruction", "responses", "next_response", "rating"],
+                SourceFormat::Prm800k,
+            ),
+            // A canonical generations table goes through the generic mapping unchanged.
+            (
+                &["question_id", "question", "response", "is_correct"],
+                SourceFormat::Generic,
+            ),
+        ];
+        for (columns, expected) in cases {
+            assert_eq!(detect_format(&frame_with(columns)), expected, "{columns:?}");
+        }
+        assert_eq!(SourceFormat::HhRlhf.table(), TableKind::Pairs);
+        assert_eq!(SourceFormat::Prm800k.table(), TableKind::Generations);
     }
 
     #[test]

@@ -276,7 +276,16 @@ pub fn build_pairs(frame: &DataFrame, path: &Path, options: &PairsOptions) -> Re
                 .to_owned(),
         });
     }
-    let rows = generations_from_frame(&typed_null_columns(frame, path)?, path)?;
+    let mut rows = generations_from_frame(&typed_null_columns(frame, path)?, path)?;
+    if frame.column(SAMPLE).is_err() {
+        // Without a `sample` column, a question's rows are its samples 0, 1, 2, ...
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for row in &mut rows {
+            let count = seen.entry(row.question_id.clone()).or_default();
+            row.sample = count.to_string();
+            *count += 1;
+        }
+    }
     if rows.is_empty() {
         return Err(Error::EmptyInput {
             path: path.to_owned(),
@@ -524,6 +533,30 @@ mod tests {
         assert!(split_questions(&refs, 1.5, 1).is_err());
         assert!(split_questions(&refs, f64::NAN, 1).is_err());
         assert_eq!(split_questions(&refs, 0.0, 1).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn rows_without_a_sample_column_are_numbered_per_question() {
+        let rows = fixture();
+        let frame = crate::pipeline::schema::generations_frame(&rows)
+            .unwrap()
+            .drop(SAMPLE)
+            .unwrap();
+        let output = build_pairs(&frame, Path::new("g"), &PairsOptions::default()).unwrap();
+        assert_eq!(output.summary.pairs, 3);
+        let chosen: Vec<Option<&str>> = output
+            .pairs
+            .column(CHOSEN_SAMPLE)
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .collect();
+        // q1's correct rows are its samples 0, 1, 2; q2's only correct row is its sample 1.
+        assert!(chosen[..2]
+            .iter()
+            .all(|s| ["0", "1", "2"].contains(&s.unwrap())));
+        assert_eq!(chosen[2], Some("1"));
     }
 
     #[test]
