@@ -233,6 +233,10 @@ impl<'a> Columns<'a> {
     /// A numeric column cast to f64 (nulls kept as None).
     pub fn f64(&self, name: &str) -> Result<Float64Chunked> {
         let column = self.get(name)?;
+        if column.dtype() == &DataType::Null {
+            // An all-null column read back from JSON Lines has no type of its own.
+            return Ok(Float64Chunked::full_null(name.into(), column.len()));
+        }
         if !column.dtype().is_primitive_numeric() {
             return Err(self.type_error(name, "a number", column.dtype()));
         }
