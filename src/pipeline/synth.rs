@@ -1019,7 +1019,10 @@ fn render(problem: &Problem, solution: &Solution, rng: &mut ChaCha8Rng) -> Vec<L
                         format!("{x} {sign} {a} = {y}, so {pronoun} has {y} {items}{left}.")
                     }
                     (true, 0) => format!("{gerund_cap} {a} gives {x} {sign} {a} = {y} {items}."),
-                    (true, 1) => format!("After that, {x} {sign} {a} = {y} {items} remain."),
+                    (true, 1) if sign == '-' => {
+                        format!("After that, {x} {sign} {a} = {y} {items} remain.")
+                    }
+                    (true, 1) => format!("With {a} more, there are {x} {sign} {a} = {y} {items}."),
                     (true, _) => format!("Now there are {x} {sign} {a} = {y} {items}."),
                 };
                 lines.push(single(text));
@@ -1030,7 +1033,7 @@ fn render(problem: &Problem, solution: &Solution, rng: &mut ChaCha8Rng) -> Vec<L
                     (false, 1) => format!("{x} * {a} = {y}, so {pronoun} has {y} {items}."),
                     (false, _) => format!("The number grows to {x} * {a} = {y}."),
                     (true, 0) => format!("Growing {a} times gives {x} * {a} = {y} {items}."),
-                    (true, 1) => format!("After that, {x} * {a} = {y} {items} remain."),
+                    (true, 1) => format!("After growing, there are {x} * {a} = {y} {items}."),
                     (true, _) => format!("Now there are {x} * {a} = {y} {items}."),
                 };
                 lines.push(single(text));
@@ -1059,7 +1062,7 @@ fn render(problem: &Problem, solution: &Solution, rng: &mut ChaCha8Rng) -> Vec<L
                     (false, _) => format!("Selling them brings {x} * {a} = {y} dollars."),
                     (true, 0) => format!("The sale brings in {x} * {a} = {y} dollars."),
                     (true, 1) => format!("Revenue is {x} * {a} = {y} dollars."),
-                    (true, _) => format!("Now there are {x} * {a} = {y} dollars."),
+                    (true, _) => format!("It earns {x} * {a} = {y} dollars."),
                 };
                 lines.push(single(text));
             }
