@@ -462,6 +462,22 @@ impl Problem {
         slots
     }
 
+    /// The range the question's number at `slot` was drawn from.
+    fn range(&self, slot: Slot) -> (i64, i64) {
+        let ranges = self.setting.ranges();
+        let Slot::Operation(index, position) = slot else {
+            return ranges.start;
+        };
+        match (self.operations[index].kind, position) {
+            (Kind::Gain | Kind::Lose, _) => ranges.amount,
+            (Kind::GainGroups | Kind::LoseGroups, 0) => ranges.groups,
+            (Kind::GainGroups | Kind::LoseGroups, _) => ranges.each,
+            (Kind::Scale, _) => ranges.factor,
+            (Kind::Share, _) => ranges.parts,
+            (Kind::Price, _) => ranges.price,
+        }
+    }
+
     fn question_text(&self, rng: &mut ChaCha8Rng) -> String {
         let (item, items, container, containers) = self.item;
         let subject = self.subject;
@@ -784,8 +800,10 @@ fn corrupt_result(computation: &Computation, setting: Setting, rng: &mut ChaCha8
     *options.choose(rng).unwrap_or(&(result + 1))
 }
 
-/// A plausible misreading of a number: swapped digits, a neighbouring or look-alike digit.
-fn corrupt_number(number: i64, rng: &mut ChaCha8Rng) -> i64 {
+/// A plausible misreading of a number: swapped digits, a neighbouring or look-alike digit,
+/// kept inside `range` (where the question's numbers of that kind are drawn), so misread
+/// numbers are distributed like real ones. `None` when no misreading stays in range.
+fn corrupt_number(number: i64, range: (i64, i64), rng: &mut ChaCha8Rng) -> Option<i64> {
     let mut options = vec![number + 1, number - 1];
     if let Some(swapped) = swap_last_digits(number) {
         options.push(swapped);
@@ -811,8 +829,8 @@ fn corrupt_number(number: i64, rng: &mut ChaCha8Rng) -> i64 {
             options.push(value);
         }
     }
-    options.retain(|&option| option > 0 && option != number);
-    *options.choose(rng).unwrap_or(&(number + 1))
+    options.retain(|&option| (range.0..=range.1).contains(&option) && option != number);
+    options.choose(rng).copied()
 }
 
 fn swap_last_digits(number: i64) -> Option<i64> {
@@ -881,10 +899,10 @@ fn draw_mistake(problem: &Problem, reference: &Solution, rng: &mut ChaCha8Rng) -
             }
         } else if choice < 0.80 {
             let &(slot, value) = slots.choose(rng)?;
-            Mistake::Misread {
-                slot,
-                value: corrupt_number(value, rng),
-            }
+            let Some(value) = corrupt_number(value, problem.range(slot), rng) else {
+                continue;
+            };
+            Mistake::Misread { slot, value }
         } else {
             // Skips and repeats only touch plain gains and losses, at equal rates, so wrong
             // solutions have as many computations as right ones on average.
@@ -1480,14 +1498,16 @@ mod tests {
         assert_eq!(swap_last_digits(123), Some(132));
         assert_eq!(swap_last_digits(44), None);
         assert_eq!(swap_last_digits(30), None);
-        for number in 2..200 {
-            let misread = corrupt_number(number, &mut rng);
-            assert!(misread > 0 && misread != number);
+        for number in 2..=25 {
+            let misread = corrupt_number(number, ID_RANGES.amount, &mut rng).unwrap();
             assert!(
-                (misread - number).abs() <= 90 || number >= 100,
+                (2..=25).contains(&misread) && misread != number,
                 "{number} -> {misread}"
             );
         }
+        // 2 and 3 ("doubles", "triples") can only be misread as each other.
+        assert_eq!(corrupt_number(2, ID_RANGES.factor, &mut rng), Some(3));
+        assert_eq!(corrupt_number(7, (7, 7), &mut rng), None);
     }
 
     #[test]
