@@ -7,8 +7,10 @@
 //! `questions: N` gives a prefix of `questions: M > N` and `samples: 4` a prefix of `samples: 8`.
 //!
 //! A wrong sample carries one injected [`Mistake`] — wrong arithmetic, a wrong operand, a
-//! skipped step or a misread number — and every later step follows from it correctly, as a real
-//! wrong trajectory would. Wrong and right samples share the templates, the phrasing
+//! misread number, or a skipped or repeated step (at equal rates, so wrong solutions are not
+//! shorter on average) — and every later step follows from it correctly, as a real wrong
+//! trajectory would. Wrong trajectories stay in the range right ones live in (positive, under
+//! the setting's limit, exact divisions), and misread numbers in their slot's range. Wrong and right samples share the templates, the phrasing
 //! distribution and the final-answer sentence (`The answer is 42.`), so only re-doing the
 //! arithmetic tells them apart. `first_error_char` is the char offset of the first line whose
 //! stated value differs from the reference solution (or whose arithmetic is wrong).
