@@ -6,7 +6,7 @@
 //! and the setting, stream = question index), and each sample from a stream of its own, so
 //! `questions: N` gives a prefix of `questions: M > N` and `samples: 4` a prefix of `samples: 8`.
 //!
-//! A wrong sample carries one injected [`Mistake`] — wrong arithmetic, a wrong operand, a
+//! A wrong sample carries one injected mistake — wrong arithmetic, a wrong operand, a
 //! misread number, or a skipped or repeated step (at equal rates, so wrong solutions are not
 //! shorter on average) — and every later step follows from it correctly, as a real wrong
 //! trajectory would. Wrong trajectories stay in the range right ones live in (positive, under
