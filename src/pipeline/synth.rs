@@ -6,9 +6,11 @@
 //! and the setting, stream = question index), and each sample from a stream of its own, so
 //! `questions: N` gives a prefix of `questions: M > N` and `samples: 4` a prefix of `samples: 8`.
 //!
-//! A wrong sample carries one injected [`Mistake`] — wrong arithmetic, a wrong operand, a
-//! skipped step or a misread number — and every later step follows from it correctly, as a real
-//! wrong trajectory would. Wrong and right samples share the templates, the phrasing
+//! A wrong sample carries one injected mistake — wrong arithmetic, a wrong operand, a
+//! misread number, or a skipped or repeated step (at equal rates, so wrong solutions are not
+//! shorter on average) — and every later step follows from it correctly, as a real wrong
+//! trajectory would. Wrong trajectories stay in the range right ones live in (positive, under
+//! the setting's limit, exact divisions), and misread numbers in their slot's range. Wrong and right samples share the templates, the phrasing
 //! distribution and the final-answer sentence (`The answer is 42.`), so only re-doing the
 //! arithmetic tells them apart. `first_error_char` is the char offset of the first line whose
 //! stated value differs from the reference solution (or whose arithmetic is wrong).
@@ -462,6 +464,22 @@ impl Problem {
         slots
     }
 
+    /// The range the question's number at `slot` was drawn from.
+    fn range(&self, slot: Slot) -> (i64, i64) {
+        let ranges = self.setting.ranges();
+        let Slot::Operation(index, position) = slot else {
+            return ranges.start;
+        };
+        match (self.operations[index].kind, position) {
+            (Kind::Gain | Kind::Lose, _) => ranges.amount,
+            (Kind::GainGroups | Kind::LoseGroups, 0) => ranges.groups,
+            (Kind::GainGroups | Kind::LoseGroups, _) => ranges.each,
+            (Kind::Scale, _) => ranges.factor,
+            (Kind::Share, _) => ranges.parts,
+            (Kind::Price, _) => ranges.price,
+        }
+    }
+
     fn question_text(&self, rng: &mut ChaCha8Rng) -> String {
         let (item, items, container, containers) = self.item;
         let subject = self.subject;
@@ -784,8 +802,10 @@ fn corrupt_result(computation: &Computation, setting: Setting, rng: &mut ChaCha8
     *options.choose(rng).unwrap_or(&(result + 1))
 }
 
-/// A plausible misreading of a number: swapped digits, a neighbouring or look-alike digit.
-fn corrupt_number(number: i64, rng: &mut ChaCha8Rng) -> i64 {
+/// A plausible misreading of a number: swapped digits, a neighbouring or look-alike digit,
+/// kept inside `range` (where the question's numbers of that kind are drawn), so misread
+/// numbers are distributed like real ones. `None` when no misreading stays in range.
+fn corrupt_number(number: i64, range: (i64, i64), rng: &mut ChaCha8Rng) -> Option<i64> {
     let mut options = vec![number + 1, number - 1];
     if let Some(swapped) = swap_last_digits(number) {
         options.push(swapped);
@@ -811,8 +831,8 @@ fn corrupt_number(number: i64, rng: &mut ChaCha8Rng) -> i64 {
             options.push(value);
         }
     }
-    options.retain(|&option| option > 0 && option != number);
-    *options.choose(rng).unwrap_or(&(number + 1))
+    options.retain(|&option| (range.0..=range.1).contains(&option) && option != number);
+    options.choose(rng).copied()
 }
 
 fn swap_last_digits(number: i64) -> Option<i64> {
@@ -881,10 +901,10 @@ fn draw_mistake(problem: &Problem, reference: &Solution, rng: &mut ChaCha8Rng) -
             }
         } else if choice < 0.80 {
             let &(slot, value) = slots.choose(rng)?;
-            Mistake::Misread {
-                slot,
-                value: corrupt_number(value, rng),
-            }
+            let Some(value) = corrupt_number(value, problem.range(slot), rng) else {
+                continue;
+            };
+            Mistake::Misread { slot, value }
         } else {
             // Skips and repeats only touch plain gains and losses, at equal rates, so wrong
             // solutions have as many computations as right ones on average.
@@ -1019,7 +1039,10 @@ fn render(problem: &Problem, solution: &Solution, rng: &mut ChaCha8Rng) -> Vec<L
                         format!("{x} {sign} {a} = {y}, so {pronoun} has {y} {items}{left}.")
                     }
                     (true, 0) => format!("{gerund_cap} {a} gives {x} {sign} {a} = {y} {items}."),
-                    (true, 1) => format!("After that, {x} {sign} {a} = {y} {items} remain."),
+                    (true, 1) if sign == '-' => {
+                        format!("After that, {x} {sign} {a} = {y} {items} remain.")
+                    }
+                    (true, 1) => format!("With {a} more, there are {x} {sign} {a} = {y} {items}."),
                     (true, _) => format!("Now there are {x} {sign} {a} = {y} {items}."),
                 };
                 lines.push(single(text));
@@ -1030,7 +1053,7 @@ fn render(problem: &Problem, solution: &Solution, rng: &mut ChaCha8Rng) -> Vec<L
                     (false, 1) => format!("{x} * {a} = {y}, so {pronoun} has {y} {items}."),
                     (false, _) => format!("The number grows to {x} * {a} = {y}."),
                     (true, 0) => format!("Growing {a} times gives {x} * {a} = {y} {items}."),
-                    (true, 1) => format!("After that, {x} * {a} = {y} {items} remain."),
+                    (true, 1) => format!("After growing, there are {x} * {a} = {y} {items}."),
                     (true, _) => format!("Now there are {x} * {a} = {y} {items}."),
                 };
                 lines.push(single(text));
@@ -1059,7 +1082,7 @@ fn render(problem: &Problem, solution: &Solution, rng: &mut ChaCha8Rng) -> Vec<L
                     (false, _) => format!("Selling them brings {x} * {a} = {y} dollars."),
                     (true, 0) => format!("The sale brings in {x} * {a} = {y} dollars."),
                     (true, 1) => format!("Revenue is {x} * {a} = {y} dollars."),
-                    (true, _) => format!("Now there are {x} * {a} = {y} dollars."),
+                    (true, _) => format!("It earns {x} * {a} = {y} dollars."),
                 };
                 lines.push(single(text));
             }
@@ -1191,5 +1214,334 @@ fn render_row(
         benchmark: problem.setting.benchmark().to_owned(),
         first_error_char,
         ..Generation::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, HashMap};
+
+    fn config(split: Split, questions: usize, samples: usize) -> SynthConfig {
+        SynthConfig {
+            questions,
+            samples,
+            error_rate: 0.5,
+            split,
+            seed: 11,
+        }
+    }
+
+    fn by_question(rows: &[Generation]) -> BTreeMap<&str, Vec<&Generation>> {
+        let mut groups: BTreeMap<&str, Vec<&Generation>> = BTreeMap::new();
+        for row in rows {
+            groups.entry(&row.question_id).or_default().push(row);
+        }
+        groups
+    }
+
+    #[test]
+    fn same_seed_same_rows_other_seed_other_rows() {
+        let a = generate(&config(Split::Both, 20, 4)).unwrap();
+        let b = generate(&config(Split::Both, 20, 4)).unwrap();
+        assert_eq!(a, b);
+        let c = generate(&SynthConfig {
+            seed: 12,
+            ..config(Split::Both, 20, 4)
+        })
+        .unwrap();
+        assert_ne!(a[0].question, c[0].question);
+    }
+
+    #[test]
+    fn fewer_questions_or_samples_give_a_prefix() {
+        let full = generate(&config(Split::Id, 30, 8)).unwrap();
+        let fewer_questions = generate(&config(Split::Id, 10, 8)).unwrap();
+        assert_eq!(fewer_questions[..], full[..80]);
+        let fewer_samples = generate(&config(Split::Id, 30, 3)).unwrap();
+        for (question, rows) in by_question(&fewer_samples) {
+            let all = &by_question(&full)[question];
+            for (row, longer) in rows.iter().zip(all) {
+                assert_eq!(row, longer);
+            }
+        }
+        // `both` is the ID prefix followed by the OOD prefix.
+        let both = generate(&config(Split::Both, 5, 8)).unwrap();
+        let ood = generate(&config(Split::Ood, 2, 8)).unwrap();
+        assert_eq!(both[..24], full[..24]);
+        assert_eq!(both[24..], ood[..]);
+    }
+
+    #[test]
+    fn rows_follow_the_schema_conventions() {
+        let rows = generate(&config(Split::Both, 6, 8)).unwrap();
+        assert_eq!(rows.len(), 48);
+        assert_eq!(rows[0].question_id, "synth-id-000000");
+        assert_eq!(rows[47].question_id, "synth-ood-000002");
+        assert_eq!(rows[47].sample, "s7");
+        for row in &rows {
+            assert!(row.question_id.starts_with(&row.benchmark));
+            let last = row.response.rsplit('\n').next().unwrap();
+            let predicted = row.predicted_answer.as_deref().unwrap();
+            assert_eq!(last, format!("The answer is {predicted}."));
+            assert_eq!(row.is_correct, row.predicted_answer == row.expected_answer);
+            assert_eq!(row.is_correct, row.first_error_char.is_none());
+            if let Some(offset) = row.first_error_char {
+                // Char offsets of a line start: 0 or just after a newline.
+                let offset = offset as usize;
+                let before: String = row.response.chars().take(offset).collect();
+                assert!(
+                    offset == 0 || before.ends_with('\n'),
+                    "{offset} in {:?}",
+                    row.response
+                );
+            }
+        }
+        let frame = generate_frame(&config(Split::Id, 2, 2)).unwrap();
+        assert_eq!(frame.height(), 4);
+    }
+
+    #[test]
+    fn error_rate_zero_and_one_are_exact_and_the_mean_is_honoured() {
+        let right = generate(&SynthConfig {
+            error_rate: 0.0,
+            ..config(Split::Both, 40, 8)
+        })
+        .unwrap();
+        assert!(right.iter().all(|r| r.is_correct));
+        let wrong = generate(&SynthConfig {
+            error_rate: 1.0,
+            ..config(Split::Both, 40, 8)
+        })
+        .unwrap();
+        assert!(wrong.iter().all(|r| !r.is_correct));
+        for rate in [0.2, 0.5, 0.8] {
+            let rows = generate(&SynthConfig {
+                error_rate: rate,
+                ..config(Split::Both, 400, 8)
+            })
+            .unwrap();
+            let share = rows.iter().filter(|r| !r.is_correct).count() as f64 / rows.len() as f64;
+            // 400 questions with uniform-ish per-question rates: sd of the share ≈ 0.015.
+            assert!((share - rate).abs() < 0.06, "rate {rate}: share {share}");
+        }
+    }
+
+    #[test]
+    fn questions_differ_in_difficulty_and_wrong_answers_collide() {
+        let rows = generate(&config(Split::Both, 200, 8)).unwrap();
+        let groups = by_question(&rows);
+        let wrong_counts: Vec<usize> = groups
+            .values()
+            .map(|g| g.iter().filter(|r| !r.is_correct).count())
+            .collect();
+        assert!(wrong_counts.iter().any(|&c| c <= 1));
+        assert!(wrong_counts.iter().any(|&c| c >= 7));
+        // Questions with a wrong answer given by two or more samples.
+        let colliding = groups
+            .values()
+            .filter(|g| {
+                let mut answers: HashMap<&str, usize> = HashMap::new();
+                for row in g.iter().filter(|r| !r.is_correct) {
+                    *answers
+                        .entry(row.predicted_answer.as_deref().unwrap())
+                        .or_default() += 1;
+                }
+                answers.values().any(|&n| n >= 2)
+            })
+            .count();
+        assert!(
+            colliding > groups.len() / 3,
+            "{colliding} of {}",
+            groups.len()
+        );
+        // Right samples vary in phrasing.
+        let distinct_right = groups
+            .values()
+            .filter(|g| {
+                let right: std::collections::HashSet<&str> = g
+                    .iter()
+                    .filter(|r| r.is_correct)
+                    .map(|r| r.response.as_str())
+                    .collect();
+                right.len() >= 2
+            })
+            .count();
+        assert!(distinct_right > groups.len() / 2);
+    }
+
+    #[test]
+    fn ood_has_more_steps_and_larger_numbers() {
+        let rows = generate(&SynthConfig {
+            error_rate: 0.0,
+            ..config(Split::Both, 200, 1)
+        })
+        .unwrap();
+        let stats = |benchmark: &str| {
+            let subset: Vec<&Generation> =
+                rows.iter().filter(|r| r.benchmark == benchmark).collect();
+            let equations = subset
+                .iter()
+                .map(|r| r.response.matches(" = ").count())
+                .sum::<usize>() as f64
+                / subset.len() as f64;
+            let starts: Vec<i64> = subset
+                .iter()
+                .filter_map(|r| {
+                    r.question
+                        .split(|c: char| !c.is_ascii_digit())
+                        .find(|s| !s.is_empty())
+                        .and_then(|s| s.parse().ok())
+                })
+                .collect();
+            (
+                equations,
+                *starts.iter().max().unwrap(),
+                *starts.iter().min().unwrap(),
+            )
+        };
+        let (id_equations, id_max, _) = stats("synth-id");
+        let (ood_equations, _, ood_min) = stats("synth-ood");
+        assert!(
+            ood_equations > id_equations + 1.5,
+            "{id_equations} vs {ood_equations}"
+        );
+        assert!(
+            ood_min > id_max,
+            "OOD starts at {ood_min}, ID up to {id_max}"
+        );
+    }
+
+    #[test]
+    fn each_mistake_kind_propagates_to_a_wrong_answer() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut kinds = [0usize; 5];
+        for _ in 0..300 {
+            let problem = Problem::draw(Setting::InDistribution, &mut rng);
+            let reference = solve(&problem, None).unwrap();
+            // The reference chains: every computation's result is the next one's running value.
+            assert!(reference
+                .computations()
+                .all(|c| c.sign.apply(c.left, c.right) == Some(c.result)));
+            let Some(mistake) = draw_mistake(&problem, &reference, &mut rng) else {
+                continue;
+            };
+            let wrong = solve(&problem, Some(mistake)).unwrap();
+            assert_ne!(wrong.answer, reference.answer);
+            let index = match mistake {
+                Mistake::Arithmetic { .. } => 0,
+                Mistake::Operand { .. } => 1,
+                Mistake::Skip { .. } => 2,
+                Mistake::Repeat { .. } => 3,
+                Mistake::Misread { .. } => 4,
+            };
+            kinds[index] += 1;
+            // Only the injected mistake breaks the arithmetic; all else follows from it.
+            let broken = wrong
+                .computations()
+                .filter(|c| c.sign.apply(c.left, c.right) != Some(c.result))
+                .count();
+            assert_eq!(broken, usize::from(index == 0), "{mistake:?}");
+        }
+        assert!(kinds.iter().all(|&n| n > 10), "{kinds:?}");
+    }
+
+    #[test]
+    fn hand_worked_problem_renders_its_error_line() {
+        // 12 apples, gain 5, lose 4 => 12 + 5 = 17, 17 - 4 = 13. Misread 5 as 6:
+        // 12 + 6 = 18 (first wrong line), 18 - 4 = 14.
+        let problem = Problem {
+            setting: Setting::InDistribution,
+            subject: "Lena",
+            pronoun: "she",
+            item: ID_ITEMS[0],
+            start: 12,
+            operations: vec![
+                Operation {
+                    kind: Kind::Gain,
+                    numbers: [5, 0],
+                    verb: ID_GAIN[0],
+                },
+                Operation {
+                    kind: Kind::Lose,
+                    numbers: [4, 0],
+                    verb: ID_LOSE[0],
+                },
+            ],
+            question: String::new(),
+        };
+        let reference = solve(&problem, None).unwrap();
+        assert_eq!(reference.answer, 13);
+        let mistake = Mistake::Misread {
+            slot: Slot::Operation(0, 0),
+            value: 6,
+        };
+        let wrong = solve(&problem, Some(mistake)).unwrap();
+        let results: Vec<i64> = wrong.computations().map(|c| c.result).collect();
+        assert_eq!(results, [18, 14]);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let lines = render(&problem, &wrong, &mut rng);
+        let first = first_wrong_line(&lines, &reference).unwrap();
+        assert!(
+            lines[first].text.contains("12 + 6 = 18"),
+            "{}",
+            lines[first].text
+        );
+        let skipped = solve(&problem, Some(Mistake::Skip { operation: 0 })).unwrap();
+        assert_eq!(skipped.answer, 8);
+        let repeated = solve(&problem, Some(Mistake::Repeat { operation: 1 })).unwrap();
+        assert_eq!(repeated.answer, 9);
+    }
+
+    #[test]
+    fn corruptions_are_plausible() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        assert_eq!(swap_last_digits(47), Some(74));
+        assert_eq!(swap_last_digits(123), Some(132));
+        assert_eq!(swap_last_digits(44), None);
+        assert_eq!(swap_last_digits(30), None);
+        for number in 2..=25 {
+            let misread = corrupt_number(number, ID_RANGES.amount, &mut rng).unwrap();
+            assert!(
+                (2..=25).contains(&misread) && misread != number,
+                "{number} -> {misread}"
+            );
+        }
+        // 2 and 3 ("doubles", "triples") can only be misread as each other.
+        assert_eq!(corrupt_number(2, ID_RANGES.factor, &mut rng), Some(3));
+        assert_eq!(corrupt_number(7, (7, 7), &mut rng), None);
+    }
+
+    #[test]
+    fn invalid_configs_are_usage_errors() {
+        for bad in [
+            SynthConfig {
+                error_rate: -0.1,
+                ..SynthConfig::default()
+            },
+            SynthConfig {
+                error_rate: f64::NAN,
+                ..SynthConfig::default()
+            },
+            SynthConfig {
+                samples: 0,
+                ..SynthConfig::default()
+            },
+        ] {
+            assert!(matches!(generate(&bad), Err(Error::Usage(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn per_question_error_rate_has_the_configured_mean() {
+        // E[u^k] = 1 / (k + 1) with k = (1 - r) / r gives r; midpoint rule over u.
+        for rate in [0.1, 0.5, 0.9] {
+            let n = 100_000;
+            let mean = (0..n)
+                .map(|i| question_error_rate(rate, (i as f64 + 0.5) / n as f64))
+                .sum::<f64>()
+                / n as f64;
+            assert!((mean - rate).abs() < 1e-3, "{rate}: {mean}");
+        }
     }
 }
