@@ -474,4 +474,39 @@ fn smollm2_gguf_saved_as_f32_safetensors_loads_back_identically() {
             .unwrap();
     assert_eq!(config["architectures"][0], "LlamaForSequenceClassification");
     assert_eq!(config["value_head_prefix"], "score");
+
+    let tokenizer = qrm::model::gguf::load_tokenizer(&gguf).unwrap();
+    qrm::model::checkpoint::save_tokenizer(dir.path(), &tokenizer).unwrap();
+    let reloaded = qrm::model::gguf::load_tokenizer(dir.path()).unwrap();
+    let text = "<|im_start|>user\n2 + 2 = 4 ✓<|im_end|>";
+    assert_eq!(
+        reloaded.encode(text, true).unwrap().get_ids(),
+        tokenizer.encode(text, true).unwrap().get_ids()
+    );
+}
+
+#[test]
+fn openrlhf_normalize_reward_config_rescales_rewards() {
+    let golden = golden("qwen2");
+    let (ids, mask) = batch(&golden);
+    let mut checkpoint =
+        Checkpoint::load(fixtures().join("tiny-qwen2"), &Device::Cpu, DType::F32).unwrap();
+    let plain = RewardModel::from_checkpoint(&checkpoint).unwrap();
+    checkpoint.config.normalize_reward = true;
+    checkpoint.config.mean = Some(0.5);
+    checkpoint.config.std = Some(2.0);
+    let normalized = RewardModel::from_checkpoint(&checkpoint).unwrap();
+    let raw = plain.forward(&ids, &mask).unwrap().token_rewards;
+    let scaled = normalized.forward(&ids, &mask).unwrap().token_rewards;
+    // (r - 0.5) / 2
+    let expected = ((raw - 0.5).unwrap() / 2.0).unwrap();
+    let diff = (scaled - expected)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-6, "{diff}");
 }
