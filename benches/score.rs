@@ -73,7 +73,10 @@ fn gsm8k_texts(count: usize) -> Result<Vec<String>> {
 }
 
 /// Right-padded batches of token ids (pad id `pad`).
-fn batches(encodings: &[Vec<u32>], batch: usize, pad: u32) -> Vec<(Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+/// Token ids and attention mask of one padded batch, row-major.
+type Batch = (Vec<Vec<u32>>, Vec<Vec<u32>>);
+
+fn batches(encodings: &[Vec<u32>], batch: usize, pad: u32) -> Vec<Batch> {
     encodings
         .chunks(batch)
         .map(|chunk| {
