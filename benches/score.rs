@@ -9,11 +9,13 @@
 //! time is spent there.) The bench loads the GGUF, adds a linear head, writes the model as an f32
 //! `LlamaForSequenceClassification` directory, loads that directory in both qrm and
 //! `benches/score_peer.py`, scores GSM8K test question+answer texts, and prints tokens/s for
-//! each, their ratio, the achieved GFLOP/s, and a 1024³ f32 matmul rate in each stack. Without
-//! torch it reports qrm alone.
+//! each (passes alternate between the two stacks so both see the same machine load), their
+//! ratio, the achieved GFLOP/s, and a 1024³ f32 matmul rate in each stack. Without python3 it
+//! reports qrm alone.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -189,23 +191,16 @@ fn main() -> Result<()> {
         .iter()
         .map(|(ids, mask)| Ok((to_tensor(ids)?, to_tensor(mask)?)))
         .collect::<Result<Vec<_>>>()?;
-    let one_pass = || -> Result<Vec<f32>> {
+    let one_pass = || -> Result<(f64, Vec<f32>)> {
+        let start = Instant::now();
         let mut rewards = Vec::new();
         for (ids, mask) in &tensors {
             let out = model.forward(ids, mask)?;
             rewards.extend(last_token_values(&out.token_rewards, mask)?.to_vec1::<f32>()?);
         }
-        Ok(rewards)
+        Ok((start.elapsed().as_secs_f64(), rewards))
     };
     one_pass()?;
-    let mut seconds = Vec::new();
-    let mut rewards = Vec::new();
-    for _ in 0..options.repeats {
-        let start = Instant::now();
-        rewards = one_pass()?;
-        seconds.push(start.elapsed().as_secs_f64());
-    }
-    let qrm_seconds = median(&mut seconds);
     let candle_peak = candle_matmul_gflops()?;
     println!(
         "workload: {} texts, batch {}, {} real tokens ({} with padding), {:.1} GFLOP per pass, {} threads",
@@ -216,72 +211,87 @@ fn main() -> Result<()> {
         flops / 1e9,
         candle_core::utils::get_num_threads()
     );
-    println!(
-        "qrm (candle):  {:8.1} tokens/s  median {:.3} s of {:?}  {:6.1} GFLOP/s  (matmul 1024³ peak {:.1} GFLOP/s, {:.0}%)",
-        real_tokens as f64 / qrm_seconds,
-        qrm_seconds,
-        seconds,
-        flops / qrm_seconds / 1e9,
-        candle_peak,
-        100.0 * flops / qrm_seconds / 1e9 / candle_peak
-    );
+    let report = |name: &str, seconds: &mut Vec<f64>, peak: f64| -> f64 {
+        let median = median(seconds);
+        println!(
+            "{name:<22} {:8.1} tokens/s  median {:.3} s of {:.3?}  {:6.1} GFLOP/s  (its 1024³ matmul: {:.1} GFLOP/s; {:.0}% of it)",
+            real_tokens as f64 / median,
+            median,
+            seconds,
+            flops / median / 1e9,
+            peak,
+            100.0 * flops / median / 1e9 / peak
+        );
+        median
+    };
 
     let batches_path: PathBuf = dir.path().join("batches.json");
     let json = serde_json::json!({"batches": batches.iter().map(|(ids, mask)| {
         serde_json::json!({"input_ids": ids, "attention_mask": mask})
     }).collect::<Vec<_>>()});
     std::fs::write(&batches_path, json.to_string())?;
-    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/score_peer.py");
-    let output = Command::new("python3")
-        .arg(&peer)
+    let peer_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/score_peer.py");
+    let peer = Command::new("python3")
+        .arg(&peer_script)
         .arg(dir.path())
         .arg(&batches_path)
-        .arg(options.repeats.to_string())
-        .output();
-    let output = match output {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            eprintln!(
-                "PyTorch peer failed (torch + transformers installed?):\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            return Ok(());
-        }
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn();
+    let mut peer = match peer {
+        Ok(child) => child,
         Err(e) => {
-            eprintln!("cannot run python3: {e}");
+            eprintln!("cannot run python3 ({e}): reporting qrm alone");
+            let mut seconds = (0..options.repeats)
+                .map(|_| one_pass().map(|(s, _)| s))
+                .collect::<Result<Vec<_>>>()?;
+            report("qrm (candle)", &mut seconds, candle_peak);
             return Ok(());
         }
     };
-    let peer: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let mut peer_seconds: Vec<f64> = peer["seconds"]
-        .as_array()
-        .context("peer gave no seconds")?
-        .iter()
-        .filter_map(|v| v.as_f64())
-        .collect();
-    let torch_seconds = median(&mut peer_seconds);
-    let torch_peak = peer["matmul_gflops"].as_f64().unwrap_or(f64::NAN);
-    println!(
-        "torch {}: {:8.1} tokens/s  median {:.3} s of {:?}  {:6.1} GFLOP/s  (matmul 1024³ peak {:.1} GFLOP/s, {:.0}%), {} threads",
-        peer["torch"].as_str().unwrap_or("?"),
-        real_tokens as f64 / torch_seconds,
-        torch_seconds,
-        peer_seconds,
-        flops / torch_seconds / 1e9,
-        torch_peak,
-        100.0 * flops / torch_seconds / 1e9 / torch_peak,
-        peer["threads"]
+    let mut to_peer = peer.stdin.take().context("peer stdin")?;
+    let mut from_peer = BufReader::new(peer.stdout.take().context("peer stdout")?).lines();
+    let mut read_peer = || -> Result<serde_json::Value> {
+        let line = from_peer
+            .next()
+            .context("the PyTorch peer exited (torch + transformers installed?)")??;
+        Ok(serde_json::from_str(&line)?)
+    };
+    let ready = read_peer()?;
+    // Alternate qrm and torch passes so both see the same machine load.
+    let (mut qrm_seconds, mut torch_seconds) = (Vec::new(), Vec::new());
+    let (mut rewards, mut peer_rewards) = (Vec::new(), Vec::new());
+    for _ in 0..options.repeats {
+        let (seconds, ours) = one_pass()?;
+        qrm_seconds.push(seconds);
+        rewards = ours;
+        writeln!(to_peer, "pass")?;
+        to_peer.flush()?;
+        let answer = read_peer()?;
+        torch_seconds.push(answer["seconds"].as_f64().context("peer gave no seconds")?);
+        peer_rewards = answer["rewards"]
+            .as_array()
+            .context("peer gave no rewards")?
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .collect();
+    }
+    drop(to_peer);
+    peer.wait()?;
+    let qrm_median = report("qrm (candle)", &mut qrm_seconds, candle_peak);
+    let torch_median = report(
+        &format!(
+            "torch {} ({} thr)",
+            ready["torch"].as_str().unwrap_or("?"),
+            ready["threads"]
+        ),
+        &mut torch_seconds,
+        ready["matmul_gflops"].as_f64().unwrap_or(f64::NAN),
     );
     println!(
         "qrm / torch throughput ratio: {:.2}",
-        torch_seconds / qrm_seconds
+        torch_median / qrm_median
     );
-    let peer_rewards: Vec<f64> = peer["rewards"]
-        .as_array()
-        .context("peer gave no rewards")?
-        .iter()
-        .filter_map(|v| v.as_f64())
-        .collect();
     let max_diff = rewards
         .iter()
         .zip(&peer_rewards)

@@ -1,11 +1,14 @@
-"""PyTorch + transformers peer of benches/score.rs: scores the same batches with the same model.
+"""PyTorch + transformers peer of benches/score.rs: scores the same batches with the same model,
+one pass at a time on request, so the Rust bench can alternate qrm and torch passes and both
+see the same machine load.
 
-Usage: python3 benches/score_peer.py MODEL_DIR BATCHES_JSON REPEATS
+Usage: python3 benches/score_peer.py MODEL_DIR BATCHES_JSON
 MODEL_DIR is the f32 reward-model directory the Rust bench wrote (LlamaForSequenceClassification,
 config.json + model.safetensors); BATCHES_JSON holds {"batches": [{"input_ids": [[...]],
-"attention_mask": [[...]]}, ...]}. Prints one JSON object on stdout: seconds per pass over all
-batches (one per repeat, after one warm-up pass), the sequence rewards of the last pass, the
-threads torch used, and a 1024³ f32 matmul rate measured here (GFLOP/s).
+"attention_mask": [[...]]}, ...]}.
+Protocol (one JSON object per line on stdout): after loading and one warm-up pass it prints
+{"torch", "threads", "matmul_gflops"} (a 1024³ f32 matmul rate measured here); then for every
+line read on stdin it runs one pass over all batches and prints {"seconds", "rewards"}.
 
 Versions used: Python 3.11.7, torch 2.15.0 (CPU, default threads), transformers 5.24.0.
 """
@@ -29,7 +32,7 @@ def matmul_gflops(size=1024, repeats=20):
 
 
 def main():
-    model_dir, batches_path, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    model_dir, batches_path = sys.argv[1], sys.argv[2]
     with open(batches_path) as f:
         batches = json.load(f)["batches"]
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -46,22 +49,13 @@ def main():
         return rewards
 
     one_pass()
-    seconds = []
-    for _ in range(repeats):
+    ready = dict(torch=torch.__version__, threads=torch.get_num_threads(), matmul_gflops=matmul_gflops())
+    print(json.dumps(ready), flush=True)
+    for _ in sys.stdin:
         start = time.perf_counter()
         rewards = one_pass()
-        seconds.append(time.perf_counter() - start)
-    print(
-        json.dumps(
-            dict(
-                seconds=seconds,
-                rewards=rewards,
-                threads=torch.get_num_threads(),
-                torch=torch.__version__,
-                matmul_gflops=matmul_gflops(),
-            )
-        )
-    )
+        seconds = time.perf_counter() - start
+        print(json.dumps(dict(seconds=seconds, rewards=rewards)), flush=True)
 
 
 if __name__ == "__main__":

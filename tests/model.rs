@@ -276,6 +276,12 @@ fn a_saved_reward_model_loads_back_with_the_same_rewards() {
         model.save(dir.path()).unwrap();
         let loaded = RewardModel::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
         assert_eq!(loaded.head.kind(), kind);
+        // transformers 4 reads the top-level rope_theta, transformers 5 rope_parameters.
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["rope_theta"], 1000.0);
+        assert_eq!(config["rope_parameters"]["rope_theta"], 1000.0);
         let a = model.forward(&ids, &mask).unwrap().token_rewards;
         let b = loaded.forward(&ids, &mask).unwrap().token_rewards;
         let diff = (a - b)

@@ -306,6 +306,8 @@ pub fn save_reward_model(
     config
         .extra
         .insert("qrm_head".into(), head.kind().to_string().into());
+    // Keep the top-level `rope_theta` (transformers 4) equal to `rope_parameters` (transformers 5).
+    config.rope_theta = config.rope_base();
 
     let weights_path = dir.join("model.safetensors");
     let views = tensors
