@@ -48,7 +48,10 @@ fn write_npy(path: &Path, descr: &str, shape: &[usize], bytes: &[u8]) -> std::io
         [n] => format!("({n},)"),
         dims => format!(
             "({})",
-            dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let mut header =
@@ -84,8 +87,18 @@ fn main() -> std::io::Result<()> {
         .map(|&l| f64::from((rng.random::<f32>() + if l { 0.3 } else { 0.0 }) * 4.0))
         .collect();
     let label_bytes: Vec<u8> = labels.iter().map(|&l| u8::from(l)).collect();
-    write_npy(&dir.path().join("scores.npy"), "<f8", &[scores_count], as_bytes(&scores))?;
-    write_npy(&dir.path().join("labels.npy"), "|b1", &[scores_count], &label_bytes)?;
+    write_npy(
+        &dir.path().join("scores.npy"),
+        "<f8",
+        &[scores_count],
+        as_bytes(&scores),
+    )?;
+    write_npy(
+        &dir.path().join("labels.npy"),
+        "|b1",
+        &[scores_count],
+        &label_bytes,
+    )?;
 
     // Filter data: correct samples stay ≥ 0; an incorrect one turns negative at a random token.
     // Each question has its own accuracy in [0.05, 0.7]; wrong answers spread over 3 values.
@@ -115,9 +128,24 @@ fn main() -> std::io::Result<()> {
         }
     }
     let correct_bytes: Vec<u8> = is_correct.iter().map(|&c| u8::from(c)).collect();
-    write_npy(&dir.path().join("q_values.npy"), "<f4", &[samples, tokens], as_bytes(&q_values))?;
-    write_npy(&dir.path().join("is_correct.npy"), "|b1", &[samples], &correct_bytes)?;
-    write_npy(&dir.path().join("answers.npy"), "<i4", &[samples], as_bytes(&answers))?;
+    write_npy(
+        &dir.path().join("q_values.npy"),
+        "<f4",
+        &[samples, tokens],
+        as_bytes(&q_values),
+    )?;
+    write_npy(
+        &dir.path().join("is_correct.npy"),
+        "|b1",
+        &[samples],
+        &correct_bytes,
+    )?;
+    write_npy(
+        &dir.path().join("answers.npy"),
+        "<i4",
+        &[samples],
+        as_bytes(&answers),
+    )?;
 
     // Rust.
     let (auroc_time, auroc_value) = time(5, || auroc(&scores, &labels));
@@ -145,7 +173,10 @@ fn main() -> std::io::Result<()> {
     let summary = summary.expect("questions");
 
     let per_second = |count: usize, duration: Duration| count as f64 / duration.as_secs_f64();
-    println!("machine threads available: {:?}", std::thread::available_parallelism().ok());
+    println!(
+        "machine threads available: {:?}",
+        std::thread::available_parallelism().ok()
+    );
     println!(
         "qrm auroc        {scores_count} scores: {:>9.1} ms  {:>6.1} M rows/s  (AUROC {:.12})",
         auroc_time.as_secs_f64() * 1e3,
@@ -168,7 +199,10 @@ fn main() -> std::io::Result<()> {
     );
 
     let peer = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/metrics_peer.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/metrics_peer.py"
+        ))
         .arg(dir.path())
         .output();
     let peer = match peer {

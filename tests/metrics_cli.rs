@@ -79,7 +79,10 @@ fn auroc_report_has_one_row_per_group_and_a_note_for_one_class() {
     let rows = read_jsonl(&output);
     assert_eq!(rows.len(), 4); // {a, b} × {gsm8k, math}
     let a_gsm8k = &rows[0];
-    assert_eq!((a_gsm8k["rm"].as_str(), a_gsm8k["benchmark"].as_str()), (Some("a"), Some("gsm8k")));
+    assert_eq!(
+        (a_gsm8k["rm"].as_str(), a_gsm8k["benchmark"].as_str()),
+        (Some("a"), Some("gsm8k"))
+    );
     assert_eq!(a_gsm8k["auroc"], json!(1.0));
     assert_eq!(a_gsm8k["n"], json!(12));
     assert_eq!(a_gsm8k["n_pos"], json!(6));
@@ -129,7 +132,10 @@ fn compare_reports_the_paired_difference() {
         .assert()
         .success();
     let rows = read_jsonl(&output);
-    let gsm8k = rows.iter().find(|r| r["benchmark"] == json!("gsm8k")).unwrap();
+    let gsm8k = rows
+        .iter()
+        .find(|r| r["benchmark"] == json!("gsm8k"))
+        .unwrap();
     // B gives question 0 (correct) reward −1, tied with all 6 negatives, in both sample sets:
     // 4 positives beat 6 negatives (24) + 2 tied positives × 6 × ½ (6) → U = 30 of 36 = 5/6.
     assert_eq!(gsm8k["rm_b"], json!("b"));
@@ -153,12 +159,15 @@ fn percentiles_give_one_row_per_group_and_percentile() {
         .success();
     let rows = read_jsonl(&output);
     assert_eq!(rows.len(), 2 * 2 * 3); // {a, b} × {gsm8k, math} × 3 percentiles
-    // At percentile 0 every token reward is ±0 (reward·0/9; −0 equals 0): all tied, AUROC ½
-    // in each sample set.
+                                       // At percentile 0 every token reward is ±0 (reward·0/9; −0 equals 0): all tied, AUROC ½
+                                       // in each sample set.
     assert_eq!(rows[0]["benchmark"], json!("gsm8k"));
     assert_eq!(rows[0]["percentile"], json!(0.0));
     assert_eq!(rows[0]["auroc"], json!(0.5));
-    assert!(rows[0]["note"].as_str().unwrap().starts_with("2 sample sets"));
+    assert!(rows[0]["note"]
+        .as_str()
+        .unwrap()
+        .starts_with("2 sample sets"));
 }
 
 #[test]
@@ -181,7 +190,11 @@ fn filter_sweep_writes_rows_and_a_figure() {
     // 5 scored tokens → 4 saved); questions with only incorrect samples fall back.
     let row = rows
         .iter()
-        .find(|r| r["rm"] == json!("a") && r["benchmark"] == json!("gsm8k") && r["threshold"] == json!(0.0))
+        .find(|r| {
+            r["rm"] == json!("a")
+                && r["benchmark"] == json!("gsm8k")
+                && r["threshold"] == json!(0.0)
+        })
         .unwrap();
     assert_eq!(row["questions"], json!(6));
     assert_eq!(row["accuracy"], json!(0.5));
@@ -218,7 +231,7 @@ fn auroc_reads_a_pipe_from_qrm_import() {
         })
         .collect();
     let (dir, input) = write_jsonl(&rows);
-    let imported = Command::new(&import)
+    let mut imported = Command::new(&import)
         .arg(&input)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -229,9 +242,10 @@ fn auroc_reads_a_pipe_from_qrm_import() {
         .unwrap()
         .args(["--by", "benchmark", "-o"])
         .arg(&output)
-        .stdin(imported.stdout.unwrap())
+        .stdin(imported.stdout.take().unwrap())
         .assert()
         .success();
+    assert!(imported.wait().unwrap().success());
     let report = read_jsonl(&output);
     assert_eq!(report[0]["auroc"], json!(1.0));
 }

@@ -92,8 +92,18 @@ fn paired_delong_equals_fast_delong_reference() {
             &bools(&case["labels"]),
         )
         .unwrap();
-        close(paired.a.auroc, case["auroc_a"].as_f64().unwrap(), 1e-9, name);
-        close(paired.b.auroc, case["auroc_b"].as_f64().unwrap(), 1e-9, name);
+        close(
+            paired.a.auroc,
+            case["auroc_a"].as_f64().unwrap(),
+            1e-9,
+            name,
+        );
+        close(
+            paired.b.auroc,
+            case["auroc_b"].as_f64().unwrap(),
+            1e-9,
+            name,
+        );
         close(
             paired.a.variance,
             case["variance_a"].as_f64().unwrap(),
@@ -231,7 +241,12 @@ fn reference_vote_filtering_equals_the_released_logic() {
         let summary = filter_summary(&questions, &options).unwrap();
         let what = |field: &str| format!("threshold {threshold}: {field}");
         let field = |name: &str| expected[name].as_f64().unwrap();
-        close(summary.accuracy, field("accuracy"), 1e-12, &what("accuracy"));
+        close(
+            summary.accuracy,
+            field("accuracy"),
+            1e-12,
+            &what("accuracy"),
+        );
         close(
             summary.accuracy_filtered,
             field("accuracy_filtered"),

@@ -23,7 +23,10 @@ use qrm::metrics::report::{auroc_report, parse_sweep, AurocOptions, CiMethod};
 use qrm::pipeline::io::{display_path, read_table};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "AUROC of reward-model scores against correctness, with CIs")]
+#[command(
+    version,
+    about = "AUROC of reward-model scores against correctness, with CIs"
+)]
 struct Args {
     /// Scores table (`-` for stdin): `is_correct` plus the score column(s).
     #[arg(value_name = "INPUT", default_value = "-")]

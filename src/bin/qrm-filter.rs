@@ -28,7 +28,10 @@ use qrm::metrics::report::{correlation_report, filter_report, parse_sweep, top_k
 use qrm::pipeline::io::{display_path, read_table};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Q-value filtering for majority voting, top-K and correlations")]
+#[command(
+    version,
+    about = "Q-value filtering for majority voting, top-K and correlations"
+)]
 struct Args {
     /// Scores table (`-` for stdin): `question_id`, `is_correct`, `predicted_answer`,
     /// `q_values` (and `reward` for `--top-k`, `token_rewards` for `--correlation`).

@@ -383,7 +383,10 @@ mod tests {
 
     #[test]
     fn perfect_separation_is_one() {
-        assert_eq!(auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), Some(1.0));
+        assert_eq!(
+            auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
+            Some(1.0)
+        );
     }
 
     #[test]
@@ -471,7 +474,10 @@ mod tests {
         let second = bootstrap_interval(&scores, None, &labels, 500, 0.95, 3).unwrap();
         assert_eq!(first, second);
         let estimate = auroc(&scores, &labels).unwrap();
-        assert!(first.0 <= estimate && estimate <= first.1, "{first:?} {estimate}");
+        assert!(
+            first.0 <= estimate && estimate <= first.1,
+            "{first:?} {estimate}"
+        );
     }
 
     #[test]

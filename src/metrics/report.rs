@@ -15,8 +15,7 @@ use crate::metrics::filter::{
 };
 use crate::metrics::stats::{mean_t_interval, pearson, spearman};
 use crate::pipeline::schema::{
-    Columns, IS_CORRECT, PREDICTED_ANSWER, QUESTION_ID, Q_VALUES, REWARD, RM, SAMPLE,
-    TOKEN_REWARDS,
+    Columns, IS_CORRECT, PREDICTED_ANSWER, QUESTION_ID, Q_VALUES, REWARD, RM, SAMPLE, TOKEN_REWARDS,
 };
 
 /// How `qrm-auroc` computes confidence intervals.
@@ -256,7 +255,9 @@ fn one_group(
                 result.delta_ci_high = Some(high);
             }
         }
-        CiMethod::Samples => per_sample_set(scores, scores_b, labels, sample_sets, options, &mut result),
+        CiMethod::Samples => {
+            per_sample_set(scores, scores_b, labels, sample_sets, options, &mut result)
+        }
     }
     result
 }
@@ -396,10 +397,11 @@ pub fn auroc_report(frame: &DataFrame, path: &Path, options: &AurocOptions) -> R
                     .as_ref()
                     .map(|text| rows.iter().map(|&r| text[r][0].as_str()).collect());
                 for (percentile, values) in percentiles.iter().zip(&all_scores) {
-                    let scores: Vec<f64> =
-                        rows.iter().map(|&r| values[r].unwrap_or(f64::NAN)).collect();
-                    let result =
-                        one_group(&scores, None, &group_labels, sets.as_deref(), options);
+                    let scores: Vec<f64> = rows
+                        .iter()
+                        .map(|&r| values[r].unwrap_or(f64::NAN))
+                        .collect();
+                    let result = one_group(&scores, None, &group_labels, sets.as_deref(), options);
                     output.push(key.to_vec(), None, *percentile, result);
                 }
             }
@@ -481,7 +483,9 @@ pub fn auroc_report(frame: &DataFrame, path: &Path, options: &AurocOptions) -> R
                 }
             }
             if unmatched > 0 {
-                tracing::warn!("{unmatched} generation(s) scored by only one of {rm_a}, {rm_b}: left out");
+                tracing::warn!(
+                    "{unmatched} generation(s) scored by only one of {rm_a}, {rm_b}: left out"
+                );
             }
         }
     }
@@ -695,16 +699,24 @@ pub fn filter_report(
     }
     let mut columns = key_columns(by, &keys);
     let float = |name: &str, f: &dyn Fn(&crate::metrics::filter::FilterSummary) -> f64| {
-        Column::new(name.into(), rows.iter().map(|(_, s)| f(s)).collect::<Vec<_>>())
+        Column::new(
+            name.into(),
+            rows.iter().map(|(_, s)| f(s)).collect::<Vec<_>>(),
+        )
     };
     columns.push(Column::new(
         "threshold".into(),
         rows.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
     ));
-    columns.push(Column::new("skip".into(), vec![options.skip as u32; rows.len()]));
+    columns.push(Column::new(
+        "skip".into(),
+        vec![options.skip as u32; rows.len()],
+    ));
     columns.push(Column::new(
         "questions".into(),
-        rows.iter().map(|(_, s)| s.questions as u32).collect::<Vec<_>>(),
+        rows.iter()
+            .map(|(_, s)| s.questions as u32)
+            .collect::<Vec<_>>(),
     ));
     columns.push(float("samples_per_question", &|s| s.samples_per_question));
     columns.push(float("accuracy", &|s| s.accuracy));
@@ -723,10 +735,15 @@ pub fn filter_report(
         "p_paired".into(),
         rows.iter().map(|(_, s)| s.p_paired).collect::<Vec<_>>(),
     ));
-    columns.push(Column::new("vote".into(), vec![options.vote.name(); rows.len()]));
+    columns.push(Column::new(
+        "vote".into(),
+        vec![options.vote.name(); rows.len()],
+    ));
     columns.push(Column::new(
         "ties_broken".into(),
-        rows.iter().map(|(_, s)| s.ties_broken as u32).collect::<Vec<_>>(),
+        rows.iter()
+            .map(|(_, s)| s.ties_broken as u32)
+            .collect::<Vec<_>>(),
     ));
     columns.push(Column::new(
         "fallback_questions".into(),
@@ -780,12 +797,16 @@ pub fn top_k_report(
     ));
     columns.push(Column::new(
         "proportion_correct".into(),
-        rows.iter().map(|s| s.proportion_correct).collect::<Vec<_>>(),
+        rows.iter()
+            .map(|s| s.proportion_correct)
+            .collect::<Vec<_>>(),
     ));
     columns.push(Column::new("vote".into(), vec![vote.name(); rows.len()]));
     columns.push(Column::new(
         "ties_broken".into(),
-        rows.iter().map(|s| s.ties_broken as u32).collect::<Vec<_>>(),
+        rows.iter()
+            .map(|s| s.ties_broken as u32)
+            .collect::<Vec<_>>(),
     ));
     DataFrame::new(rows.len(), columns).map_err(|e| Error::table("<top-k report>", e))
 }
@@ -855,7 +876,7 @@ pub fn parse_sweep(text: &str) -> Result<Vec<f64>> {
     let [from, to, step] = parts[..] else {
         return Err(usage());
     };
-    if !(step > 0.0) || to < from || !from.is_finite() || !to.is_finite() {
+    if !step.is_finite() || step <= 0.0 || to < from || !from.is_finite() || !to.is_finite() {
         return Err(usage());
     }
     let steps = ((to - from) / step + 1e-9).floor() as usize;
