@@ -187,7 +187,6 @@ fn main() -> std::io::Result<()> {
     let (filter_wall, filter_time, summary) = time(5, || filter_summary(&questions, &options));
     let summary = summary.expect("questions");
 
-    let per_second = |count: usize, duration: Duration| count as f64 / duration.as_secs_f64();
     let per_second = |count: usize, seconds: f64| count as f64 / seconds / 1e6;
     let line = |what: &str, count: usize, unit: &str, cpu: f64, wall: f64, extra: String| {
         println!(
