@@ -8,7 +8,13 @@
 //!
 //! The data are generated here with a fixed seed and written as .npy files that
 //! `benches/metrics_peer.py` loads, so both sides see identical inputs. Everything is single
-//! threaded; each timing is the median of several runs.
+//! threaded; each timing is the median of several runs, reported as the thread's CPU time
+//! (robust when other processes share the cores) with wall time next to it.
+//!
+//! Measured 2026-11-27 on the shared 2-core dev machine (load ≈ 8), CPU time:
+//! qrm AUROC 277 ms for 10 M scores (36 M rows/s) vs scikit-learn 4.36 s: 15.7× faster;
+//! qrm filter 51 ms for 300 k × 400 (5.9 M samples/s) vs NumPy 98 ms: 1.9× faster;
+//! DeLong (variance, 10 M) 2.35 s. Results agree with the peers.
 
 use std::io::Write;
 use std::path::Path;
