@@ -231,7 +231,7 @@ fn auroc_reads_a_pipe_from_qrm_import() {
         })
         .collect();
     let (dir, input) = write_jsonl(&rows);
-    let imported = Command::new(&import)
+    let mut imported = Command::new(&import)
         .arg(&input)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -242,9 +242,10 @@ fn auroc_reads_a_pipe_from_qrm_import() {
         .unwrap()
         .args(["--by", "benchmark", "-o"])
         .arg(&output)
-        .stdin(imported.stdout.unwrap())
+        .stdin(imported.stdout.take().unwrap())
         .assert()
         .success();
+    assert!(imported.wait().unwrap().success());
     let report = read_jsonl(&output);
     assert_eq!(report[0]["auroc"], json!(1.0));
 }

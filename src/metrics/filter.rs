@@ -153,9 +153,40 @@ impl Default for FilterOptions {
 }
 
 /// Index, within `q_values[skip..]`, of the first Q-value below `threshold`.
+///
+/// Compares in f32 against the smallest f32 not below `threshold`, which is exact: for an f32
+/// `q`, `q < threshold` ⇔ `q < ceil_f32(threshold)`. Scans 32 values at a time so that the
+/// test vectorises; the position is searched only in the chunk that has a hit.
 pub fn first_below(q_values: &[f32], skip: usize, threshold: f64) -> Option<usize> {
+    const CHUNK: usize = 32;
     let tail = &q_values[skip.min(q_values.len())..];
-    tail.iter().position(|&q| f64::from(q) < threshold)
+    let bound = f32_at_least(threshold);
+    for (index, chunk) in tail.chunks(CHUNK).enumerate() {
+        if chunk.iter().fold(false, |hit, &q| hit | (q < bound)) {
+            return chunk
+                .iter()
+                .position(|&q| q < bound)
+                .map(|offset| index * CHUNK + offset);
+        }
+    }
+    None
+}
+
+/// The smallest f32 that is ≥ `value` (NaN stays NaN, overflow gives infinity).
+fn f32_at_least(value: f64) -> f32 {
+    let rounded = value as f32;
+    if f64::from(rounded) >= value || rounded.is_nan() {
+        return rounded;
+    }
+    // `rounded` is the f32 just below `value`: step one unit up.
+    let bits = rounded.to_bits();
+    if rounded == 0.0 {
+        f32::from_bits(1) // the smallest positive subnormal
+    } else if rounded > 0.0 {
+        f32::from_bits(bits + 1)
+    } else {
+        f32::from_bits(bits - 1)
+    }
 }
 
 /// Table 1 for one group of questions. Fractions are in [0, 1], `*_pct` in percent.
@@ -422,6 +453,31 @@ mod tests {
         assert_eq!(summary.tokens_saved_pct, 12.5);
         assert_eq!(summary.fallback_questions, 1);
         assert_eq!(summary.ties_broken, 2);
+    }
+
+    #[test]
+    fn f32_bound_is_exact() {
+        // 0.1 is not an f32: 0.1f32 = 0.100000001490116… > 0.1, so it is the bound itself.
+        assert_eq!(f32_at_least(0.1), 0.1f32);
+        // -0.1f32 = -0.100000001490116… < -0.1: the bound is the next f32 up.
+        let bound = f32_at_least(-0.1);
+        assert!(f64::from(bound) >= -0.1 && bound > -0.1f32);
+        assert_eq!(f32_at_least(0.0), 0.0);
+        // A positive value below the smallest subnormal rounds to 0, then steps up.
+        assert_eq!(f32_at_least(1e-50), f32::from_bits(1));
+    }
+
+    #[test]
+    fn first_below_finds_the_first_hit_past_a_chunk() {
+        let mut q_values = vec![0.5f32; 100];
+        q_values[70] = -0.1;
+        q_values[90] = -0.2;
+        assert_eq!(first_below(&q_values, 5, 0.0), Some(65));
+        // -0.1f32 is below -0.1 (f64), so it counts at threshold -0.1; -0.2 is first at -0.15.
+        assert_eq!(first_below(&q_values, 5, -0.1), Some(65));
+        assert_eq!(first_below(&q_values, 5, -0.15), Some(85));
+        assert_eq!(first_below(&q_values, 5, -0.3), None);
+        assert_eq!(first_below(&q_values[..3], 5, 1.0), None);
     }
 
     #[test]

@@ -876,7 +876,7 @@ pub fn parse_sweep(text: &str) -> Result<Vec<f64>> {
     let [from, to, step] = parts[..] else {
         return Err(usage());
     };
-    if !(step > 0.0) || to < from || !from.is_finite() || !to.is_finite() {
+    if !step.is_finite() || step <= 0.0 || to < from || !from.is_finite() || !to.is_finite() {
         return Err(usage());
     }
     let steps = ((to - from) / step + 1e-9).floor() as usize;
@@ -888,6 +888,131 @@ pub fn parse_sweep(text: &str) -> Result<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn list(name: &str, rows: &[&[f32]]) -> Column {
+        let series: Vec<Series> = rows
+            .iter()
+            .map(|values| Series::new("".into(), values.to_vec()))
+            .collect();
+        Series::new(name.into(), series).into()
+    }
+
+    /// Four responses of rm `a` on benchmark `x`; rows 0 and 2 are correct.
+    fn frame(rewards: [f32; 4]) -> DataFrame {
+        let q_values: [&[f32]; 4] = [
+            &[0.5, -0.2, 0.3, 0.4],
+            &[0.1, 0.2, -0.5, 0.0],
+            &[0.6, 0.7],
+            &[-0.1, 0.9, 0.8, 0.7],
+        ];
+        let columns = vec![
+            Column::new(RM.into(), ["a"; 4]),
+            Column::new("benchmark".into(), ["x"; 4]),
+            Column::new(IS_CORRECT.into(), [true, false, true, false]),
+            Column::new(REWARD.into(), rewards),
+            list(Q_VALUES, &q_values),
+            list(TOKEN_REWARDS, &q_values),
+        ];
+        DataFrame::new(4, columns).unwrap()
+    }
+
+    fn auroc_of(frame: &DataFrame, options: &AurocOptions) -> Vec<Option<f64>> {
+        let report = auroc_report(frame, Path::new("t"), options).unwrap();
+        report
+            .frame
+            .column("auroc")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .iter()
+            .collect()
+    }
+
+    #[test]
+    fn q_scores_read_the_prefix() {
+        let frame = frame([0.1, 0.2, 0.3, 0.4]);
+        let options = |score: &str, percentiles: Option<Vec<f64>>| AurocOptions {
+            score: score.to_owned(),
+            percentiles,
+            ci: CiMethod::None,
+            ..AurocOptions::default()
+        };
+        // Whole responses. q_min: positives −0.2, 0.6; negatives −0.5, −0.1 → wins 1 + 2 = 3/4.
+        assert_eq!(auroc_of(&frame, &options("q_min", None)), vec![Some(0.75)]);
+        // q_last: positives 0.4, 0.7; negatives 0.0, 0.7 → 1 + (1 + ½) = 2.5/4.
+        assert_eq!(
+            auroc_of(&frame, &options("q_last", None)),
+            vec![Some(0.625)]
+        );
+        // At 0.5 the prefix ends at index max(floor(n/2) − 1, 0): 1 for n = 4, 0 for n = 2.
+        // q_last: positives −0.2, 0.6; negatives 0.2, 0.9 → 0 + 1 = 1/4.
+        // q_min: positives −0.2, 0.6; negatives 0.1, −0.1 → 0 + 2 = 2/4.
+        // reward (token_rewards = the same lists) at 0.5 equals q_last.
+        let half = Some(vec![0.5]);
+        assert_eq!(
+            auroc_of(&frame, &options("q_last", half.clone())),
+            vec![Some(0.25)]
+        );
+        assert_eq!(
+            auroc_of(&frame, &options("q_min", half.clone())),
+            vec![Some(0.5)]
+        );
+        assert_eq!(auroc_of(&frame, &options(REWARD, half)), vec![Some(0.25)]);
+    }
+
+    #[test]
+    fn percentiles_need_a_token_score() {
+        let options = AurocOptions {
+            score: "response_tokens".to_owned(),
+            percentiles: Some(vec![0.5]),
+            ..AurocOptions::default()
+        };
+        let error = auroc_report(&frame([0.0; 4]), Path::new("t"), &options).unwrap_err();
+        assert!(error.to_string().contains("--percentiles"), "{error}");
+    }
+
+    #[test]
+    fn all_rows_dropped_leaves_an_empty_report() {
+        let frame = frame([f32::NAN, f32::INFINITY, f32::NAN, f32::NEG_INFINITY]);
+        let error = auroc_report(&frame, Path::new("t"), &AurocOptions::default()).unwrap_err();
+        assert!(
+            error.to_string().contains("4 row(s): 1, 2, 3, 4"),
+            "{error}"
+        );
+        let options = AurocOptions {
+            drop_nan: true,
+            ..AurocOptions::default()
+        };
+        let report = auroc_report(&frame, Path::new("t"), &options).unwrap();
+        assert_eq!((report.frame.height(), report.dropped_rows), (0, 4));
+    }
+
+    #[test]
+    fn empty_group_has_a_note_and_no_auroc() {
+        let result = one_group(&[], None, &[], None, &AurocOptions::default());
+        assert_eq!((result.n, result.auroc), (0, None));
+        assert_eq!(result.note.as_deref(), Some("empty group"));
+    }
+
+    #[test]
+    fn one_sample_set_has_no_interval() {
+        let options = AurocOptions {
+            ci: CiMethod::Samples,
+            ..AurocOptions::default()
+        };
+        let result = one_group(
+            &[0.9, 0.1],
+            None,
+            &[true, false],
+            Some(&["s0", "s0"]),
+            &options,
+        );
+        assert_eq!((result.auroc, result.ci_low), (Some(1.0), None));
+        assert_eq!(
+            result.note.as_deref(),
+            Some("1 sample sets: fewer than 2, no interval")
+        );
+    }
 
     #[test]
     fn sweep_includes_both_ends() {
