@@ -11,9 +11,9 @@ use tokenizers::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::batching::TokenModel;
 use crate::model::gguf::tokenizer_from_gguf;
-use crate::model::{Checkpoint, DeviceChoice, HeadKind, RewardModel};
 use crate::model::goal::GoalState;
 use crate::model::template::{find_eos_id, Encoder, EosPolicy, Template, Truncation};
+use crate::model::{Checkpoint, DeviceChoice, HeadKind, RewardModel};
 
 /// `--rm`, `--tokenizer`, `--device`, `--head`, `--seed`.
 #[derive(Debug, Clone, clap::Args)]
