@@ -170,6 +170,16 @@ impl TruncationCounts {
     }
 }
 
+impl std::fmt::Display for TruncationCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} rows lost prompt tokens, {} had the response cut, {} skipped",
+            self.prompt, self.response, self.skipped
+        )
+    }
+}
+
 /// One encoded example: `input_ids[response_start..]` are the scored tokens, that is the
 /// response tokens followed by the EOS under [`EosPolicy::Append`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
