@@ -14,6 +14,10 @@ use crate::model::config::ModelConfig;
 use crate::model::head::{HeadKind, HeadLayout, ValueHead};
 use crate::{Error, Result};
 
+/// Where `scripts/install-model.sh` puts the default model (SmolLM2-135M-Instruct, Q4_1 GGUF),
+/// relative to the project root.
+pub const DEFAULT_MODEL: &str = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 /// A checkpoint's configuration and every tensor it holds (language-model heads excepted),
 /// on one device in one dtype.
 #[derive(Debug, Clone)]
@@ -322,6 +326,18 @@ pub fn save_reward_model(
         std::io::Write::write_all(w, json.as_bytes()).map_err(|e| Error::io(&config_path, e))
     })?;
     Ok(())
+}
+
+/// Writes `tokenizer.json` into a model directory (atomically), so the directory is complete for
+/// transformers and for [`crate::model::gguf::load_tokenizer`].
+pub fn save_tokenizer(dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Result<()> {
+    let path = dir.join("tokenizer.json");
+    let json = tokenizer
+        .to_string(false)
+        .map_err(|e| Error::Model(format!("cannot serialise the tokenizer: {e}")))?;
+    crate::pipeline::io::write_atomic(&path, |w| {
+        std::io::Write::write_all(w, json.as_bytes()).map_err(|e| Error::io(&path, e))
+    })
 }
 
 /// A tensor's values as little-endian f32 bytes, for the `safetensors` writer.
