@@ -44,8 +44,8 @@ pub struct ModelArgs {
 /// `--template`, `--eos`, `--max-len`, `--truncate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EncodingArgs {
-    /// Prompt template: nemo (the paper's), chatml (SmolLM2-Instruct), raw, or a file holding
-    /// `{question}` once.
+    /// Prompt template: nemo (the paper's, clean), nemo-release (the released code's indented
+    /// string), chatml (SmolLM2-Instruct), raw, or a file holding `{question}` once.
     #[arg(long, default_value = "nemo", value_name = "NAME|PATH")]
     pub template: String,
 
