@@ -9,5 +9,6 @@ pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod plot;
 
 pub use error::{Error, Result};

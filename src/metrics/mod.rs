@@ -1,2 +1,5 @@
 //! Statistics over plain slices: AUROC, confidence intervals, filtering, majority voting.
 pub mod auroc;
+pub mod filter;
+pub mod report;
+pub mod stats;

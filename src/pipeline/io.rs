@@ -29,6 +29,8 @@ pub enum Format {
     Csv,
     /// A readable table for people; not meant to be parsed.
     Table,
+    /// A GitHub-flavoured Markdown table, for reports.
+    Markdown,
 }
 
 impl Format {
@@ -44,6 +46,7 @@ impl Format {
             "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
             "csv" => Some(Format::Csv),
             "txt" => Some(Format::Table),
+            "md" => Some(Format::Markdown),
             _ => None,
         }
     }
@@ -258,6 +261,15 @@ pub fn write_atomic(
         write(&mut buffered)?;
         buffered.flush().map_err(|e| Error::io(path, e))?;
     }
+    // Temporary files are created private (0600); the finished file gets the usual 0644, or the
+    // mode of the file it replaces.
+    let mode = fs_err::metadata(path)
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    temporary
+        .as_file()
+        .set_permissions(mode)
+        .map_err(|e| Error::io(path, e))?;
     temporary
         .as_file()
         .sync_all()
@@ -295,11 +307,54 @@ pub fn encode(
             .include_header(true)
             .finish(frame)
             .map_err(table_error)?,
+        Format::Markdown => {
+            write!(writer, "{}", render_markdown(frame)).map_err(|e| Error::io(path, e))?
+        }
         Format::Table => {
             writeln!(writer, "{}", render_table(frame)).map_err(|e| Error::io(path, e))?
         }
     }
     Ok(())
+}
+
+/// A GitHub-flavoured Markdown table: floats to four decimals, nulls as `–`, lists as their
+/// length, `|` in text escaped.
+pub fn render_markdown(frame: &DataFrame) -> String {
+    let names: Vec<&str> = frame
+        .get_column_names()
+        .iter()
+        .map(|n| n.as_str())
+        .collect();
+    let mut out = format!(
+        "| {} |\n|{}\n",
+        names.join(" | "),
+        "---|".repeat(names.len())
+    );
+    for row in 0..frame.height() {
+        let cells: Vec<String> = frame
+            .columns()
+            .iter()
+            .map(|column| match column.get(row) {
+                Ok(AnyValue::Null) | Err(_) => "–".to_owned(),
+                Ok(AnyValue::Float64(value)) => format_float(value),
+                Ok(AnyValue::Float32(value)) => format_float(f64::from(value)),
+                Ok(AnyValue::String(text)) => text.replace('|', "\\|").replace('\n', " "),
+                Ok(AnyValue::StringOwned(text)) => text.replace('|', "\\|").replace('\n', " "),
+                Ok(AnyValue::List(items)) => format!("[{} items]", items.len()),
+                Ok(value) => value.to_string(),
+            })
+            .collect();
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+    }
+    out
+}
+
+fn format_float(value: f64) -> String {
+    if value.is_finite() && value != 0.0 && value.abs() < 1e-3 {
+        format!("{value:.2e}")
+    } else {
+        format!("{value:.4}")
+    }
 }
 
 /// A readable rendering of a frame: every row, floats as they are, long strings cut.
@@ -317,4 +372,269 @@ pub fn render_table(frame: &DataFrame) -> String {
         std::env::set_var(key, value);
     }
     format!("{frame}")
+}
+
+/// Stacks tables vertically, matching columns by name: a column some tables lack is null in
+/// their rows, and an all-null column (JSON's `null` type) takes the type the others give it.
+/// Columns of one name must otherwise share a type; the error names the file and column.
+pub fn concat_tables(tables: Vec<(DataFrame, PathBuf)>) -> Result<DataFrame> {
+    let mut names: Vec<PlSmallStr> = Vec::new();
+    let mut types: Vec<DataType> = Vec::new();
+    for (frame, path) in &tables {
+        for column in frame.columns() {
+            let dtype = column.dtype();
+            match names.iter().position(|name| name == column.name()) {
+                None => {
+                    names.push(column.name().clone());
+                    types.push(dtype.clone());
+                }
+                Some(index) if types[index] == DataType::Null => types[index] = dtype.clone(),
+                Some(index) if dtype != &DataType::Null && dtype != &types[index] => {
+                    return Err(Error::ColumnType {
+                        path: display_path(path),
+                        column: column.name().to_string(),
+                        expected: types[index].to_string(),
+                        found: dtype.to_string(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let mut stacked: Option<DataFrame> = None;
+    for (frame, path) in tables {
+        let shown = display_path(&path);
+        let mut columns = Vec::with_capacity(names.len());
+        for (name, dtype) in names.iter().zip(&types) {
+            columns.push(match frame.column(name) {
+                Ok(column) if column.dtype() == dtype => column.clone(),
+                Ok(column) => column.cast(dtype).map_err(|e| Error::table(&shown, e))?,
+                Err(_) => Column::full_null(name.clone(), frame.height(), dtype),
+            });
+        }
+        let aligned =
+            DataFrame::new(frame.height(), columns).map_err(|e| Error::table(&shown, e))?;
+        match stacked.as_mut() {
+            None => stacked = Some(aligned),
+            Some(top) => {
+                top.vstack_mut(&aligned)
+                    .map_err(|e| Error::table(&shown, e))?;
+            }
+        }
+    }
+    let mut stacked = stacked.unwrap_or_default();
+    stacked.rechunk_mut();
+    Ok(stacked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_frame() -> DataFrame {
+        DataFrame::new(
+            3,
+            vec![
+                Column::new("question_id".into(), ["q1", "q1", "q2"]),
+                Column::new("is_correct".into(), [true, false, true]),
+                Column::new("reward".into(), [0.5f32, -1.25, 2.0]),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn write_bytes(directory: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = directory.join(name);
+        fs_err::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn every_format_round_trips_through_detection() {
+        let directory = tempfile::tempdir().unwrap();
+        for (name, format) in [
+            ("t.parquet", Format::Parquet),
+            ("t.arrow", Format::Arrow),
+            ("t.arrows", Format::Stream),
+            ("t.jsonl", Format::Jsonl),
+            ("t.csv", Format::Csv),
+        ] {
+            let path = directory.path().join(name);
+            let mut frame = sample_frame();
+            Output::new(Some(path.clone()), None)
+                .write(&mut frame)
+                .unwrap();
+            let read = read_table(&path).unwrap();
+            assert_eq!(read.height(), 3, "{name}");
+            assert_eq!(
+                read.column("question_id").unwrap().str().unwrap().get(2),
+                Some("q2"),
+                "{name}"
+            );
+            assert_eq!(
+                read.column("is_correct").unwrap().bool().unwrap().get(1),
+                Some(false),
+                "{name}"
+            );
+            let reward = read
+                .column("reward")
+                .unwrap()
+                .cast(&DataType::Float64)
+                .unwrap();
+            assert_eq!(
+                reward.f64().unwrap().get(1),
+                Some(-1.25),
+                "{name} ({format:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn gzipped_json_lines_are_detected_by_content() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(b"{\"a\": 1}\n{\"a\": 2}\n").unwrap();
+        // A misleading extension: detection goes by the gzip magic bytes, then by content.
+        let path = write_bytes(directory.path(), "data.bin", &encoder.finish().unwrap());
+        let frame = read_table(&path).unwrap();
+        assert_eq!(frame.height(), 2);
+    }
+
+    #[test]
+    fn malformed_json_line_is_named_and_can_be_skipped() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = write_bytes(
+            directory.path(),
+            "bad.jsonl",
+            b"{\"a\": 1}\n\n{\"a\": 2\n[1, 2]\n{\"a\": 3}\n",
+        );
+        let error = read_table(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("bad.jsonl: line 3: malformed JSON"),
+            "{error}"
+        );
+
+        let options = ReadOptions { skip_bad: true };
+        let (frame, report) = read_table_with(&path, &options).unwrap();
+        assert_eq!(frame.height(), 2);
+        // Line 3 is truncated JSON, line 4 is an array rather than an object.
+        assert_eq!(report.skipped_lines, vec![3, 4]);
+    }
+
+    #[test]
+    fn non_utf8_line_is_named() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = write_bytes(
+            directory.path(),
+            "latin1.jsonl",
+            b"{\"a\": \"ok\"}\n{\"a\": \"\xe9\"}\n",
+        );
+        let error = read_table(&path).unwrap_err().to_string();
+        assert!(error.contains("line 2: not UTF-8"), "{error}");
+    }
+
+    #[test]
+    fn empty_input_is_an_error() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = write_bytes(directory.path(), "empty.jsonl", b"\n  \n");
+        let error = read_table(&path).unwrap_err();
+        assert!(matches!(error, Error::EmptyInput { .. }), "{error}");
+    }
+
+    #[test]
+    fn failed_write_leaves_no_file_behind() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("out.parquet");
+        let result = write_atomic(&path, |_| Err(Error::Usage("interrupted".into())));
+        assert!(result.is_err());
+        let leftovers: Vec<_> = fs_err::read_dir(directory.path()).unwrap().collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn written_files_are_world_readable_not_private_like_temporaries() {
+        use std::os::unix::fs::PermissionsExt;
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("out.jsonl");
+        Output::new(Some(path.clone()), None)
+            .write(&mut sample_frame())
+            .unwrap();
+        let mode = fs_err::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+    }
+
+    #[test]
+    fn markdown_rounds_floats_and_shows_nulls() {
+        let frame = DataFrame::new(
+            2,
+            vec![
+                Column::new("rm".into(), ["bt", "a|b"]),
+                Column::new("auroc".into(), [Some(0.712345f64), None]),
+                Column::new("p_value".into(), [0.00012f64, 0.5]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            render_markdown(&frame),
+            "| rm | auroc | p_value |\n|---|---|---|\n\
+             | bt | 0.7123 | 1.20e-4 |\n\
+             | a\\|b | – | 0.5000 |\n"
+        );
+    }
+
+    #[test]
+    fn unknown_output_extension_is_a_usage_error() {
+        let output = Output::new(Some(PathBuf::from("scores.xlsx")), None);
+        let error = output.resolved_format().unwrap_err().to_string();
+        assert!(error.contains("unknown output extension"), "{error}");
+    }
+
+    #[test]
+    fn concat_tables_aligns_columns_by_name_and_fills_nulls() {
+        let top = sample_frame();
+        let bottom = DataFrame::new(
+            1,
+            vec![
+                Column::new("reward".into(), [7.0f32]),
+                Column::new("rm".into(), ["q"]),
+                Column::full_null("question_id".into(), 1, &DataType::Null),
+            ],
+        )
+        .unwrap();
+        let stacked = concat_tables(vec![
+            (top, PathBuf::from("a.parquet")),
+            (bottom, PathBuf::from("b.parquet")),
+        ])
+        .unwrap();
+        assert_eq!(stacked.height(), 4);
+        let names: Vec<&str> = stacked
+            .get_column_names()
+            .iter()
+            .map(|n| n.as_str())
+            .collect();
+        assert_eq!(names, ["question_id", "is_correct", "reward", "rm"]);
+        assert_eq!(stacked.column("rm").unwrap().null_count(), 3);
+        assert_eq!(
+            stacked.column("question_id").unwrap().str().unwrap().get(3),
+            None
+        );
+        let reward = stacked.column("reward").unwrap().f32().unwrap();
+        assert_eq!(reward.get(3), Some(7.0));
+    }
+
+    #[test]
+    fn concat_tables_names_the_file_with_a_conflicting_type() {
+        let top = sample_frame();
+        let bottom = DataFrame::new(1, vec![Column::new("reward".into(), ["high"])]).unwrap();
+        let error = concat_tables(vec![
+            (top, PathBuf::from("a.parquet")),
+            (bottom, PathBuf::from("b.parquet")),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("b.parquet: column `reward` has type str"),
+            "{error}"
+        );
+    }
 }

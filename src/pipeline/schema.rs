@@ -36,6 +36,8 @@ pub const SAMPLE: &str = "sample";
 pub const FIRST_ERROR_CHAR: &str = "first_error_char";
 /// Int8, nullable, optional. PRM800K human rating of the last step of `response` (-1, 0, 1).
 pub const STEP_RATING: &str = "step_rating";
+/// Int32, optional. PRM800K: 0-based index of the rated step (the number of steps before it).
+pub const STEP_INDEX: &str = "step_index";
 
 // ---------------------------------------------------------------- pairs
 
@@ -47,6 +49,10 @@ pub const CHOSEN: &str = "chosen";
 pub const REJECTED: &str = "rejected";
 /// Float32, nullable. Optional preference margin for the Bradley–Terry loss.
 pub const MARGIN: &str = "margin";
+/// Utf8, optional. `sample` of the chosen response (written by `qrm-pairs`, for tracing).
+pub const CHOSEN_SAMPLE: &str = "chosen_sample";
+/// Utf8, optional. `sample` of the rejected response (written by `qrm-pairs`, for tracing).
+pub const REJECTED_SAMPLE: &str = "rejected_sample";
 
 // ---------------------------------------------------------------- scores
 
@@ -56,12 +62,12 @@ pub const RM: &str = "rm";
 pub const REWARD: &str = "reward";
 /// UInt32, not null. Number of response tokens scored.
 pub const RESPONSE_TOKENS: &str = "response_tokens";
-/// List<Float32>, not null. Value head output at each response token (reward of that prefix).
+/// `List<Float32>`, not null. Value head output at each response token (reward of that prefix).
 pub const TOKEN_REWARDS: &str = "token_rewards";
-/// List<Float32>, nullable. Cosine of each response token's hidden state with the goal state;
+/// `List<Float32>`, nullable. Cosine of each response token's hidden state with the goal state;
 /// null when no goal state was given.
 pub const Q_VALUES: &str = "q_values";
-/// List<Utf8>, optional (`qrm-score --emit-tokens`). The decoded scored tokens.
+/// `List<Utf8>`, optional (`qrm-score --emit-tokens`). The decoded scored tokens.
 pub const TOKENS: &str = "tokens";
 /// UInt64, shard outputs only. The row's position in the unsharded input.
 pub const ROW_INDEX: &str = "row_index";
@@ -227,6 +233,10 @@ impl<'a> Columns<'a> {
     /// A numeric column cast to f64 (nulls kept as None).
     pub fn f64(&self, name: &str) -> Result<Float64Chunked> {
         let column = self.get(name)?;
+        if column.dtype() == &DataType::Null {
+            // An all-null column read back from JSON Lines has no type of its own.
+            return Ok(Float64Chunked::full_null(name.into(), column.len()));
+        }
         if !column.dtype().is_primitive_numeric() {
             return Err(self.type_error(name, "a number", column.dtype()));
         }
@@ -236,7 +246,7 @@ impl<'a> Columns<'a> {
         Ok(cast.f64().map_err(|e| Error::table(self.path, e))?.clone())
     }
 
-    /// A List column whose items are numbers, cast to List<Float64> (null lists kept).
+    /// A List column whose items are numbers, cast to `List<Float64>` (null lists kept).
     pub fn f64_lists(&self, name: &str) -> Result<ListChunked> {
         let column = self.get(name)?;
         match column.dtype() {

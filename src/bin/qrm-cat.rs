@@ -1,0 +1,45 @@
+//! qrm-cat: stacks tables of the same kind (scores of several reward models, generations of
+//! several benchmarks) into one, matching columns by name; a column some inputs lack is null in
+//! their rows. Inputs in any format qrm reads, `-` for stdin.
+//!
+//! `qrm-cat scores-bt.parquet scores-q.parquet | qrm-auroc --compare bt,q`
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use qrm::cli::OutputArgs;
+use qrm::pipeline::io::{concat_tables, read_table};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Stack tables by column name")]
+struct Args {
+    /// Input tables (`-` for stdin, at most once).
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+
+    #[command(flatten)]
+    output: OutputArgs,
+
+    /// Only print warnings and errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    qrm::cli::init_logging(args.quiet);
+    qrm::cli::finish(run(args))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut tables = Vec::with_capacity(args.inputs.len());
+    for path in args.inputs {
+        let frame = read_table(&path)?;
+        tracing::info!("{}: {} rows", path.display(), frame.height());
+        tables.push((frame, path));
+    }
+    let mut stacked = concat_tables(tables)?;
+    tracing::info!("stacked {} rows", stacked.height());
+    args.output.output().write(&mut stacked)?;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Q-value filtering for majority voting (the paper's Table 1), top-K selection by reward
+//! (Table 11) and the Q-value/reward correlation along responses (Table 13).
+//!
+//! Per question, a sample is dropped when any Q-value after the first `--skip` response tokens
+//! is below `--threshold`; tokens saved run from that token to the end. A question whose samples
+//! are all dropped keeps them all and saves nothing. `--vote reference` is the released code
+//! (correct samples pooled, ties count as correct); `--vote answer` buckets by normalised
+//! `predicted_answer` and breaks ties with a `--seed`ed coin (counted in `ties_broken`).
+//!
+//! Output columns (one row per `--by` group and threshold): `rm, benchmark, threshold, skip,
+//! questions, samples_per_question, accuracy, accuracy_filtered, proportion_correct,
+//! proportion_correct_filtered` (fractions), `filtered_pct, tokens_saved_pct` (percent, mean
+//! over questions), `p_unpaired` (the reference's ttest_ind on per-question proportions),
+//! `p_paired` (ttest_rel), `vote, ties_broken, fallback_questions`.
+//! `--top-k`: `rm, benchmark, top_k, questions, accuracy, proportion_correct, vote,
+//! ties_broken`. `--correlation`: `rm, benchmark, fraction, n, pearson, spearman`.
+//!
+//! ```text
+//! qrm-score -m rm/ --goal goal.safetensors samples.parquet | qrm-filter --sweep -0.5:0.5:0.1 --plot sweep.svg
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use qrm::metrics::filter::{FilterOptions, VoteRule};
+use qrm::metrics::report::{correlation_report, filter_report, parse_sweep, top_k_report};
+use qrm::pipeline::io::{display_path, read_table};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Q-value filtering for majority voting, top-K and correlations"
+)]
+struct Args {
+    /// Scores table (`-` for stdin): `question_id`, `is_correct`, `predicted_answer`,
+    /// `q_values` (and `reward` for `--top-k`, `token_rewards` for `--correlation`).
+    #[arg(value_name = "INPUT", default_value = "-")]
+    input: PathBuf,
+
+    /// Drop a sample when a Q-value after `--skip` tokens is below this.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    threshold: f64,
+
+    /// Response tokens ignored at the start (the reference code ignores 5).
+    #[arg(long, default_value_t = 5)]
+    skip: usize,
+
+    /// One row per threshold `from:to:step` (inclusive), instead of `--threshold`.
+    #[arg(long, value_name = "FROM:TO:STEP", allow_hyphen_values = true)]
+    sweep: Option<String>,
+
+    /// Majority-vote rule.
+    #[arg(long, value_enum, default_value = "answer")]
+    vote: VoteRule,
+
+    /// Seed of the tie-breaking coin (`--vote answer`).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Instead of filtering: majority vote within each question's top K samples by `reward`,
+    /// comma-separated Ks.
+    #[arg(long, value_delimiter = ',', value_name = "K,...", conflicts_with_all = ["sweep", "correlation"])]
+    top_k: Option<Vec<usize>>,
+
+    /// Instead of filtering: Pearson and Spearman between `q_values` and `token_rewards` at
+    /// 0.2, 0.4, 0.6 and 0.8 of each response.
+    #[arg(long, conflicts_with = "sweep")]
+    correlation: bool,
+
+    /// Grouping columns, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "rm,benchmark")]
+    by: Vec<String>,
+
+    /// Also draw accuracy and tokens saved against the threshold (.png or .svg; with --sweep).
+    #[arg(long, value_name = "PATH", requires = "sweep")]
+    plot: Option<PathBuf>,
+
+    #[command(flatten)]
+    output: qrm::cli::OutputArgs,
+
+    /// Only warnings and errors on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    qrm::cli::init_logging(args.quiet);
+    qrm::cli::finish(run(args))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let thresholds = match &args.sweep {
+        Some(text) => parse_sweep(text)?,
+        None => vec![args.threshold],
+    };
+    let by: Vec<String> = args.by.into_iter().filter(|b| !b.is_empty()).collect();
+    let shown = display_path(&args.input);
+    let frame = read_table(&args.input)?;
+    let mut report = if let Some(ks) = &args.top_k {
+        top_k_report(&frame, &shown, &by, ks, args.vote, args.seed)?
+    } else if args.correlation {
+        correlation_report(&frame, &shown, &by, &[0.2, 0.4, 0.6, 0.8])?
+    } else {
+        let options = FilterOptions {
+            skip: args.skip,
+            threshold: args.threshold,
+            vote: args.vote,
+            seed: args.seed,
+        };
+        filter_report(&frame, &shown, &by, &options, &thresholds)?
+    };
+    if let Some(path) = &args.plot {
+        qrm::plot::filter_sweep_figure(&report, path)
+            .with_context(|| format!("drawing {}", path.display()))?;
+        tracing::info!("wrote {}", path.display());
+    }
+    args.output.output().write(&mut report)?;
+    Ok(())
+}

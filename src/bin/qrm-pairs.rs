@@ -1,0 +1,140 @@
+//! Builds preference pairs from a generations table: a correct (chosen) and an incorrect
+//! (rejected) solution of the same question, each solution used once unless `--reuse`.
+//!
+//! `--split-questions F --holdout PATH` first sets aside a seeded fraction of the questions
+//! (all their generations, every column kept) so reward models are evaluated on questions
+//! they never saw.
+//!
+//! ```text
+//! qrm-import gsm8k.jsonl.gz | qrm-pairs --split-questions 0.3 --seed 1 --holdout held.parquet -o pairs.parquet
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use qrm::pipeline::io::{display_path, read_table_with, Output, ReadOptions};
+use qrm::pipeline::pairs::{build_pairs, PairingOptions, PairsOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Pair correct and incorrect solutions of the same question"
+)]
+struct Args {
+    /// Generations table (`-` for stdin).
+    #[arg(value_name = "INPUT", default_value = "-")]
+    input: PathBuf,
+
+    /// Seed for pairing and the question split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Allow a solution in several pairs: every correct × incorrect combination.
+    #[arg(long)]
+    reuse: bool,
+
+    /// At most N pairs per question.
+    #[arg(long, value_name = "N")]
+    max_per_question: Option<usize>,
+
+    /// Hold out this fraction of the questions (written to --holdout, never paired).
+    #[arg(long, value_name = "FRACTION", requires = "holdout")]
+    split_questions: Option<f64>,
+
+    /// Where to write the held-out generations.
+    #[arg(long, value_name = "PATH", requires = "split_questions")]
+    holdout: Option<PathBuf>,
+
+    /// Skip malformed lines and rows repeating a (question_id, sample) instead of failing.
+    #[arg(long)]
+    skip_bad: bool,
+
+    /// Only warnings and errors on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+
+    #[command(flatten)]
+    output: qrm::cli::OutputArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    qrm::cli::init_logging(args.quiet);
+    qrm::cli::finish(run(args))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    // Refuse an unknown output extension before reading anything.
+    let output = args.output.output();
+    output.resolved_format()?;
+    let holdout_output = args
+        .holdout
+        .clone()
+        .map(|path| Output::new(Some(path), None));
+    if let Some(holdout) = &holdout_output {
+        holdout.resolved_format()?;
+    }
+    let read_options = ReadOptions {
+        skip_bad: args.skip_bad,
+    };
+    let (frame, read_report) = read_table_with(&args.input, &read_options)?;
+    if !read_report.skipped_lines.is_empty() {
+        tracing::warn!(
+            "{} malformed lines skipped",
+            read_report.skipped_lines.len()
+        );
+    }
+    let options = PairsOptions {
+        pairing: PairingOptions {
+            seed: args.seed,
+            reuse: args.reuse,
+            max_per_question: args.max_per_question,
+        },
+        holdout_fraction: args.split_questions,
+        skip_bad: args.skip_bad,
+    };
+    let mut pairs = build_pairs(&frame, &display_path(&args.input), &options)?;
+    let summary = &pairs.summary;
+    tracing::info!(
+        "read {} generations over {} questions; {} questions with both labels",
+        summary.generations,
+        summary.questions,
+        summary.questions_with_both_labels
+    );
+    if summary.duplicate_rows_skipped > 0 {
+        tracing::warn!(
+            "{} rows repeating a (question_id, sample) skipped",
+            summary.duplicate_rows_skipped
+        );
+    }
+    if let (Some(mut holdout), Some(target)) = (pairs.holdout.take(), holdout_output) {
+        tracing::info!(
+            "held out {} questions ({} generations) -> {}",
+            summary.held_out_questions,
+            summary.held_out_generations,
+            args.holdout
+                .as_deref()
+                .unwrap_or(std::path::Path::new("-"))
+                .display()
+        );
+        target
+            .write(&mut holdout)
+            .context("writing the held-out generations")?;
+    }
+    tracing::info!(
+        "skipped {} single-label questions ({} all correct, {} all incorrect)",
+        summary.skipped_all_correct + summary.skipped_all_incorrect,
+        summary.skipped_all_correct,
+        summary.skipped_all_incorrect
+    );
+    tracing::info!(
+        "wrote {} pairs over {} questions",
+        summary.pairs,
+        summary.paired_questions
+    );
+    output
+        .write(&mut pairs.pairs)
+        .context("writing the pairs")?;
+    Ok(())
+}

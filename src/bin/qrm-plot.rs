@@ -1,0 +1,121 @@
+//! Figures from qrm's tables: AUROC reports, Q-filtering sweeps, training logs, and one
+//! response's tokens coloured by Q-value (the paper's Figure 4). The output extension picks the
+//! format: `.png` or `.svg` for charts, `.html` or `.svg` for tokens.
+//!
+//! `qrm-score scores.parquet ... | qrm-auroc --percentiles 0.25,0.5,1 | qrm-plot auroc - -o auroc.png`
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use qrm::pipeline::io::{display_path, read_table};
+use qrm::plot::{self, RowSelector};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Figures from qrm tables: AUROC reports, filter sweeps, training logs, tokens by Q-value"
+)]
+struct Args {
+    #[command(subcommand)]
+    figure: Figure,
+
+    /// Only print warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Figure {
+    /// AUROC by benchmark and reward model from a `qrm-auroc` report: grouped bars with CI
+    /// whiskers for whole responses, lines with CI bands when the report has percentiles.
+    Auroc {
+        /// The report (any table format; `-` for stdin).
+        report: PathBuf,
+        /// Figure to write (.png or .svg).
+        #[arg(short, long, value_name = "PATH")]
+        output: PathBuf,
+    },
+    /// Accuracy after filtering and tokens saved against the threshold, from
+    /// `qrm-filter --sweep`.
+    Filter {
+        /// The sweep report (any table format; `-` for stdin).
+        report: PathBuf,
+        /// Figure to write (.png or .svg).
+        #[arg(short, long, value_name = "PATH")]
+        output: PathBuf,
+    },
+    /// Loss parts and pairwise accuracy against the step, from a `qrm-train` JSONL log.
+    Training {
+        /// The training log.
+        log: PathBuf,
+        /// Figure to write (.png or .svg).
+        #[arg(short, long, value_name = "PATH")]
+        output: PathBuf,
+    },
+    /// One response's tokens coloured by Q-value (red below 0, blue above). Needs a scores
+    /// table written by `qrm-score --emit-tokens`.
+    Tokens {
+        /// The scores table (`-` for stdin).
+        scores: PathBuf,
+        /// The row to draw, counted from 1.
+        #[arg(long, value_name = "N", required_unless_present = "question_id")]
+        row: Option<usize>,
+        /// Draw the row with this question_id (with --sample).
+        #[arg(long, conflicts_with = "row", requires = "sample")]
+        question_id: Option<String>,
+        /// The sample of --question-id to draw.
+        #[arg(long, requires = "question_id")]
+        sample: Option<String>,
+        /// Page to write (.html or .svg).
+        #[arg(short, long, value_name = "PATH")]
+        output: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    qrm::cli::init_logging(args.quiet);
+    qrm::cli::finish(run(args))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let output = match args.figure {
+        Figure::Auroc { report, output } => {
+            plot::auroc_figure(&read_table(&report)?, &output)?;
+            output
+        }
+        Figure::Filter { report, output } => {
+            plot::filter_sweep_figure(&read_table(&report)?, &output)?;
+            output
+        }
+        Figure::Training { log, output } => {
+            plot::training_figure(&read_table(&log)?, &output)?;
+            output
+        }
+        Figure::Tokens {
+            scores,
+            row,
+            question_id,
+            sample,
+            output,
+        } => {
+            let selector = match (row, question_id, sample) {
+                (Some(number), _, _) => RowSelector::Number(number),
+                (None, Some(question_id), Some(sample)) => RowSelector::Sample {
+                    question_id,
+                    sample,
+                },
+                _ => anyhow::bail!("give --row N, or --question-id and --sample"),
+            };
+            plot::tokens_figure(
+                &read_table(&scores)?,
+                &display_path(&scores),
+                &selector,
+                &output,
+            )?;
+            output
+        }
+    };
+    tracing::info!("wrote {}", output.display());
+    Ok(())
+}

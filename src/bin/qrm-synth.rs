@@ -1,0 +1,75 @@
+//! Writes the embedded default task: procedurally generated multi-step arithmetic word problems
+//! with several step-by-step solutions each, a share of which go wrong at a known step
+//! (`first_error_char`). Deterministic by `--seed`; `--questions N` is a prefix of any larger N.
+//!
+//! Example: `qrm-synth --questions 2000 --split id -o train.parquet && qrm-pairs train.parquet`
+
+use clap::Parser;
+use qrm::pipeline::synth::{generate_frame, Split, SynthConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Generate synthetic arithmetic word problems with labelled solutions"
+)]
+struct Args {
+    /// Number of questions (`--split both`: the first half rounded up in-distribution).
+    #[arg(long, default_value_t = 1000)]
+    questions: usize,
+
+    /// Samples (responses) per question.
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
+
+    /// Mean share of wrong samples; the per-question share varies around it.
+    #[arg(long, default_value_t = 0.5)]
+    error_rate: f64,
+
+    /// `id`: 2–3 steps, small numbers (benchmark `synth-id`); `ood`: 4–6 steps, larger numbers,
+    /// new phrasings (`synth-ood`); `both`.
+    #[arg(long, value_enum, default_value_t = Split::Both)]
+    split: Split,
+
+    /// Seed of every random stream.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    #[command(flatten)]
+    output: qrm::cli::OutputArgs,
+
+    /// Only warnings and errors on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    qrm::cli::init_logging(args.quiet);
+    qrm::cli::finish(run(args))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = SynthConfig {
+        questions: args.questions,
+        samples: args.samples,
+        error_rate: args.error_rate,
+        split: args.split,
+        seed: args.seed,
+    };
+    let started = std::time::Instant::now();
+    let mut frame = generate_frame(&config)?;
+    let wrong = frame.height()
+        - frame
+            .column(qrm::pipeline::schema::IS_CORRECT)?
+            .bool()?
+            .sum()
+            .unwrap_or(0) as usize;
+    tracing::info!(
+        "generated {} samples of {} questions ({wrong} wrong) in {:.2?}",
+        frame.height(),
+        config.questions,
+        started.elapsed()
+    );
+    args.output.output().write(&mut frame)?;
+    Ok(())
+}

@@ -1,0 +1,899 @@
+//! From a scores table to report tables: AUROC per group and percentile (`qrm-auroc`), and
+//! Q-filtering, top-K and correlation summaries (`qrm-filter`).
+//!
+//! Rows are grouped by the `by` columns (any type, compared as text); groups come out sorted.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use polars::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::metrics::auroc::{auroc, bootstrap_interval, delong, delong_paired};
+use crate::metrics::filter::{
+    filter_summary, prefix_index, top_k_summary, FilterOptions, Sample, VoteRule,
+};
+use crate::metrics::stats::{mean_t_interval, pearson, spearman};
+use crate::pipeline::schema::{
+    Columns, IS_CORRECT, PREDICTED_ANSWER, QUESTION_ID, Q_VALUES, REWARD, RM, SAMPLE, TOKEN_REWARDS,
+};
+
+/// How `qrm-auroc` computes confidence intervals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CiMethod {
+    /// DeLong's variance, normal interval clipped to [0, 1].
+    Delong,
+    /// Stratified percentile bootstrap (`resamples`, `seed`).
+    Bootstrap,
+    /// One AUROC per `sample` value, then their mean and a t-interval (the paper's Figure 3).
+    Samples,
+    /// No interval.
+    None,
+}
+
+impl CiMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            CiMethod::Delong => "delong",
+            CiMethod::Bootstrap => "bootstrap",
+            CiMethod::Samples => "samples",
+            CiMethod::None => "none",
+        }
+    }
+}
+
+/// Options of [`auroc_report`].
+#[derive(Debug, Clone)]
+pub struct AurocOptions {
+    /// A numeric column (default `reward`), or `q_min` / `q_last` (from `q_values`).
+    pub score: String,
+    /// Grouping columns.
+    pub by: Vec<String>,
+    /// Prefix fractions of each response; `None` scores whole responses.
+    pub percentiles: Option<Vec<f64>>,
+    pub ci: CiMethod,
+    pub resamples: usize,
+    pub seed: u64,
+    /// Interval level, e.g. 0.95.
+    pub level: f64,
+    /// Two `rm` values scored on the same generations: (A, B).
+    pub compare: Option<(String, String)>,
+    /// Drop rows with a missing or non-finite score instead of failing.
+    pub drop_nan: bool,
+}
+
+impl Default for AurocOptions {
+    fn default() -> Self {
+        Self {
+            score: REWARD.to_owned(),
+            by: vec![RM.to_owned(), "benchmark".to_owned()],
+            percentiles: None,
+            ci: CiMethod::Delong,
+            resamples: 1000,
+            seed: 0,
+            level: 0.95,
+            compare: None,
+            drop_nan: false,
+        }
+    }
+}
+
+/// A report and the number of input rows dropped for missing or non-finite scores.
+#[derive(Debug)]
+pub struct Report {
+    pub frame: DataFrame,
+    pub dropped_rows: usize,
+}
+
+/// The text of each `by` column, row by row (null → "null").
+fn group_keys(frame: &DataFrame, path: &Path, by: &[String]) -> Result<Vec<Vec<String>>> {
+    let columns = Columns::new(frame, path);
+    let mut keys = vec![Vec::with_capacity(by.len()); frame.height()];
+    for name in by {
+        if !columns.has(name) {
+            columns.f64(name)?; // the missing-column error, naming the file and columns
+        }
+        let text = frame
+            .column(name)
+            .and_then(|c| c.cast(&DataType::String))
+            .map_err(|e| Error::table(path, e))?;
+        let text = text.str().map_err(|e| Error::table(path, e))?;
+        for (key, value) in keys.iter_mut().zip(text.iter()) {
+            key.push(value.unwrap_or("null").to_owned());
+        }
+    }
+    Ok(keys)
+}
+
+/// A List column of numbers as f64 vectors (null list → None, null item → NaN).
+fn float_lists(columns: &Columns, name: &str) -> Result<Vec<Option<Vec<f64>>>> {
+    let lists = columns.f64_lists(name)?;
+    lists
+        .series_iter()
+        .map(|list| {
+            list.map(|series| {
+                series
+                    .f64()
+                    .map(|values| values.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+            })
+            .transpose()
+            .map_err(|e| Error::table(columns.path, e))
+        })
+        .collect()
+}
+
+/// A List column of numbers as f32 vectors (null list → None, null item → NaN).
+fn float32_lists(columns: &Columns, name: &str) -> Result<Vec<Option<Vec<f32>>>> {
+    Ok(float_lists(columns, name)?
+        .into_iter()
+        .map(|list| list.map(|values| values.into_iter().map(|v| v as f32).collect()))
+        .collect())
+}
+
+/// The score of every row for one percentile (None = whole response); `None` where missing.
+fn score_values(
+    columns: &Columns,
+    score: &str,
+    percentile: Option<f64>,
+    lists: &mut BTreeMap<&'static str, Vec<Option<Vec<f64>>>>,
+) -> Result<Vec<Option<f64>>> {
+    let q_based = score == "q_min" || score == "q_last";
+    if !q_based && percentile.is_none() {
+        return Ok(columns.f64(score)?.iter().collect());
+    }
+    if !q_based && score != REWARD {
+        return Err(Error::Usage(format!(
+            "--percentiles needs --score reward, q_min or q_last, not `{score}`"
+        )));
+    }
+    let list_name = if q_based { Q_VALUES } else { TOKEN_REWARDS };
+    if !lists.contains_key(list_name) {
+        lists.insert(list_name, float_lists(columns, list_name)?);
+    }
+    let values = &lists[list_name];
+    Ok(values
+        .iter()
+        .map(|list| {
+            let list = list.as_ref()?;
+            let index = match percentile {
+                Some(fraction) => prefix_index(list.len(), fraction)?,
+                None => list.len().checked_sub(1)?,
+            };
+            if score == "q_min" {
+                list[..=index].iter().copied().reduce(f64::min)
+            } else {
+                Some(list[index])
+            }
+        })
+        .collect())
+}
+
+/// Statistics of one group × percentile.
+#[derive(Debug, Default)]
+struct GroupResult {
+    n: u32,
+    n_pos: u32,
+    auroc: Option<f64>,
+    ci_low: Option<f64>,
+    ci_high: Option<f64>,
+    note: Option<String>,
+    auroc_b: Option<f64>,
+    delta: Option<f64>,
+    delta_ci_low: Option<f64>,
+    delta_ci_high: Option<f64>,
+    p_value: Option<f64>,
+}
+
+fn one_group(
+    scores: &[f64],
+    scores_b: Option<&[f64]>,
+    labels: &[bool],
+    sample_sets: Option<&[&str]>,
+    options: &AurocOptions,
+) -> GroupResult {
+    let n_pos = labels.iter().filter(|&&l| l).count();
+    let mut result = GroupResult {
+        n: labels.len() as u32,
+        n_pos: n_pos as u32,
+        ..Default::default()
+    };
+    if labels.is_empty() {
+        result.note = Some("empty group".to_owned());
+        return result;
+    }
+    if n_pos == 0 || n_pos == labels.len() {
+        result.note = Some(format!(
+            "one class only ({n_pos} of {} correct): AUROC undefined",
+            labels.len()
+        ));
+        return result;
+    }
+    result.auroc = auroc(scores, labels);
+    if let Some(scores_b) = scores_b {
+        result.auroc_b = auroc(scores_b, labels);
+        result.delta = result.auroc.zip(result.auroc_b).map(|(a, b)| a - b);
+        result.p_value = delong_paired(scores, scores_b, labels).and_then(|d| d.p_value());
+    }
+    match options.ci {
+        CiMethod::None => {}
+        CiMethod::Delong => {
+            if let Some(scores_b) = scores_b {
+                if let Some(paired) = delong_paired(scores, scores_b, labels) {
+                    let (low, high) = paired.a.interval(options.level);
+                    let (delta_low, delta_high) = paired.delta_interval(options.level);
+                    result.ci_low = Some(low);
+                    result.ci_high = Some(high);
+                    result.delta_ci_low = Some(delta_low);
+                    result.delta_ci_high = Some(delta_high);
+                }
+            } else if let Some(estimate) = delong(scores, labels) {
+                let (low, high) = estimate.interval(options.level);
+                result.ci_low = Some(low);
+                result.ci_high = Some(high);
+            }
+            if result.ci_low.is_none() {
+                result.note = Some("DeLong variance needs two of each class".to_owned());
+            }
+        }
+        CiMethod::Bootstrap => {
+            let interval = |b: Option<&[f64]>| {
+                bootstrap_interval(
+                    scores,
+                    b,
+                    labels,
+                    options.resamples,
+                    options.level,
+                    options.seed,
+                )
+            };
+            if let Some((low, high)) = interval(None) {
+                result.ci_low = Some(low);
+                result.ci_high = Some(high);
+            }
+            if let Some((low, high)) = scores_b.and_then(|b| interval(Some(b))) {
+                result.delta_ci_low = Some(low);
+                result.delta_ci_high = Some(high);
+            }
+        }
+        CiMethod::Samples => {
+            per_sample_set(scores, scores_b, labels, sample_sets, options, &mut result)
+        }
+    }
+    result
+}
+
+/// `--ci samples`: one AUROC per sample set, then the mean and a t-interval across sets.
+fn per_sample_set(
+    scores: &[f64],
+    scores_b: Option<&[f64]>,
+    labels: &[bool],
+    sample_sets: Option<&[&str]>,
+    options: &AurocOptions,
+    result: &mut GroupResult,
+) {
+    let Some(sample_sets) = sample_sets else {
+        result.note = Some("--ci samples needs a `sample` column".to_owned());
+        return;
+    };
+    let mut sets: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, &set) in sample_sets.iter().enumerate() {
+        sets.entry(set).or_default().push(index);
+    }
+    let (mut values, mut values_b, mut deltas, mut undefined) = (vec![], vec![], vec![], 0);
+    for rows in sets.values() {
+        let set_labels: Vec<bool> = rows.iter().map(|&i| labels[i]).collect();
+        let pick = |s: &[f64]| rows.iter().map(|&i| s[i]).collect::<Vec<f64>>();
+        let Some(value) = auroc(&pick(scores), &set_labels) else {
+            undefined += 1;
+            continue;
+        };
+        values.push(value);
+        if let Some(value_b) = scores_b.and_then(|b| auroc(&pick(b), &set_labels)) {
+            values_b.push(value_b);
+            deltas.push(value - value_b);
+        }
+    }
+    let mut note = format!("{} sample sets", values.len());
+    if undefined > 0 {
+        note.push_str(&format!(", {undefined} with one class skipped"));
+    }
+    match mean_t_interval(&values, options.level) {
+        Some(interval) => {
+            result.auroc = Some(interval.mean);
+            result.ci_low = Some(interval.low);
+            result.ci_high = Some(interval.high);
+        }
+        None => {
+            note.push_str(": fewer than 2, no interval");
+            if let [single] = values[..] {
+                result.auroc = Some(single);
+            }
+        }
+    }
+    if scores_b.is_some() {
+        if let Some(interval) = mean_t_interval(&deltas, options.level) {
+            result.auroc_b = Some(values_b.iter().sum::<f64>() / values_b.len() as f64);
+            result.delta = Some(interval.mean);
+            result.delta_ci_low = Some(interval.low);
+            result.delta_ci_high = Some(interval.high);
+        }
+    }
+    result.note = Some(note);
+}
+
+/// Rows whose score is missing or non-finite, as a message listing up to ten 1-based rows.
+fn describe_bad_rows(path: &Path, score: &str, rows: &[usize]) -> Error {
+    let listed: Vec<String> = rows.iter().take(10).map(|r| (r + 1).to_string()).collect();
+    let more = if rows.len() > 10 {
+        format!(" and {} more", rows.len() - 10)
+    } else {
+        String::new()
+    };
+    Error::Format {
+        path: path.to_owned(),
+        message: format!(
+            "score `{score}` is missing or not finite in {} row(s): {}{more} \
+             (use --drop-nan to drop them)",
+            rows.len(),
+            listed.join(", ")
+        ),
+    }
+}
+
+/// AUROC of `options.score` against `is_correct` per group (and percentile), with intervals
+/// and, with `compare`, the paired difference between two reward models.
+///
+/// Output columns: the `by` columns (with `compare`, `rm` holds A and `rm_b` B), `score`,
+/// `percentile` (null = whole response), `n`, `n_pos`, `auroc`, `ci_low`, `ci_high`,
+/// `ci_method`, `note`; with `compare` also `auroc_b`, `delta`, `delta_ci_low`,
+/// `delta_ci_high`, `p_value` (DeLong's paired test on the group's rows).
+pub fn auroc_report(frame: &DataFrame, path: &Path, options: &AurocOptions) -> Result<Report> {
+    let columns = Columns::new(frame, path);
+    let labels: Vec<bool> = columns
+        .bool_not_null(IS_CORRECT)?
+        .iter()
+        .map(|v| v.unwrap_or(false))
+        .collect();
+    let mut by = options.by.clone();
+    if options.compare.is_some() && !by.iter().any(|b| b == RM) {
+        by.insert(0, RM.to_owned());
+    }
+    let keys = group_keys(frame, path, &by)?;
+    let sample_text = if columns.has(SAMPLE) {
+        Some(group_keys(frame, path, &[SAMPLE.to_owned()])?)
+    } else {
+        None
+    };
+    let percentiles: Vec<Option<f64>> = match &options.percentiles {
+        Some(values) => values.iter().copied().map(Some).collect(),
+        None => vec![None],
+    };
+    let mut lists = BTreeMap::new();
+    let mut all_scores = Vec::with_capacity(percentiles.len());
+    let mut bad_rows = vec![false; frame.height()];
+    for &percentile in &percentiles {
+        let values = score_values(&columns, &options.score, percentile, &mut lists)?;
+        for (bad, value) in bad_rows.iter_mut().zip(&values) {
+            *bad |= !value.is_some_and(f64::is_finite);
+        }
+        all_scores.push(values);
+    }
+    let bad: Vec<usize> = (0..frame.height()).filter(|&i| bad_rows[i]).collect();
+    if !bad.is_empty() && !options.drop_nan {
+        return Err(describe_bad_rows(path, &options.score, &bad));
+    }
+    let valid = |row: &usize| !bad_rows[*row];
+
+    let mut output = OutputRows::default();
+    match &options.compare {
+        None => {
+            let mut groups: BTreeMap<&[String], Vec<usize>> = BTreeMap::new();
+            for row in (0..frame.height()).filter(valid) {
+                groups.entry(&keys[row]).or_default().push(row);
+            }
+            for (key, rows) in groups {
+                let group_labels: Vec<bool> = rows.iter().map(|&r| labels[r]).collect();
+                let sets: Option<Vec<&str>> = sample_text
+                    .as_ref()
+                    .map(|text| rows.iter().map(|&r| text[r][0].as_str()).collect());
+                for (percentile, values) in percentiles.iter().zip(&all_scores) {
+                    let scores: Vec<f64> = rows
+                        .iter()
+                        .map(|&r| values[r].unwrap_or(f64::NAN))
+                        .collect();
+                    let result = one_group(&scores, None, &group_labels, sets.as_deref(), options);
+                    output.push(key.to_vec(), None, *percentile, result);
+                }
+            }
+        }
+        Some((rm_a, rm_b)) => {
+            let rm_index = by.iter().position(|b| b == RM).unwrap_or(0);
+            let question_ids = columns.str_not_null(QUESTION_ID)?;
+            // Group key without rm → item key (question_id, sample) → (row of A, row of B).
+            type Pairs = BTreeMap<(String, String), (Option<usize>, Option<usize>)>;
+            let mut groups: BTreeMap<Vec<String>, Pairs> = BTreeMap::new();
+            for row in (0..frame.height()).filter(valid) {
+                let rm = &keys[row][rm_index];
+                let is_a = rm == rm_a;
+                if !is_a && rm != rm_b {
+                    continue;
+                }
+                let mut group = keys[row].clone();
+                group.remove(rm_index);
+                let item = (
+                    question_ids.get(row).unwrap_or_default().to_owned(),
+                    sample_text
+                        .as_ref()
+                        .map(|t| t[row][0].clone())
+                        .unwrap_or_default(),
+                );
+                let slot = groups.entry(group).or_default().entry(item).or_default();
+                let target = if is_a { &mut slot.0 } else { &mut slot.1 };
+                if target.replace(row).is_some() {
+                    return Err(Error::bad_value(
+                        path,
+                        row,
+                        QUESTION_ID,
+                        format!("duplicate ({QUESTION_ID}, {SAMPLE}) for rm `{rm}`"),
+                    ));
+                }
+            }
+            let mut unmatched = 0usize;
+            for (group, items) in groups {
+                let mut matched = Vec::with_capacity(items.len());
+                for (row_a, row_b) in items.into_values() {
+                    match (row_a, row_b) {
+                        (Some(a), Some(b)) => {
+                            if labels[a] != labels[b] {
+                                return Err(Error::bad_value(
+                                    path,
+                                    b,
+                                    IS_CORRECT,
+                                    format!("differs from row {} of the same generation", a + 1),
+                                ));
+                            }
+                            matched.push((a, b));
+                        }
+                        _ => unmatched += 1,
+                    }
+                }
+                let group_labels: Vec<bool> = matched.iter().map(|&(a, _)| labels[a]).collect();
+                let sets: Option<Vec<&str>> = sample_text
+                    .as_ref()
+                    .map(|text| matched.iter().map(|&(a, _)| text[a][0].as_str()).collect());
+                let mut key = group;
+                key.insert(rm_index, rm_a.clone());
+                for (percentile, values) in percentiles.iter().zip(&all_scores) {
+                    let pick = |side: fn(&(usize, usize)) -> usize| -> Vec<f64> {
+                        matched
+                            .iter()
+                            .map(|pair| values[side(pair)].unwrap_or(f64::NAN))
+                            .collect()
+                    };
+                    let scores_a = pick(|pair| pair.0);
+                    let scores_b = pick(|pair| pair.1);
+                    let result = one_group(
+                        &scores_a,
+                        Some(&scores_b),
+                        &group_labels,
+                        sets.as_deref(),
+                        options,
+                    );
+                    output.push(key.clone(), Some(rm_b.clone()), *percentile, result);
+                }
+            }
+            if unmatched > 0 {
+                tracing::warn!(
+                    "{unmatched} generation(s) scored by only one of {rm_a}, {rm_b}: left out"
+                );
+            }
+        }
+    }
+    let frame = output.into_frame(&by, options)?;
+    Ok(Report {
+        frame,
+        dropped_rows: bad.len(),
+    })
+}
+
+/// Accumulates report rows column by column.
+#[derive(Default)]
+struct OutputRows {
+    keys: Vec<Vec<String>>,
+    rm_b: Vec<Option<String>>,
+    percentile: Vec<Option<f64>>,
+    results: Vec<GroupResult>,
+}
+
+impl OutputRows {
+    fn push(
+        &mut self,
+        key: Vec<String>,
+        rm_b: Option<String>,
+        percentile: Option<f64>,
+        result: GroupResult,
+    ) {
+        self.keys.push(key);
+        self.rm_b.push(rm_b);
+        self.percentile.push(percentile);
+        self.results.push(result);
+    }
+
+    fn into_frame(self, by: &[String], options: &AurocOptions) -> Result<DataFrame> {
+        let height = self.results.len();
+        let mut columns = key_columns(by, &self.keys);
+        if options.compare.is_some() {
+            let rm_index = by.iter().position(|b| b == RM).unwrap_or(0);
+            columns.insert(rm_index + 1, Column::new("rm_b".into(), self.rm_b));
+        }
+        let results = &self.results;
+        let float = |name: &str, f: fn(&GroupResult) -> Option<f64>| {
+            Column::new(name.into(), results.iter().map(f).collect::<Vec<_>>())
+        };
+        columns.push(Column::new(
+            "score".into(),
+            vec![options.score.as_str(); height],
+        ));
+        columns.push(Column::new("percentile".into(), self.percentile));
+        columns.push(Column::new(
+            "n".into(),
+            results.iter().map(|r| r.n).collect::<Vec<_>>(),
+        ));
+        columns.push(Column::new(
+            "n_pos".into(),
+            results.iter().map(|r| r.n_pos).collect::<Vec<_>>(),
+        ));
+        columns.push(float("auroc", |r| r.auroc));
+        columns.push(float("ci_low", |r| r.ci_low));
+        columns.push(float("ci_high", |r| r.ci_high));
+        columns.push(Column::new(
+            "ci_method".into(),
+            vec![options.ci.name(); height],
+        ));
+        columns.push(Column::new(
+            "note".into(),
+            results.iter().map(|r| r.note.clone()).collect::<Vec<_>>(),
+        ));
+        if options.compare.is_some() {
+            columns.push(float("auroc_b", |r| r.auroc_b));
+            columns.push(float("delta", |r| r.delta));
+            columns.push(float("delta_ci_low", |r| r.delta_ci_low));
+            columns.push(float("delta_ci_high", |r| r.delta_ci_high));
+            columns.push(float("p_value", |r| r.p_value));
+        }
+        DataFrame::new(height, columns).map_err(|e| Error::table("<auroc report>", e))
+    }
+}
+
+/// One Utf8 column per `by` name from the group keys.
+fn key_columns(by: &[String], keys: &[Vec<String>]) -> Vec<Column> {
+    by.iter()
+        .enumerate()
+        .map(|(index, name)| {
+            Column::new(
+                name.as_str().into(),
+                keys.iter().map(|k| k[index].as_str()).collect::<Vec<_>>(),
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- filtering
+
+/// Per-row data that filtering, top-K and correlation read.
+struct FilterInput {
+    keys: Vec<Vec<String>>,
+    question_ids: Vec<String>,
+    labels: Vec<bool>,
+    answers: Vec<Option<String>>,
+    rewards: Vec<f64>,
+    q_values: Vec<Vec<f32>>,
+}
+
+impl FilterInput {
+    fn read(frame: &DataFrame, path: &Path, by: &[String], need_q: bool) -> Result<Self> {
+        let columns = Columns::new(frame, path);
+        let labels = columns
+            .bool_not_null(IS_CORRECT)?
+            .iter()
+            .map(|v| v.unwrap_or(false))
+            .collect();
+        let question_ids = columns
+            .str_not_null(QUESTION_ID)?
+            .iter()
+            .map(|v| v.unwrap_or_default().to_owned())
+            .collect();
+        let answers = if columns.has(PREDICTED_ANSWER) {
+            columns
+                .str(PREDICTED_ANSWER)?
+                .iter()
+                .map(|v| v.map(str::to_owned))
+                .collect()
+        } else {
+            tracing::warn!("no `{PREDICTED_ANSWER}` column: every answer is null");
+            vec![None; frame.height()]
+        };
+        let rewards = if columns.has(REWARD) {
+            columns
+                .f64(REWARD)?
+                .iter()
+                .map(|v| v.unwrap_or(f64::NAN))
+                .collect()
+        } else {
+            vec![f64::NAN; frame.height()]
+        };
+        let q_values = if need_q {
+            float32_lists(&columns, Q_VALUES)?
+                .into_iter()
+                .enumerate()
+                .map(|(row, list)| {
+                    list.ok_or_else(|| {
+                        Error::bad_value(path, row, Q_VALUES, "null (score with a goal state)")
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            vec![Vec::new(); frame.height()]
+        };
+        Ok(Self {
+            keys: group_keys(frame, path, by)?,
+            question_ids,
+            labels,
+            answers,
+            rewards,
+            q_values,
+        })
+    }
+
+    /// Samples grouped by `by` key, then by question.
+    fn questions(&self) -> BTreeMap<&[String], Vec<Vec<Sample<'_>>>> {
+        let mut grouped: BTreeMap<&[String], BTreeMap<&str, Vec<Sample>>> = BTreeMap::new();
+        for row in 0..self.labels.len() {
+            grouped
+                .entry(&self.keys[row])
+                .or_default()
+                .entry(&self.question_ids[row])
+                .or_default()
+                .push(Sample {
+                    is_correct: self.labels[row],
+                    answer: self.answers[row].as_deref(),
+                    q_values: &self.q_values[row],
+                    reward: self.rewards[row],
+                });
+        }
+        grouped
+            .into_iter()
+            .map(|(key, questions)| (key, questions.into_values().collect()))
+            .collect()
+    }
+}
+
+/// Table 1 per group and threshold.
+///
+/// Output columns: the `by` columns, `threshold`, `skip`, `questions`, `samples_per_question`,
+/// `accuracy`, `accuracy_filtered`, `proportion_correct`, `proportion_correct_filtered`
+/// (fractions), `filtered_pct`, `tokens_saved_pct` (percent), `p_unpaired` (ttest_ind over
+/// per-question proportions, filtered vs not, as the reference), `p_paired` (ttest_rel),
+/// `vote`, `ties_broken`, `fallback_questions`.
+pub fn filter_report(
+    frame: &DataFrame,
+    path: &Path,
+    by: &[String],
+    options: &FilterOptions,
+    thresholds: &[f64],
+) -> Result<DataFrame> {
+    let input = FilterInput::read(frame, path, by, true)?;
+    let mut keys = Vec::new();
+    let mut rows = Vec::new();
+    for (key, questions) in input.questions() {
+        for &threshold in thresholds {
+            let options = FilterOptions {
+                threshold,
+                ..*options
+            };
+            if let Some(summary) = filter_summary(&questions, &options) {
+                keys.push(key.to_vec());
+                rows.push((threshold, summary));
+            }
+        }
+    }
+    let mut columns = key_columns(by, &keys);
+    let float = |name: &str, f: &dyn Fn(&crate::metrics::filter::FilterSummary) -> f64| {
+        Column::new(
+            name.into(),
+            rows.iter().map(|(_, s)| f(s)).collect::<Vec<_>>(),
+        )
+    };
+    columns.push(Column::new(
+        "threshold".into(),
+        rows.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+    ));
+    columns.push(Column::new(
+        "skip".into(),
+        vec![options.skip as u32; rows.len()],
+    ));
+    columns.push(Column::new(
+        "questions".into(),
+        rows.iter()
+            .map(|(_, s)| s.questions as u32)
+            .collect::<Vec<_>>(),
+    ));
+    columns.push(float("samples_per_question", &|s| s.samples_per_question));
+    columns.push(float("accuracy", &|s| s.accuracy));
+    columns.push(float("accuracy_filtered", &|s| s.accuracy_filtered));
+    columns.push(float("proportion_correct", &|s| s.proportion_correct));
+    columns.push(float("proportion_correct_filtered", &|s| {
+        s.proportion_correct_filtered
+    }));
+    columns.push(float("filtered_pct", &|s| s.filtered_pct));
+    columns.push(float("tokens_saved_pct", &|s| s.tokens_saved_pct));
+    columns.push(Column::new(
+        "p_unpaired".into(),
+        rows.iter().map(|(_, s)| s.p_unpaired).collect::<Vec<_>>(),
+    ));
+    columns.push(Column::new(
+        "p_paired".into(),
+        rows.iter().map(|(_, s)| s.p_paired).collect::<Vec<_>>(),
+    ));
+    columns.push(Column::new(
+        "vote".into(),
+        vec![options.vote.name(); rows.len()],
+    ));
+    columns.push(Column::new(
+        "ties_broken".into(),
+        rows.iter()
+            .map(|(_, s)| s.ties_broken as u32)
+            .collect::<Vec<_>>(),
+    ));
+    columns.push(Column::new(
+        "fallback_questions".into(),
+        rows.iter()
+            .map(|(_, s)| s.fallback_questions as u32)
+            .collect::<Vec<_>>(),
+    ));
+    DataFrame::new(rows.len(), columns).map_err(|e| Error::table("<filter report>", e))
+}
+
+/// Table 11: majority vote within each question's top K samples by `reward`.
+///
+/// Output columns: the `by` columns, `top_k`, `questions`, `accuracy`, `proportion_correct`,
+/// `vote`, `ties_broken`.
+pub fn top_k_report(
+    frame: &DataFrame,
+    path: &Path,
+    by: &[String],
+    ks: &[usize],
+    vote: VoteRule,
+    seed: u64,
+) -> Result<DataFrame> {
+    let columns = Columns::new(frame, path);
+    let rewards = columns.f64(REWARD)?;
+    if let Some(row) = rewards.iter().position(|v| !v.is_some_and(f64::is_finite)) {
+        return Err(Error::bad_value(path, row, REWARD, "missing or not finite"));
+    }
+    let input = FilterInput::read(frame, path, by, false)?;
+    let mut keys = Vec::new();
+    let mut rows = Vec::new();
+    for (key, questions) in input.questions() {
+        for &k in ks {
+            if let Some(summary) = top_k_summary(&questions, k, vote, seed) {
+                keys.push(key.to_vec());
+                rows.push(summary);
+            }
+        }
+    }
+    let mut columns = key_columns(by, &keys);
+    columns.push(Column::new(
+        "top_k".into(),
+        rows.iter().map(|s| s.top_k as u32).collect::<Vec<_>>(),
+    ));
+    columns.push(Column::new(
+        "questions".into(),
+        rows.iter().map(|s| s.questions as u32).collect::<Vec<_>>(),
+    ));
+    columns.push(Column::new(
+        "accuracy".into(),
+        rows.iter().map(|s| s.accuracy).collect::<Vec<_>>(),
+    ));
+    columns.push(Column::new(
+        "proportion_correct".into(),
+        rows.iter()
+            .map(|s| s.proportion_correct)
+            .collect::<Vec<_>>(),
+    ));
+    columns.push(Column::new("vote".into(), vec![vote.name(); rows.len()]));
+    columns.push(Column::new(
+        "ties_broken".into(),
+        rows.iter()
+            .map(|s| s.ties_broken as u32)
+            .collect::<Vec<_>>(),
+    ));
+    DataFrame::new(rows.len(), columns).map_err(|e| Error::table("<top-k report>", e))
+}
+
+/// Table 13: Pearson and Spearman correlation, across the group's responses, between the
+/// Q-value and the token reward at the token ending each prefix fraction
+/// (index `max(floor(n·fraction) − 1, 0)`). Rows without both lists, or with a non-finite
+/// value at that token, are left out of that fraction.
+///
+/// Output columns: the `by` columns, `fraction`, `n`, `pearson`, `spearman`.
+pub fn correlation_report(
+    frame: &DataFrame,
+    path: &Path,
+    by: &[String],
+    fractions: &[f64],
+) -> Result<DataFrame> {
+    let columns = Columns::new(frame, path);
+    let q_values = float_lists(&columns, Q_VALUES)?;
+    let token_rewards = float_lists(&columns, TOKEN_REWARDS)?;
+    let keys = group_keys(frame, path, by)?;
+    let mut groups: BTreeMap<&[String], Vec<usize>> = BTreeMap::new();
+    for (row, key) in keys.iter().enumerate() {
+        groups.entry(key).or_default().push(row);
+    }
+    let (mut out_keys, mut out_fraction, mut out_n, mut out_pearson, mut out_spearman) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for (key, rows) in groups {
+        for &fraction in fractions {
+            let (mut xs, mut ys) = (Vec::new(), Vec::new());
+            for &row in &rows {
+                let (Some(q), Some(r)) = (&q_values[row], &token_rewards[row]) else {
+                    continue;
+                };
+                let length = q.len().min(r.len());
+                let Some(index) = prefix_index(length, fraction) else {
+                    continue;
+                };
+                if q[index].is_finite() && r[index].is_finite() {
+                    xs.push(q[index]);
+                    ys.push(r[index]);
+                }
+            }
+            out_keys.push(key.to_vec());
+            out_fraction.push(fraction);
+            out_n.push(xs.len() as u32);
+            out_pearson.push(pearson(&xs, &ys));
+            out_spearman.push(spearman(&xs, &ys));
+        }
+    }
+    let height = out_keys.len();
+    let mut columns = key_columns(by, &out_keys);
+    columns.push(Column::new("fraction".into(), out_fraction));
+    columns.push(Column::new("n".into(), out_n));
+    columns.push(Column::new("pearson".into(), out_pearson));
+    columns.push(Column::new("spearman".into(), out_spearman));
+    DataFrame::new(height, columns).map_err(|e| Error::table("<correlation report>", e))
+}
+
+/// Parses `from:to:step` into thresholds from `from` to `to` inclusive, rounded to 1e-9 so
+/// that `0:0.3:0.1` gives 0, 0.1, 0.2, 0.3.
+pub fn parse_sweep(text: &str) -> Result<Vec<f64>> {
+    let usage = || Error::Usage(format!("--sweep expects from:to:step, got `{text}`"));
+    let parts: Vec<f64> = text
+        .split(':')
+        .map(|part| part.trim().parse::<f64>().map_err(|_| usage()))
+        .collect::<Result<_>>()?;
+    let [from, to, step] = parts[..] else {
+        return Err(usage());
+    };
+    if !(step > 0.0) || to < from || !from.is_finite() || !to.is_finite() {
+        return Err(usage());
+    }
+    let steps = ((to - from) / step + 1e-9).floor() as usize;
+    Ok((0..=steps)
+        .map(|i| ((from + i as f64 * step) * 1e9).round() / 1e9)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_includes_both_ends() {
+        assert_eq!(parse_sweep("0:0.3:0.1").unwrap(), vec![0.0, 0.1, 0.2, 0.3]);
+        assert_eq!(parse_sweep("-0.2:0:0.1").unwrap(), vec![-0.2, -0.1, 0.0]);
+        assert!(parse_sweep("0:1").is_err());
+        assert!(parse_sweep("0:1:0").is_err());
+    }
+}

@@ -1,0 +1,606 @@
+//! `qrm-train` end to end: pairs file → tokenised pairs → (cached frozen trunk) → [`train`] →
+//! checkpoint directory.
+//!
+//! [`train`]: crate::model::train::train
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::device::DeviceChoice;
+use crate::model::head::HeadKind;
+use crate::model::reward_model::RewardModel;
+use crate::model::template::{
+    find_eos_id, Encoded, Encoder, EosPolicy, Template, Truncated, Truncation, TruncationCounts,
+};
+use crate::model::train::{
+    train, BatchInput, EncodedPair, EncodedResponse, RunOptions, TrainConfig, TrainData,
+    TrainSummary, TrainableRewardModel,
+};
+use crate::model::transformer::{Kernels, Transformer};
+use crate::model::trunk::{file_sha256, key_of, model_sha256, TrunkCache};
+use crate::pipeline::io::{read_table, write_atomic};
+use crate::pipeline::schema::{pairs_from_frame, Pair};
+
+fn response(encoded: Encoded) -> EncodedResponse {
+    EncodedResponse {
+        input_ids: encoded.input_ids,
+        response_start: encoded.response_start,
+    }
+}
+
+/// Tokenises pairs with the shared template and EOS policy. A pair is dropped when either side
+/// is skipped by the truncation policy or has no token to read a reward at; the counts say how
+/// many of each truncation case occurred.
+pub fn encode_pairs(
+    encoder: &Encoder,
+    pairs: &[Pair],
+) -> Result<(Vec<EncodedPair>, TruncationCounts)> {
+    let mut counts = TruncationCounts::default();
+    let mut encoded = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        let chosen = encoder.encode(&pair.question, &pair.chosen)?;
+        let rejected = encoder.encode(&pair.question, &pair.rejected)?;
+        counts.add(chosen.truncated);
+        counts.add(rejected.truncated);
+        let usable = |e: &Encoded| e.truncated != Truncated::Skipped && e.scored_len() > 0;
+        if usable(&chosen) && usable(&rejected) {
+            encoded.push(EncodedPair {
+                chosen: response(chosen),
+                rejected: response(rejected),
+                margin: pair.margin,
+            });
+        }
+    }
+    Ok((encoded, counts))
+}
+
+/// Splits pairs into (train, eval) by question, so no eval question is seen in training:
+/// ⌈fraction · questions⌉ questions, drawn with `seed`, go to eval (at least one when the
+/// fraction is positive and there are two questions or more).
+pub fn split_by_question(pairs: Vec<Pair>, fraction: f64, seed: u64) -> (Vec<Pair>, Vec<Pair>) {
+    if fraction <= 0.0 {
+        return (pairs, Vec::new());
+    }
+    let mut questions: Vec<String> = pairs
+        .iter()
+        .map(|pair| pair.question_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    questions.shuffle(&mut rng);
+    let eval_count = ((fraction * questions.len() as f64).ceil() as usize)
+        .min(questions.len().saturating_sub(1))
+        .max(usize::from(questions.len() > 1));
+    let eval_questions: BTreeSet<String> = questions.into_iter().take(eval_count).collect();
+    pairs
+        .into_iter()
+        .partition(|pair| !eval_questions.contains(&pair.question_id))
+}
+
+/// Everything `qrm-train` needs.
+#[derive(Debug, Clone)]
+pub struct FitRequest {
+    pub pairs: PathBuf,
+    pub eval_pairs: Option<PathBuf>,
+    pub eval_fraction: f64,
+    pub model: PathBuf,
+    pub output: PathBuf,
+    /// Train only the top K layers (with a cached trunk); `None` trains the whole model.
+    pub train_layers: Option<usize>,
+    pub head: HeadKind,
+    pub template: String,
+    pub eos: EosPolicy,
+    pub max_len: usize,
+    pub device: String,
+    pub resume: bool,
+    pub log: Option<PathBuf>,
+    pub cache: PathBuf,
+    pub quiet: bool,
+    pub config: TrainConfig,
+}
+
+/// The layer index in a Hugging Face weight name (`model.layers.12.mlp...` → 12).
+fn layer_of(name: &str) -> Option<usize> {
+    let rest = &name[name.find("layers.")? + "layers.".len()..];
+    rest.split('.').next()?.parse().ok()
+}
+
+/// A [`RewardModel`] whose layers `first_layer..` (and final norm and head) train; the layers
+/// below run either from tokens or, with a cached trunk, not at all.
+pub struct TopLayers {
+    pub model: RewardModel,
+    pub first_layer: usize,
+    variables: Vec<(String, Var)>,
+    device: Device,
+}
+
+impl TopLayers {
+    /// Loads `checkpoint` for training its top `train_layers` layers (all when `None`); the
+    /// trainable weights live in `varmap`.
+    pub fn new(
+        checkpoint: &Checkpoint,
+        head: HeadKind,
+        train_layers: Option<usize>,
+        device: &Device,
+    ) -> Result<TopLayers> {
+        let layers = checkpoint.config.num_hidden_layers;
+        let first_layer = match train_layers {
+            Some(k) if k > layers => {
+                return Err(Error::Usage(format!(
+                    "--train-layers {k}: the model has {layers} layers"
+                )))
+            }
+            Some(k) => layers - k,
+            None => 0,
+        };
+        let varmap = VarMap::new();
+        let model =
+            RewardModel::trainable(checkpoint, head, &varmap, |name| match layer_of(name) {
+                Some(layer) => layer >= first_layer,
+                // Outside the layers: the final norm trains with the top layers, the embedding
+                // only when the whole model trains.
+                None => train_layers.is_none() || name.ends_with("norm.weight"),
+            })?;
+        let mut variables: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Model("the VarMap's lock is poisoned".into()))?
+            .iter()
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(TopLayers {
+            model,
+            first_layer,
+            variables,
+            device: device.clone(),
+        })
+    }
+
+    /// The frozen trunk's output for one response: layers `0..first_layer` with the fused
+    /// kernels, (len, H) on the CPU.
+    pub fn trunk(&self, fused: &Transformer, response: &EncodedResponse) -> Result<Tensor> {
+        let length = response.input_ids.len();
+        let ids = Tensor::from_slice(&response.input_ids, (1, length), &self.device)?;
+        let mask = Tensor::ones((1, length), DType::U32, &self.device)?;
+        let hidden = fused.embed(&ids)?;
+        let hidden = fused.run_layers(&hidden, &mask, 0..self.first_layer)?; // (1, len, H)
+        Ok(hidden.squeeze(0)?.to_device(&Device::Cpu)?)
+    }
+}
+
+impl TrainableRewardModel for TopLayers {
+    fn forward(&self, input: &BatchInput) -> Result<(Tensor, Tensor)> {
+        let transformer = &self.model.transformer;
+        let hidden = match &input.trunk_hidden {
+            Some(trunk) => transformer.forward_from_layer(
+                &trunk.to_dtype(transformer.dtype())?,
+                &input.attention_mask,
+                self.first_layer,
+            )?,
+            None => transformer.forward(&input.input_ids, &input.attention_mask)?,
+        }; // (B, L, H)
+        let values = self.model.rewards_from_hidden(&hidden)?; // (B, L)
+        Ok((hidden, values))
+    }
+
+    fn trainable_variables(&self) -> Vec<(String, Var)> {
+        self.variables.clone()
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
+    let frame = read_table(path)?;
+    pairs_from_frame(&frame, path)
+}
+
+/// The token the checkpoint declares as padding: transformers' sequence classifier reads the
+/// reward at the last token that is not `pad_token_id`, so it must differ from the EOS the
+/// reward is read at. `<|endoftext|>`, `<pad>` or `<unk>` when the vocabulary has one, else 0.
+fn pad_token_id(tokenizer: &Tokenizer, eos_id: u32) -> u32 {
+    [
+        "<|endoftext|>",
+        "<pad>",
+        "<unk>",
+        "<|finetune_right_pad_id|>",
+    ]
+    .iter()
+    .filter_map(|token| tokenizer.token_to_id(token))
+    .find(|&id| id != eos_id)
+    .unwrap_or(if eos_id == 0 { 1 } else { 0 })
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Model(e.to_string()))?;
+    write_atomic(path, |writer| {
+        writer
+            .write_all(text.as_bytes())
+            .map_err(|e| Error::io(path, e))
+    })
+}
+
+/// Reads the pairs, tokenises them, trains, and writes the checkpoint directory.
+pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
+    let config = &request.config;
+    let device_choice: DeviceChoice = request.device.parse()?;
+    let device = device_choice.device()?;
+    let all_pairs = read_pairs(&request.pairs)?;
+    let (train_pairs, eval_pairs) = match &request.eval_pairs {
+        Some(path) => (all_pairs, read_pairs(path)?),
+        None => split_by_question(all_pairs, request.eval_fraction, config.seed),
+    };
+    let tokenizer = crate::model::gguf::load_tokenizer(&request.model)?;
+    let model_dir = request.model.is_dir().then_some(request.model.as_path());
+    let eos_id = find_eos_id(&tokenizer, model_dir)?;
+    let template = Template::parse(&request.template)?;
+    let encoder = Encoder {
+        tokenizer: tokenizer.clone(),
+        template: template.clone(),
+        eos: request.eos,
+        eos_id,
+        max_len: Some(request.max_len),
+        truncation: Truncation::Skip,
+    };
+    let (train_encoded, _) = encode_pairs(&encoder, &train_pairs)?;
+    let (eval_encoded, _) = encode_pairs(&encoder, &eval_pairs)?;
+    tracing::info!(
+        "{} training pairs ({} skipped as longer than {} tokens), {} eval pairs",
+        train_encoded.len(),
+        train_pairs.len() - train_encoded.len(),
+        request.max_len,
+        eval_encoded.len()
+    );
+
+    let checkpoint = Checkpoint::load(&request.model, &device, device_choice.dtype())?;
+    let model = TopLayers::new(&checkpoint, request.head, request.train_layers, &device)?;
+    tracing::info!(
+        "training {} tensors ({} parameters) from layer {}",
+        model.variables.len(),
+        model
+            .variables
+            .iter()
+            .map(|(_, v)| v.elem_count())
+            .sum::<usize>(),
+        model.first_layer
+    );
+    let model_hash = model_sha256(&request.model)?;
+    let (train_trunk, eval_trunk) = if request.train_layers.is_some() {
+        let fused = model.model.transformer.clone().with_kernels(Kernels::Fused);
+        let mut caches = Vec::new();
+        for (name, path, pairs) in [
+            ("train", &request.pairs, &train_encoded),
+            (
+                "eval",
+                request.eval_pairs.as_ref().unwrap_or(&request.pairs),
+                &eval_encoded,
+            ),
+        ] {
+            let key = key_of(&[
+                &model_hash,
+                &template.name(),
+                request.eos.name(),
+                &model.first_layer.to_string(),
+                &request.max_len.to_string(),
+                &file_sha256(path)?,
+                name,
+                &format!("{}:{}", request.eval_fraction, config.seed),
+            ]);
+            let progress = crate::cli::progress_bar(pairs.len() as u64, name, request.quiet);
+            let cache = TrunkCache::new(&request.cache, &key);
+            let trunk = cache.load_or_compute(pairs, &Device::Cpu, &progress, |response| {
+                model.trunk(&fused, response)
+            })?;
+            progress.finish_and_clear();
+            caches.push(trunk);
+        }
+        let eval_trunk = caches.pop();
+        (caches.pop(), eval_trunk)
+    } else {
+        (None, None)
+    };
+    let train_data = TrainData {
+        pairs: train_encoded,
+        trunk: train_trunk,
+    };
+    let eval_data = TrainData {
+        pairs: eval_encoded,
+        trunk: eval_trunk,
+    };
+    let eval = (!eval_data.pairs.is_empty()).then_some(&eval_data);
+    let summary = train(
+        &model,
+        &train_data,
+        eval,
+        config,
+        RunOptions {
+            output: &request.output,
+            resume: request.resume,
+            log: request.log.as_deref(),
+            quiet: request.quiet,
+            on_step: None,
+        },
+    )?;
+
+    // The checkpoint: weights and config (with the eval reward distribution), tokenizer,
+    // training settings, and a few rewards for the transformers cross-check.
+    let mut reward_model = model.model.clone();
+    if let Some(eval) = &summary.eval {
+        reward_model.config.mean = Some(eval.reward_mean);
+        reward_model.config.std = Some(eval.reward_std);
+    }
+    reward_model.config.normalize_reward = false;
+    reward_model.config.pad_token_id = Some(pad_token_id(&tokenizer, eos_id));
+    reward_model.save(&request.output)?;
+    let tokenizer_path = request.output.join("tokenizer.json");
+    tokenizer
+        .save(&tokenizer_path, false)
+        .map_err(|e| Error::Model(format!("{}: {e}", tokenizer_path.display())))?;
+    let train_config = serde_json::json!({
+        "config": config,
+        "pairs": request.pairs,
+        "pairs_sha256": file_sha256(&request.pairs)?,
+        "eval_pairs": request.eval_pairs,
+        "eval_pairs_sha256": request.eval_pairs.as_deref().map(file_sha256).transpose()?,
+        "eval_fraction": request.eval_fraction,
+        "train_pairs_used": train_data.pairs.len(),
+        "eval_pairs_used": eval_data.pairs.len(),
+        "model": request.model,
+        "model_sha256": model_hash,
+        "train_layers": request.train_layers,
+        "head": request.head.to_string(),
+        "template": template.name(),
+        "eos": request.eos.name(),
+        "max_len": request.max_len,
+        "device": request.device,
+        "steps": summary.steps,
+        "eval": summary.eval,
+        "qrm_version": env!("CARGO_PKG_VERSION"),
+        "candle_version": "0.11.1",
+    });
+    write_json(&request.output.join("train_config.json"), &train_config)?;
+    write_reward_check(
+        &model,
+        &eval_data,
+        &request.output.join("reward_check.json"),
+    )?;
+    Ok(summary)
+}
+
+/// Up to four eval responses with the reward qrm computes, for
+/// `tests/fixtures/check_checkpoint_transformers.py`.
+fn write_reward_check(model: &TopLayers, data: &TrainData, path: &Path) -> Result<()> {
+    let transformer = model.model.transformer.clone().with_kernels(Kernels::Fused);
+    let mut rows = Vec::new();
+    for pair in data.pairs.iter().take(2) {
+        for response in [&pair.chosen, &pair.rejected] {
+            let length = response.input_ids.len();
+            let ids = Tensor::from_slice(&response.input_ids, (1, length), model.device())?;
+            let mask = Tensor::ones((1, length), DType::U32, model.device())?;
+            let hidden = transformer.forward(&ids, &mask)?;
+            let values = model.model.head.forward(&hidden)?; // (1, L)
+            let reward = values
+                .squeeze(0)?
+                .get(length - 1)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            rows.push(serde_json::json!({"input_ids": response.input_ids, "reward": reward}));
+        }
+    }
+    write_json(path, &serde_json::json!({ "rows": rows }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(question_id: &str, index: usize) -> Pair {
+        Pair {
+            pair_id: format!("{question_id}-{index}"),
+            question_id: question_id.into(),
+            ..Pair::default()
+        }
+    }
+
+    #[test]
+    fn split_keeps_questions_on_one_side() {
+        let pairs: Vec<Pair> = (0..40).map(|i| pair(&format!("q{}", i % 10), i)).collect();
+        let (train, eval) = split_by_question(pairs, 0.2, 1);
+        let train_questions: BTreeSet<_> = train.iter().map(|p| p.question_id.clone()).collect();
+        let eval_questions: BTreeSet<_> = eval.iter().map(|p| p.question_id.clone()).collect();
+        assert_eq!(eval_questions.len(), 2); // ⌈0.2·10⌉
+        assert!(train_questions.is_disjoint(&eval_questions));
+        assert_eq!(train.len() + eval.len(), 40);
+        assert_eq!(eval.len(), 8);
+    }
+
+    #[test]
+    fn split_is_seeded() {
+        let pairs: Vec<Pair> = (0..30).map(|i| pair(&format!("q{i}"), i)).collect();
+        let ids = |seed| {
+            let (_, eval) = split_by_question(pairs.clone(), 0.1, seed);
+            eval.into_iter().map(|p| p.pair_id).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(3), ids(3));
+        assert_ne!(ids(3), ids(4));
+    }
+
+    use crate::model::train::{gradient_norms, ContrastiveForm, GoalStrategy, LogRow, Objective};
+    use rand::Rng;
+
+    fn tiny(name: &str) -> Checkpoint {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        Checkpoint::load(path, &Device::Cpu, DType::F32).unwrap()
+    }
+
+    /// Random pairs over the tiny models' 100-token vocabulary, EOS 2 last.
+    fn random_pairs(count: usize, seed: u64) -> Vec<EncodedPair> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let response = |prompt: &[u32], rng: &mut ChaCha8Rng| {
+            let mut input_ids = prompt.to_vec();
+            input_ids.extend((0..rng.random_range(4..10)).map(|_| rng.random_range(3..100)));
+            input_ids.push(2);
+            EncodedResponse {
+                input_ids,
+                response_start: prompt.len(),
+            }
+        };
+        (0..count)
+            .map(|_| {
+                let prompt: Vec<u32> = (0..3).map(|_| rng.random_range(3..100)).collect();
+                EncodedPair {
+                    chosen: response(&prompt, &mut rng),
+                    rejected: response(&prompt, &mut rng),
+                    margin: None,
+                }
+            })
+            .collect()
+    }
+
+    fn trunk_data(model: &TopLayers, pairs: Vec<EncodedPair>) -> TrainData {
+        let fused = model.model.transformer.clone().with_kernels(Kernels::Fused);
+        let trunk = pairs
+            .iter()
+            .map(|pair| {
+                [
+                    model.trunk(&fused, &pair.chosen).unwrap(),
+                    model.trunk(&fused, &pair.rejected).unwrap(),
+                ]
+            })
+            .collect();
+        TrainData {
+            pairs,
+            trunk: Some(trunk),
+        }
+    }
+
+    fn tiny_config(objective: Objective) -> TrainConfig {
+        TrainConfig {
+            objective,
+            learning_rate: 1e-3,
+            batch_size: 2,
+            micro_batch: 2,
+            max_steps: Some(4),
+            positives: 4,
+            negatives: 4,
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn every_trainable_weight_of_the_tiny_models_gets_a_gradient() {
+        // Both objectives, both heads (tiny-llama holds the MLP head, tiny-qwen2 `score`), the
+        // whole model from tokens and the top layer from a cached trunk.
+        for name in ["tiny-llama", "tiny-qwen2"] {
+            let checkpoint = tiny(name);
+            for train_layers in [None, Some(1)] {
+                let model =
+                    TopLayers::new(&checkpoint, HeadKind::Linear, train_layers, &Device::Cpu)
+                        .unwrap();
+                let pairs = random_pairs(2, 1);
+                let data = match train_layers {
+                    Some(_) => trunk_data(&model, pairs),
+                    None => TrainData { pairs, trunk: None },
+                };
+                for objective in [Objective::Bt, Objective::Q] {
+                    let norms = gradient_norms(&model, &data, &tiny_config(objective)).unwrap();
+                    assert!(
+                        norms.len() >= 4,
+                        "{name}: only {} trainable tensors",
+                        norms.len()
+                    );
+                    for (weight, norm) in &norms {
+                        assert!(
+                            *norm > 0.0,
+                            "{name} {train_layers:?} {objective:?}: {weight} has no gradient"
+                        );
+                    }
+                    if train_layers.is_some() {
+                        // Only layer 1, the final norm and the head train.
+                        assert!(norms.iter().all(|(weight, _)| !weight.contains("layers.0.")
+                            && !weight.contains("embed")));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cached_trunk_losses_equal_the_full_forward() {
+        let checkpoint = tiny("tiny-llama");
+        let model = TopLayers::new(&checkpoint, HeadKind::Linear, Some(1), &Device::Cpu).unwrap();
+        let pairs = random_pairs(4, 2);
+        let config = tiny_config(Objective::Q);
+        let plain = crate::model::train::evaluate(
+            &model,
+            &TrainData {
+                pairs: pairs.clone(),
+                trunk: None,
+            },
+            &config,
+        )
+        .unwrap();
+        let cached =
+            crate::model::train::evaluate(&model, &trunk_data(&model, pairs), &config).unwrap();
+        assert!(
+            (plain.loss_bt - cached.loss_bt).abs() < 1e-5,
+            "{plain:?} {cached:?}"
+        );
+        assert!((plain.loss_contrastive - cached.loss_contrastive).abs() < 1e-5);
+        assert!((plain.reward_mean - cached.reward_mean).abs() < 1e-5);
+    }
+
+    #[test]
+    fn resuming_the_tiny_model_ends_with_the_same_weights() {
+        let checkpoint = tiny("tiny-qwen2");
+        let mut config = tiny_config(Objective::Q);
+        config.contrastive = ContrastiveForm::Paper;
+        config.goal_strategy = GoalStrategy::Avg;
+        let pairs = random_pairs(8, 3);
+        let weights = |model: &TopLayers| -> Vec<Vec<f32>> {
+            model
+                .trainable_variables()
+                .iter()
+                .map(|(_, var)| var.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect()
+        };
+        let run = |stop: Option<usize>, resume: bool, directory: &Path| {
+            let model = TopLayers::new(&checkpoint, HeadKind::Linear, None, &Device::Cpu).unwrap();
+            let data = TrainData {
+                pairs: pairs.clone(),
+                trunk: None,
+            };
+            let mut stop_here = |row: &LogRow| stop.is_none_or(|last| row.step < last);
+            let options = RunOptions {
+                output: directory,
+                resume,
+                log: None,
+                quiet: true,
+                on_step: Some(&mut stop_here),
+            };
+            train(&model, &data, None, &config, options).unwrap();
+            weights(&model)
+        };
+        let straight = run(None, false, tempfile::tempdir().unwrap().path());
+        let interrupted = tempfile::tempdir().unwrap();
+        let halfway = run(Some(2), false, interrupted.path());
+        assert_ne!(halfway, straight);
+        assert_eq!(run(None, true, interrupted.path()), straight);
+    }
+}

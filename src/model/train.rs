@@ -1,0 +1,1158 @@
+//! The training loop: Bradley–Terry (`bt`) or Bradley–Terry + λ·contrastive (`q`, the paper's).
+//!
+//! One readable loop in the nanoGPT manner. Each optimiser step takes `batch_size` pairs in
+//! micro-batches of `micro_batch` pairs, sums their scaled gradients, clips the global norm at 1,
+//! and applies AdamW at the cosine schedule's learning rate. Every `eval_every` steps the eval
+//! pairs are scored (accuracy, BT loss, contrastive loss); every `save_every` steps the trainable
+//! weights, the optimiser moments and the step are saved, and [`train`] with `resume` continues
+//! from them to the same weights as an uninterrupted run.
+//!
+//! Nothing random is carried between steps: the epoch's pair order comes from (seed, epoch) and
+//! the contrastive positions of micro-batch m from (seed, m), so a resumed run needs only the
+//! step.
+//!
+//! The model is anything that implements [`TrainableRewardModel`]: hidden states after the
+//! final norm and per-token values for a right-padded batch of token ids, or of cached
+//! hidden states of a frozen trunk ([`BatchInput::trunk_hidden`]).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::loss;
+use crate::model::optim::{clip_gradient_norm, AdamW, AdamWConfig, CosineSchedule};
+use crate::model::sampling::{
+    sample_paper, sample_reference, ContrastivePositions, ResponseSpan, SamplingConfig, Window,
+};
+
+/// What the loss optimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Bradley–Terry preference ranking only (the baseline RM).
+    Bt,
+    /// Bradley–Terry + λ·contrastive goal-conditioned loss (the paper's Q-function RM).
+    Q,
+}
+
+/// The preference-ranking term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PreferenceLoss {
+    /// −log σ(r_c − r_r − margin) (the release's default `PairWiseLoss`).
+    Sigmoid,
+    /// log(1 + exp(r_r − r_c)) (the release's `LogExpLoss`; ignores the margin).
+    Logexp,
+}
+
+/// Which contrastive loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ContrastiveForm {
+    /// The released code: sorted-pair draws from the end, full cross product, log of mean σ.
+    Reference,
+    /// The paper's Eq. 5: ordered pairs, mean of the log terms.
+    Paper,
+}
+
+/// Where goal states come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GoalStrategy {
+    /// Single goal state (SGS): each sampled goal is one token (the paper's default).
+    Single,
+    /// Goals averaged over the samples of each example (App. D.1 AVG; the release's
+    /// `cosine_avg`).
+    Avg,
+    /// Negative goals from a random other pair's response, not the rejected one (App. D.1 RS).
+    Random,
+}
+
+/// Every setting of a run; saved as `train_config.json` next to the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub objective: Objective,
+    pub loss: PreferenceLoss,
+    pub lambda: f64,
+    pub contrastive: ContrastiveForm,
+    pub goal_strategy: GoalStrategy,
+    pub positives: usize,
+    pub negatives: usize,
+    pub source_window: String,
+    pub goal_window: String,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub warmup_fraction: f64,
+    pub max_grad_norm: f64,
+    pub batch_size: usize,
+    pub micro_batch: usize,
+    pub epochs: usize,
+    pub max_steps: Option<usize>,
+    pub eval_every: usize,
+    pub save_every: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            objective: Objective::Q,
+            loss: PreferenceLoss::Sigmoid,
+            lambda: 0.5,
+            contrastive: ContrastiveForm::Reference,
+            goal_strategy: GoalStrategy::Single,
+            positives: 16,
+            negatives: 16,
+            source_window: "0:1".into(),
+            goal_window: "0:1".into(),
+            learning_rate: 9e-6,
+            weight_decay: 0.0,
+            warmup_fraction: 0.03,
+            max_grad_norm: 1.0,
+            batch_size: 64,
+            micro_batch: 1,
+            epochs: 1,
+            max_steps: None,
+            eval_every: 0,
+            save_every: 0,
+            seed: 42,
+        }
+    }
+}
+
+impl TrainConfig {
+    fn sampling(&self) -> Result<SamplingConfig> {
+        Ok(SamplingConfig {
+            positives: self.positives,
+            negatives: self.negatives,
+            source_window: self.source_window.parse::<Window>()?,
+            goal_window: self.goal_window.parse::<Window>()?,
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.micro_batch == 0 || self.batch_size == 0 || self.batch_size % self.micro_batch != 0
+        {
+            return Err(Error::Usage(format!(
+                "--batch-size {} must be a positive multiple of --micro-batch {}",
+                self.batch_size, self.micro_batch
+            )));
+        }
+        if self.objective == Objective::Q && (self.positives == 0 || self.negatives == 0) {
+            return Err(Error::Usage(
+                "--positives and --negatives must be at least 1".into(),
+            ));
+        }
+        self.sampling().map(|_| ())
+    }
+
+    /// Optimiser steps: `max_steps`, else epochs × ⌊pairs / batch_size⌋ (at least 1), as
+    /// OpenRLHF drops the last incomplete batch.
+    pub fn total_steps(&self, train_pairs: usize) -> usize {
+        self.max_steps
+            .unwrap_or_else(|| self.epochs * (train_pairs / self.batch_size).max(1))
+    }
+}
+
+/// One tokenised response: `input_ids[response_start..]` is the response, its last token the
+/// one the reward is read at (EOS under qrm's template policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedResponse {
+    pub input_ids: Vec<u32>,
+    pub response_start: usize,
+}
+
+impl EncodedResponse {
+    /// The response's span in a right-padded row.
+    pub fn span(&self) -> ResponseSpan {
+        ResponseSpan {
+            start: self.response_start,
+            end: self.input_ids.len(),
+        }
+    }
+}
+
+/// One preference pair, tokenised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedPair {
+    pub chosen: EncodedResponse,
+    pub rejected: EncodedResponse,
+    pub margin: Option<f32>,
+}
+
+/// A right-padded batch as the model sees it.
+#[derive(Debug, Clone)]
+pub struct BatchInput {
+    /// (B, L) u32, zero-padded on the right.
+    pub input_ids: Tensor,
+    /// (B, L) u8, 1 for real tokens.
+    pub attention_mask: Tensor,
+    /// (B, L, H): the frozen trunk's output when the trunk is cached, zero-padded.
+    pub trunk_hidden: Option<Tensor>,
+}
+
+/// What the loop needs from a reward model.
+pub trait TrainableRewardModel {
+    /// Last hidden states after the final norm (B, L, H) and per-token values (B, L), computed
+    /// with differentiable kernels, from `input.trunk_hidden` when it is set.
+    fn forward(&self, input: &BatchInput) -> Result<(Tensor, Tensor)>;
+
+    /// The weights the optimiser updates, with stable names.
+    fn trainable_variables(&self) -> Vec<(String, Var)>;
+
+    /// The device the model runs on.
+    fn device(&self) -> &Device;
+}
+
+/// Training data: pairs plus, when the trunk is frozen and cached, each response's trunk output
+/// `(L_i, H)` in the order (chosen, rejected).
+pub struct TrainData {
+    pub pairs: Vec<EncodedPair>,
+    pub trunk: Option<Vec<[Tensor; 2]>>,
+}
+
+/// One JSONL log row; eval fields only on eval steps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LogRow {
+    pub step: usize,
+    pub epoch: f64,
+    pub loss: f64,
+    pub loss_bt: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_contrastive: Option<f64>,
+    pub accuracy: f64,
+    pub learning_rate: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_contrastive: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_reward_mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_reward_std: Option<f64>,
+}
+
+/// Eval metrics over a set of pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    pub accuracy: f64,
+    pub loss_bt: f64,
+    pub loss_contrastive: f64,
+    /// Mean and (population) standard deviation of all chosen and rejected rewards, for reward
+    /// normalisation as OpenRLHF stores them.
+    pub reward_mean: f64,
+    pub reward_std: f64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub last: Option<LogRow>,
+    pub eval: Option<EvalMetrics>,
+}
+
+/// Where a run keeps its resumable state, under the output directory.
+pub const STATE_DIR: &str = "state";
+const STATE_WEIGHTS: &str = "trainable.safetensors";
+const STATE_OPTIMISER: &str = "optimizer.safetensors";
+const STATE_JSON: &str = "state.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ResumeState {
+    step: usize,
+    config: TrainConfig,
+}
+
+/// Options of one call of [`train`] that are not part of the run's identity.
+pub struct RunOptions<'a> {
+    pub output: &'a Path,
+    pub resume: bool,
+    pub log: Option<&'a Path>,
+    pub quiet: bool,
+    /// Called after every optimiser step (e.g. to stop a run early in tests): `false` stops.
+    pub on_step: Option<&'a mut dyn FnMut(&LogRow) -> bool>,
+}
+
+/// The rows of one micro-batch: pair indices into [`TrainData::pairs`], plus for the `random`
+/// goal strategy the (pair, side) of each row's random negative response.
+struct MicroBatch {
+    pairs: Vec<usize>,
+    random_negatives: Vec<(usize, usize)>,
+}
+
+fn response(data: &TrainData, pair: usize, side: usize) -> (&EncodedResponse, Option<&Tensor>) {
+    let encoded = &data.pairs[pair];
+    let response = if side == 0 {
+        &encoded.chosen
+    } else {
+        &encoded.rejected
+    };
+    (
+        response,
+        data.trunk.as_ref().map(|trunk| &trunk[pair][side]),
+    )
+}
+
+/// Right-pads responses into one batch.
+fn batch_input(
+    rows: &[(&EncodedResponse, Option<&Tensor>)],
+    device: &Device,
+) -> Result<BatchInput> {
+    let max_len = rows
+        .iter()
+        .map(|(r, _)| r.input_ids.len())
+        .max()
+        .unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * max_len);
+    let mut mask = Vec::with_capacity(rows.len() * max_len);
+    for (response, _) in rows {
+        let len = response.input_ids.len();
+        ids.extend_from_slice(&response.input_ids);
+        ids.extend(std::iter::repeat_n(0u32, max_len - len));
+        mask.extend(std::iter::repeat_n(1u8, len));
+        mask.extend(std::iter::repeat_n(0u8, max_len - len));
+    }
+    let input_ids = Tensor::from_vec(ids, (rows.len(), max_len), device)?;
+    let attention_mask = Tensor::from_vec(mask, (rows.len(), max_len), device)?;
+    let trunk_hidden = if rows.iter().all(|(_, trunk)| trunk.is_some()) && !rows.is_empty() {
+        let mut padded = Vec::with_capacity(rows.len());
+        for (response, trunk) in rows {
+            let Some(trunk) = trunk else { continue };
+            let pad = max_len - response.input_ids.len();
+            let trunk = trunk.to_device(device)?;
+            padded.push(trunk.pad_with_zeros(0, 0, pad)?); // (L, H)
+        }
+        Some(Tensor::stack(&padded, 0)?) // (B, L, H)
+    } else {
+        None
+    };
+    Ok(BatchInput {
+        input_ids,
+        attention_mask,
+        trunk_hidden,
+    })
+}
+
+/// Rewards at each row's final token.
+///
+/// # Shapes
+/// values: (B, L), ends: B lengths → (B,).
+fn final_rewards(values: &Tensor, ends: &[usize]) -> Result<Tensor> {
+    let (_, seq_len) = values.dims2()?;
+    let flat: Vec<u32> = ends
+        .iter()
+        .enumerate()
+        .map(|(row, &end)| (row * seq_len + end - 1) as u32)
+        .collect();
+    let indices = Tensor::new(flat.as_slice(), values.device())?;
+    Ok(values.flatten_all()?.index_select(&indices, 0)?)
+}
+
+/// Loss parts of one micro-batch.
+struct MicroLoss {
+    total: Tensor,
+    bt: f64,
+    contrastive: Option<f64>,
+    chosen_rewards: Vec<f32>,
+    rejected_rewards: Vec<f32>,
+    tokens: usize,
+}
+
+/// Forward and loss of one micro-batch; `rng` drives the contrastive positions.
+fn micro_batch_loss(
+    model: &dyn TrainableRewardModel,
+    data: &TrainData,
+    micro: &MicroBatch,
+    config: &TrainConfig,
+    sampling: &SamplingConfig,
+    rng: &mut ChaCha8Rng,
+) -> Result<MicroLoss> {
+    let count = micro.pairs.len();
+    let mut rows: Vec<(&EncodedResponse, Option<&Tensor>)> = Vec::with_capacity(3 * count);
+    rows.extend(micro.pairs.iter().map(|&pair| response(data, pair, 0)));
+    rows.extend(micro.pairs.iter().map(|&pair| response(data, pair, 1)));
+    rows.extend(
+        micro
+            .random_negatives
+            .iter()
+            .map(|&(pair, side)| response(data, pair, side)),
+    );
+    let ends: Vec<usize> = rows.iter().map(|(r, _)| r.input_ids.len()).collect();
+    let tokens = ends.iter().sum();
+    let input = batch_input(&rows, model.device())?;
+    let (hidden, values) = model.forward(&input)?; // (R, L, H), (R, L)
+    let rewards = final_rewards(&values.to_dtype(DType::F32)?, &ends)?; // (R,)
+    let chosen = rewards.narrow(0, 0, count)?; // (B,)
+    let rejected = rewards.narrow(0, count, count)?; // (B,)
+    let margins: Option<Vec<f32>> = micro
+        .pairs
+        .iter()
+        .map(|&pair| data.pairs[pair].margin)
+        .collect();
+    let bt = match config.loss {
+        PreferenceLoss::Sigmoid => {
+            let margin = margins
+                .map(|m| Tensor::from_vec(m, count, rewards.device()))
+                .transpose()?;
+            loss::bradley_terry(&chosen, &rejected, margin.as_ref())?
+        }
+        PreferenceLoss::Logexp => loss::log_exp(&chosen, &rejected)?,
+    };
+    let mut total = bt.clone();
+    let mut contrastive_value = None;
+    if config.objective == Objective::Q {
+        let hidden = hidden.to_dtype(DType::F32)?;
+        let mut positions: Vec<ContrastivePositions> = Vec::with_capacity(count);
+        for (index, &pair) in micro.pairs.iter().enumerate() {
+            let chosen_span = data.pairs[pair].chosen.span();
+            let negative_row = match config.goal_strategy {
+                GoalStrategy::Random => 2 * count + index,
+                _ => count + index,
+            };
+            let negative_span = rows[negative_row].0.span();
+            positions.push(match config.contrastive {
+                ContrastiveForm::Reference => {
+                    sample_reference(rng, chosen_span, negative_span, sampling)
+                }
+                ContrastiveForm::Paper => sample_paper(rng, chosen_span, negative_span, sampling),
+            });
+        }
+        let chosen_hidden = hidden.narrow(0, 0, count)?; // (B, L, H)
+        let negative_hidden = match config.goal_strategy {
+            GoalStrategy::Random => hidden.narrow(0, 2 * count, count)?,
+            _ => hidden.narrow(0, count, count)?,
+        }; // (B, L, H)
+        let column = |pick: fn(&ContrastivePositions) -> &Vec<u32>| -> Vec<Vec<u32>> {
+            positions.iter().map(|p| pick(p).clone()).collect()
+        };
+        let positive_sources =
+            loss::gather_positions(&chosen_hidden, &column(|p| &p.positive_sources))?;
+        let mut positive_goals =
+            loss::gather_positions(&chosen_hidden, &column(|p| &p.positive_goals))?;
+        let negative_sources =
+            loss::gather_positions(&chosen_hidden, &column(|p| &p.negative_sources))?;
+        let mut negative_goals =
+            loss::gather_positions(&negative_hidden, &column(|p| &p.negative_goals))?;
+        if config.goal_strategy == GoalStrategy::Avg {
+            positive_goals = loss::average_goals(&positive_goals)?; // (B, 1, H)
+            negative_goals = loss::average_goals(&negative_goals)?; // (B, 1, H)
+        }
+        let contrastive = match config.contrastive {
+            ContrastiveForm::Reference => loss::contrastive_reference(
+                &positive_sources,
+                &positive_goals,
+                &negative_sources,
+                &negative_goals,
+            )?,
+            ContrastiveForm::Paper => loss::contrastive_paper(
+                &positive_sources,
+                &positive_goals,
+                &negative_sources,
+                &negative_goals,
+            )?,
+        };
+        contrastive_value = Some(contrastive.to_scalar::<f32>()? as f64);
+        total = (total + (contrastive * config.lambda)?)?;
+    }
+    Ok(MicroLoss {
+        bt: bt.to_scalar::<f32>()? as f64,
+        total,
+        contrastive: contrastive_value,
+        chosen_rewards: chosen.to_vec1::<f32>()?,
+        rejected_rewards: rejected.to_vec1::<f32>()?,
+        tokens,
+    })
+}
+
+/// The pair order of `epoch`: a permutation seeded by (seed, epoch).
+fn epoch_order(pairs: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..pairs).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(epoch as u64 + 1);
+    order.shuffle(&mut rng);
+    order
+}
+
+/// The RNG of micro-batch `index` (global, counted over the run): seeded by (seed, index).
+fn micro_rng(seed: u64, index: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0FC0_172A_5700);
+    rng.set_stream(index);
+    rng
+}
+
+/// The micro-batches of optimiser step `step`.
+fn step_micro_batches(
+    data_len: usize,
+    config: &TrainConfig,
+    step: usize,
+    steps_per_epoch: usize,
+) -> Vec<MicroBatch> {
+    let epoch = step / steps_per_epoch;
+    let order = epoch_order(data_len, config.seed, epoch);
+    let first = (step % steps_per_epoch) * config.batch_size;
+    let mut rng = micro_rng(config.seed, u64::MAX - step as u64);
+    (0..config.batch_size / config.micro_batch)
+        .map(|micro| {
+            let pairs: Vec<usize> = (0..config.micro_batch)
+                .map(|offset| order[(first + micro * config.micro_batch + offset) % data_len])
+                .collect();
+            let random_negatives = if config.goal_strategy == GoalStrategy::Random
+                && config.objective == Objective::Q
+            {
+                pairs
+                    .iter()
+                    .map(|&pair| {
+                        // Any response of another pair, chosen or rejected.
+                        let mut other = rng.random_range(0..data_len);
+                        if data_len > 1 && other == pair {
+                            other = (other + 1) % data_len;
+                        }
+                        (other, rng.random_range(0..2))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            MicroBatch {
+                pairs,
+                random_negatives,
+            }
+        })
+        .collect()
+}
+
+/// The gradient norm of every trainable weight after one backward pass of the first
+/// micro-batch of step 0 (0 where no gradient arrives): a check that gradients reach every
+/// weight through the whole forward.
+pub fn gradient_norms(
+    model: &dyn TrainableRewardModel,
+    data: &TrainData,
+    config: &TrainConfig,
+) -> Result<Vec<(String, f64)>> {
+    config.validate()?;
+    let steps_per_epoch = (data.pairs.len() / config.batch_size).max(1);
+    let micro_batches = step_micro_batches(data.pairs.len(), config, 0, steps_per_epoch);
+    let Some(micro) = micro_batches.first() else {
+        return Ok(Vec::new());
+    };
+    let mut rng = micro_rng(config.seed, 0);
+    let result = micro_batch_loss(model, data, micro, config, &config.sampling()?, &mut rng)?;
+    let store = result.total.backward()?;
+    model
+        .trainable_variables()
+        .into_iter()
+        .map(|(name, var)| {
+            let norm = match store.get(&var) {
+                Some(gradient) => {
+                    crate::model::optim::gradient_norm(std::slice::from_ref(gradient))?
+                }
+                None => 0.0,
+            };
+            Ok((name, norm))
+        })
+        .collect()
+}
+
+/// Scores `data` in micro-batches without gradients (positions from a fixed seed, so eval
+/// contrastive losses are comparable across steps).
+pub fn evaluate(
+    model: &dyn TrainableRewardModel,
+    data: &TrainData,
+    config: &TrainConfig,
+) -> Result<EvalMetrics> {
+    let sampling = config.sampling()?;
+    let mut eval_config = config.clone();
+    if eval_config.goal_strategy == GoalStrategy::Random {
+        eval_config.goal_strategy = GoalStrategy::Single;
+    }
+    let mut rewards = Vec::with_capacity(2 * data.pairs.len());
+    let (mut wins, mut bt_sum, mut contrastive_sum, mut batches) = (0usize, 0.0, 0.0, 0usize);
+    for (index, chunk) in (0..data.pairs.len())
+        .collect::<Vec<_>>()
+        .chunks(config.micro_batch)
+        .enumerate()
+    {
+        let micro = MicroBatch {
+            pairs: chunk.to_vec(),
+            random_negatives: Vec::new(),
+        };
+        let mut rng = micro_rng(config.seed, index as u64);
+        let mut measured = eval_config.clone();
+        measured.objective = Objective::Q;
+        let result = micro_batch_loss(model, data, &micro, &measured, &sampling, &mut rng)?;
+        wins += result
+            .chosen_rewards
+            .iter()
+            .zip(&result.rejected_rewards)
+            .filter(|(c, r)| c > r)
+            .count();
+        bt_sum += result.bt * chunk.len() as f64;
+        contrastive_sum += result.contrastive.unwrap_or(0.0) * chunk.len() as f64;
+        batches += chunk.len();
+        rewards.extend(result.chosen_rewards.iter().map(|&r| r as f64));
+        rewards.extend(result.rejected_rewards.iter().map(|&r| r as f64));
+    }
+    let count = batches.max(1) as f64;
+    let mean = rewards.iter().sum::<f64>() / rewards.len().max(1) as f64;
+    let variance =
+        rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rewards.len().max(1) as f64;
+    Ok(EvalMetrics {
+        accuracy: wins as f64 / count,
+        loss_bt: bt_sum / count,
+        loss_contrastive: contrastive_sum / count,
+        reward_mean: mean,
+        reward_std: variance.sqrt(),
+    })
+}
+
+fn save_state(
+    directory: &Path,
+    optimiser: &AdamW,
+    step: usize,
+    config: &TrainConfig,
+) -> Result<()> {
+    fs_err::create_dir_all(directory).map_err(|e| Error::io(directory, e))?;
+    let weights: HashMap<String, Tensor> = optimiser
+        .params()
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+        .collect();
+    save_tensors(&weights, &directory.join(STATE_WEIGHTS))?;
+    save_tensors(&optimiser.state(), &directory.join(STATE_OPTIMISER))?;
+    let state = ResumeState {
+        step,
+        config: config.clone(),
+    };
+    let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::Model(e.to_string()))?;
+    let path = directory.join(STATE_JSON);
+    crate::pipeline::io::write_atomic(&path, |writer| {
+        writer.write_all(&json).map_err(|e| Error::io(&path, e))
+    })
+}
+
+/// Writes tensors to a safetensors file atomically (temp file + rename).
+pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let temporary = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(tensors, &temporary)?;
+    fs_err::rename(&temporary, path).map_err(|e| Error::io(path, e))
+}
+
+fn load_state(directory: &Path, optimiser: &mut AdamW, config: &TrainConfig) -> Result<usize> {
+    let json_path = directory.join(STATE_JSON);
+    let text = fs_err::read_to_string(&json_path).map_err(|e| Error::io(&json_path, e))?;
+    let state: ResumeState = serde_json::from_str(&text).map_err(|e| Error::Format {
+        path: json_path.clone(),
+        message: e.to_string(),
+    })?;
+    let mut expected = config.clone();
+    expected.max_steps = state.config.max_steps;
+    expected.eval_every = state.config.eval_every;
+    expected.save_every = state.config.save_every;
+    if expected != state.config {
+        return Err(Error::Usage(format!(
+            "{}: the run being resumed used different settings: {:?}",
+            json_path.display(),
+            state.config
+        )));
+    }
+    let device = optimiser
+        .params()
+        .first()
+        .map(|(_, var)| var.device().clone())
+        .unwrap_or(Device::Cpu);
+    let weights = candle_core::safetensors::load(directory.join(STATE_WEIGHTS), &device)?;
+    for (name, var) in optimiser.params() {
+        let Some(tensor) = weights.get(name) else {
+            return Err(Error::Model(format!("resume state lacks weight `{name}`")));
+        };
+        var.set(&tensor.to_dtype(var.dtype())?)?;
+    }
+    let moments = candle_core::safetensors::load(directory.join(STATE_OPTIMISER), &device)?;
+    optimiser.load_state(&moments, state.step)?;
+    Ok(state.step)
+}
+
+/// Runs (or resumes) training; writes the resumable state under `options.output/state/`.
+pub fn train(
+    model: &dyn TrainableRewardModel,
+    train_data: &TrainData,
+    eval_data: Option<&TrainData>,
+    config: &TrainConfig,
+    mut options: RunOptions<'_>,
+) -> Result<TrainSummary> {
+    config.validate()?;
+    if train_data.pairs.is_empty() {
+        return Err(Error::Usage("no training pairs".into()));
+    }
+    let sampling = config.sampling()?;
+    let total_steps = config.total_steps(train_data.pairs.len());
+    let steps_per_epoch = (train_data.pairs.len() / config.batch_size).max(1);
+    let schedule = CosineSchedule::new(config.learning_rate, total_steps, config.warmup_fraction);
+    let variables = model.trainable_variables();
+    let mut optimiser = AdamW::new(
+        variables,
+        AdamWConfig {
+            weight_decay: config.weight_decay,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let state_directory = options.output.join(STATE_DIR);
+    let first_step = if options.resume && state_directory.join(STATE_JSON).exists() {
+        let step = load_state(&state_directory, &mut optimiser, config)?;
+        tracing::info!("resuming at step {step} of {total_steps}");
+        step
+    } else {
+        0
+    };
+    let mut log = match options.log {
+        Some(path) => {
+            let file = fs_err::OpenOptions::new()
+                .create(true)
+                .append(options.resume)
+                .write(true)
+                .truncate(!options.resume)
+                .open(path)
+                .map_err(|e| Error::io(path, e))?;
+            Some((std::io::BufWriter::new(file), path.to_path_buf()))
+        }
+        None => None,
+    };
+    let progress = crate::cli::progress_bar(total_steps as u64, "training", options.quiet);
+    progress.set_position(first_step as u64);
+    let accumulation = config.batch_size / config.micro_batch;
+    let micro_per_step = accumulation as u64;
+    let mut last_row = None;
+    let mut last_eval = None;
+    for step in first_step..total_steps {
+        let started = Instant::now();
+        let micro_batches =
+            step_micro_batches(train_data.pairs.len(), config, step, steps_per_epoch);
+        let mut gradients: Vec<Option<Tensor>> = vec![None; optimiser.params().len()];
+        let (mut loss_sum, mut bt_sum, mut contrastive_sum) = (0.0, 0.0, 0.0);
+        let (mut wins, mut pairs, mut tokens) = (0usize, 0usize, 0usize);
+        for (index, micro) in micro_batches.iter().enumerate() {
+            let mut rng = micro_rng(config.seed, step as u64 * micro_per_step + index as u64);
+            let result = micro_batch_loss(model, train_data, micro, config, &sampling, &mut rng)?;
+            let scaled = (&result.total / accumulation as f64)?;
+            let store = scaled.backward()?;
+            for (slot, (_, var)) in gradients.iter_mut().zip(optimiser.params()) {
+                if let Some(gradient) = store.get(var) {
+                    *slot = Some(match slot.take() {
+                        Some(sum) => (sum + gradient)?,
+                        None => gradient.clone(),
+                    });
+                }
+            }
+            loss_sum += result.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            bt_sum += result.bt;
+            contrastive_sum += result.contrastive.unwrap_or(0.0);
+            wins += result
+                .chosen_rewards
+                .iter()
+                .zip(&result.rejected_rewards)
+                .filter(|(c, r)| c > r)
+                .count();
+            pairs += micro.pairs.len();
+            tokens += result.tokens;
+        }
+        let mut gradients: Vec<Tensor> = gradients
+            .into_iter()
+            .zip(optimiser.params())
+            .map(|(gradient, (_, var))| match gradient {
+                Some(gradient) => Ok(gradient),
+                None => var.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let grad_norm = clip_gradient_norm(&mut gradients, config.max_grad_norm)?;
+        let learning_rate = schedule.learning_rate(step);
+        optimiser.step(&gradients, learning_rate)?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let micro_count = accumulation as f64;
+        let mut row = LogRow {
+            step: step + 1,
+            epoch: (step + 1) as f64 / steps_per_epoch as f64,
+            loss: loss_sum / micro_count,
+            loss_bt: bt_sum / micro_count,
+            loss_contrastive: (config.objective == Objective::Q)
+                .then_some(contrastive_sum / micro_count),
+            accuracy: wins as f64 / pairs.max(1) as f64,
+            learning_rate,
+            grad_norm,
+            tokens_per_s: tokens as f64 / elapsed.max(1e-9),
+            ..LogRow::default()
+        };
+        let done = step + 1 == total_steps;
+        if let Some(eval_data) = eval_data {
+            if done || (config.eval_every > 0 && (step + 1) % config.eval_every == 0) {
+                let metrics = evaluate(model, eval_data, config)?;
+                row.eval_accuracy = Some(metrics.accuracy);
+                row.eval_loss = Some(metrics.loss_bt);
+                row.eval_contrastive = Some(metrics.loss_contrastive);
+                row.eval_reward_mean = Some(metrics.reward_mean);
+                row.eval_reward_std = Some(metrics.reward_std);
+                tracing::info!(
+                    "step {}: eval accuracy {:.4}, BT loss {:.4}, contrastive {:.4}",
+                    step + 1,
+                    metrics.accuracy,
+                    metrics.loss_bt,
+                    metrics.loss_contrastive
+                );
+                last_eval = Some(metrics);
+            }
+        }
+        if let Some((writer, path)) = log.as_mut() {
+            let line = serde_json::to_string(&row).map_err(|e| Error::Model(e.to_string()))?;
+            writeln!(writer, "{line}")
+                .and_then(|_| writer.flush())
+                .map_err(|e| Error::io(path.as_path(), e))?;
+        }
+        if done || (config.save_every > 0 && (step + 1) % config.save_every == 0) {
+            save_state(&state_directory, &optimiser, step + 1, config)?;
+        }
+        progress.set_message(format!("loss {:.4} acc {:.2}", row.loss, row.accuracy));
+        progress.inc(1);
+        let keep_going = match options.on_step.as_mut() {
+            Some(callback) => callback(&row),
+            None => true,
+        };
+        last_row = Some(row);
+        if !keep_going {
+            save_state(&state_directory, &optimiser, step + 1, config)?;
+            break;
+        }
+    }
+    progress.finish_and_clear();
+    Ok(TrainSummary {
+        steps: last_row.as_ref().map_or(first_step, |row| row.step),
+        last: last_row,
+        eval: last_eval,
+    })
+}
+
+/// Directory of the resumable state of a run written to `output`.
+pub fn state_directory(output: &Path) -> PathBuf {
+    output.join(STATE_DIR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small causal model: hidden_t = tanh(mean(E[x_0..=t])·W), value_t = hidden_t·h.
+    /// With a cached trunk, the trunk output is the embedding lookup.
+    struct Toy {
+        embedding: Var,
+        mix: Var,
+        head: Var,
+        device: Device,
+    }
+
+    impl Toy {
+        fn new(seed: u64) -> Toy {
+            let device = Device::Cpu;
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut var = |rows: usize, columns: usize, scale: f32| {
+                let values: Vec<f32> = (0..rows * columns)
+                    .map(|_| (rng.random::<f32>() - 0.5) * scale)
+                    .collect();
+                Var::from_tensor(&Tensor::from_vec(values, (rows, columns), &device).unwrap())
+                    .unwrap()
+            };
+            Toy {
+                embedding: var(16, 8, 1.0),
+                mix: var(8, 8, 1.0),
+                head: var(8, 1, 0.2),
+                device,
+            }
+        }
+
+        fn trunk(&self, ids: &[u32]) -> Tensor {
+            let ids = Tensor::new(ids, &self.device).unwrap();
+            self.embedding.as_tensor().index_select(&ids, 0).unwrap()
+        }
+    }
+
+    impl TrainableRewardModel for Toy {
+        fn forward(&self, input: &BatchInput) -> Result<(Tensor, Tensor)> {
+            let (batch, seq_len) = input.input_ids.dims2()?;
+            let embedded = match &input.trunk_hidden {
+                Some(hidden) => hidden.clone(),
+                None => self
+                    .embedding
+                    .as_tensor()
+                    .index_select(&input.input_ids.flatten_all()?, 0)?
+                    .reshape((batch, seq_len, 8))?,
+            }; // (B, L, 8)
+            let counts = Tensor::arange(1f32, seq_len as f32 + 1.0, &self.device)?
+                .reshape((1, seq_len, 1))?;
+            let mean = embedded.cumsum(1)?.broadcast_div(&counts)?; // (B, L, 8)
+            let hidden = mean.broadcast_matmul(self.mix.as_tensor())?.tanh()?; // (B, L, 8)
+            let values = hidden.broadcast_matmul(self.head.as_tensor())?.squeeze(2)?; // (B, L)
+            Ok((hidden, values))
+        }
+
+        fn trainable_variables(&self) -> Vec<(String, Var)> {
+            vec![
+                ("embed.weight".into(), self.embedding.clone()),
+                ("mix.weight".into(), self.mix.clone()),
+                ("head.weight".into(), self.head.clone()),
+            ]
+        }
+
+        fn device(&self) -> &Device {
+            &self.device
+        }
+    }
+
+    /// Chosen responses contain token 5, rejected ones token 6; both end with EOS 2.
+    fn easy_pairs(count: usize, seed: u64) -> Vec<EncodedPair> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let response = |prompt: &[u32], marker: u32, rng: &mut ChaCha8Rng| {
+            let mut ids = prompt.to_vec();
+            let length = rng.random_range(3..9);
+            let marker_at = rng.random_range(0..length);
+            for position in 0..length {
+                ids.push(if position == marker_at {
+                    marker
+                } else {
+                    rng.random_range(7..16)
+                });
+            }
+            ids.push(2);
+            EncodedResponse {
+                input_ids: ids,
+                response_start: prompt.len(),
+            }
+        };
+        (0..count)
+            .map(|_| {
+                let prompt: Vec<u32> = (0..rng.random_range(2..5))
+                    .map(|_| rng.random_range(1..5))
+                    .collect();
+                EncodedPair {
+                    chosen: response(&prompt, 5, &mut rng),
+                    rejected: response(&prompt, 6, &mut rng),
+                    margin: None,
+                }
+            })
+            .collect()
+    }
+
+    fn config(objective: Objective) -> TrainConfig {
+        TrainConfig {
+            objective,
+            learning_rate: 0.05,
+            batch_size: 4,
+            micro_batch: 2,
+            max_steps: Some(30),
+            positives: 4,
+            negatives: 4,
+            ..TrainConfig::default()
+        }
+    }
+
+    fn options(output: &Path) -> RunOptions<'_> {
+        RunOptions {
+            output,
+            resume: false,
+            log: None,
+            quiet: true,
+            on_step: None,
+        }
+    }
+
+    #[test]
+    fn every_trainable_weight_gets_a_gradient_in_both_objectives() {
+        let data = TrainData {
+            pairs: easy_pairs(4, 1),
+            trunk: None,
+        };
+        for objective in [Objective::Bt, Objective::Q] {
+            let model = Toy::new(3);
+            let config = config(objective);
+            let micro = MicroBatch {
+                pairs: vec![0, 1],
+                random_negatives: Vec::new(),
+            };
+            let mut rng = micro_rng(0, 0);
+            let result = micro_batch_loss(
+                &model,
+                &data,
+                &micro,
+                &config,
+                &config.sampling().unwrap(),
+                &mut rng,
+            )
+            .unwrap();
+            let gradients = result.total.backward().unwrap();
+            for (name, var) in model.trainable_variables() {
+                let gradient = gradients
+                    .get(&var)
+                    .unwrap_or_else(|| panic!("{name}: no gradient"));
+                let norm = gradient
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(norm > 0.0, "{objective:?}: {name} has a zero gradient");
+            }
+        }
+    }
+
+    #[test]
+    fn both_objectives_learn_an_easy_preference() {
+        let train_data = TrainData {
+            pairs: easy_pairs(64, 2),
+            trunk: None,
+        };
+        let eval_data = TrainData {
+            pairs: easy_pairs(32, 3),
+            trunk: None,
+        };
+        for objective in [Objective::Bt, Objective::Q] {
+            let model = Toy::new(4);
+            let before = evaluate(&model, &eval_data, &config(objective)).unwrap();
+            let directory = tempfile::tempdir().unwrap();
+            let summary = train(
+                &model,
+                &train_data,
+                Some(&eval_data),
+                &config(objective),
+                options(directory.path()),
+            )
+            .unwrap();
+            let after = summary.eval.unwrap();
+            assert!(
+                after.loss_bt < before.loss_bt,
+                "{objective:?}: {before:?} → {after:?}"
+            );
+            assert!(
+                after.accuracy >= 0.9,
+                "{objective:?}: eval accuracy {}",
+                after.accuracy
+            );
+        }
+    }
+
+    #[test]
+    fn resume_ends_with_the_same_weights_as_a_straight_run() {
+        let data = TrainData {
+            pairs: easy_pairs(12, 5),
+            trunk: None,
+        };
+        let mut config = config(Objective::Q);
+        config.max_steps = Some(6);
+        config.goal_strategy = GoalStrategy::Random;
+        let weights = |model: &Toy| -> Vec<Vec<f32>> {
+            model
+                .trainable_variables()
+                .iter()
+                .map(|(_, var)| var.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect()
+        };
+        let straight = Toy::new(6);
+        let directory = tempfile::tempdir().unwrap();
+        train(&straight, &data, None, &config, options(directory.path())).unwrap();
+
+        let interrupted = tempfile::tempdir().unwrap();
+        let first = Toy::new(6);
+        let mut stop_at_three = |row: &LogRow| row.step < 3;
+        let mut stopping = options(interrupted.path());
+        stopping.on_step = Some(&mut stop_at_three);
+        let halfway = train(&first, &data, None, &config, stopping).unwrap();
+        assert_eq!(halfway.steps, 3);
+        assert_ne!(weights(&first), weights(&straight));
+
+        let resumed = Toy::new(99); // different initial weights: everything must come from the state
+        let mut resuming = options(interrupted.path());
+        resuming.resume = true;
+        let summary = train(&resumed, &data, None, &config, resuming).unwrap();
+        assert_eq!(summary.steps, 6);
+        assert_eq!(weights(&resumed), weights(&straight));
+    }
+
+    #[test]
+    fn cached_trunk_gives_the_same_losses_as_tokens() {
+        let pairs = easy_pairs(4, 7);
+        let model = Toy::new(8);
+        let trunk: Vec<[Tensor; 2]> = pairs
+            .iter()
+            .map(|pair| {
+                [
+                    model.trunk(&pair.chosen.input_ids),
+                    model.trunk(&pair.rejected.input_ids),
+                ]
+            })
+            .collect();
+        let config = config(Objective::Q);
+        let plain = evaluate(
+            &model,
+            &TrainData {
+                pairs: pairs.clone(),
+                trunk: None,
+            },
+            &config,
+        )
+        .unwrap();
+        let cached = evaluate(
+            &model,
+            &TrainData {
+                pairs,
+                trunk: Some(trunk),
+            },
+            &config,
+        )
+        .unwrap();
+        assert!((plain.loss_bt - cached.loss_bt).abs() < 1e-6);
+        assert!((plain.loss_contrastive - cached.loss_contrastive).abs() < 1e-6);
+    }
+
+    #[test]
+    fn log_rows_are_written_per_step() {
+        let data = TrainData {
+            pairs: easy_pairs(8, 9),
+            trunk: None,
+        };
+        let eval = TrainData {
+            pairs: easy_pairs(4, 10),
+            trunk: None,
+        };
+        let mut config = config(Objective::Q);
+        config.max_steps = Some(4);
+        config.eval_every = 2;
+        let directory = tempfile::tempdir().unwrap();
+        let log = directory.path().join("log.jsonl");
+        let mut run = options(directory.path());
+        run.log = Some(&log);
+        train(&Toy::new(1), &data, Some(&eval), &config, run).unwrap();
+        let rows: Vec<LogRow> = fs_err::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(
+            rows.iter().map(|r| r.step).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(rows[0].learning_rate, 0.0); // warm-up ⌈0.03·4⌉ = 1 step starts at 0
+        assert!(rows[0].eval_accuracy.is_none() && rows[1].eval_accuracy.is_some());
+        assert!(rows
+            .iter()
+            .all(|r| r.loss_contrastive.is_some() && r.tokens_per_s > 0.0));
+    }
+}

@@ -1,0 +1,189 @@
+//! The frozen-trunk cache and the hashes that key it.
+//!
+//! With `--train-layers K` only the top K layers, the final norm and the head train; the
+//! frozen layers [0, L − K) give the same output every epoch and in every run on the same data,
+//! so their output is computed once per response and cached under
+//! `.cache/trunk/<key>/trunk.safetensors`. The key hashes the model file, the template, the
+//! EOS policy, K and the pairs file: the BT and the Q runs share one computation.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::model::train::{save_tensors, EncodedPair, EncodedResponse};
+
+/// Hex sha256 of a file's bytes (streamed).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut file = fs_err::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Hex sha256 identifying a model: of the file itself, or for a directory of its `config.json`
+/// and `*.safetensors` files' hashes, in name order.
+pub fn model_sha256(path: &Path) -> Result<String> {
+    if !path.is_dir() {
+        return file_sha256(path);
+    }
+    let mut names: Vec<PathBuf> = fs_err::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|file| {
+            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name == "config.json" || name.ends_with(".safetensors")
+        })
+        .collect();
+    names.sort();
+    let hashes = names
+        .iter()
+        .map(|file| file_sha256(file))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(key_of(
+        &hashes.iter().map(String::as_str).collect::<Vec<_>>(),
+    ))
+}
+
+/// Hex sha256 of the parts joined by NUL bytes.
+pub fn key_of(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// The frozen-trunk cache of one (model, template, EOS policy, K, data) combination.
+pub struct TrunkCache {
+    pub directory: PathBuf,
+}
+
+impl TrunkCache {
+    /// The cache under `root` (usually `.cache/trunk`) for a key from [`key_of`].
+    pub fn new(root: &Path, key: &str) -> TrunkCache {
+        TrunkCache {
+            directory: root.join(key),
+        }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.directory.join("trunk.safetensors")
+    }
+
+    /// Loads the cached trunk outputs, or computes them with `compute` (one response at a time,
+    /// `(len, H)` each) and stores them. Also checks the cached lengths against `pairs`.
+    pub fn load_or_compute(
+        &self,
+        pairs: &[EncodedPair],
+        device: &Device,
+        progress: &indicatif::ProgressBar,
+        mut compute: impl FnMut(&EncodedResponse) -> Result<Tensor>,
+    ) -> Result<Vec<[Tensor; 2]>> {
+        let file = self.file();
+        if file.exists() {
+            let mut tensors = candle_core::safetensors::load(&file, device)?;
+            let mut trunk = Vec::with_capacity(pairs.len());
+            for (index, pair) in pairs.iter().enumerate() {
+                let mut take = |side: &str, response: &EncodedResponse| -> Result<Tensor> {
+                    let name = format!("{side}.{index}");
+                    let tensor = tensors.remove(&name).ok_or_else(|| Error::Format {
+                        path: file.clone(),
+                        message: format!("trunk cache lacks `{name}`; delete it to recompute"),
+                    })?;
+                    if tensor.dim(0)? != response.input_ids.len() {
+                        return Err(Error::Format {
+                            path: file.clone(),
+                            message: format!(
+                                "`{name}` has the wrong length; delete it to recompute"
+                            ),
+                        });
+                    }
+                    Ok(tensor)
+                };
+                trunk.push([
+                    take("chosen", &pair.chosen)?,
+                    take("rejected", &pair.rejected)?,
+                ]);
+                progress.inc(1);
+            }
+            tracing::info!("trunk cache hit: {}", file.display());
+            return Ok(trunk);
+        }
+        let mut trunk = Vec::with_capacity(pairs.len());
+        let mut named = HashMap::with_capacity(2 * pairs.len());
+        for (index, pair) in pairs.iter().enumerate() {
+            let chosen = compute(&pair.chosen)?;
+            let rejected = compute(&pair.rejected)?;
+            named.insert(format!("chosen.{index}"), chosen.clone());
+            named.insert(format!("rejected.{index}"), rejected.clone());
+            trunk.push([chosen, rejected]);
+            progress.inc(1);
+        }
+        fs_err::create_dir_all(&self.directory).map_err(|e| Error::io(&self.directory, e))?;
+        save_tensors(&named, &file)?;
+        tracing::info!("trunk cache written: {}", file.display());
+        Ok(trunk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trunk_cache_computes_once_then_loads() {
+        let directory = tempfile::tempdir().unwrap();
+        let response = |ids: Vec<u32>| EncodedResponse {
+            input_ids: ids,
+            response_start: 1,
+        };
+        let pairs = vec![EncodedPair {
+            chosen: response(vec![1, 2, 3]),
+            rejected: response(vec![1, 4]),
+            margin: None,
+        }];
+        let cache = TrunkCache::new(directory.path(), &key_of(&["model", "template", "1"]));
+        let progress = indicatif::ProgressBar::hidden();
+        let mut calls = 0;
+        let mut compute = |r: &EncodedResponse| {
+            calls += 1;
+            let values: Vec<f32> = r
+                .input_ids
+                .iter()
+                .flat_map(|&id| [id as f32, 0.5])
+                .collect();
+            Ok(Tensor::from_vec(
+                values,
+                (r.input_ids.len(), 2),
+                &Device::Cpu,
+            )?)
+        };
+        let first = cache
+            .load_or_compute(&pairs, &Device::Cpu, &progress, &mut compute)
+            .unwrap();
+        let second = cache
+            .load_or_compute(&pairs, &Device::Cpu, &progress, &mut compute)
+            .unwrap();
+        assert_eq!(calls, 2);
+        for (a, b) in first[0].iter().zip(&second[0]) {
+            assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+        }
+        // Different data → different key → different directory.
+        assert_ne!(
+            key_of(&["model", "template", "1"]),
+            key_of(&["model", "template", "2"])
+        );
+    }
+}

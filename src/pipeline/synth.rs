@@ -1,0 +1,1195 @@
+//! The embedded default task: multi-step arithmetic word problems with step-by-step solutions,
+//! some of which go wrong at a known step.
+//!
+//! Everything is procedural and deterministic by seed, so the whole chain runs with nothing
+//! downloaded but a model. Each question draws from its own ChaCha8 stream (keyed by the seed
+//! and the setting, stream = question index), and each sample from a stream of its own, so
+//! `questions: N` gives a prefix of `questions: M > N` and `samples: 4` a prefix of `samples: 8`.
+//!
+//! A wrong sample carries one injected [`Mistake`] — wrong arithmetic, a wrong operand, a
+//! skipped step or a misread number — and every later step follows from it correctly, as a real
+//! wrong trajectory would. Wrong and right samples share the templates, the phrasing
+//! distribution and the final-answer sentence (`The answer is 42.`), so only re-doing the
+//! arithmetic tells them apart. `first_error_char` is the char offset of the first line whose
+//! stated value differs from the reference solution (or whose arithmetic is wrong).
+//!
+//! Wrong samples of one question often share a mistake (each question keeps a small pool of
+//! "common" mistakes), so wrong answers cluster as they do for sampled LMs and majority voting
+//! has something to beat. The per-question error rate varies around the configured mean
+//! (`u^((1 - r) / r)` for `u ~ U(0, 1)` has mean `r`), so some questions are mostly right and
+//! some mostly wrong.
+//!
+//! Settings mirror the paper's ID/OOD split: `synth-id` has 2–3 operations on small numbers;
+//! `synth-ood` has 4–6 operations on larger numbers with other subjects, items, verbs and
+//! question and solution phrasings.
+
+use polars::prelude::DataFrame;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::pipeline::schema::{generations_frame, Generation};
+
+/// Which settings to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    /// In-distribution only (`synth-id`).
+    Id,
+    /// Out-of-distribution only (`synth-ood`).
+    Ood,
+    /// Both: the first half (rounded up) of the questions in-distribution, the rest OOD.
+    Both,
+}
+
+/// One of the two problem distributions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// 2–3 operations, small numbers, the training templates.
+    InDistribution,
+    /// 4–6 operations, larger numbers, new subjects, verbs and phrasings.
+    OutOfDistribution,
+}
+
+impl Setting {
+    /// The `benchmark` column value.
+    pub fn benchmark(self) -> &'static str {
+        match self {
+            Setting::InDistribution => "synth-id",
+            Setting::OutOfDistribution => "synth-ood",
+        }
+    }
+
+    fn key_byte(self) -> u8 {
+        match self {
+            Setting::InDistribution => 1,
+            Setting::OutOfDistribution => 2,
+        }
+    }
+
+    fn ranges(self) -> &'static Ranges {
+        match self {
+            Setting::InDistribution => &ID_RANGES,
+            Setting::OutOfDistribution => &OOD_RANGES,
+        }
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthConfig {
+    /// Number of questions (over both settings for [`Split::Both`]).
+    pub questions: usize,
+    /// Samples (responses) per question.
+    pub samples: usize,
+    /// Mean share of wrong samples, in [0, 1].
+    pub error_rate: f64,
+    /// Which settings.
+    pub split: Split,
+    /// Seed of every random stream.
+    pub seed: u64,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        Self {
+            questions: 1000,
+            samples: 8,
+            error_rate: 0.5,
+            split: Split::Both,
+            seed: 0,
+        }
+    }
+}
+
+impl SynthConfig {
+    /// Rejects settings the generator cannot honour.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err(Error::Usage(format!(
+                "--error-rate must be in [0, 1], got {}",
+                self.error_rate
+            )));
+        }
+        if self.samples == 0 || self.samples > MAX_SAMPLES {
+            return Err(Error::Usage(format!(
+                "--samples must be in 1..={MAX_SAMPLES}, got {}",
+                self.samples
+            )));
+        }
+        Ok(())
+    }
+
+    /// The (setting, question count) blocks this config generates, in output order.
+    pub fn blocks(&self) -> Vec<(Setting, usize)> {
+        match self.split {
+            Split::Id => vec![(Setting::InDistribution, self.questions)],
+            Split::Ood => vec![(Setting::OutOfDistribution, self.questions)],
+            Split::Both => vec![
+                (Setting::InDistribution, self.questions.div_ceil(2)),
+                (Setting::OutOfDistribution, self.questions / 2),
+            ],
+        }
+    }
+}
+
+/// Sample streams are numbered below 2^16 inside a question's stream block.
+const MAX_SAMPLES: usize = (1 << 16) - 2;
+
+/// Generates the generations table rows: questions in order, samples `s0..` within each.
+pub fn generate(config: &SynthConfig) -> Result<Vec<Generation>> {
+    config.validate()?;
+    let mut rows = Vec::with_capacity(config.questions * config.samples);
+    for (setting, questions) in config.blocks() {
+        let blocks: Vec<Vec<Generation>> = (0..questions)
+            .into_par_iter()
+            .map(|index| question_rows(config, setting, index))
+            .collect();
+        rows.extend(blocks.into_iter().flatten());
+    }
+    Ok(rows)
+}
+
+/// [`generate`] as a canonical generations frame.
+pub fn generate_frame(config: &SynthConfig) -> Result<DataFrame> {
+    generations_frame(&generate(config)?)
+}
+
+// ---------------------------------------------------------------- numbers and vocabulary
+
+struct Ranges {
+    operations: (usize, usize),
+    start: (i64, i64),
+    amount: (i64, i64),
+    groups: (i64, i64),
+    each: (i64, i64),
+    factor: (i64, i64),
+    parts: (i64, i64),
+    price: (i64, i64),
+    /// Largest value any trajectory, right or wrong, may reach.
+    limit: i64,
+}
+
+const ID_RANGES: Ranges = Ranges {
+    operations: (2, 3),
+    start: (6, 60),
+    amount: (2, 25),
+    groups: (2, 6),
+    each: (2, 12),
+    factor: (2, 3),
+    parts: (2, 8),
+    price: (2, 9),
+    limit: 999,
+};
+
+const OOD_RANGES: Ranges = Ranges {
+    operations: (4, 6),
+    start: (120, 950),
+    amount: (15, 400),
+    groups: (3, 24),
+    each: (6, 48),
+    factor: (2, 5),
+    parts: (3, 15),
+    price: (4, 35),
+    limit: 99_999,
+};
+
+/// (name, pronoun) for ID problems.
+const PEOPLE: &[(&str, &str)] = &[
+    ("Lena", "she"),
+    ("Omar", "he"),
+    ("Maya", "she"),
+    ("Theo", "he"),
+    ("Priya", "she"),
+    ("Jonas", "he"),
+    ("Keiko", "she"),
+    ("Diego", "he"),
+    ("Amara", "she"),
+    ("Felix", "he"),
+    ("Nora", "she"),
+    ("Samir", "he"),
+    ("Ines", "she"),
+    ("Liam", "he"),
+    ("Zoe", "she"),
+    ("Kofi", "he"),
+];
+
+/// Subjects of OOD problems (pronoun "it").
+const PLACES: &[&str] = &[
+    "the warehouse",
+    "the farm",
+    "the factory",
+    "the school",
+    "the corner shop",
+    "the depot",
+    "the bakery",
+    "the library",
+];
+
+/// (item, items, container, containers)
+type Item = (&'static str, &'static str, &'static str, &'static str);
+
+const ID_ITEMS: &[Item] = &[
+    ("apple", "apples", "bag", "bags"),
+    ("marble", "marbles", "jar", "jars"),
+    ("sticker", "stickers", "sheet", "sheets"),
+    ("card", "cards", "pack", "packs"),
+    ("cookie", "cookies", "box", "boxes"),
+    ("pencil", "pencils", "box", "boxes"),
+    ("shell", "shells", "bucket", "buckets"),
+    ("bead", "beads", "bag", "bags"),
+];
+
+const OOD_ITEMS: &[Item] = &[
+    ("bolt", "bolts", "crate", "crates"),
+    ("brick", "bricks", "pallet", "pallets"),
+    ("bottle", "bottles", "case", "cases"),
+    ("egg", "eggs", "carton", "cartons"),
+    ("notebook", "notebooks", "carton", "cartons"),
+    ("seedling", "seedlings", "tray", "trays"),
+    ("can", "cans", "pallet", "pallets"),
+    ("towel", "towels", "stack", "stacks"),
+];
+
+/// (third person, gerund)
+type Verb = (&'static str, &'static str);
+
+const ID_GAIN: &[Verb] = &[
+    ("buys", "buying"),
+    ("finds", "finding"),
+    ("gets", "getting"),
+    ("wins", "winning"),
+];
+const ID_LOSE: &[Verb] = &[
+    ("gives away", "giving away"),
+    ("loses", "losing"),
+    ("uses", "using"),
+    ("sells", "selling"),
+];
+const OOD_GAIN: &[Verb] = &[
+    ("receives", "receiving"),
+    ("produces", "producing"),
+    ("orders", "ordering"),
+    ("collects", "collecting"),
+];
+const OOD_LOSE: &[Verb] = &[
+    ("ships", "shipping"),
+    ("sells", "selling"),
+    ("donates", "donating"),
+    ("throws out", "throwing out"),
+];
+
+const OOD_CONNECTORS: &[&str] = &["First", "Next", "After that", "Later", "Then", "Finally"];
+
+fn capitalize(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+// ---------------------------------------------------------------- problems
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// x + amount
+    Gain,
+    /// x - amount
+    Lose,
+    /// x + groups * each
+    GainGroups,
+    /// x - groups * each
+    LoseGroups,
+    /// x * factor
+    Scale,
+    /// x / parts (final operation only)
+    Share,
+    /// x * price (final operation only)
+    Price,
+}
+
+#[derive(Debug, Clone)]
+struct Operation {
+    kind: Kind,
+    /// amount, (groups, each), factor, parts or price; unused slots are 0.
+    numbers: [i64; 2],
+    verb: Verb,
+}
+
+/// Where a number of the question sits: the start value or an operation's slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Start,
+    Operation(usize, usize),
+}
+
+#[derive(Debug, Clone)]
+struct Problem {
+    setting: Setting,
+    /// "Lena" or "the warehouse".
+    subject: &'static str,
+    /// "she", "he" or "it".
+    pronoun: &'static str,
+    item: Item,
+    start: i64,
+    operations: Vec<Operation>,
+    question: String,
+}
+
+impl Problem {
+    fn draw(setting: Setting, rng: &mut ChaCha8Rng) -> Problem {
+        let ranges = setting.ranges();
+        let (subject, pronoun) = match setting {
+            Setting::InDistribution => *PEOPLE.choose(rng).unwrap_or(&PEOPLE[0]),
+            Setting::OutOfDistribution => (*PLACES.choose(rng).unwrap_or(&PLACES[0]), "it"),
+        };
+        let (items, gain, lose) = match setting {
+            Setting::InDistribution => (ID_ITEMS, ID_GAIN, ID_LOSE),
+            Setting::OutOfDistribution => (OOD_ITEMS, OOD_GAIN, OOD_LOSE),
+        };
+        let item = *items.choose(rng).unwrap_or(&items[0]);
+        let count = rng.random_range(ranges.operations.0..=ranges.operations.1);
+        let start = rng.random_range(ranges.start.0..=ranges.start.1);
+        let mut value = start;
+        let mut operations = Vec::with_capacity(count);
+        while operations.len() < count {
+            let last = operations.len() + 1 == count;
+            let kind = *[
+                Kind::Gain,
+                Kind::Lose,
+                Kind::GainGroups,
+                Kind::LoseGroups,
+                Kind::Scale,
+                Kind::Share,
+                Kind::Price,
+            ]
+            .choose(rng)
+            .unwrap_or(&Kind::Gain);
+            let draw =
+                |rng: &mut ChaCha8Rng, range: (i64, i64)| rng.random_range(range.0..=range.1);
+            let (numbers, next) = match kind {
+                Kind::Gain => {
+                    let amount = draw(rng, ranges.amount);
+                    ([amount, 0], value + amount)
+                }
+                Kind::Lose => {
+                    let amount = draw(rng, ranges.amount);
+                    ([amount, 0], value - amount)
+                }
+                Kind::GainGroups | Kind::LoseGroups => {
+                    let groups = draw(rng, ranges.groups);
+                    let each = draw(rng, ranges.each);
+                    let total = groups * each;
+                    let next = if kind == Kind::GainGroups {
+                        value + total
+                    } else {
+                        value - total
+                    };
+                    ([groups, each], next)
+                }
+                Kind::Scale => {
+                    // Rare: it grows numbers fast.
+                    if rng.random_bool(0.6) {
+                        continue;
+                    }
+                    let factor = draw(rng, ranges.factor);
+                    ([factor, 0], value * factor)
+                }
+                Kind::Share => {
+                    if !last || rng.random_bool(0.4) {
+                        continue;
+                    }
+                    let divisors: Vec<i64> = (ranges.parts.0..=ranges.parts.1)
+                        .filter(|parts| value % parts == 0)
+                        .collect();
+                    match divisors.choose(rng) {
+                        Some(&parts) => ([parts, 0], value / parts),
+                        None => continue,
+                    }
+                }
+                Kind::Price => {
+                    if !last || rng.random_bool(0.6) {
+                        continue;
+                    }
+                    let price = draw(rng, ranges.price);
+                    ([price, 0], value * price)
+                }
+            };
+            if next <= 0 || next > ranges.limit {
+                continue;
+            }
+            let verbs = match kind {
+                Kind::Lose | Kind::LoseGroups => lose,
+                _ => gain,
+            };
+            let verb = *verbs.choose(rng).unwrap_or(&verbs[0]);
+            operations.push(Operation {
+                kind,
+                numbers,
+                verb,
+            });
+            value = next;
+        }
+        let mut problem = Problem {
+            setting,
+            subject,
+            pronoun,
+            item,
+            start,
+            operations,
+            question: String::new(),
+        };
+        problem.question = problem.question_text(rng);
+        problem
+    }
+
+    fn slots(&self) -> Vec<(Slot, i64)> {
+        let mut slots = vec![(Slot::Start, self.start)];
+        for (index, operation) in self.operations.iter().enumerate() {
+            let used = match operation.kind {
+                Kind::GainGroups | Kind::LoseGroups => 2,
+                _ => 1,
+            };
+            for position in 0..used {
+                slots.push((
+                    Slot::Operation(index, position),
+                    operation.numbers[position],
+                ));
+            }
+        }
+        slots
+    }
+
+    fn question_text(&self, rng: &mut ChaCha8Rng) -> String {
+        let (item, items, container, containers) = self.item;
+        let subject = self.subject;
+        let subject_cap = capitalize(subject);
+        let pronoun = self.pronoun;
+        let pronoun_cap = capitalize(pronoun);
+        let start = self.start;
+        let ood = self.setting == Setting::OutOfDistribution;
+        let mut sentences = Vec::with_capacity(self.operations.len() + 2);
+        sentences.push(match (ood, rng.random_range(0..3)) {
+            (false, 0) => format!("{subject_cap} has {start} {items}."),
+            (false, 1) => format!("{subject_cap} starts the day with {start} {items}."),
+            (false, _) => format!("{subject_cap} has a collection of {start} {items}."),
+            (true, 0) => format!("{subject_cap} has {start} {items} in stock."),
+            (true, 1) => format!("{subject_cap} begins the month with {start} {items}."),
+            (true, _) => format!("At the start of the week, {subject} holds {start} {items}."),
+        });
+        let mut asked = false;
+        for (position, operation) in self.operations.iter().enumerate() {
+            let [a, b] = operation.numbers;
+            let verb = operation.verb.0;
+            let variant = rng.random_range(0..2);
+            let sentence = if ood {
+                let connector = OOD_CONNECTORS[position.min(OOD_CONNECTORS.len() - 1)];
+                match (operation.kind, variant) {
+                    (Kind::Gain, 0) => format!("{connector}, it {verb} {a} more {items}."),
+                    (Kind::Gain, _) => format!("{connector}, it {verb} another {a} {items}."),
+                    (Kind::Lose, 0) => format!("{connector}, it {verb} {a} {items}."),
+                    (Kind::Lose, _) => format!("{connector}, it {verb} {a} of its {items}."),
+                    (Kind::GainGroups, 0) | (Kind::LoseGroups, 0) => {
+                        format!("{connector}, it {verb} {a} {containers} holding {b} {items} each.")
+                    }
+                    (Kind::GainGroups, _) | (Kind::LoseGroups, _) => {
+                        format!("{connector}, it {verb} {a} full {containers} of {b} {items}.")
+                    }
+                    (Kind::Scale, _) => format!(
+                        "{connector}, its number of {items} grows to {a} times what it was."
+                    ),
+                    (Kind::Share, _) => {
+                        asked = true;
+                        format!(
+                            "{connector}, all the {items} are packed equally into {a} \
+                             {containers}. How many {items} go in each {container}?"
+                        )
+                    }
+                    (Kind::Price, _) => {
+                        asked = true;
+                        format!(
+                            "{connector}, it sells every {item} for {a} dollars. \
+                             How many dollars does it earn?"
+                        )
+                    }
+                }
+            } else {
+                let then = if position == 0 { "" } else { "Then " };
+                let who = if position == 0 {
+                    pronoun_cap.clone()
+                } else {
+                    pronoun.to_owned()
+                };
+                match (operation.kind, variant) {
+                    (Kind::Gain, 0) => format!("{then}{who} {verb} {a} more {items}."),
+                    (Kind::Gain, _) => format!("{then}{who} {verb} another {a} {items}."),
+                    (Kind::Lose, 0) => format!("{then}{who} {verb} {a} {items}."),
+                    (Kind::Lose, _) => format!("{then}{who} {verb} {a} of them."),
+                    (Kind::GainGroups, 0) | (Kind::LoseGroups, 0) => {
+                        format!("{then}{who} {verb} {a} {containers} with {b} {items} in each.")
+                    }
+                    (Kind::GainGroups, _) | (Kind::LoseGroups, _) => {
+                        format!("{then}{who} {verb} {a} {containers} of {b} {items} each.")
+                    }
+                    (Kind::Scale, _) => {
+                        let grows = if a == 2 { "doubles" } else { "triples" };
+                        format!("{then}the number of {items} {pronoun} has {grows}.")
+                    }
+                    (Kind::Share, _) => {
+                        asked = true;
+                        format!(
+                            "{then}{who} puts all the {items} equally into {a} {containers}. \
+                             How many {items} are in each {container}?"
+                        )
+                    }
+                    (Kind::Price, _) => {
+                        asked = true;
+                        format!(
+                            "{then}{who} sells all of them for {a} dollars each. \
+                             How many dollars does {pronoun} get?"
+                        )
+                    }
+                }
+            };
+            sentences.push(capitalize(&sentence));
+        }
+        if !asked {
+            sentences.push(match (ood, rng.random_range(0..3)) {
+                (false, 0) => format!("How many {items} does {subject} have now?"),
+                (false, 1) => format!("How many {items} does {subject} have in the end?"),
+                (false, _) => format!("How many {items} does {subject} end up with?"),
+                (true, 0) => format!("How many {items} does {subject} have at the end?"),
+                (true, 1) => format!("What is the final number of {items} at {subject}?"),
+                (true, _) => format!("How many {items} are at {subject} in the end?"),
+            });
+        }
+        sentences.join(" ")
+    }
+}
+
+// ---------------------------------------------------------------- solving, with or without a mistake
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sign {
+    Plus,
+    Minus,
+    Times,
+    Over,
+}
+
+impl Sign {
+    fn symbol(self) -> char {
+        match self {
+            Sign::Plus => '+',
+            Sign::Minus => '-',
+            Sign::Times => '*',
+            Sign::Over => '/',
+        }
+    }
+
+    /// The exact result, or `None` on overflow or a division with remainder.
+    fn apply(self, left: i64, right: i64) -> Option<i64> {
+        match self {
+            Sign::Plus => left.checked_add(right),
+            Sign::Minus => left.checked_sub(right),
+            Sign::Times => left.checked_mul(right),
+            Sign::Over if right != 0 && left % right == 0 => Some(left / right),
+            Sign::Over => None,
+        }
+    }
+}
+
+/// One `left sign right = result` written in a solution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Computation {
+    left: i64,
+    sign: Sign,
+    right: i64,
+    result: i64,
+}
+
+impl std::fmt::Display for Computation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Computation {
+            left,
+            sign,
+            right,
+            result,
+        } = self;
+        write!(f, "{left} {} {right} = {result}", sign.symbol())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Left,
+    Right,
+}
+
+/// The one error injected into a wrong sample; everything after it follows correctly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mistake {
+    /// Computation `position` of operation `operation` writes `result` instead of the true one.
+    Arithmetic {
+        operation: usize,
+        position: usize,
+        result: i64,
+    },
+    /// Computation `position` of operation `operation` uses `value` as its `side` operand.
+    Operand {
+        operation: usize,
+        position: usize,
+        side: Side,
+        value: i64,
+    },
+    /// Operation `operation` is left out.
+    Skip { operation: usize },
+    /// Operation `operation` is applied twice (double counting).
+    Repeat { operation: usize },
+    /// The question's number at `slot` is read as `value` throughout.
+    Misread { slot: Slot, value: i64 },
+}
+
+/// The computations of one operation (one or two).
+#[derive(Debug, Clone)]
+struct Step {
+    operation: usize,
+    computations: Vec<Computation>,
+}
+
+#[derive(Debug, Clone)]
+struct Solution {
+    /// The start value as the solver read it.
+    start: i64,
+    steps: Vec<Step>,
+    answer: i64,
+}
+
+impl Solution {
+    fn computations(&self) -> impl Iterator<Item = &Computation> {
+        self.steps.iter().flat_map(|step| step.computations.iter())
+    }
+}
+
+/// Works the problem, injecting `mistake`; `None` when the trajectory leaves the plausible
+/// range (a value ≤ 0 or over the setting's limit, a division with remainder), so wrong
+/// numbers are distributed like right ones.
+fn solve(problem: &Problem, mistake: Option<Mistake>) -> Option<Solution> {
+    let limit = problem.setting.ranges().limit;
+    let read = |slot: Slot, value: i64| match mistake {
+        Some(Mistake::Misread {
+            slot: misread,
+            value,
+        }) if misread == slot => value,
+        _ => value,
+    };
+    let start = read(Slot::Start, problem.start);
+    let mut value = start;
+    let mut steps = Vec::with_capacity(problem.operations.len());
+    for (index, operation) in problem.operations.iter().enumerate() {
+        let times = match mistake {
+            Some(Mistake::Skip { operation }) if operation == index => 0,
+            Some(Mistake::Repeat { operation }) if operation == index => 2,
+            _ => 1,
+        };
+        let a = read(Slot::Operation(index, 0), operation.numbers[0]);
+        let b = read(Slot::Operation(index, 1), operation.numbers[1]);
+        for _ in 0..times {
+            let mut computations = Vec::with_capacity(2);
+            let mut compute = |position: usize, left: i64, sign: Sign, right: i64| -> Option<i64> {
+                let (left, right) = match mistake {
+                    Some(Mistake::Operand {
+                        operation,
+                        position: at,
+                        side,
+                        value,
+                    }) if operation == index && at == position => match side {
+                        Side::Left => (value, right),
+                        Side::Right => (left, value),
+                    },
+                    _ => (left, right),
+                };
+                let exact = sign.apply(left, right)?;
+                let result = match mistake {
+                    Some(Mistake::Arithmetic {
+                        operation,
+                        position: at,
+                        result,
+                    }) if operation == index && at == position => result,
+                    _ => exact,
+                };
+                if result <= 0 || result > limit {
+                    return None;
+                }
+                computations.push(Computation {
+                    left,
+                    sign,
+                    right,
+                    result,
+                });
+                Some(result)
+            };
+            value = match operation.kind {
+                Kind::Gain => compute(0, value, Sign::Plus, a)?,
+                Kind::Lose => compute(0, value, Sign::Minus, a)?,
+                Kind::GainGroups => {
+                    let total = compute(0, a, Sign::Times, b)?;
+                    compute(1, value, Sign::Plus, total)?
+                }
+                Kind::LoseGroups => {
+                    let total = compute(0, a, Sign::Times, b)?;
+                    compute(1, value, Sign::Minus, total)?
+                }
+                Kind::Scale | Kind::Price => compute(0, value, Sign::Times, a)?,
+                Kind::Share => compute(0, value, Sign::Over, a)?,
+            };
+            steps.push(Step {
+                operation: index,
+                computations,
+            });
+        }
+    }
+    Some(Solution {
+        start,
+        steps,
+        answer: value,
+    })
+}
+
+/// A plausible wrong result for a computation: off by one or two, a lost carry, swapped
+/// digits, one group too many or too few.
+fn corrupt_result(computation: &Computation, setting: Setting, rng: &mut ChaCha8Rng) -> i64 {
+    let Computation {
+        left,
+        sign,
+        right,
+        result,
+    } = *computation;
+    let mut options = vec![result + 1, result - 1, result + 10, result - 10];
+    if let Some(swapped) = swap_last_digits(result) {
+        options.push(swapped);
+    }
+    match sign {
+        Sign::Plus if left % 10 + right % 10 >= 10 => options.push(result - 10),
+        Sign::Minus if left % 10 < right % 10 => options.push(result + 10),
+        Sign::Times => options.extend([result + left, result - left, result + right]),
+        _ => options.push(result + 2),
+    }
+    if setting == Setting::OutOfDistribution {
+        options.extend([result + 100, result - 100, result + 20]);
+    }
+    options.retain(|&option| option > 0 && option != result);
+    *options.choose(rng).unwrap_or(&(result + 1))
+}
+
+/// A plausible misreading of a number: swapped digits, a neighbouring or look-alike digit.
+fn corrupt_number(number: i64, rng: &mut ChaCha8Rng) -> i64 {
+    let mut options = vec![number + 1, number - 1];
+    if let Some(swapped) = swap_last_digits(number) {
+        options.push(swapped);
+    }
+    if number >= 10 {
+        options.extend([number + 10, number - 10]);
+    }
+    let digits = number.to_string();
+    for (index, digit) in digits.char_indices() {
+        let lookalike = match digit {
+            '1' => '7',
+            '7' => '1',
+            '3' => '8',
+            '8' => '3',
+            '6' => '9',
+            '9' => '6',
+            '5' => '6',
+            _ => continue,
+        };
+        let mut changed = digits.clone();
+        changed.replace_range(index..index + 1, &lookalike.to_string());
+        if let Ok(value) = changed.parse() {
+            options.push(value);
+        }
+    }
+    options.retain(|&option| option > 0 && option != number);
+    *options.choose(rng).unwrap_or(&(number + 1))
+}
+
+fn swap_last_digits(number: i64) -> Option<i64> {
+    let ones = number % 10;
+    let tens = number / 10 % 10;
+    (number >= 10 && ones != tens && !(ones == 0 && number < 100))
+        .then(|| number - ones - 10 * tens + 10 * ones + tens)
+}
+
+/// Draws a mistake that changes the final answer and keeps the trajectory plausible.
+fn draw_mistake(problem: &Problem, reference: &Solution, rng: &mut ChaCha8Rng) -> Option<Mistake> {
+    let located: Vec<(usize, usize, Computation)> = reference
+        .steps
+        .iter()
+        .flat_map(|step| {
+            step.computations
+                .iter()
+                .enumerate()
+                .map(move |(position, c)| (step.operation, position, *c))
+        })
+        .collect();
+    let slots = problem.slots();
+    // Value before each operation: the "stale" operand of a solver that loses its place.
+    let mut before = vec![reference.start];
+    before.extend(reference.steps.iter().map(|step| {
+        step.computations
+            .last()
+            .map(|c| c.result)
+            .unwrap_or_default()
+    }));
+    let countable: Vec<usize> = problem
+        .operations
+        .iter()
+        .enumerate()
+        .filter(|(_, operation)| {
+            matches!(
+                operation.kind,
+                Kind::Gain | Kind::Lose | Kind::GainGroups | Kind::LoseGroups
+            )
+        })
+        .map(|(index, _)| index)
+        .collect();
+    for _ in 0..64 {
+        let choice = rng.random::<f64>();
+        let mistake = if choice < 0.30 {
+            let &(operation, position, computation) = located.choose(rng)?;
+            Mistake::Arithmetic {
+                operation,
+                position,
+                result: corrupt_result(&computation, problem.setting, rng),
+            }
+        } else if choice < 0.55 {
+            let &(operation, position, computation) = located.choose(rng)?;
+            let running_left = computation.left == before[operation] && operation > 0;
+            let (side, value) = if running_left && rng.random_bool(0.5) {
+                (Side::Left, before[operation - 1])
+            } else {
+                let &(_, value) = slots.choose(rng)?;
+                (Side::Right, value)
+            };
+            Mistake::Operand {
+                operation,
+                position,
+                side,
+                value,
+            }
+        } else if choice < 0.80 {
+            let &(slot, value) = slots.choose(rng)?;
+            Mistake::Misread {
+                slot,
+                value: corrupt_number(value, rng),
+            }
+        } else {
+            // Skips and repeats only touch plain gains and losses, at equal rates, so wrong
+            // solutions have as many computations as right ones on average.
+            let operation = *countable.choose(rng)?;
+            if rng.random_bool(0.5) {
+                Mistake::Skip { operation }
+            } else {
+                Mistake::Repeat { operation }
+            }
+        };
+        if let Some(solution) = solve(problem, Some(mistake)) {
+            if solution.answer != reference.answer {
+                return Some(mistake);
+            }
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------- rendering
+
+/// A value a solution line states.
+#[derive(Debug, Clone, Copy)]
+enum Fact {
+    Start(i64),
+    Computation(Computation),
+    Answer(i64),
+}
+
+struct Line {
+    text: String,
+    facts: Vec<Fact>,
+}
+
+fn render(problem: &Problem, solution: &Solution, rng: &mut ChaCha8Rng) -> Vec<Line> {
+    let (_, items, container, containers) = problem.item;
+    let ood = problem.setting == Setting::OutOfDistribution;
+    let subject = problem.subject;
+    let subject_cap = capitalize(subject);
+    let pronoun = problem.pronoun;
+    let pronoun_cap = capitalize(pronoun);
+    let mut lines = Vec::with_capacity(solution.steps.len() * 2 + 2);
+    if rng.random_bool(0.4) {
+        let start = solution.start;
+        let text = match (ood, rng.random_range(0..2)) {
+            (false, 0) => format!("{subject_cap} starts with {start} {items}."),
+            (false, _) => format!("At first, {pronoun} has {start} {items}."),
+            (true, 0) => format!("The stock starts at {start} {items}."),
+            (true, _) => format!("Initially there are {start} {items}."),
+        };
+        lines.push(Line {
+            text,
+            facts: vec![Fact::Start(start)],
+        });
+    }
+    for step in &solution.steps {
+        let operation = &problem.operations[step.operation];
+        let gerund = operation.verb.1;
+        let gerund_cap = capitalize(gerund);
+        let first = step.computations[0];
+        let (x, a, y) = (first.left, first.right, first.result);
+        let variant = rng.random_range(0..3);
+        let single = |text: String| Line {
+            text,
+            facts: vec![Fact::Computation(first)],
+        };
+        match (operation.kind, step.computations.get(1)) {
+            (Kind::GainGroups | Kind::LoseGroups, Some(&second)) => {
+                let (g, e, t) = (first.left, first.right, first.result);
+                let (x, y) = (second.left, second.result);
+                let sign = second.sign.symbol();
+                let gain = operation.kind == Kind::GainGroups;
+                if rng.random_bool(0.35) {
+                    let text = match (ood, gain) {
+                        (false, _) => format!(
+                            "That is {g} * {e} = {t} {items}, so {pronoun} has \
+                             {x} {sign} {t} = {y} {items}."
+                        ),
+                        (true, true) => format!(
+                            "That is {g} * {e} = {t} {items}, so the stock becomes \
+                             {x} {sign} {t} = {y}."
+                        ),
+                        (true, false) => format!(
+                            "That is {g} * {e} = {t} {items}, so the stock drops to \
+                             {x} {sign} {t} = {y}."
+                        ),
+                    };
+                    lines.push(Line {
+                        text,
+                        facts: vec![Fact::Computation(first), Fact::Computation(second)],
+                    });
+                } else {
+                    let text = match (ood, rng.random_range(0..3)) {
+                        (false, 0) => format!("The {containers} hold {g} * {e} = {t} {items}."),
+                        (false, 1) => {
+                            format!("{g} {containers} of {e} is {g} * {e} = {t} {items}.")
+                        }
+                        (false, _) => format!("{pronoun_cap} is {gerund} {g} * {e} = {t} {items}."),
+                        (true, 0) => {
+                            format!("The {g} {containers} contain {g} * {e} = {t} {items}.")
+                        }
+                        (true, 1) => format!("In total that is {g} * {e} = {t} {items}."),
+                        (true, _) => {
+                            format!("{gerund_cap} {g} {containers} means {g} * {e} = {t} {items}.")
+                        }
+                    };
+                    lines.push(single(text));
+                    let text = match (ood, gain, rng.random_range(0..2)) {
+                        (false, _, 0) => {
+                            format!("{subject_cap} now has {x} {sign} {t} = {y} {items}.")
+                        }
+                        (false, _, _) => format!("So {pronoun} has {x} {sign} {t} = {y} {items}."),
+                        (true, true, 0) => format!("The stock rises to {x} {sign} {t} = {y}."),
+                        (true, false, 0) => format!("The stock falls to {x} {sign} {t} = {y}."),
+                        (true, _, _) => format!("Now there are {x} {sign} {t} = {y} {items}."),
+                    };
+                    lines.push(Line {
+                        text,
+                        facts: vec![Fact::Computation(second)],
+                    });
+                }
+            }
+            (Kind::Gain | Kind::Lose | Kind::GainGroups | Kind::LoseGroups, _) => {
+                let sign = first.sign.symbol();
+                let left = if sign == '-' { " left" } else { "" };
+                let text = match (ood, variant) {
+                    (false, 0) => format!(
+                        "After {gerund} {a}, {pronoun} has {x} {sign} {a} = {y} {items}{left}."
+                    ),
+                    (false, 1) => format!("{subject_cap} now has {x} {sign} {a} = {y} {items}."),
+                    (false, _) => {
+                        format!("{x} {sign} {a} = {y}, so {pronoun} has {y} {items}{left}.")
+                    }
+                    (true, 0) => format!("{gerund_cap} {a} gives {x} {sign} {a} = {y} {items}."),
+                    (true, 1) => format!("After that, {x} {sign} {a} = {y} {items} remain."),
+                    (true, _) => format!("Now there are {x} {sign} {a} = {y} {items}."),
+                };
+                lines.push(single(text));
+            }
+            (Kind::Scale, _) => {
+                let text = match (ood, variant) {
+                    (false, 0) => format!("{subject_cap} now has {x} * {a} = {y} {items}."),
+                    (false, 1) => format!("{x} * {a} = {y}, so {pronoun} has {y} {items}."),
+                    (false, _) => format!("The number grows to {x} * {a} = {y}."),
+                    (true, 0) => format!("Growing {a} times gives {x} * {a} = {y} {items}."),
+                    (true, 1) => format!("After that, {x} * {a} = {y} {items} remain."),
+                    (true, _) => format!("Now there are {x} * {a} = {y} {items}."),
+                };
+                lines.push(single(text));
+            }
+            (Kind::Share, _) => {
+                let text = match (ood, variant) {
+                    (false, 0) => format!("Each {container} gets {x} / {a} = {y} {items}."),
+                    (false, 1) => {
+                        format!("{x} / {a} = {y}, so there are {y} {items} in each {container}.")
+                    }
+                    (false, _) => {
+                        format!("Sharing them gives {x} / {a} = {y} {items} per {container}.")
+                    }
+                    (true, 0) => format!("Each {container} holds {x} / {a} = {y} {items}."),
+                    (true, 1) => format!("Dividing evenly gives {x} / {a} = {y} per {container}."),
+                    (true, _) => {
+                        format!("Now there are {x} / {a} = {y} {items} in each {container}.")
+                    }
+                };
+                lines.push(single(text));
+            }
+            (Kind::Price, _) => {
+                let text = match (ood, variant) {
+                    (false, 0) => format!("{pronoun_cap} gets {x} * {a} = {y} dollars."),
+                    (false, 1) => format!("{x} * {a} = {y}, so {pronoun} makes {y} dollars."),
+                    (false, _) => format!("Selling them brings {x} * {a} = {y} dollars."),
+                    (true, 0) => format!("The sale brings in {x} * {a} = {y} dollars."),
+                    (true, 1) => format!("Revenue is {x} * {a} = {y} dollars."),
+                    (true, _) => format!("Now there are {x} * {a} = {y} dollars."),
+                };
+                lines.push(single(text));
+            }
+        }
+    }
+    lines.push(Line {
+        text: format!("The answer is {}.", solution.answer),
+        facts: vec![Fact::Answer(solution.answer)],
+    });
+    lines
+}
+
+/// Index of the first line stating a value that differs from `reference` (or a computation
+/// whose arithmetic is wrong), if any.
+fn first_wrong_line(lines: &[Line], reference: &Solution) -> Option<usize> {
+    let mut expected = reference.computations();
+    lines.iter().position(|line| {
+        line.facts.iter().any(|fact| match *fact {
+            Fact::Start(value) => value != reference.start,
+            Fact::Computation(computation) => {
+                let exact = computation.sign.apply(computation.left, computation.right);
+                let want = expected.next().map(|c| c.result);
+                exact != Some(computation.result) || want != Some(computation.result)
+            }
+            Fact::Answer(value) => value != reference.answer,
+        })
+    })
+}
+
+// ---------------------------------------------------------------- one question
+
+fn stream(config: &SynthConfig, setting: Setting, index: usize, sample: usize) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&config.seed.to_le_bytes());
+    key[8] = setting.key_byte();
+    let mut rng = ChaCha8Rng::from_seed(key);
+    rng.set_stream(((index as u64) << 16) | sample as u64);
+    rng
+}
+
+/// The share of wrong samples of one question: `u^((1 - r) / r)` has mean `r`.
+fn question_error_rate(error_rate: f64, uniform: f64) -> f64 {
+    if error_rate <= 0.0 {
+        0.0
+    } else if error_rate >= 1.0 {
+        1.0
+    } else {
+        uniform.powf((1.0 - error_rate) / error_rate)
+    }
+}
+
+fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Generation> {
+    let mut rng = stream(config, setting, index, 0);
+    let problem = Problem::draw(setting, &mut rng);
+    let rate = question_error_rate(config.error_rate, rng.random::<f64>());
+    // The reference trajectory always exists: Problem::draw keeps it in range.
+    let reference = solve(&problem, None);
+    // Common mistakes (a shared misread, the same slip) make wrong answers cluster.
+    let pool: Vec<Mistake> = match &reference {
+        Some(reference) => (0..2)
+            .filter_map(|_| draw_mistake(&problem, reference, &mut rng))
+            .collect(),
+        None => Vec::new(),
+    };
+    let question_id = format!("{}-{index:06}", setting.benchmark());
+    let expected_answer = reference.as_ref().map(|r| r.answer.to_string());
+    let mut rows = Vec::with_capacity(config.samples);
+    for sample in 0..config.samples {
+        let mut rng = stream(config, setting, index, sample + 1);
+        let wrong = rng.random::<f64>() < rate;
+        let (Some(reference), true) = (&reference, wrong) else {
+            rows.push(render_row(&problem, reference.as_ref(), None, &mut rng));
+            continue;
+        };
+        let pick = rng.random::<f64>();
+        let mistake = match pool.as_slice() {
+            [common, ..] if pick < 0.35 => Some(*common),
+            [_, second, ..] if pick < 0.55 => Some(*second),
+            _ => draw_mistake(&problem, reference, &mut rng).or(pool.first().copied()),
+        };
+        let solution = mistake.and_then(|m| solve(&problem, Some(m)));
+        rows.push(render_row(&problem, Some(reference), solution, &mut rng));
+    }
+    for (sample, row) in rows.iter_mut().enumerate() {
+        row.question_id = question_id.clone();
+        row.expected_answer = expected_answer.clone();
+        row.sample = format!("s{sample}");
+    }
+    rows
+}
+
+/// One row; `wrong` is the mistaken solution, or `None` for a correct sample.
+fn render_row(
+    problem: &Problem,
+    reference: Option<&Solution>,
+    wrong: Option<Solution>,
+    rng: &mut ChaCha8Rng,
+) -> Generation {
+    let solution = wrong.as_ref().or(reference);
+    let lines = solution
+        .map(|solution| render(problem, solution, rng))
+        .unwrap_or_default();
+    let first_error_line = match (reference, &wrong) {
+        (Some(reference), Some(_)) => first_wrong_line(&lines, reference),
+        _ => None,
+    };
+    let mut first_error_char = None;
+    let mut offset = 0usize;
+    let mut response = String::new();
+    for (index, line) in lines.iter().enumerate() {
+        if index > 0 {
+            response.push('\n');
+            offset += 1;
+        }
+        if first_error_line == Some(index) {
+            first_error_char = i32::try_from(offset).ok();
+        }
+        response.push_str(&line.text);
+        offset += line.text.chars().count();
+    }
+    Generation {
+        question: problem.question.clone(),
+        response,
+        is_correct: match (reference, solution) {
+            (Some(reference), Some(solution)) => solution.answer == reference.answer,
+            _ => false,
+        },
+        predicted_answer: solution.map(|s| s.answer.to_string()),
+        benchmark: problem.setting.benchmark().to_owned(),
+        first_error_char,
+        ..Generation::default()
+    }
+}

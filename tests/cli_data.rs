@@ -1,0 +1,1040 @@
+//! `qrm-import` and `qrm-pairs` end to end: every source format on a small fixture (and on
+//! `../shared/data` where present), the import → pairs pipe, and every kind of bad input.
+//!
+//! Reference counts come from `tests/fixtures/data_reference.py` (pandas) via
+//! `tests/fixtures/data_reference.json`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use polars::prelude::*;
+use predicates::str::contains;
+use qrm::pipeline::io::read_table;
+use qrm::pipeline::schema::{generations_from_frame, pairs_from_frame, Columns};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/data")
+        .join(name)
+}
+
+fn shared_data() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    if path.is_dir() {
+        Some(path)
+    } else {
+        eprintln!("skipping: ../shared/data not found");
+        None
+    }
+}
+
+fn reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data_reference.json"),
+    )
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn import() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qrm-import"))
+}
+
+fn pairs() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qrm-pairs"))
+}
+
+fn strings(frame: &DataFrame, name: &str) -> Vec<String> {
+    Columns::new(frame, Path::new("test"))
+        .str(name)
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap_or("<null>").to_owned())
+        .collect()
+}
+
+fn write(directory: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = directory.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+// ---------------------------------------------------------------- formats on fixtures
+
+#[test]
+fn zeroeval_fixture_becomes_generations_with_model_as_sample() {
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("g.parquet");
+    import()
+        .arg(fixture("zeroeval_small.jsonl"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains(
+            "zeroeval: 12 rows read, 12 generations over 3 questions",
+        ));
+    let frame = read_table(&out).unwrap();
+    let rows = generations_from_frame(&frame, &out).unwrap();
+    assert_eq!(rows.len(), 12);
+    assert_eq!(rows[0].question_id, "gsm8k-main-test-#0");
+    assert_eq!(rows[0].sample, "model-a");
+    assert_eq!(rows[0].benchmark, "gsm8k");
+    assert_eq!(rows[0].expected_answer.as_deref(), Some("13"));
+    assert!(rows[0].response.contains("\"answer\": \"13\""));
+    assert_eq!(rows.iter().filter(|r| r.is_correct).count(), 9);
+    // Pass-through: `generator` is not consumed by the importer.
+    assert_eq!(strings(&frame, "generator")[3], "org/model-b");
+    // A canonical table re-imports unchanged (generic mapping, every column kept).
+    let again = directory.path().join("again.parquet");
+    import()
+        .arg(&out)
+        .arg("-o")
+        .arg(&again)
+        .assert()
+        .success()
+        .stderr(contains("generic: 12 rows read"));
+    assert!(read_table(&again).unwrap().equals_missing(&frame));
+}
+
+#[test]
+fn nemo_files_give_sample_from_file_name_and_benchmark_from_directory() {
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("g.parquet");
+    import()
+        .arg(fixture("nemo/gsm8k/output-greedy.jsonl"))
+        .arg(fixture("nemo/gsm8k/output-rs0.jsonl"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let frame = read_table(&out).unwrap();
+    let rows = generations_from_frame(&frame, &out).unwrap();
+    assert_eq!(rows.len(), 4);
+    let samples: Vec<&str> = rows.iter().map(|r| r.sample.as_str()).collect();
+    assert_eq!(samples, ["greedy", "greedy", "rs0", "rs0"]);
+    assert!(rows.iter().all(|r| r.benchmark == "gsm8k"));
+    // The same question in both files gets the same id (a hash of its text).
+    assert_eq!(rows[0].question_id, rows[2].question_id);
+    assert_ne!(rows[0].question_id, rows[1].question_id);
+    assert_eq!(
+        rows.iter().map(|r| r.is_correct).collect::<Vec<_>>(),
+        [true, false, false, true]
+    );
+    assert!(frame.column("error_message").is_ok(), "pass-through lost");
+}
+
+#[test]
+fn nemo_grade_agrees_with_its_labels() {
+    // rs0 answers \frac{5}{2} for 2.5 and greedy answers 2: grading reproduces the labels.
+    import()
+        .arg("--grade")
+        .arg(fixture("nemo/gsm8k/output-greedy.jsonl"))
+        .arg(fixture("nemo/gsm8k/output-rs0.jsonl"))
+        .assert()
+        .success()
+        .stderr(contains("graded 4 rows; 0 differ"));
+}
+
+#[test]
+fn openmathinstruct2_rows_grade_from_boxed_answers() {
+    // OpenMathInstruct-2 shape: `problem`, `generated_solution`, `expected_answer`,
+    // `problem_source`, no label.
+    let directory = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = [
+        ("What is 2 + 2?", "2 + 2 = 4, so \\boxed{4}.", "4"),
+        ("What is 2 + 2?", "2 + 2 = 5, so \\boxed{5}.", "4"),
+    ]
+    .iter()
+    .map(|(problem, solution, expected)| {
+        serde_json::json!({
+            "problem": problem,
+            "generated_solution": solution,
+            "expected_answer": expected,
+            "problem_source": "augmented_gsm8k",
+        })
+        .to_string()
+    })
+    .collect();
+    let input = write(directory.path(), "omi2.jsonl", lines.join("\n").as_bytes());
+    let out = directory.path().join("g.parquet");
+    import()
+        .arg(&input)
+        .arg("--grade")
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains(
+            "nemo: 2 rows read, 2 generations over 1 questions (1 correct)",
+        ));
+    let frame = read_table(&out).unwrap();
+    let rows = generations_from_frame(&frame, &out).unwrap();
+    assert_eq!(rows[0].question, "What is 2 + 2?");
+    assert_eq!(rows[0].benchmark, "augmented_gsm8k");
+    assert_eq!(rows[1].predicted_answer.as_deref(), Some("5"));
+    assert_eq!(
+        (rows[0].sample.as_str(), rows[1].sample.as_str()),
+        ("0", "1")
+    );
+}
+
+#[test]
+fn openmath_preference_rows_become_pairs() {
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("p.parquet");
+    import()
+        .arg(fixture("openmath_pairs.jsonl"))
+        .arg("--benchmark")
+        .arg("math")
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains("openmath-pairs: 3 rows read, 3 pairs"));
+    let frame = read_table(&out).unwrap();
+    let rows = pairs_from_frame(&frame, &out).unwrap();
+    assert_eq!(rows[0].chosen, "6 * 7 = 42. \\boxed{42}");
+    assert_eq!(rows[0].rejected, "6 * 7 = 48. \\boxed{48}");
+    assert_eq!(rows[0].question_id, rows[1].question_id);
+    assert_eq!(rows[0].pair_id, format!("{}#0", rows[0].question_id));
+    assert_eq!(rows[1].pair_id, format!("{}#1", rows[0].question_id));
+    assert!(rows[0].question_id.starts_with("math-"));
+    assert_eq!(strings(&frame, "expected_answer"), ["42", "42", "5"]);
+}
+
+#[test]
+fn hh_rlhf_dialogues_split_into_prompt_and_final_turns() {
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("p.parquet");
+    import()
+        .arg(fixture("hh_small.jsonl"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let frame = read_table(&out).unwrap();
+    let rows = pairs_from_frame(&frame, &out).unwrap();
+    assert_eq!(
+        rows[0].question,
+        "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, yeast and salt.\
+         \n\nHuman: Then what?\n\nAssistant:"
+    );
+    assert_eq!(rows[0].chosen, "Let it rise, then bake at 230°C.");
+    assert_eq!(rows[0].rejected, "Buy some instead.");
+    // The second pair's turns share "I don't" but the prompt ends at the marker.
+    assert_eq!(
+        rows[1].question,
+        "\n\nHuman: Tell me a secret.\n\nAssistant:"
+    );
+    assert_eq!(rows[1].rejected, "I don't know.");
+    assert!(rows[0].question_id.starts_with("hh-rlhf-"));
+    assert_eq!(rows[0].benchmark, "hh-rlhf");
+}
+
+#[test]
+fn prm800k_steps_become_prefix_generations_with_ratings() {
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("g.parquet");
+    import()
+        .arg(fixture("prm800k_small.parquet"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains("1 unrated PRM800K steps dropped"));
+    let frame = read_table(&out).unwrap();
+    let rows = generations_from_frame(&frame, &out).unwrap();
+    assert_eq!(rows.len(), 5);
+    // Row 3 of the fixture: two accepted steps, then the wrong "So x = 6." rated -1.
+    assert_eq!(
+        rows[2].response,
+        "Let x be the number.\nThen 2x = 10.\nSo x = 6."
+    );
+    assert!(!rows[2].is_correct);
+    // "Let x be the number.\n" (21 chars) + "Then 2x = 10.\n" (14 chars) = 35.
+    assert_eq!(rows[2].first_error_char, Some(35));
+    assert_eq!(rows[2].predicted_answer.as_deref(), Some("6"));
+    // Rating 0 (neutral) counts as correct; no error offset.
+    assert!(rows[1].is_correct);
+    assert_eq!(rows[1].first_error_char, None);
+    let ratings = frame.column("step_rating").unwrap();
+    assert_eq!(ratings.dtype(), &DataType::Int8);
+    let ratings: Vec<Option<i8>> = ratings.i8().unwrap().iter().collect();
+    assert_eq!(ratings, [Some(1), Some(0), Some(-1), Some(1), Some(-1)]);
+    let step_index: Vec<Option<i32>> = frame
+        .column("step_index")
+        .unwrap()
+        .i32()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(step_index, [Some(0), Some(1), Some(2), Some(2), Some(0)]);
+    assert_eq!(strings(&frame, "sample")[4], "row5");
+    assert!(frame.column("is_solution").is_ok(), "pass-through lost");
+}
+
+#[test]
+fn generic_mapping_reads_custom_columns_and_integer_labels() {
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("g.parquet");
+    import()
+        .arg(fixture("generic.csv"))
+        .args(["--question-col", "problem", "--response-col", "solution"])
+        .args([
+            "--label-col",
+            "ok",
+            "--id-col",
+            "problem_id",
+            "--expected-col",
+            "answer",
+        ])
+        .args(["--benchmark", "toy", "-o"])
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains(
+            "generic: 4 rows read, 4 generations over 2 questions (2 correct)",
+        ));
+    let frame = read_table(&out).unwrap();
+    let rows = generations_from_frame(&frame, &out).unwrap();
+    assert_eq!(rows[2].question_id, "p2");
+    assert_eq!(rows[2].question, "What is 1,000 + 234?");
+    assert_eq!(rows[2].expected_answer.as_deref(), Some("1234"));
+    assert_eq!(
+        rows.iter().map(|r| r.sample.as_str()).collect::<Vec<_>>(),
+        ["0", "1", "0", "1"]
+    );
+    assert_eq!(strings(&frame, "source"), ["handmade"; 4]);
+}
+
+#[test]
+fn grade_labels_generic_rows_without_a_label_column() {
+    let directory = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = [
+        ("q1", "So she pays $18.00 in total.", "18"),
+        ("q1", "The answer is 20.", "18"),
+        ("q2", "x = \\boxed{\\frac{1}{2}}", "0.5"),
+        ("q3", "{\"answer\": \"7\"}", "#### 7"),
+        ("q4", "Total: 1,234\n#### 1,234", "1234"),
+    ]
+    .iter()
+    .map(|(question, response, expected)| {
+        serde_json::json!({"question": question, "response": response, "expected_answer": expected})
+            .to_string()
+    })
+    .collect();
+    let input = write(directory.path(), "g.jsonl", lines.join("\n").as_bytes());
+    let out = directory.path().join("graded.jsonl");
+    import()
+        .arg(&input)
+        .arg("--grade")
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains("graded 5 rows"));
+    let frame = read_table(&out).unwrap();
+    let labels: Vec<bool> = Columns::new(&frame, &out)
+        .bool_not_null("is_correct")
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(labels, [true, false, true, true, true]);
+    assert_eq!(
+        strings(&frame, "predicted_answer"),
+        ["18.00", "20", "\\frac{1}{2}", "7", "1,234"]
+    );
+    // JSON Lines gives the all-null `first_error_char` the Null type; qrm-pairs still reads it.
+    pairs()
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains("wrote 1 pairs over 1 questions"));
+}
+
+#[test]
+fn forced_format_that_does_not_fit_names_the_missing_column() {
+    import()
+        .arg(fixture("hh_small.jsonl"))
+        .args(["--from", "zeroeval"])
+        .assert()
+        .code(1)
+        .stderr(contains("missing column `id`"));
+}
+
+// ---------------------------------------------------------------- pairs
+
+#[test]
+fn import_pipes_into_pairs() {
+    let imported = import()
+        .arg(fixture("zeroeval_small.jsonl"))
+        .arg("-q")
+        .output()
+        .unwrap();
+    assert!(imported.status.success());
+    assert!(
+        imported.stdout.starts_with(&[0xff, 0xff, 0xff, 0xff]),
+        "not an Arrow stream"
+    );
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("pairs.parquet");
+    pairs()
+        .args(["--seed", "3", "-o"])
+        .arg(&out)
+        .write_stdin(imported.stdout)
+        .assert()
+        .success()
+        .stderr(contains(
+            "read 12 generations over 3 questions; 2 questions with both labels",
+        ))
+        .stderr(contains(
+            "skipped 1 single-label questions (1 all correct, 0 all incorrect)",
+        ))
+        .stderr(contains("wrote 3 pairs over 2 questions"));
+    let frame = read_table(&out).unwrap();
+    let rows = pairs_from_frame(&frame, &out).unwrap();
+    // q0: model-a, model-c correct vs model-b, model-d incorrect → 2 pairs; q1: 1 pair.
+    assert_eq!(rows.len(), 3);
+    let chosen = strings(&frame, "chosen_sample");
+    let rejected = strings(&frame, "rejected_sample");
+    assert_eq!(rows[2].question_id, "gsm8k-main-test-#1");
+    let first_chosen: HashSet<&str> = chosen[..2].iter().map(String::as_str).collect();
+    assert_eq!(first_chosen, HashSet::from(["model-a", "model-c"]));
+    assert_eq!(&rejected[2], "model-c");
+    for (row, rejected) in rows.iter().zip(&rejected).take(2) {
+        assert!(["model-b", "model-d"].contains(&rejected.as_str()));
+        assert_eq!(row.question_id, "gsm8k-main-test-#0");
+    }
+}
+
+#[test]
+fn import_reads_gzip_from_stdin_and_pairs_refuses_a_pairs_table() {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder
+        .write_all(&std::fs::read(fixture("hh_small.jsonl")).unwrap())
+        .unwrap();
+    let imported = import()
+        .arg("-")
+        .write_stdin(encoder.finish().unwrap())
+        .output()
+        .unwrap();
+    assert!(imported.status.success());
+    pairs()
+        .write_stdin(imported.stdout)
+        .assert()
+        .code(1)
+        .stderr(contains("<stdin>: this is already a pairs table"));
+}
+
+#[test]
+fn pairs_are_identical_for_the_same_seed_and_shuffled_input() {
+    let directory = tempfile::tempdir().unwrap();
+    let generations = directory.path().join("g.parquet");
+    import()
+        .arg(fixture("zeroeval_small.jsonl"))
+        .arg("-o")
+        .arg(&generations)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(fixture("zeroeval_small.jsonl")).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.reverse();
+    let reversed = write(directory.path(), "r.jsonl", lines.join("\n").as_bytes());
+    let reversed_generations = directory.path().join("r.parquet");
+    import()
+        .arg(&reversed)
+        .arg("-o")
+        .arg(&reversed_generations)
+        .assert()
+        .success();
+    let run = |input: &Path, seed: &str| {
+        let output = pairs()
+            .arg(input)
+            .args(["--seed", seed, "--reuse", "--format", "jsonl"])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        output.stdout
+    };
+    assert_eq!(run(&generations, "5"), run(&reversed_generations, "5"));
+}
+
+#[test]
+fn split_requires_holdout_and_a_fraction_in_range() {
+    pairs()
+        .arg(fixture("zeroeval_small.jsonl"))
+        .args(["--split-questions", "0.3"])
+        .assert()
+        .code(2)
+        .stderr(contains("--holdout"));
+    let directory = tempfile::tempdir().unwrap();
+    let generations = directory.path().join("g.parquet");
+    import()
+        .arg(fixture("zeroeval_small.jsonl"))
+        .arg("-o")
+        .arg(&generations)
+        .assert()
+        .success();
+    pairs()
+        .arg(&generations)
+        .args(["--split-questions", "1.5", "--holdout"])
+        .arg(directory.path().join("h.parquet"))
+        .assert()
+        .code(1)
+        .stderr(contains("fraction in [0, 1]"));
+    // An unknown extension is refused before any work, and nothing is written.
+    pairs()
+        .arg(&generations)
+        .args(["--split-questions", "0.5", "--holdout"])
+        .arg(directory.path().join("h.xyz"))
+        .arg("-o")
+        .arg(directory.path().join("p.parquet"))
+        .assert()
+        .code(1)
+        .stderr(contains("unknown output extension"));
+    assert!(!directory.path().join("p.parquet").exists());
+    import()
+        .arg(fixture("zeroeval_small.jsonl"))
+        .arg("-o")
+        .arg(directory.path().join("g.xyz"))
+        .assert()
+        .code(1)
+        .stderr(contains("unknown output extension"));
+}
+
+// ---------------------------------------------------------------- bad input
+
+#[test]
+fn missing_column_is_named_with_the_columns_present() {
+    let directory = tempfile::tempdir().unwrap();
+    let input = write(
+        directory.path(),
+        "g.jsonl",
+        b"{\"question\": \"q\", \"answer\": \"a\"}\n",
+    );
+    import().arg(&input).assert().code(1).stderr(contains(
+        "missing column `response` (columns present: question, answer)",
+    ));
+}
+
+#[test]
+fn missing_label_column_suggests_grade() {
+    let directory = tempfile::tempdir().unwrap();
+    let input = write(
+        directory.path(),
+        "g.jsonl",
+        b"{\"question\": \"q\", \"response\": \"r\"}\n",
+    );
+    import()
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(contains("missing column `is_correct`"))
+        .stderr(contains("--grade"));
+}
+
+#[test]
+fn wrong_label_type_is_an_error() {
+    let directory = tempfile::tempdir().unwrap();
+    let input = write(
+        directory.path(),
+        "g.jsonl",
+        b"{\"question\": \"q\", \"response\": \"r\", \"is_correct\": \"yes\"}\n",
+    );
+    import().arg(&input).assert().code(1).stderr(contains(
+        "column `is_correct` has type str, expected Boolean",
+    ));
+    // Under --grade the input label is not used, so its type does not matter.
+    import()
+        .arg(&input)
+        .args(["--grade", "--expected-col", "question"])
+        .assert()
+        .success();
+    let input = write(
+        directory.path(),
+        "h.jsonl",
+        b"{\"question\": \"q\", \"response\": \"r\", \"is_correct\": 2}\n",
+    );
+    import().arg(&input).assert().code(1).stderr(contains(
+        "row 1, column `is_correct`: label 2 is neither 0 nor 1",
+    ));
+}
+
+#[test]
+fn wrong_text_type_is_an_error() {
+    let directory = tempfile::tempdir().unwrap();
+    let input = write(
+        directory.path(),
+        "g.jsonl",
+        b"{\"question\": [1, 2], \"response\": \"r\", \"is_correct\": true}\n",
+    );
+    import()
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(contains("column `question` has type"))
+        .stderr(contains("expected Utf8"));
+}
+
+#[test]
+fn empty_input_is_an_error() {
+    let directory = tempfile::tempdir().unwrap();
+    let input = write(directory.path(), "empty.jsonl", b"\n\n");
+    import()
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(contains("the input is empty"));
+    pairs()
+        .write_stdin(Vec::new())
+        .assert()
+        .code(1)
+        .stderr(contains("<stdin>: the input is empty"));
+}
+
+#[test]
+fn malformed_json_line_is_reported_or_skipped_and_counted() {
+    let directory = tempfile::tempdir().unwrap();
+    let input = write(
+        directory.path(),
+        "g.jsonl",
+        b"{\"question\": \"q\", \"response\": \"r1\", \"is_correct\": true}\n\
+          {\"question\": \"q\", \"response\": \n\
+          {\"question\": \"q\", \"response\": \"r2\", \"is_correct\": false}\n",
+    );
+    import()
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(contains("line 2: malformed JSON"));
+    let out = directory.path().join("g.parquet");
+    import()
+        .arg(&input)
+        .arg("--skip-bad")
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains("1 malformed lines skipped"));
+    assert_eq!(read_table(&out).unwrap().height(), 2);
+}
+
+#[test]
+fn non_utf8_text_is_reported_with_its_line() {
+    let directory = tempfile::tempdir().unwrap();
+    let input = write(
+        directory.path(),
+        "g.jsonl",
+        b"{\"question\": \"q\", \"response\": \"r\", \"is_correct\": true}\n\
+          {\"question\": \"caf\xe9\", \"response\": \"r\", \"is_correct\": true}\n",
+    );
+    import()
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(contains("line 2: not UTF-8"));
+    let csv = write(
+        directory.path(),
+        "g.csv",
+        b"question,response,is_correct\ncaf\xe9,r,true\n",
+    );
+    import()
+        .arg(&csv)
+        .assert()
+        .code(1)
+        .stderr(contains("not UTF-8"));
+}
+
+#[test]
+fn null_label_is_an_error_or_a_counted_skip() {
+    let directory = tempfile::tempdir().unwrap();
+    let input = write(
+        directory.path(),
+        "g.jsonl",
+        b"{\"question\": \"q\", \"response\": \"a\", \"is_correct\": true}\n\
+          {\"question\": \"q\", \"response\": \"b\", \"is_correct\": null}\n\
+          {\"question\": \"q\", \"response\": \"c\", \"is_correct\": false}\n",
+    );
+    import()
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(contains("row 2, column `is_correct`: null label"));
+    let out = directory.path().join("g.parquet");
+    import()
+        .arg(&input)
+        .arg("--skip-bad")
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains(
+            "1 rows with a null required value or label skipped",
+        ));
+    let frame = read_table(&out).unwrap();
+    assert_eq!(strings(&frame, "response"), ["a", "c"]);
+}
+
+#[test]
+fn duplicated_question_and_sample_is_an_error_or_a_counted_skip() {
+    let directory = tempfile::tempdir().unwrap();
+    let input = write(
+        directory.path(),
+        "g.jsonl",
+        b"{\"question_id\": \"q\", \"sample\": \"s1\", \"question\": \"q\", \"response\": \"a\", \"is_correct\": true}\n\
+          {\"question_id\": \"q\", \"sample\": \"s2\", \"question\": \"q\", \"response\": \"b\", \"is_correct\": false}\n\
+          {\"question_id\": \"q\", \"sample\": \"s1\", \"question\": \"q\", \"response\": \"c\", \"is_correct\": false}\n",
+    );
+    import()
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(contains("row 3, column `sample`"))
+        .stderr(contains("repeats row 1"));
+    import()
+        .arg(&input)
+        .arg("--skip-bad")
+        .assert()
+        .success()
+        .stderr(contains("1 rows repeating a (question_id, sample) skipped"));
+    // qrm-pairs checks the same on its input.
+    pairs()
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(contains("repeats row 1"));
+    pairs()
+        .arg(&input)
+        .arg("--skip-bad")
+        .assert()
+        .success()
+        .stderr(contains("wrote 1 pairs"));
+}
+
+#[test]
+fn pairs_reports_null_and_mistyped_labels() {
+    let directory = tempfile::tempdir().unwrap();
+    let null_label = write(
+        directory.path(),
+        "n.jsonl",
+        b"{\"question_id\": \"q\", \"question\": \"q\", \"response\": \"a\", \"is_correct\": true}\n\
+          {\"question_id\": \"q\", \"question\": \"q\", \"response\": \"b\", \"is_correct\": null}\n",
+    );
+    pairs()
+        .arg(&null_label)
+        .assert()
+        .code(1)
+        .stderr(contains("row 2, column `is_correct`: null value"));
+    let text_label = write(
+        directory.path(),
+        "t.jsonl",
+        b"{\"question_id\": \"q\", \"question\": \"q\", \"response\": \"a\", \"is_correct\": \"yes\"}\n",
+    );
+    pairs().arg(&text_label).assert().code(1).stderr(contains(
+        "column `is_correct` has type str, expected Boolean",
+    ));
+}
+
+#[test]
+fn duplicated_pair_id_across_inputs_is_an_error() {
+    import()
+        .arg(fixture("openmath_pairs.jsonl"))
+        .arg(fixture("openmath_pairs.jsonl"))
+        .assert()
+        .code(1)
+        .stderr(contains("repeats the pair_id"));
+}
+
+#[test]
+fn mixed_formats_are_refused() {
+    import()
+        .arg(fixture("zeroeval_small.jsonl"))
+        .arg(fixture("hh_small.jsonl"))
+        .assert()
+        .code(1)
+        .stderr(contains("looks like hh-rlhf"));
+}
+
+#[test]
+fn grade_without_expected_answer_is_an_error() {
+    let directory = tempfile::tempdir().unwrap();
+    let input = write(
+        directory.path(),
+        "g.jsonl",
+        b"{\"question\": \"q\", \"response\": \"The answer is 3.\", \"expected_answer\": null}\n",
+    );
+    import()
+        .arg(&input)
+        .arg("--grade")
+        .assert()
+        .code(1)
+        .stderr(contains("row 1, column `expected_answer`: null value"));
+}
+
+#[test]
+fn hh_rlhf_rows_without_a_shared_turn_are_errors_or_counted_skips() {
+    let directory = tempfile::tempdir().unwrap();
+    let input = write(
+        directory.path(),
+        "hh.jsonl",
+        b"{\"chosen\": \"\\n\\nHuman: a\\n\\nAssistant: x\", \"rejected\": \"\\n\\nHuman: a\\n\\nAssistant: y\"}\n\
+          {\"chosen\": \"\\n\\nHuman: a\", \"rejected\": \"\\n\\nHuman: b\"}\n",
+    );
+    import().arg(&input).assert().code(1).stderr(contains(
+        "row 2, column `chosen`: the two dialogues share no",
+    ));
+    import()
+        .arg(&input)
+        .arg("--skip-bad")
+        .assert()
+        .success()
+        .stderr(contains("1 rows with a malformed value skipped"));
+}
+
+// ---------------------------------------------------------------- ../shared/data
+
+#[test]
+fn zeroeval_gsm8k_pipeline_matches_the_data() {
+    let Some(shared) = shared_data() else { return };
+    let expected = &reference()["zeroeval"];
+    let directory = tempfile::tempdir().unwrap();
+    let generations = directory.path().join("g.parquet");
+    import()
+        .arg(shared.join("zeroeval/gsm8k_test_42models.jsonl.gz"))
+        .arg("-o")
+        .arg(&generations)
+        .assert()
+        .success();
+    let held = directory.path().join("held.parquet");
+    let out = directory.path().join("pairs.parquet");
+    let summary = format!(
+        "read {} generations over {} questions; {} questions with both labels",
+        expected["generations"], expected["questions"], expected["questions_with_both_labels"]
+    );
+    pairs()
+        .arg(&generations)
+        .args(["--split-questions", "0.3", "--seed", "1", "--holdout"])
+        .arg(&held)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains(summary));
+
+    let generation_frame = read_table(&generations).unwrap();
+    let rows = generations_from_frame(&generation_frame, &generations).unwrap();
+    let label: HashMap<(&str, &str), (bool, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                (r.question_id.as_str(), r.sample.as_str()),
+                (r.is_correct, r.response.as_str()),
+            )
+        })
+        .collect();
+    let pair_frame = read_table(&out).unwrap();
+    let pair_rows = pairs_from_frame(&pair_frame, &out).unwrap();
+    let chosen = strings(&pair_frame, "chosen_sample");
+    let rejected = strings(&pair_frame, "rejected_sample");
+    let mut used = HashSet::new();
+    for ((pair, chosen), rejected) in pair_rows.iter().zip(&chosen).zip(&rejected) {
+        let (chosen_ok, chosen_text) = label[&(pair.question_id.as_str(), chosen.as_str())];
+        let (rejected_ok, rejected_text) = label[&(pair.question_id.as_str(), rejected.as_str())];
+        assert!(
+            chosen_ok && !rejected_ok,
+            "pair {} is mislabelled",
+            pair.pair_id
+        );
+        assert_eq!(pair.chosen, chosen_text);
+        assert_eq!(pair.rejected, rejected_text);
+        assert!(
+            used.insert((pair.question_id.clone(), chosen.clone())),
+            "chosen reused"
+        );
+        assert!(
+            used.insert((pair.question_id.clone(), rejected.clone())),
+            "rejected reused"
+        );
+    }
+    let held_frame = read_table(&held).unwrap();
+    let held_ids: HashSet<String> = strings(&held_frame, "question_id").into_iter().collect();
+    assert_eq!(held_ids.len(), 396, "round(0.3 × 1319) questions held out");
+    assert!(
+        held_frame.column("generator").is_ok(),
+        "pass-through lost in holdout"
+    );
+    assert!(pair_rows.iter().all(|p| !held_ids.contains(&p.question_id)));
+    // Held-out questions keep all their generations.
+    let held_generations = rows
+        .iter()
+        .filter(|r| held_ids.contains(&r.question_id))
+        .count();
+    assert_eq!(held_frame.height(), held_generations);
+
+    // Without a split, pair counts equal pandas' per-question sums.
+    for (flags, key) in [
+        (&[][..], "pairs_default"),
+        (&["--max-per-question", "2"][..], "pairs_default_max2"),
+        (
+            &["--reuse", "--max-per-question", "3"][..],
+            "pairs_reuse_max3",
+        ),
+    ] {
+        pairs()
+            .arg(&generations)
+            .args(flags)
+            .args(["-o"])
+            .arg(directory.path().join("all.parquet"))
+            .assert()
+            .success()
+            .stderr(contains(format!("wrote {} pairs over", expected[key])));
+    }
+}
+
+#[test]
+fn zeroeval_grading_agrees_with_its_labels() {
+    let Some(shared) = shared_data() else { return };
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("graded.parquet");
+    import()
+        .arg(shared.join("zeroeval/gsm8k_test_42models.jsonl.gz"))
+        .arg("--grade")
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let graded = read_table(&out).unwrap();
+    let original = read_table(&shared.join("zeroeval/gsm8k_test_42models.jsonl.gz")).unwrap();
+    let ours = Columns::new(&graded, &out)
+        .bool_not_null("is_correct")
+        .unwrap();
+    let theirs = Columns::new(&original, &out)
+        .bool_not_null("is_correct")
+        .unwrap();
+    let pred = Columns::new(&original, &out).str("pred").unwrap();
+    let mut disagree_with_pred = 0;
+    let mut with_pred = 0;
+    for index in 0..original.height() {
+        if pred.get(index).is_some() {
+            with_pred += 1;
+            disagree_with_pred += usize::from(ours.get(index) != theirs.get(index));
+        }
+    }
+    // Where ZeroEval parsed an answer, our grader reproduces its label on all but a handful
+    // of rows ("9 500" with a space as thousands separator, which we count as 9500).
+    let agreement = 1.0 - disagree_with_pred as f64 / with_pred as f64;
+    assert!(agreement > 0.999, "agreement {agreement}");
+}
+
+#[test]
+fn prm800k_and_hh_rlhf_match_the_data() {
+    let Some(shared) = shared_data() else { return };
+    let expected = reference();
+    let directory = tempfile::tempdir().unwrap();
+    // The train file stores `rating` as Float64, the test file as Int8.
+    for split in ["test", "train_plus"] {
+        let prm = &expected[format!("prm800k_{split}").as_str()];
+        import()
+            .arg(shared.join(format!("prm800k/phase1_{split}.stepwise-critic.parquet")))
+            .arg("-o")
+            .arg(directory.path().join("prm.parquet"))
+            .assert()
+            .success()
+            .stderr(contains(format!(
+                "prm800k: {} rows read, {} generations over {} questions ({} correct)",
+                prm["rows"], prm["rated"], prm["questions"], prm["correct"]
+            )))
+            .stderr(contains(format!(
+                "{} unrated PRM800K steps dropped",
+                prm["unrated"]
+            )));
+    }
+    let out = directory.path().join("hh.parquet");
+    import()
+        .arg(shared.join("hh-rlhf/harmless-base-test.jsonl.gz"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains(format!(
+            "{} pairs whose dialogues diverge before the last turn",
+            expected["hh_rlhf"]["diverging_before_last_turn"]
+        )));
+    let frame = read_table(&out).unwrap();
+    let rows = pairs_from_frame(&frame, &out).unwrap();
+    assert_eq!(
+        rows.len() as u64,
+        expected["hh_rlhf"]["pairs"].as_u64().unwrap()
+    );
+    let prompts: HashSet<&str> = rows.iter().map(|r| r.question_id.as_str()).collect();
+    assert_eq!(
+        prompts.len() as u64,
+        expected["hh_rlhf"]["prompts"].as_u64().unwrap()
+    );
+    assert!(rows.iter().all(|r| r.question.ends_with("\n\nAssistant:")));
+    assert!(rows.iter().all(|r| r.chosen != r.rejected));
+}
+
+#[test]
+fn math500_reference_solutions_grade_against_their_answers_only() {
+    let Some(shared) = shared_data() else { return };
+    let text = std::fs::read_to_string(shared.join("benchmarks/math_oai/test.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    // Each solution graded against its own answer, and against the previous problem's answer.
+    let directory = tempfile::tempdir().unwrap();
+    let mut lines = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let previous = &rows[(index + rows.len() - 1) % rows.len()];
+        for (suffix, answer) in [("own", &row["answer"]), ("shifted", &previous["answer"])] {
+            lines.push(
+                serde_json::json!({
+                    "question_id": row["unique_id"],
+                    "sample": suffix,
+                    "question": row["problem"],
+                    "response": row["solution"],
+                    "expected_answer": answer,
+                    "same_answer": answer == &row["answer"],
+                })
+                .to_string(),
+            );
+        }
+    }
+    let input = write(directory.path(), "m.jsonl", lines.join("\n").as_bytes());
+    let out = directory.path().join("graded.parquet");
+    import()
+        .arg(&input)
+        .arg("--grade")
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let frame = read_table(&out).unwrap();
+    let columns = Columns::new(&frame, &out);
+    let correct = columns.bool_not_null("is_correct").unwrap();
+    let same = columns.bool_not_null("same_answer").unwrap();
+    let samples = strings(&frame, "sample");
+    let mut own_correct = 0;
+    let mut shifted_false_positives = 0;
+    for (index, sample) in samples.iter().enumerate() {
+        let is_correct = correct.get(index).unwrap();
+        if sample == "own" {
+            own_correct += usize::from(is_correct);
+        } else if is_correct && !same.get(index).unwrap() {
+            shifted_false_positives += 1;
+        }
+    }
+    // The \boxed{} of every reference solution matches its answer after normalisation.
+    assert_eq!(own_correct, rows.len());
+    // A different problem's answer almost never matches (one known case: "x=5" vs "5").
+    assert!(
+        shifted_false_positives <= 2,
+        "{shifted_false_positives} false positives"
+    );
+}
