@@ -99,6 +99,13 @@ pub fn score_encoded(
             let cosines = match &options.goal {
                 Some(goal) => {
                     let (rows, seq_len, width) = hidden.dims3()?;
+                    if goal.elem_count() != width {
+                        return Err(Error::Model(format!(
+                            "the goal state has {} values but the model's hidden size is {width}: \
+                             it was made with another model",
+                            goal.elem_count()
+                        )));
+                    }
                     let flat = hidden.reshape((rows * seq_len, width))?; // (rows*seq_len, hidden)
                     let cosines = cosine_with_goal(&flat, goal)?; // (rows*seq_len,)
                     Some(cosines.reshape((rows, seq_len))?.to_vec2::<f32>()?)
@@ -927,6 +934,23 @@ pub(crate) mod tests {
             "a missing shard is an error"
         );
         assert!(merge_shards(&[parts[0].clone(), parts[0].clone()]).is_err());
+    }
+
+    #[test]
+    fn a_goal_of_another_hidden_size_is_an_error() {
+        let (model, encoder) = (tiny_llama(), tiny_encoder());
+        let mut options = options(100, false);
+        options.goal = Some(Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap());
+        let error = score_frame(
+            &model,
+            &encoder,
+            &generations(2),
+            Path::new("<t>"),
+            &options,
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("hidden size is 32"), "{error}");
     }
 
     #[test]
