@@ -112,14 +112,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     ]);
     GoalState { vector, metadata }.save(&args.output)?;
     tracing::info!(
-        "goal state of {} chosen responses (hidden {}) → {}; {} rows lost prompt tokens, {} had \
-         the response cut, {} skipped",
+        "goal state of {} chosen responses → {}; {truncation}",
         accumulator.count(),
-        accumulator.mean().map_or(0, |v| v.len()),
         args.output.display(),
-        truncation.prompt,
-        truncation.response,
-        truncation.skipped
     );
     if loaded.untrained_head {
         tracing::warn!("the value head is untrained (it does not enter the goal state)");

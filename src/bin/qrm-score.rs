@@ -141,22 +141,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
-        "scored {} rows ({} resumed, {} total) with {}: {} tokens in {:.1}s ({:.0} tokens/s); \
-         template {}, eos {}, max-len {}: {} rows lost prompt tokens, {} had the response cut, \
-         {} skipped",
+        "scored {} rows ({} resumed, {} total) with {}: {} tokens in {seconds:.1}s \
+         ({:.0} tokens/s); template {}, eos {}, max-len {}: {}",
         summary.scored,
         summary.resumed,
         summary.rows,
         loaded.name,
         summary.tokens,
-        seconds,
         summary.tokens as f64 / seconds.max(1e-9),
         encoder.template.name(),
         encoder.eos.name(),
         args.encoding.max_len,
-        summary.truncation.prompt,
-        summary.truncation.response,
-        summary.truncation.skipped,
+        summary.truncation,
     );
     if loaded.untrained_head {
         tracing::warn!("the value head is untrained: `reward` and `token_rewards` mean nothing");

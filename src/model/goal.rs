@@ -246,6 +246,58 @@ mod tests {
     }
 
     #[test]
+    fn embed_goal_averages_each_rows_final_hidden_state() {
+        use crate::model::scoring::tests::{tiny_encoder, tiny_llama};
+        let (model, encoder) = (tiny_llama(), tiny_encoder());
+        let questions = ["What is 1 + 1?", "Name a colour.", "2 * 3?"];
+        let chosen = ["2", "Blue, like the sky.", "2 * 3 = 6, so the answer is 6."];
+        let options = EmbedOptions {
+            token: GoalToken::Last,
+            seed: 0,
+            batch_tokens: 10_000,
+        };
+        let (accumulator, _) =
+            embed_goal(&model, &encoder, &questions, &chosen, &options, |_| {}).unwrap();
+        assert_eq!(accumulator.count(), 3);
+        // By hand: each sequence alone (no padding), hidden state at its last token (the EOS).
+        let mut expected = vec![0f64; 32];
+        for (question, response) in questions.iter().zip(chosen) {
+            let encoded = encoder.encode(question, response).unwrap();
+            assert_eq!(encoded.input_ids.last(), Some(&encoder.eos_id));
+            let ids = Tensor::new(encoded.input_ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let hidden = model
+                .forward(&ids, &ids.ones_like().unwrap())
+                .unwrap()
+                .hidden;
+            let last = hidden.i((0, encoded.input_ids.len() - 1)).unwrap();
+            for (total, value) in expected.iter_mut().zip(last.to_vec1::<f32>().unwrap()) {
+                *total += f64::from(value) / 3.0;
+            }
+        }
+        for (got, want) in accumulator.mean().unwrap().iter().zip(expected) {
+            assert!((f64::from(*got) - want).abs() < 1e-5, "{got} vs {want}");
+        }
+
+        // A random token: the same seed gives the same goal whatever the batching.
+        let random = |seed, batch_tokens| {
+            let options = EmbedOptions {
+                token: GoalToken::Random,
+                seed,
+                batch_tokens,
+            };
+            let (accumulator, _) =
+                embed_goal(&model, &encoder, &questions, &chosen, &options, |_| {}).unwrap();
+            accumulator.mean().unwrap()
+        };
+        let (a, b, c) = (random(7, 1), random(7, 10_000), random(8, 10_000));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5));
+        assert!(a.iter().zip(&c).any(|(x, y)| (x - y).abs() > 1e-4));
+    }
+
+    #[test]
     fn goal_state_roundtrips_with_metadata() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("goal.safetensors");

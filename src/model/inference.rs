@@ -3,12 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
 use crate::model::batching::TokenModel;
+use crate::model::gguf::tokenizer_from_gguf;
 use crate::model::goal::GoalState;
 use crate::model::template::{find_eos_id, Encoder, EosPolicy, Template, Truncation};
+use crate::model::{Checkpoint, DeviceChoice, HeadKind, RewardModel};
 
 /// `--rm`, `--tokenizer`, `--device`, `--head`, `--seed`.
 #[derive(Debug, Clone, clap::Args)]
@@ -26,10 +31,10 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
 
-    /// Add an untrained value head to a base model (`linear`); its rewards mean nothing, only
-    /// the hidden states (and so the Q-values) do.
-    #[arg(long, value_name = "KIND")]
-    pub head: Option<String>,
+    /// Add an untrained value head to a base model (`linear`, seeded by --seed); its rewards
+    /// mean nothing, only the hidden states (and so the Q-values) do.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub head: Option<HeadKind>,
 
     /// Seed for an untrained head and for any random choice the tool makes.
     #[arg(long, default_value_t = 0)]
@@ -39,8 +44,8 @@ pub struct ModelArgs {
 /// `--template`, `--eos`, `--max-len`, `--truncate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EncodingArgs {
-    /// Prompt template: nemo (the paper's), chatml (SmolLM2-Instruct), raw, or a file holding
-    /// `{question}` once.
+    /// Prompt template: nemo (the paper's, clean), nemo-release (the released code's indented
+    /// string), chatml (SmolLM2-Instruct), raw, or a file holding `{question}` once.
     #[arg(long, default_value = "nemo", value_name = "NAME|PATH")]
     pub template: String,
 
@@ -91,30 +96,28 @@ fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     })
 }
 
-/// The tokenizer: `--tokenizer`, else `tokenizer.json` in the model directory.
-pub fn find_tokenizer(args: &ModelArgs) -> Result<Tokenizer> {
-    let path = match &args.tokenizer {
-        Some(path) => path.clone(),
-        None => {
-            let dir = model_dir(&args.rm);
-            dir.join("tokenizer.json")
-        }
-    };
+/// The tokenizer and the directory it came from: `--tokenizer`, else the one a `.gguf` file
+/// embeds, else `tokenizer.json` in the model directory.
+pub fn find_tokenizer(args: &ModelArgs) -> Result<(Tokenizer, Option<PathBuf>)> {
+    let parent = |path: &Path| path.parent().map(Path::to_owned);
+    if let Some(path) = &args.tokenizer {
+        return Ok((load_tokenizer(path)?, parent(path)));
+    }
+    if is_gguf(&args.rm) {
+        return Ok((tokenizer_from_gguf(&args.rm)?, parent(&args.rm)));
+    }
+    let path = args.rm.join("tokenizer.json");
     if !path.exists() {
         return Err(Error::Usage(format!(
             "{}: no tokenizer; pass --tokenizer PATH/tokenizer.json",
             path.display()
         )));
     }
-    load_tokenizer(&path)
+    Ok((load_tokenizer(&path)?, Some(args.rm.clone())))
 }
 
-fn model_dir(rm: &Path) -> PathBuf {
-    if rm.is_dir() {
-        rm.to_owned()
-    } else {
-        rm.parent().map(Path::to_owned).unwrap_or_default()
-    }
+fn is_gguf(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gguf")
 }
 
 /// The name of a reward model: its directory or file name.
@@ -124,14 +127,75 @@ pub fn model_name(rm: &Path) -> String {
         .unwrap_or_else(|| rm.display().to_string())
 }
 
+impl TokenModel for RewardModel {
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)> {
+        let output = RewardModel::forward(self, input_ids, attention_mask)?;
+        Ok((output.hidden, output.token_rewards))
+    }
+
+    fn device(&self) -> &Device {
+        self.transformer.device()
+    }
+}
+
+/// A new linear value head `value_head.weight` (1, hidden) drawn from N(0, 1/(H+1)) — the
+/// paper's initialisation — with a seeded generator, so untrained-head runs repeat exactly
+/// (candle cannot seed its CPU generator).
+fn seeded_linear_head(hidden: usize, seed: u64, device: &Device, dtype: DType) -> Result<Tensor> {
+    let normal = rand_distr_normal(seed, hidden);
+    let std = 1.0 / (hidden as f64 + 1.0);
+    let values: Vec<f32> = normal.into_iter().map(|z| (z * std) as f32).collect();
+    Ok(Tensor::from_vec(values, (1, hidden), device)?.to_dtype(dtype)?)
+}
+
+/// `count` standard normal draws (Box–Muller over a seeded ChaCha8 stream).
+fn rand_distr_normal(seed: u64, count: usize) -> Vec<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+            let u2: f64 = rng.random::<f64>();
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        })
+        .collect()
+}
+
 /// Loads the reward model and tokenizer the flags name.
 pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
-    let tokenizer = find_tokenizer(args)?;
-    let _ = &tokenizer;
-    Err(Error::Model(format!(
-        "{}: loading reward models arrives with the `model` branch",
-        args.rm.display()
-    )))
+    let choice: DeviceChoice = args.device.parse()?;
+    let device = choice.device()?;
+    let dtype = choice.dtype();
+    let (tokenizer, model_dir) = find_tokenizer(args)?;
+    let model = match &args.head {
+        None => RewardModel::load(&args.rm, &device, dtype)?,
+        Some(HeadKind::Linear) => {
+            let mut checkpoint = Checkpoint::load(&args.rm, &device, dtype)?;
+            if let Some(layout) = checkpoint.head_layout() {
+                return Err(Error::Usage(format!(
+                    "{}: the checkpoint already has a `{}` head; drop --head",
+                    args.rm.display(),
+                    layout.prefix
+                )));
+            }
+            let hidden = checkpoint.config.hidden_size;
+            let head = seeded_linear_head(hidden, args.seed, &device, dtype)?;
+            checkpoint.tensors.insert("value_head.weight".into(), head);
+            checkpoint.config.value_head_prefix = Some("value_head".into());
+            RewardModel::from_checkpoint(&checkpoint)?
+        }
+        Some(HeadKind::Mlp) => {
+            return Err(Error::Usage(
+                "--head mlp: only an untrained linear head can be added for scoring".into(),
+            ))
+        }
+    };
+    Ok(LoadedModel {
+        model: Box::new(model),
+        tokenizer,
+        model_dir,
+        name: model_name(&args.rm),
+        untrained_head: args.head.is_some(),
+    })
 }
 
 /// Refuses a goal state made with another template or EOS policy than the scoring run's: the

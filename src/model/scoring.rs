@@ -99,6 +99,13 @@ pub fn score_encoded(
             let cosines = match &options.goal {
                 Some(goal) => {
                     let (rows, seq_len, width) = hidden.dims3()?;
+                    if goal.elem_count() != width {
+                        return Err(Error::Model(format!(
+                            "the goal state has {} values but the model's hidden size is {width}: \
+                             it was made with another model",
+                            goal.elem_count()
+                        )));
+                    }
                     let flat = hidden.reshape((rows * seq_len, width))?; // (rows*seq_len, hidden)
                     let cosines = cosine_with_goal(&flat, goal)?; // (rows*seq_len,)
                     Some(cosines.reshape((rows, seq_len))?.to_vec2::<f32>()?)
@@ -565,55 +572,13 @@ pub fn merge_shards(parts: &[PathBuf]) -> Result<DataFrame> {
 pub(crate) mod tests {
     use super::*;
     use crate::model::template::{EosPolicy, Template, Truncation};
-    use candle_core::{Device, D};
+    use candle_core::Device;
     use tokenizers::Tokenizer;
 
-    /// A causal stand-in for a reward model: the hidden state at t is `tanh` of the mean of the
-    /// token embeddings up to t, the reward is a linear head on it. Right padding cannot change
-    /// real positions, exactly as in a causal transformer.
-    pub(crate) struct CausalMeanModel {
-        embedding: Tensor,
-        head: Tensor,
-        device: Device,
-    }
-
-    impl CausalMeanModel {
-        pub(crate) fn new(vocab: usize, hidden: usize) -> Self {
-            let device = Device::Cpu;
-            let embedding = (0..vocab * hidden)
-                .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 2.0)
-                .collect::<Vec<f32>>();
-            let head = (0..hidden).map(|i| ((i as f32 * 0.414_213).fract() - 0.5) * 3.0);
-            CausalMeanModel {
-                embedding: Tensor::from_vec(embedding, (vocab, hidden), &device).unwrap(),
-                head: Tensor::from_iter(head, &device).unwrap(),
-                device,
-            }
-        }
-    }
-
-    impl TokenModel for CausalMeanModel {
-        fn forward(&self, input_ids: &Tensor, _mask: &Tensor) -> Result<(Tensor, Tensor)> {
-            let (batch, seq_len) = input_ids.dims2()?;
-            let width = self.embedding.dim(1)?;
-            let xs = self
-                .embedding
-                .index_select(&input_ids.flatten_all()?, 0)?
-                .reshape((batch, seq_len, width))?; // (batch, seq_len, hidden)
-            let weights: Vec<f32> = (0..seq_len)
-                .flat_map(|t| {
-                    (0..seq_len).map(move |s| if s <= t { 1.0 / (t + 1) as f32 } else { 0.0 })
-                })
-                .collect();
-            let weights = Tensor::from_vec(weights, (seq_len, seq_len), &self.device)?;
-            let hidden = weights.broadcast_matmul(&xs)?.tanh()?; // (batch, seq_len, hidden)
-            let rewards = hidden.broadcast_mul(&self.head)?.sum(D::Minus1)?; // (batch, seq_len)
-            Ok((hidden, rewards))
-        }
-
-        fn device(&self) -> &Device {
-            &self.device
-        }
+    /// The tiny llama fixture (2 layers, hidden 32, vocab 100, MLP head) on the CPU in f32.
+    pub(crate) fn tiny_llama() -> crate::model::RewardModel {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+        crate::model::RewardModel::load(path, &Device::Cpu, DType::F32).unwrap()
     }
 
     /// The character-level fixture tokenizer (tests/fixtures/make_tiny_tokenizer.py).
@@ -653,7 +618,7 @@ pub(crate) mod tests {
 
     fn options(batch_tokens: usize, goal: bool) -> ScoreOptions {
         let goal = goal.then(|| {
-            Tensor::from_iter((0..16).map(|i| (i as f32 - 7.5) / 4.0), &Device::Cpu).unwrap()
+            Tensor::from_iter((0..32).map(|i| (i as f32 - 15.5) / 8.0), &Device::Cpu).unwrap()
         });
         ScoreOptions {
             rm_name: "mock".into(),
@@ -700,7 +665,7 @@ pub(crate) mod tests {
     #[test]
     fn scores_do_not_depend_on_batch_size_or_padding() {
         let encoder = tiny_encoder();
-        let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
+        let model = tiny_llama();
         let frame = generations(13);
         let path = Path::new("<test>");
         let (one, _) =
@@ -723,7 +688,7 @@ pub(crate) mod tests {
     #[test]
     fn reward_is_the_last_token_reward_and_rows_keep_input_order() {
         let encoder = tiny_encoder();
-        let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
+        let model = tiny_llama();
         let frame = generations(9);
         let (scored, summary) = score_frame(
             &model,
@@ -776,7 +741,7 @@ pub(crate) mod tests {
     fn q_values_are_cosines_with_the_goal() {
         let mut encoder = tiny_encoder();
         encoder.eos = EosPolicy::None;
-        let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
+        let model = tiny_llama();
         let frame = generations(4);
         let options = options(64, true);
         let (scored, _) = score_frame(
@@ -803,7 +768,10 @@ pub(crate) mod tests {
             .unwrap()
             .unsqueeze(0)
             .unwrap();
-        let (hidden, _) = model.forward(&ids, &ids.ones_like().unwrap()).unwrap();
+        let hidden = model
+            .forward(&ids, &ids.ones_like().unwrap())
+            .unwrap()
+            .hidden;
         let hidden = hidden.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
         let goal = options.goal.unwrap().to_vec1::<f32>().unwrap();
         let expected: Vec<f64> = hidden[encoded.response_start..]
@@ -828,7 +796,7 @@ pub(crate) mod tests {
     #[test]
     fn truncation_cases_are_counted_and_skipped_rows_are_null() {
         let mut encoder = tiny_encoder();
-        let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
+        let model = tiny_llama();
         let frame = generations(10);
         let lengths: Vec<(usize, usize)> = (0..10)
             .map(|i| {
@@ -880,7 +848,7 @@ pub(crate) mod tests {
     }
 
     fn run_to(
-        model: &CausalMeanModel,
+        model: &crate::model::RewardModel,
         encoder: &Encoder,
         frame: &DataFrame,
         path: &Path,
@@ -902,7 +870,7 @@ pub(crate) mod tests {
     #[test]
     fn resume_after_an_interruption_equals_a_full_run() {
         let encoder = tiny_encoder();
-        let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
+        let model = tiny_llama();
         let frame = generations(11);
         let dir = tempfile::tempdir().unwrap();
         let full_path = dir.path().join("full.parquet");
@@ -936,13 +904,13 @@ pub(crate) mod tests {
         assert!(!partial_dir(&path).exists());
         let full = read_table(&full_path).unwrap();
         let resumed = read_table(&path).unwrap();
-        assert_frames_close(&full, &resumed, 0.0);
+        assert_frames_close(&full, &resumed, 1e-5);
     }
 
     #[test]
     fn shards_merge_back_into_the_full_run() {
         let encoder = tiny_encoder();
-        let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
+        let model = tiny_llama();
         let frame = generations(10);
         let dir = tempfile::tempdir().unwrap();
         let full_path = dir.path().join("full.parquet");
@@ -960,12 +928,29 @@ pub(crate) mod tests {
             parts.push(part);
         }
         let merged = merge_shards(&parts).unwrap();
-        assert_frames_close(&read_table(&full_path).unwrap(), &merged, 1e-6);
+        assert_frames_close(&read_table(&full_path).unwrap(), &merged, 1e-5);
         assert!(
             merge_shards(&parts[..2]).is_err(),
             "a missing shard is an error"
         );
         assert!(merge_shards(&[parts[0].clone(), parts[0].clone()]).is_err());
+    }
+
+    #[test]
+    fn a_goal_of_another_hidden_size_is_an_error() {
+        let (model, encoder) = (tiny_llama(), tiny_encoder());
+        let mut options = options(100, false);
+        options.goal = Some(Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap());
+        let error = score_frame(
+            &model,
+            &encoder,
+            &generations(2),
+            Path::new("<t>"),
+            &options,
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("hidden size is 32"), "{error}");
     }
 
     #[test]

@@ -22,6 +22,13 @@ pub const NEMO_TEMPLATE: &str = "System:\nYou're an expert Python programmer and
 Help the user to solve this problem using code when necessary. \
 Make sure to put the answer (and only answer) inside \\boxed{}.\n\nUser:\n{question}\n\nAssistant:\n";
 
+/// The NeMo template exactly as the released training code evaluates it
+/// (`openrlhf/datasets/reward_dataset.py::NEMO_TEMPLATE`): leading and triple spaces from line
+/// continuations. Offered to reproduce the release; [`NEMO_TEMPLATE`] is the default.
+pub const NEMO_RELEASE_TEMPLATE: &str = "  System:\n  You're an expert Python programmer and \
+mathematician.   Help the user to solve this problem using code when necessary.   \
+Make sure to put the answer (and only answer) inside \\boxed{}.\n\nUser:\n{question}\n\nAssistant:\n";
+
 /// The ChatML template of SmolLM2-Instruct (one user turn, then the assistant turn opens).
 pub const CHATML_TEMPLATE: &str = "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n";
 
@@ -36,6 +43,8 @@ pub const PLACEHOLDER: &str = "{question}";
 pub enum Template {
     /// The paper's NeMo format ([`NEMO_TEMPLATE`]).
     Nemo,
+    /// The release's indented NeMo string ([`NEMO_RELEASE_TEMPLATE`]).
+    NemoRelease,
     /// SmolLM2's ChatML format ([`CHATML_TEMPLATE`]).
     ChatMl,
     /// `{question}\n` ([`RAW_TEMPLATE`]).
@@ -45,10 +54,11 @@ pub enum Template {
 }
 
 impl Template {
-    /// Parses `nemo`, `chatml`, `raw`, or a path to a template file.
+    /// Parses `nemo`, `nemo-release`, `chatml`, `raw`, or a path to a template file.
     pub fn parse(spec: &str) -> Result<Self> {
         match spec {
             "nemo" => Ok(Template::Nemo),
+            "nemo-release" => Ok(Template::NemoRelease),
             "chatml" => Ok(Template::ChatMl),
             "raw" => Ok(Template::Raw),
             path => Template::from_file(Path::new(path)),
@@ -75,6 +85,7 @@ impl Template {
     pub fn text(&self) -> &str {
         match self {
             Template::Nemo => NEMO_TEMPLATE,
+            Template::NemoRelease => NEMO_RELEASE_TEMPLATE,
             Template::ChatMl => CHATML_TEMPLATE,
             Template::Raw => RAW_TEMPLATE,
             Template::File { text, .. } => text,
@@ -85,6 +96,7 @@ impl Template {
     pub fn name(&self) -> String {
         match self {
             Template::Nemo => "nemo".into(),
+            Template::NemoRelease => "nemo-release".into(),
             Template::ChatMl => "chatml".into(),
             Template::Raw => "raw".into(),
             Template::File { path, .. } => path.display().to_string(),
@@ -167,6 +179,16 @@ impl TruncationCounts {
         self.prompt += other.prompt;
         self.response += other.response;
         self.skipped += other.skipped;
+    }
+}
+
+impl std::fmt::Display for TruncationCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} rows lost prompt tokens, {} had the response cut, {} skipped",
+            self.prompt, self.response, self.skipped
+        )
     }
 }
 
