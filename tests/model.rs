@@ -289,3 +289,189 @@ fn a_saved_reward_model_loads_back_with_the_same_rewards() {
         assert_eq!(diff, 0.0, "{kind}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// SmolLM2-135M-Instruct from its GGUF (installed by scripts/install-model.sh).
+
+fn smollm2_gguf() -> Option<PathBuf> {
+    let path = std::env::var_os("QRM_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipping: {} not found (run scripts/install-model.sh)",
+            path.display()
+        );
+        None
+    }
+}
+
+fn shared_smollm2_dir() -> Option<PathBuf> {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/models/smollm2-135m-instruct");
+    if dir.exists() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: ../shared/data not found");
+        None
+    }
+}
+
+#[derive(Deserialize)]
+struct SmolReference {
+    input_ids: Vec<Vec<u32>>,
+    attention_mask: Vec<Vec<u32>>,
+    dims: usize,
+    rows: Vec<SmolRow>,
+}
+
+#[derive(Deserialize)]
+struct SmolRow {
+    head: Vec<Vec<f64>>,
+    norm: Vec<f64>,
+}
+
+/// Max |Δ| of the first `dims` hidden dimensions and max relative |Δ| of the per-token L2 norms.
+fn compare_with_smollm2_reference(hidden: &Tensor, reference: &SmolReference) -> (f64, f64) {
+    let hidden = hidden
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec3::<f64>()
+        .unwrap();
+    let (mut head_diff, mut norm_diff) = (0f64, 0f64);
+    for (row, expected) in reference.rows.iter().enumerate() {
+        for (t, (head, norm)) in expected.head.iter().zip(&expected.norm).enumerate() {
+            let actual = &hidden[row][t];
+            for (a, e) in actual[..reference.dims].iter().zip(head) {
+                head_diff = head_diff.max((a - e).abs());
+            }
+            let actual_norm = actual.iter().map(|v| v * v).sum::<f64>().sqrt();
+            norm_diff = norm_diff.max((actual_norm - norm).abs() / norm);
+        }
+    }
+    (head_diff, norm_diff)
+}
+
+#[test]
+fn smollm2_from_gguf_matches_transformers_loading_the_same_gguf() {
+    let Some(gguf) = smollm2_gguf() else { return };
+    let text = std::fs::read_to_string(fixtures().join("smollm2_reference.json")).unwrap();
+    let reference: SmolReference = serde_json::from_str(&text).unwrap();
+    let checkpoint = Checkpoint::load(&gguf, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(checkpoint.config.num_hidden_layers, 30);
+    assert_eq!(checkpoint.config.num_kv_heads(), 3);
+    let transformer = Transformer::new(
+        &checkpoint.config,
+        Checkpoint::backbone(&checkpoint.var_builder(), &checkpoint.backbone_prefix),
+    )
+    .unwrap();
+    let rows = reference.input_ids.len();
+    let cols = reference.input_ids[0].len();
+    let ids = Tensor::from_vec(reference.input_ids.concat(), (rows, cols), &Device::Cpu).unwrap();
+    let mask = Tensor::from_vec(
+        reference.attention_mask.concat(),
+        (rows, cols),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let fused = transformer.forward(&ids, &mask).unwrap();
+    let (head_diff, norm_diff) = compare_with_smollm2_reference(&fused, &reference);
+    // Hidden values reach ~±30 after 30 layers; f32 vs the f64 reference.
+    assert_close("smollm2 gguf fused: first 32 dims", head_diff, 2e-4);
+    assert_close("smollm2 gguf fused: relative norm", norm_diff, 1e-5);
+
+    let differentiable = transformer
+        .clone()
+        .with_kernels(Kernels::Differentiable)
+        .forward(&ids, &mask)
+        .unwrap();
+    let (head_diff, norm_diff) = compare_with_smollm2_reference(&differentiable, &reference);
+    assert_close(
+        "smollm2 gguf differentiable: first 32 dims",
+        head_diff,
+        2e-4,
+    );
+    assert_close(
+        "smollm2 gguf differentiable: relative norm",
+        norm_diff,
+        1e-5,
+    );
+    let kernel_diff = (fused - differentiable)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    eprintln!("smollm2 fused vs differentiable: max |Δ| = {kernel_diff:.3e} (pads included)");
+}
+
+#[test]
+fn gguf_rebuilt_tokenizer_encodes_like_the_upstream_tokenizer_json() {
+    let Some(gguf) = smollm2_gguf() else { return };
+    let Some(dir) = shared_smollm2_dir() else {
+        return;
+    };
+    let rebuilt = qrm::model::gguf::tokenizer_from_gguf(&gguf).unwrap();
+    let upstream = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let corpus = [
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+        "<|im_start|>user\nWhat is 12345 * 6789?<|im_end|>\n<|im_start|>assistant\n",
+        "The answer is $\\boxed{\\frac{3}{4}}$ since 0.75 = 75% and 1,000,000 > 999,999.",
+        "def fib(n: int) -> int:\n    if n < 2:\n        return n\n    return fib(n-1) + fib(n-2)\n",
+        "fn main() { let xs: Vec<u32> = (0..10).collect(); println!(\"{xs:?}\"); }",
+        "Ünïcödé: café, naïve, 東京, Привет мир, مرحبا, emoji 🎉🚀, math ∑∫√π≈3.14159",
+        "  leading spaces,\ttabs,\r\nwindows newlines,\n\n\nand trailing   ",
+        "<<48/2=24>> #### 72 <repo_name>x<file_sep>y<|endoftext|>",
+        "3.14e-10 -42 +7 0x1F 1e9 2^31-1 = 2147483647",
+        "",
+    ];
+    for text in corpus {
+        for add_special in [false, true] {
+            let ours = rebuilt.encode(text, add_special).unwrap();
+            let theirs = upstream.encode(text, add_special).unwrap();
+            assert_eq!(ours.get_ids(), theirs.get_ids(), "text {text:?}");
+        }
+        let ids = upstream.encode(text, false).unwrap();
+        assert_eq!(
+            rebuilt.decode(ids.get_ids(), false).unwrap(),
+            upstream.decode(ids.get_ids(), false).unwrap()
+        );
+    }
+    assert_eq!(rebuilt.get_vocab_size(true), upstream.get_vocab_size(true));
+}
+
+#[test]
+fn smollm2_gguf_saved_as_f32_safetensors_loads_back_identically() {
+    let Some(gguf) = smollm2_gguf() else { return };
+    let checkpoint = Checkpoint::load(&gguf, &Device::Cpu, DType::F32).unwrap();
+    let varmap = VarMap::new();
+    let model = RewardModel::with_new_head(&checkpoint, HeadKind::Linear, &varmap).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let loaded = RewardModel::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    let ids = Tensor::new(&[[1u32, 2, 3, 4, 5, 6], [7, 8, 9, 0, 0, 0]], &Device::Cpu).unwrap();
+    let mask = Tensor::new(&[[1u8, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
+    let a = model.forward(&ids, &mask).unwrap();
+    let b = loaded.forward(&ids, &mask).unwrap();
+    let diff = (a.hidden - b.hidden)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForSequenceClassification");
+    assert_eq!(config["value_head_prefix"], "score");
+}

@@ -277,12 +277,14 @@ fn pre_tokenizer(path: &Path, pre: &str) -> Result<serde_json::Value> {
             json!({"type": "Sequence", "pretokenizers": [split(LLAMA3), byte_level(false)]})
         }
         "qwen2" => json!({"type": "Sequence", "pretokenizers": [split(QWEN2), byte_level(false)]}),
-        other => return Err(format_error(
-            path,
-            format!(
+        other => {
+            return Err(format_error(
+                path,
+                format!(
                 "GGUF pre-tokenizer `{other}` is not supported (smollm, gpt2, llama-bpe, qwen2)"
             ),
-        )),
+            ))
+        }
     })
 }
 

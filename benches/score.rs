@@ -1,0 +1,292 @@
+//! Scoring throughput of SmolLM2-135M (f32, CPU) in qrm against PyTorch + transformers on the same
+//! machine, the same texts, the same batches, measured in the same run.
+//!
+//! ```text
+//! scripts/install-model.sh
+//! cargo bench --profile dev --bench score -- [--batch 8] [--texts 16] [--max-tokens 256] [--repeats 3]
+//! ```
+//! (`--profile dev` is enough: the dev profile builds candle and gemm at opt-level 3, and the
+//! time is spent there.) The bench loads the GGUF, adds a linear head, writes the model as an f32
+//! `LlamaForSequenceClassification` directory, loads that directory in both qrm and
+//! `benches/score_peer.py`, scores GSM8K test question+answer texts, and prints tokens/s for
+//! each, their ratio, the achieved GFLOP/s, and a 1024³ f32 matmul rate in each stack. Without
+//! torch it reports qrm alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use qrm::model::{last_token_values, Checkpoint, HeadKind, ModelConfig, RewardModel};
+
+struct Options {
+    batch: usize,
+    texts: usize,
+    max_tokens: usize,
+    repeats: usize,
+}
+
+fn parse_options() -> Result<Options> {
+    let mut options = Options {
+        batch: 8,
+        texts: 16,
+        max_tokens: 256,
+        repeats: 3,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| -> Result<usize> {
+            args.next()
+                .with_context(|| format!("{name} needs a value"))?
+                .parse()
+                .with_context(|| format!("{name} needs an integer"))
+        };
+        match arg.as_str() {
+            "--batch" => options.batch = value("--batch")?,
+            "--texts" => options.texts = value("--texts")?,
+            "--max-tokens" => options.max_tokens = value("--max-tokens")?,
+            "--repeats" => options.repeats = value("--repeats")?,
+            "--bench" => {}
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(options)
+}
+
+/// Question + reference solution of the first `count` GSM8K test problems.
+fn gsm8k_texts(count: usize) -> Result<Vec<String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/gsm8k/test.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    text.lines()
+        .take(count)
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line)?;
+            Ok(format!(
+                "{}\n{}",
+                row["question"].as_str().unwrap_or_default(),
+                row["answer"].as_str().unwrap_or_default()
+            ))
+        })
+        .collect()
+}
+
+/// Right-padded batches of token ids (pad id `pad`).
+fn batches(encodings: &[Vec<u32>], batch: usize, pad: u32) -> Vec<(Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+    encodings
+        .chunks(batch)
+        .map(|chunk| {
+            let width = chunk.iter().map(Vec::len).max().unwrap_or(0);
+            let ids = chunk
+                .iter()
+                .map(|e| {
+                    let mut row = e.clone();
+                    row.resize(width, pad);
+                    row
+                })
+                .collect();
+            let mask = chunk
+                .iter()
+                .map(|e| (0..width).map(|j| u32::from(j < e.len())).collect())
+                .collect();
+            (ids, mask)
+        })
+        .collect()
+}
+
+fn to_tensor(rows: &[Vec<u32>]) -> Result<Tensor> {
+    Ok(Tensor::from_vec(
+        rows.concat(),
+        (rows.len(), rows[0].len()),
+        &Device::Cpu,
+    )?)
+}
+
+/// Forward FLOPs (multiply-adds × 2) of one batch: the projections and MLP per real-or-padded
+/// token, attention scores and context per query-key pair, and the head.
+fn forward_flops(config: &ModelConfig, batch: usize, seq_len: usize) -> f64 {
+    let hidden = config.hidden_size as f64;
+    let kv = (config.num_kv_heads() * config.head_size()) as f64;
+    let inner = config.intermediate_size as f64;
+    let per_token = 2.0 * (2.0 * hidden * hidden + 2.0 * hidden * kv + 3.0 * hidden * inner);
+    let attention = 2.0 * 2.0 * (seq_len * seq_len) as f64 * hidden;
+    let layers = config.num_hidden_layers as f64;
+    batch as f64
+        * (layers * (per_token * seq_len as f64 + attention) + 2.0 * hidden * seq_len as f64)
+}
+
+fn candle_matmul_gflops() -> Result<f64> {
+    let size = 1024;
+    let a = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
+    a.matmul(&b)?;
+    let repeats = 20;
+    let start = Instant::now();
+    for _ in 0..repeats {
+        a.matmul(&b)?;
+    }
+    let seconds = start.elapsed().as_secs_f64() / repeats as f64;
+    Ok(2.0 * (size as f64).powi(3) / seconds / 1e9)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let options = parse_options()?;
+    let gguf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.exists() {
+        eprintln!(
+            "skipping: {} not found (run scripts/install-model.sh)",
+            gguf.display()
+        );
+        return Ok(());
+    }
+    let tokenizer = qrm::model::gguf::tokenizer_from_gguf(&gguf)?;
+    let texts = gsm8k_texts(options.texts)?;
+    let mut encodings = texts
+        .iter()
+        .map(|t| {
+            let ids = tokenizer
+                .encode(t.as_str(), false)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut ids = ids.get_ids().to_vec();
+            ids.truncate(options.max_tokens);
+            Ok(ids)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Sorting by length keeps padding low, as a scorer would.
+    encodings.sort_by_key(Vec::len);
+    let checkpoint = Checkpoint::load(&gguf, &Device::Cpu, DType::F32)?;
+    let pad = checkpoint.config.pad_token_id.unwrap_or(0);
+    let batches = batches(&encodings, options.batch, pad);
+    let real_tokens: usize = encodings.iter().map(Vec::len).sum();
+    let padded_tokens: usize = batches
+        .iter()
+        .map(|(ids, _)| ids.len() * ids[0].len())
+        .sum();
+    let flops: f64 = batches
+        .iter()
+        .map(|(ids, _)| forward_flops(&checkpoint.config, ids.len(), ids[0].len()))
+        .sum();
+
+    // The same f32 reward model for both stacks.
+    let varmap = VarMap::new();
+    let with_head = RewardModel::with_new_head(&checkpoint, HeadKind::Linear, &varmap)?;
+    let dir = tempfile::tempdir()?;
+    with_head.save(dir.path())?;
+    drop((with_head, checkpoint));
+    let model = RewardModel::load(dir.path(), &Device::Cpu, DType::F32)?;
+
+    let tensors = batches
+        .iter()
+        .map(|(ids, mask)| Ok((to_tensor(ids)?, to_tensor(mask)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let one_pass = || -> Result<Vec<f32>> {
+        let mut rewards = Vec::new();
+        for (ids, mask) in &tensors {
+            let out = model.forward(ids, mask)?;
+            rewards.extend(last_token_values(&out.token_rewards, mask)?.to_vec1::<f32>()?);
+        }
+        Ok(rewards)
+    };
+    one_pass()?;
+    let mut seconds = Vec::new();
+    let mut rewards = Vec::new();
+    for _ in 0..options.repeats {
+        let start = Instant::now();
+        rewards = one_pass()?;
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    let qrm_seconds = median(&mut seconds);
+    let candle_peak = candle_matmul_gflops()?;
+    println!(
+        "workload: {} texts, batch {}, {} real tokens ({} with padding), {:.1} GFLOP per pass, {} threads",
+        encodings.len(),
+        options.batch,
+        real_tokens,
+        padded_tokens,
+        flops / 1e9,
+        candle_core::utils::get_num_threads()
+    );
+    println!(
+        "qrm (candle):  {:8.1} tokens/s  median {:.3} s of {:?}  {:6.1} GFLOP/s  (matmul 1024³ peak {:.1} GFLOP/s, {:.0}%)",
+        real_tokens as f64 / qrm_seconds,
+        qrm_seconds,
+        seconds,
+        flops / qrm_seconds / 1e9,
+        candle_peak,
+        100.0 * flops / qrm_seconds / 1e9 / candle_peak
+    );
+
+    let batches_path: PathBuf = dir.path().join("batches.json");
+    let json = serde_json::json!({"batches": batches.iter().map(|(ids, mask)| {
+        serde_json::json!({"input_ids": ids, "attention_mask": mask})
+    }).collect::<Vec<_>>()});
+    std::fs::write(&batches_path, json.to_string())?;
+    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/score_peer.py");
+    let output = Command::new("python3")
+        .arg(&peer)
+        .arg(dir.path())
+        .arg(&batches_path)
+        .arg(options.repeats.to_string())
+        .output();
+    let output = match output {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!(
+                "PyTorch peer failed (torch + transformers installed?):\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            eprintln!("cannot run python3: {e}");
+            return Ok(());
+        }
+    };
+    let peer: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let mut peer_seconds: Vec<f64> = peer["seconds"]
+        .as_array()
+        .context("peer gave no seconds")?
+        .iter()
+        .filter_map(|v| v.as_f64())
+        .collect();
+    let torch_seconds = median(&mut peer_seconds);
+    let torch_peak = peer["matmul_gflops"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "torch {}: {:8.1} tokens/s  median {:.3} s of {:?}  {:6.1} GFLOP/s  (matmul 1024³ peak {:.1} GFLOP/s, {:.0}%), {} threads",
+        peer["torch"].as_str().unwrap_or("?"),
+        real_tokens as f64 / torch_seconds,
+        torch_seconds,
+        peer_seconds,
+        flops / torch_seconds / 1e9,
+        torch_peak,
+        100.0 * flops / torch_seconds / 1e9 / torch_peak,
+        peer["threads"]
+    );
+    println!(
+        "qrm / torch throughput ratio: {:.2}",
+        torch_seconds / qrm_seconds
+    );
+    let peer_rewards: Vec<f64> = peer["rewards"]
+        .as_array()
+        .context("peer gave no rewards")?
+        .iter()
+        .filter_map(|v| v.as_f64())
+        .collect();
+    let max_diff = rewards
+        .iter()
+        .zip(&peer_rewards)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0f64, f64::max);
+    println!(
+        "sequence rewards, qrm vs torch: max |Δ| = {max_diff:.2e} over {} texts",
+        peer_rewards.len()
+    );
+    Ok(())
+}
