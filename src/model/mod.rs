@@ -8,6 +8,7 @@ pub mod fit;
 pub mod gguf;
 pub mod goal;
 pub mod head;
+pub mod inference;
 pub mod loss;
 pub mod optim;
 pub mod reward_model;

@@ -492,7 +492,7 @@ fn join_chunks(chunks: &[(PathBuf, usize)], path: &Path, format: Format) -> Resu
             let first = read_table(&chunks[0].0)?;
             let mut writer = ParquetWriter::new(w)
                 .with_compression(ParquetCompression::Zstd(None))
-                .batched(&first.schema())
+                .batched(first.schema())
                 .map_err(|e| Error::table(path, e))?;
             writer
                 .write_batch(&first)
@@ -616,23 +616,20 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn smollm_encoder() -> Option<Encoder> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/models/smollm2-135m-instruct");
-        if !dir.exists() {
-            eprintln!("skipping: ../shared/data not found");
-            return None;
-        }
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).ok()?;
-        let eos_id = crate::model::template::find_eos_id(&tokenizer, Some(&dir)).ok()?;
-        Some(Encoder {
+    /// The character-level fixture tokenizer (tests/fixtures/make_tiny_tokenizer.py).
+    pub(crate) fn tiny_encoder() -> Encoder {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny-tokenizer/tokenizer.json");
+        let tokenizer = Tokenizer::from_file(path).unwrap();
+        let eos_id = crate::model::template::find_eos_id(&tokenizer, None).unwrap();
+        Encoder {
             tokenizer,
             template: Template::ChatMl,
             eos: EosPolicy::Append,
             eos_id,
             max_len: None,
             truncation: Truncation::LeftPrompt,
-        })
+        }
     }
 
     fn generations(rows: usize) -> DataFrame {
@@ -669,7 +666,11 @@ pub(crate) mod tests {
     fn list_values(frame: &DataFrame, name: &str) -> Vec<Option<Vec<f32>>> {
         let lists = frame.column(name).unwrap().list().unwrap().clone();
         (0..lists.len())
-            .map(|i| lists.get_as_series(i).map(|s| s.f32().unwrap().iter().flatten().collect()))
+            .map(|i| {
+                lists
+                    .get_as_series(i)
+                    .map(|s| s.f32().unwrap().iter().flatten().collect())
+            })
             .collect()
     }
 
@@ -686,12 +687,7 @@ pub(crate) mod tests {
             }
         }
         let rewards = |f: &DataFrame| -> Vec<Option<f32>> {
-            f.column(REWARD)
-                .unwrap()
-                .f32()
-                .unwrap()
-                .iter()
-                .collect()
+            f.column(REWARD).unwrap().f32().unwrap().iter().collect()
         };
         for (u, v) in rewards(a).iter().zip(rewards(b)) {
             assert!((u.unwrap() - v.unwrap()).abs() <= tolerance);
@@ -703,9 +699,7 @@ pub(crate) mod tests {
 
     #[test]
     fn scores_do_not_depend_on_batch_size_or_padding() {
-        let Some(encoder) = smollm_encoder() else {
-            return;
-        };
+        let encoder = tiny_encoder();
         let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
         let frame = generations(13);
         let path = Path::new("<test>");
@@ -728,9 +722,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reward_is_the_last_token_reward_and_rows_keep_input_order() {
-        let Some(encoder) = smollm_encoder() else {
-            return;
-        };
+        let encoder = tiny_encoder();
         let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
         let frame = generations(9);
         let (scored, summary) = score_frame(
@@ -752,14 +744,16 @@ pub(crate) mod tests {
             .unwrap()
             .f32()
             .unwrap()
-            .iter().flatten()
+            .iter()
+            .flatten()
             .collect();
         let lengths: Vec<u32> = scored
             .column(RESPONSE_TOKENS)
             .unwrap()
             .u32()
             .unwrap()
-            .iter().flatten()
+            .iter()
+            .flatten()
             .collect();
         for (row, token_rewards) in list_values(&scored, TOKEN_REWARDS).into_iter().enumerate() {
             let token_rewards = token_rewards.unwrap();
@@ -780,9 +774,7 @@ pub(crate) mod tests {
 
     #[test]
     fn q_values_are_cosines_with_the_goal() {
-        let Some(mut encoder) = smollm_encoder() else {
-            return;
-        };
+        let mut encoder = tiny_encoder();
         encoder.eos = EosPolicy::None;
         let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
         let frame = generations(4);
@@ -835,9 +827,7 @@ pub(crate) mod tests {
 
     #[test]
     fn truncation_cases_are_counted_and_skipped_rows_are_null() {
-        let Some(mut encoder) = smollm_encoder() else {
-            return;
-        };
+        let mut encoder = tiny_encoder();
         let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
         let frame = generations(10);
         let lengths: Vec<(usize, usize)> = (0..10)
@@ -850,7 +840,8 @@ pub(crate) mod tests {
                 (e.response_start, e.response_len + 1)
             })
             .collect();
-        let max_len = 16;
+        let scored: Vec<usize> = lengths.iter().map(|(_, r)| *r).collect();
+        let max_len = (scored.iter().min().unwrap() + scored.iter().max().unwrap()) / 2;
         let expect_prompt = lengths
             .iter()
             .filter(|(p, r)| p + r > max_len && *r <= max_len)
@@ -910,9 +901,7 @@ pub(crate) mod tests {
 
     #[test]
     fn resume_after_an_interruption_equals_a_full_run() {
-        let Some(encoder) = smollm_encoder() else {
-            return;
-        };
+        let encoder = tiny_encoder();
         let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
         let frame = generations(11);
         let dir = tempfile::tempdir().unwrap();
@@ -952,9 +941,7 @@ pub(crate) mod tests {
 
     #[test]
     fn shards_merge_back_into_the_full_run() {
-        let Some(encoder) = smollm_encoder() else {
-            return;
-        };
+        let encoder = tiny_encoder();
         let model = CausalMeanModel::new(encoder.tokenizer.get_vocab_size(true), 16);
         let frame = generations(10);
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,128 @@
+//! Computes the goal state (paper Eq. 7): the mean last-layer hidden state at the final scored
+//! token of the chosen responses of a pairs table, saved with its provenance as safetensors.
+//!
+//! `qrm-embed pairs.parquet --rm rm/ -o goal.safetensors`
+//!
+//! `--token random` averages a random response token instead (App. C ablation); `--limit N`
+//! uses a seeded random sample of N pairs (App. C sample-size ablation).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use qrm::model::goal::{embed_goal, EmbedOptions, GoalState, GoalToken};
+use qrm::model::inference::{self, EncodingArgs, ModelArgs};
+use qrm::pipeline::io::{display_path, read_table};
+use qrm::pipeline::schema::{Columns, CHOSEN, QUESTION};
+use rand::seq::index::sample;
+use rand::SeedableRng;
+
+/// Computes the goal state of a reward model from the chosen responses of a pairs table.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Pairs table (question, chosen, ...); `-` reads stdin.
+    #[arg(default_value = "-")]
+    input: PathBuf,
+
+    #[command(flatten)]
+    model: ModelArgs,
+
+    #[command(flatten)]
+    encoding: EncodingArgs,
+
+    /// Which token of each chosen response contributes: the final scored one, or a random one.
+    #[arg(long, value_enum, default_value_t = GoalToken::Last)]
+    token: GoalToken,
+
+    /// Use a random sample (seeded by --seed) of N pairs instead of all.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+
+    /// Padded tokens per forward pass (rows × longest row).
+    #[arg(long, default_value_t = 8192, value_name = "N")]
+    batch_tokens: usize,
+
+    /// The goal-state file to write (safetensors).
+    #[arg(short, long, value_name = "PATH")]
+    output: PathBuf,
+
+    /// Only warnings and errors on stderr, no progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    qrm::cli::init_logging(args.quiet);
+    qrm::cli::finish(run(args))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let loaded = inference::load(&args.model)?;
+    let encoder = loaded.encoder(&args.encoding)?;
+    let frame = read_table(&args.input)?;
+    let shown = display_path(&args.input);
+    let columns = Columns::new(&frame, &shown);
+    let questions = columns.str_not_null(QUESTION)?;
+    let chosen = columns.str_not_null(CHOSEN)?;
+    let mut rows: Vec<usize> = (0..frame.height()).collect();
+    if let Some(limit) = args.limit.filter(|&limit| limit < frame.height()) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.model.seed);
+        rows = sample(&mut rng, frame.height(), limit).into_vec();
+        rows.sort_unstable();
+    }
+    let questions: Vec<&str> = rows
+        .iter()
+        .map(|&row| questions.get(row).unwrap_or_default())
+        .collect();
+    let chosen: Vec<&str> = rows
+        .iter()
+        .map(|&row| chosen.get(row).unwrap_or_default())
+        .collect();
+
+    let progress = qrm::cli::progress_bar(rows.len() as u64, "embedding", args.quiet);
+    let options = EmbedOptions {
+        token: args.token,
+        seed: args.model.seed,
+        batch_tokens: args.batch_tokens,
+    };
+    let (accumulator, truncation) = embed_goal(
+        loaded.model.as_ref(),
+        &encoder,
+        &questions,
+        &chosen,
+        &options,
+        |done| progress.inc(done as u64),
+    )?;
+    progress.finish_and_clear();
+    let vector = accumulator
+        .mean()
+        .context("no chosen response could be embedded (all skipped by truncation?)")?;
+    let metadata = HashMap::from([
+        ("rm".to_owned(), loaded.name.clone()),
+        ("count".to_owned(), accumulator.count().to_string()),
+        ("template".to_owned(), encoder.template.name()),
+        ("token".to_owned(), args.token.name().to_owned()),
+        ("eos".to_owned(), encoder.eos.name().to_owned()),
+        ("max_len".to_owned(), args.encoding.max_len.to_string()),
+        ("seed".to_owned(), args.model.seed.to_string()),
+        ("source".to_owned(), shown.display().to_string()),
+    ]);
+    GoalState { vector, metadata }.save(&args.output)?;
+    tracing::info!(
+        "goal state of {} chosen responses (hidden {}) → {}; {} rows lost prompt tokens, {} had \
+         the response cut, {} skipped",
+        accumulator.count(),
+        accumulator.mean().map_or(0, |v| v.len()),
+        args.output.display(),
+        truncation.prompt,
+        truncation.response,
+        truncation.skipped
+    );
+    if loaded.untrained_head {
+        tracing::warn!("the value head is untrained (it does not enter the goal state)");
+    }
+    Ok(())
+}
