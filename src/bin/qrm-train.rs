@@ -9,9 +9,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use qrm::model::fit::{fit, FitRequest};
 use qrm::model::head::HeadKind;
-use qrm::model::sampling::Window;
 use qrm::model::template::EosPolicy;
-use qrm::model::train::{ContrastiveForm, GoalStrategy, Objective, PreferenceLoss, TrainConfig};
+use qrm::model::train::TrainConfig;
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -27,42 +26,6 @@ struct Args {
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     output: PathBuf,
 
-    /// bt: Bradley–Terry only; q: BT + λ·contrastive (the paper's method).
-    #[arg(long, value_enum, default_value = "q")]
-    objective: Objective,
-
-    /// Preference loss: sigmoid (−log σ(r_c − r_r − margin)) or logexp.
-    #[arg(long, value_enum, default_value = "sigmoid")]
-    loss: PreferenceLoss,
-
-    /// Contrastive weight λ.
-    #[arg(long = "lambda", default_value_t = 0.5)]
-    lambda: f64,
-
-    /// reference: the released code's loss; paper: Eq. 5.
-    #[arg(long, value_enum, default_value = "reference")]
-    contrastive: ContrastiveForm,
-
-    /// single (SGS), avg (goals averaged) or random (negative goal from another question).
-    #[arg(long, value_enum, default_value = "single")]
-    goal_strategy: GoalStrategy,
-
-    /// Positive (source, goal) samples per pair.
-    #[arg(long, default_value_t = 16)]
-    positives: usize,
-
-    /// Negative (source, goal) samples per pair.
-    #[arg(long, default_value_t = 16)]
-    negatives: usize,
-
-    /// Where sources are sampled, as fractions of the response (`0.9:1` = the last tenth).
-    #[arg(long, default_value = "0:1")]
-    source_window: Window,
-
-    /// Where goals are sampled, as fractions of the response.
-    #[arg(long, default_value = "0:1")]
-    goal_window: Window,
-
     /// Eval pairs file; otherwise `--eval-fraction` of the questions is held out.
     #[arg(long)]
     eval_pairs: Option<PathBuf>,
@@ -70,30 +33,6 @@ struct Args {
     /// Fraction of questions held out for eval when no `--eval-pairs` is given.
     #[arg(long, default_value_t = 0.1)]
     eval_fraction: f64,
-
-    /// Peak learning rate (cosine schedule, 3% warm-up).
-    #[arg(long, default_value_t = 9e-6)]
-    lr: f64,
-
-    /// AdamW decoupled weight decay (not applied to norms and biases).
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
-
-    /// Pairs per optimiser step.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-
-    /// Pairs per forward pass (gradients are accumulated over batch-size / micro-batch).
-    #[arg(long, default_value_t = 1)]
-    micro_batch: usize,
-
-    /// Passes over the training pairs.
-    #[arg(long, default_value_t = 1)]
-    epochs: usize,
-
-    /// Stop after this many optimiser steps (the schedule spans them).
-    #[arg(long)]
-    max_steps: Option<usize>,
 
     /// Train only the top K layers, the final norm and the head; the frozen trunk's outputs
     /// are computed once and cached under `--cache`.
@@ -117,14 +56,6 @@ struct Args {
     #[arg(long, default_value_t = 1024)]
     max_len: usize,
 
-    /// Evaluate every N steps (and at the end).
-    #[arg(long, default_value_t = 0)]
-    eval_every: usize,
-
-    /// Save the resumable state every N steps (and at the end).
-    #[arg(long, default_value_t = 0)]
-    save_every: usize,
-
     /// Continue from the state saved in the output directory.
     #[arg(long)]
     resume: bool,
@@ -137,12 +68,12 @@ struct Args {
     #[arg(long, default_value = ".cache/trunk")]
     cache: PathBuf,
 
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
+
+    #[command(flatten)]
+    config: TrainConfig,
 
     /// Only warnings and errors on stderr; no progress bar.
     #[arg(short, long)]
@@ -156,27 +87,6 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let config = TrainConfig {
-        objective: args.objective,
-        loss: args.loss,
-        lambda: args.lambda,
-        contrastive: args.contrastive,
-        goal_strategy: args.goal_strategy,
-        positives: args.positives,
-        negatives: args.negatives,
-        source_window: args.source_window.to_string(),
-        goal_window: args.goal_window.to_string(),
-        learning_rate: args.lr,
-        weight_decay: args.weight_decay,
-        batch_size: args.batch_size,
-        micro_batch: args.micro_batch,
-        epochs: args.epochs,
-        max_steps: args.max_steps,
-        eval_every: args.eval_every,
-        save_every: args.save_every,
-        seed: args.seed,
-        ..TrainConfig::default()
-    };
     let request = FitRequest {
         pairs: args.pairs,
         eval_pairs: args.eval_pairs,
@@ -193,7 +103,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         log: args.log,
         cache: args.cache,
         quiet: args.quiet,
-        config,
+        config: args.config,
     };
     let summary = fit(&request)?;
     if let Some(eval) = summary.eval {

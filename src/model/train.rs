@@ -76,29 +76,77 @@ pub enum GoalStrategy {
     Random,
 }
 
-/// Every setting of a run; saved as `train_config.json` next to the weights.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Every setting of a run; the `qrm-train` flags, saved in `train_config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct TrainConfig {
+    /// bt: Bradley–Terry only; q: BT + λ·contrastive (the paper's method).
+    #[arg(long, value_enum, default_value = "q")]
     pub objective: Objective,
+    /// Preference loss: sigmoid (−log σ(r_c − r_r − margin)) or logexp.
+    #[arg(long, value_enum, default_value = "sigmoid")]
     pub loss: PreferenceLoss,
+    /// Contrastive weight λ.
+    #[arg(long = "lambda", default_value_t = 0.5)]
     pub lambda: f64,
+    /// reference: the released code's loss; paper: Eq. 5.
+    #[arg(long, value_enum, default_value = "reference")]
     pub contrastive: ContrastiveForm,
+    /// single (SGS), avg (goals averaged per example) or random (negative goal from another
+    /// question's response).
+    #[arg(long, value_enum, default_value = "single")]
     pub goal_strategy: GoalStrategy,
+    /// Positive (source, goal) samples per pair.
+    #[arg(long, default_value_t = 16)]
     pub positives: usize,
+    /// Negative (source, goal) samples per pair.
+    #[arg(long, default_value_t = 16)]
     pub negatives: usize,
+    /// Where sources are sampled, as fractions of the response (`0.9:1` = the last tenth).
+    #[arg(long, default_value = "0:1", value_parser = parse_window)]
     pub source_window: String,
+    /// Where goals are sampled, as fractions of the response.
+    #[arg(long, default_value = "0:1", value_parser = parse_window)]
     pub goal_window: String,
+    /// Peak learning rate of the cosine schedule.
+    #[arg(long = "lr", default_value_t = 9e-6)]
     pub learning_rate: f64,
+    /// AdamW decoupled weight decay (norms and biases are not decayed).
+    #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
+    /// Warm-up steps as a fraction of all steps (rounded up).
+    #[arg(long = "warmup", default_value_t = 0.03)]
     pub warmup_fraction: f64,
+    /// Global gradient-norm clipping threshold.
+    #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
+    /// Pairs per optimiser step.
+    #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// Pairs per forward pass; gradients accumulate over batch-size / micro-batch passes.
+    #[arg(long, default_value_t = 1)]
     pub micro_batch: usize,
+    /// Passes over the training pairs.
+    #[arg(long, default_value_t = 1)]
     pub epochs: usize,
+    /// Stop after this many optimiser steps (the schedule spans them).
+    #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Evaluate every N steps (and at the end).
+    #[arg(long, default_value_t = 0)]
     pub eval_every: usize,
+    /// Save the resumable state every N steps (and at the end).
+    #[arg(long, default_value_t = 0)]
     pub save_every: usize,
+    /// Seed of the data order, the eval split and the contrastive positions.
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
+}
+
+/// Checks an `a:b` window flag.
+fn parse_window(text: &str) -> std::result::Result<String, String> {
+    text.parse::<Window>()
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 impl Default for TrainConfig {
@@ -219,28 +267,23 @@ pub struct TrainData {
     pub trunk: Option<Vec<[Tensor; 2]>>,
 }
 
-/// One JSONL log row; eval fields only on eval steps.
+/// One JSONL log row; the eval fields are null except on eval steps, `loss_contrastive` null
+/// for the BT objective.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LogRow {
     pub step: usize,
     pub epoch: f64,
     pub loss: f64,
     pub loss_bt: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub loss_contrastive: Option<f64>,
     pub accuracy: f64,
     pub learning_rate: f64,
     pub grad_norm: f64,
     pub tokens_per_s: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_accuracy: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_contrastive: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_reward_mean: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_reward_std: Option<f64>,
 }
 

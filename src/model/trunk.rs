@@ -121,6 +121,11 @@ impl TrunkCache {
             tracing::info!("trunk cache hit: {}", file.display());
             return Ok(trunk);
         }
+        tracing::info!(
+            "computing the frozen trunk for {} responses (cached at {})",
+            2 * pairs.len(),
+            file.display()
+        );
         let mut trunk = Vec::with_capacity(pairs.len());
         let mut named = HashMap::with_capacity(2 * pairs.len());
         for (index, pair) in pairs.iter().enumerate() {

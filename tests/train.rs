@@ -1,0 +1,238 @@
+//! qrm-train end to end on the tiny random llama of tests/fixtures (2 layers, vocabulary 100)
+//! with a word-level tokenizer written here: the checkpoint directory, the log, loading the
+//! result back for scoring, and usage errors.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use candle_core::{DType, Device, Tensor};
+use qrm::model::RewardModel;
+
+/// A model directory: the tiny llama's weights and config, a word-level tokenizer over
+/// `w3 … w99` (`<unk>` 0, `<s>` 1, `</s>` 2 = EOS) and a tokenizer_config naming the EOS.
+fn tiny_model_dir(root: &Path) -> PathBuf {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    let dir = root.join("tiny-llama");
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join(file), dir.join(file)).unwrap();
+    }
+    let mut vocab = serde_json::Map::new();
+    for (id, token) in ["<unk>", "<s>", "</s>"].iter().enumerate() {
+        vocab.insert((*token).into(), id.into());
+    }
+    for id in 3..100 {
+        vocab.insert(format!("w{id}"), id.into());
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"eos_token": "</s>"}"#,
+    )
+    .unwrap();
+    dir
+}
+
+/// Twelve questions with two pairs each; chosen responses contain `w5`, rejected ones `w6`.
+fn pairs_file(root: &Path) -> PathBuf {
+    let path = root.join("pairs.jsonl");
+    let mut lines = Vec::new();
+    for question in 0..12 {
+        for pair in 0..2 {
+            let filler = format!("w{} w{}", 10 + question, 40 + pair);
+            lines.push(
+                serde_json::json!({
+                    "pair_id": format!("{question}-{pair}"),
+                    "question_id": format!("q{question}"),
+                    "question": format!("w{} w{}", 20 + question, 30 + pair),
+                    "chosen": format!("{filler} w5 w7"),
+                    "rejected": format!("{filler} w6 w7 w8"),
+                })
+                .to_string(),
+            );
+        }
+    }
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn qrm_train() -> Command {
+    Command::cargo_bin("qrm-train").unwrap()
+}
+
+#[test]
+fn q_run_writes_a_checkpoint_that_loads_and_scores_as_trained() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(root.path());
+    let pairs = pairs_file(root.path());
+    let output = root.path().join("ckpt");
+    let log = root.path().join("log.jsonl");
+    qrm_train()
+        .arg(&pairs)
+        .arg("--model")
+        .arg(&model)
+        .args([
+            "--template",
+            "raw",
+            "--objective",
+            "q",
+            "--train-layers",
+            "1",
+        ])
+        .args([
+            "--batch-size",
+            "4",
+            "--micro-batch",
+            "2",
+            "--max-steps",
+            "3",
+        ])
+        .args([
+            "--positives",
+            "4",
+            "--negatives",
+            "4",
+            "--eval-fraction",
+            "0.25",
+        ])
+        .args(["--lr", "1e-3", "--eval-every", "2", "-q"])
+        .arg("--cache")
+        .arg(root.path().join("cache"))
+        .arg("--log")
+        .arg(&log)
+        .arg("-o")
+        .arg(&output)
+        .assert()
+        .success();
+
+    for file in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "train_config.json",
+        "reward_check.json",
+    ] {
+        assert!(output.join(file).exists(), "{file} missing");
+    }
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert!(rows[1]["eval_accuracy"].is_number() && rows[2]["eval_accuracy"].is_number());
+    assert!(rows.iter().all(|row| row["loss_contrastive"].is_number()));
+
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["num_labels"], 1);
+    assert!(config["std"].as_f64().unwrap() >= 0.0);
+    let train_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("train_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(train_config["config"]["objective"], "q");
+    assert_eq!(train_config["train_layers"], 1);
+    assert_eq!(train_config["eval_pairs_used"], 6); // ⌈0.25·12⌉ = 3 questions × 2 pairs
+
+    // The checkpoint loads as a reward model (the path qrm-score takes) and gives the rewards
+    // the trainer recorded.
+    let check: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("reward_check.json")).unwrap())
+            .unwrap();
+    let loaded = RewardModel::load(&output, &Device::Cpu, DType::F32).unwrap();
+    for row in check["rows"].as_array().unwrap() {
+        let ids: Vec<u32> = serde_json::from_value(row["input_ids"].clone()).unwrap();
+        let length = ids.len();
+        let input = Tensor::from_vec(ids, (1, length), &Device::Cpu).unwrap();
+        let mask = Tensor::ones((1, length), DType::U32, &Device::Cpu).unwrap();
+        let output = loaded.forward(&input, &mask).unwrap();
+        let reward = output.token_rewards.to_vec2::<f32>().unwrap()[0][length - 1] as f64;
+        let expected = row["reward"].as_f64().unwrap();
+        assert!((reward - expected).abs() < 1e-5, "{reward} vs {expected}");
+    }
+
+    // A second run on the same data reuses the trunk cache: the BT baseline.
+    qrm_train()
+        .arg(&pairs)
+        .arg("--model")
+        .arg(&model)
+        .args([
+            "--template",
+            "raw",
+            "--objective",
+            "bt",
+            "--train-layers",
+            "1",
+        ])
+        .args([
+            "--batch-size",
+            "4",
+            "--micro-batch",
+            "2",
+            "--max-steps",
+            "2",
+        ])
+        .args(["--eval-fraction", "0.25", "-q"])
+        .arg("--cache")
+        .arg(root.path().join("cache"))
+        .arg("-o")
+        .arg(root.path().join("ckpt-bt"))
+        .assert()
+        .success();
+    let caches = std::fs::read_dir(root.path().join("cache"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        caches, 2,
+        "train and eval trunk caches, shared by both runs"
+    );
+}
+
+#[test]
+fn batch_size_must_be_a_multiple_of_the_micro_batch() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(root.path());
+    let pairs = pairs_file(root.path());
+    qrm_train()
+        .arg(&pairs)
+        .arg("--model")
+        .arg(&model)
+        .args([
+            "--template",
+            "raw",
+            "--batch-size",
+            "3",
+            "--micro-batch",
+            "2",
+            "-q",
+        ])
+        .arg("-o")
+        .arg(root.path().join("ckpt"))
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("multiple of --micro-batch"));
+}
+
+#[test]
+fn a_bad_window_is_a_usage_error() {
+    qrm_train()
+        .args([
+            "pairs.jsonl",
+            "--model",
+            "m",
+            "--goal-window",
+            "0.9:0.5",
+            "-o",
+            "x",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("0 <= a < b <= 1"));
+}
