@@ -44,9 +44,10 @@ pub struct ModelArgs {
 /// `--template`, `--eos`, `--max-len`, `--truncate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EncodingArgs {
-    /// Prompt template: nemo (the paper's, clean), nemo-release (the released code's indented
-    /// string), chatml (SmolLM2-Instruct), raw, or a file holding `{question}` once.
-    #[arg(long, default_value = "nemo", value_name = "NAME|PATH")]
+    /// Prompt template: chatml (SmolLM2-Instruct; qrm-train's default too), nemo (the paper's,
+    /// clean), nemo-release (the released code's indented string), raw, or a file holding
+    /// `{question}` once. Use the template the reward model was trained with.
+    #[arg(long, default_value = "chatml", value_name = "NAME|PATH")]
     pub template: String,
 
     /// append: an EOS token closes the response and the reward is read there (as in

@@ -24,7 +24,7 @@ Make sure to put the answer (and only answer) inside \\boxed{}.\n\nUser:\n{quest
 
 /// The NeMo template exactly as the released training code evaluates it
 /// (`openrlhf/datasets/reward_dataset.py::NEMO_TEMPLATE`): leading and triple spaces from line
-/// continuations. Offered to reproduce the release; [`NEMO_TEMPLATE`] is the default.
+/// continuations. Offered to reproduce the release; the clean [`NEMO_TEMPLATE`] is preferred.
 pub const NEMO_RELEASE_TEMPLATE: &str = "  System:\n  You're an expert Python programmer and \
 mathematician.   Help the user to solve this problem using code when necessary.   \
 Make sure to put the answer (and only answer) inside \\boxed{}.\n\nUser:\n{question}\n\nAssistant:\n";
