@@ -10,18 +10,24 @@ MODEL := .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 SEED ?= 1
 
 # ---- the demo's sizes (chosen to fit ~15 minutes on a 2-core CPU; reports/demo states them)
-QUESTIONS ?= 240
+QUESTIONS ?= 80
 SAMPLES ?= 8
 HOLDOUT ?= 0.5
 TRAIN_LAYERS ?= 2
-BATCH ?= 16
-STEPS ?= 40
+BATCH ?= 8
+STEPS ?= 20
 LR ?= 1e-4
 W := .cache/demo
 D := reports/demo
 
 .PHONY: test build demo model clean-demo
 .DELETE_ON_ERROR:
+# Keep every intermediate (goal states, per-RM scores): they are results, not scratch.
+.SECONDARY:
+
+# $(call) splits its arguments on commas, so lists inside a timed command use these.
+comma := ,
+PERCENTILES := 0$(comma)0.1$(comma)0.2$(comma)0.3$(comma)0.4$(comma)0.5$(comma)0.6$(comma)0.7$(comma)0.8$(comma)0.9$(comma)1
 
 test:
 	$(CARGO) test --all-targets
@@ -64,11 +70,11 @@ $(W)/scores.parquet: $(W)/scores-bt.parquet $(W)/scores-q.parquet
 # ---- report tables and figures (Markdown tables are rendered from the runs' own output)
 $(D)/auroc.md: $(W)/scores.parquet
 	@mkdir -p $(D)
-	$(call timed,auroc,$(BIN)/qrm-auroc $< --compare bt,q --plot $(D)/auroc.png --format markdown -o $@)
+	$(call timed,auroc,$(BIN)/qrm-auroc $< --compare bt$(comma)q --plot $(D)/auroc.png --format markdown -o $@)
 
 $(D)/partial.md: $(W)/scores.parquet
 	@mkdir -p $(D)
-	$(call timed,partial,$(BIN)/qrm-auroc $< --percentiles 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1 --ci samples --plot $(D)/partial.png --format markdown -o $@)
+	$(call timed,partial,$(BIN)/qrm-auroc $< --percentiles $(PERCENTILES) --ci samples --plot $(D)/partial.png --format markdown -o $@)
 
 $(D)/filter.md: $(W)/scores.parquet
 	@mkdir -p $(D)
