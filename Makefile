@@ -70,7 +70,8 @@ $(W)/scores.parquet: $(W)/scores-bt.parquet $(W)/scores-q.parquet
 # ---- report tables and figures (Markdown tables are rendered from the runs' own output)
 $(D)/auroc.md: $(W)/scores.parquet
 	@mkdir -p $(D)
-	$(call timed,auroc,$(BIN)/qrm-auroc $< --compare bt$(comma)q --plot $(D)/auroc.png --format markdown -o $@)
+	$(BIN)/qrm-auroc $< --plot $(D)/auroc.png -q -o $(W)/auroc.parquet
+	$(call timed,auroc,$(BIN)/qrm-auroc $< --compare bt$(comma)q --format markdown -o $@)
 
 $(D)/partial.md: $(W)/scores.parquet
 	@mkdir -p $(D)
