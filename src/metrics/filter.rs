@@ -226,7 +226,6 @@ pub fn filter_summary(questions: &[Vec<Sample>], options: &FilterOptions) -> Opt
     if questions.is_empty() {
         return None;
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let count = questions.len() as f64;
     let (mut samples, mut correct_votes, mut correct_votes_filtered) = (0usize, 0usize, 0usize);
     let (mut filtered_fraction, mut saved_fraction) = (0.0, 0.0);
@@ -234,7 +233,7 @@ pub fn filter_summary(questions: &[Vec<Sample>], options: &FilterOptions) -> Opt
     let mut proportions = Vec::with_capacity(questions.len());
     let mut proportions_filtered = Vec::with_capacity(questions.len());
     let mut kept: Vec<Sample> = Vec::new();
-    for question in questions {
+    for (index, question) in questions.iter().enumerate() {
         samples += question.len();
         kept.clear();
         let (mut scored_tokens, mut saved_tokens) = (0usize, 0usize);
@@ -256,8 +255,12 @@ pub fn filter_summary(questions: &[Vec<Sample>], options: &FilterOptions) -> Opt
                 saved_fraction += saved_tokens as f64 / scored_tokens as f64;
             }
         }
-        let vote = majority_vote(question, options.vote, &mut rng);
-        let vote_filtered = majority_vote(&kept, options.vote, &mut rng);
+        // One coin per question, the same for both votes: when filtering keeps every sample,
+        // the filtered vote is the unfiltered one, ties included.
+        let mut coin = ChaCha8Rng::seed_from_u64(options.seed);
+        coin.set_stream(index as u64);
+        let vote = majority_vote(question, options.vote, &mut coin.clone());
+        let vote_filtered = majority_vote(&kept, options.vote, &mut coin);
         correct_votes += usize::from(vote.correct);
         correct_votes_filtered += usize::from(vote_filtered.correct);
         ties += usize::from(vote.tie) + usize::from(vote_filtered.tie);
@@ -453,6 +456,32 @@ mod tests {
         assert_eq!(summary.tokens_saved_pct, 12.5);
         assert_eq!(summary.fallback_questions, 1);
         assert_eq!(summary.ties_broken, 2);
+    }
+
+    #[test]
+    fn answer_vote_with_nothing_filtered_is_the_unfiltered_vote_for_every_seed() {
+        // Every question is a 1–1 tie between a correct "4" and a wrong "5", and every Q-value
+        // is positive, so filtering keeps all samples: the filtered vote must repeat the
+        // unfiltered one exactly, tie-break included, whatever the seed.
+        let questions: Vec<Vec<Sample>> = (0..20)
+            .map(|_| {
+                vec![
+                    sample(true, "4", &[0.5, 0.5]),
+                    sample(false, "5", &[0.5, 0.5]),
+                ]
+            })
+            .collect();
+        for seed in 0..20 {
+            let options = FilterOptions {
+                skip: 0,
+                threshold: 0.0,
+                vote: VoteRule::Answer,
+                seed,
+            };
+            let summary = filter_summary(&questions, &options).unwrap();
+            assert_eq!(summary.filtered_pct, 0.0);
+            assert_eq!(summary.accuracy, summary.accuracy_filtered, "seed {seed}");
+        }
     }
 
     #[test]
