@@ -22,8 +22,6 @@ D := reports/demo
 
 .PHONY: test build demo model clean-demo
 .DELETE_ON_ERROR:
-# Keep every intermediate (goal states, per-RM scores): they are results, not scratch.
-.SECONDARY:
 
 # $(call) splits its arguments on commas, so lists inside a timed command use these.
 comma := ,
@@ -64,8 +62,9 @@ $(W)/goal-%.safetensors: $(W)/pairs.parquet $(W)/%/config.json
 $(W)/scores-%.parquet: $(W)/held.parquet $(W)/goal-%.safetensors
 	$(call timed,score-$*,$(BIN)/qrm-score $< --rm $(W)/$* --goal $(W)/goal-$*.safetensors --emit-tokens -o $@)
 
-$(W)/scores.parquet: $(W)/scores-bt.parquet $(W)/scores-q.parquet
-	$(BIN)/qrm-cat $^ -o $@
+# Goal states are named here so make treats them as results, not intermediates to delete.
+$(W)/scores.parquet: $(W)/scores-bt.parquet $(W)/scores-q.parquet | $(W)/goal-bt.safetensors $(W)/goal-q.safetensors
+	$(BIN)/qrm-cat $(W)/scores-bt.parquet $(W)/scores-q.parquet -o $@
 
 # ---- report tables and figures (Markdown tables are rendered from the runs' own output)
 $(D)/auroc.md: $(W)/scores.parquet
