@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::pipeline::grading::{grade, DEFAULT_TOLERANCE};
-use crate::pipeline::io::{display_path, read_table_with, ReadOptions};
+use crate::pipeline::io::{concat_tables, display_path, read_table_with, ReadOptions};
 use crate::pipeline::pairs::unique_samples;
 use crate::pipeline::schema::{
     generations_frame, pairs_frame, Generation, Pair, BENCHMARK, EXPECTED_ANSWER, FIRST_ERROR_CHAR,
@@ -270,7 +270,8 @@ pub fn import_paths(paths: &[PathBuf], options: &ImportOptions) -> Result<Import
     let mut sources = vec![(display_path(&first_path), combined.frame.height())];
     for (path, part) in parts {
         sources.push((display_path(&path), part.frame.height()));
-        combined.frame = concat_frames(&combined.frame, &part.frame, &path)?;
+        let top = std::mem::take(&mut combined.frame);
+        combined.frame = concat_tables(vec![(top, first_path.clone()), (part.frame, path)])?;
         let report = &mut combined.report;
         let other = part.report;
         report.rows_read += other.rows_read;
@@ -1146,48 +1147,6 @@ fn append_pass_through(
         .hstack(kept.columns())
         .map_err(|e| Error::table(path, e))?;
     Ok(())
-}
-
-/// Stacks two imported frames, filling columns one lacks with nulls.
-fn concat_frames(top: &DataFrame, bottom: &DataFrame, bottom_path: &Path) -> Result<DataFrame> {
-    let shown = display_path(bottom_path);
-    let mut names: Vec<PlSmallStr> = top.get_column_names().into_iter().cloned().collect();
-    for name in bottom.get_column_names() {
-        if !names.contains(name) {
-            names.push(name.clone());
-        }
-    }
-    let widen = |frame: &DataFrame, other: &DataFrame| -> Result<DataFrame> {
-        let mut columns = Vec::with_capacity(names.len());
-        for name in &names {
-            let column = match frame.column(name) {
-                Ok(column) => {
-                    let wanted = other.column(name).map(|c| c.dtype().clone());
-                    match wanted {
-                        Ok(dtype) if column.dtype() == &DataType::Null => {
-                            column.cast(&dtype).map_err(|e| Error::table(&shown, e))?
-                        }
-                        _ => column.clone(),
-                    }
-                }
-                Err(_) => {
-                    let dtype = other
-                        .column(name)
-                        .map(|c| c.dtype().clone())
-                        .unwrap_or(DataType::Null);
-                    Column::full_null(name.clone(), frame.height(), &dtype)
-                }
-            };
-            columns.push(column);
-        }
-        DataFrame::new(frame.height(), columns).map_err(|e| Error::table(&shown, e))
-    };
-    let top = widen(top, bottom)?;
-    let bottom = widen(bottom, &top)?;
-    top.vstack(&bottom).map_err(|e| Error::Format {
-        path: shown.clone(),
-        message: format!("cannot stack with the earlier inputs: {e}"),
-    })
 }
 
 /// After concatenating several inputs: `(question_id, sample)` (generations) or `pair_id`
