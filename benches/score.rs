@@ -187,7 +187,7 @@ fn main() -> Result<()> {
 
     // The same f32 reward model for both stacks.
     let varmap = VarMap::new();
-    let with_head = RewardModel::with_new_head(&checkpoint, HeadKind::Linear, &varmap)?;
+    let with_head = RewardModel::with_new_head(&checkpoint, HeadKind::Linear, &varmap, 0)?;
     let dir = tempfile::tempdir()?;
     with_head.save(dir.path())?;
     drop((with_head, checkpoint));

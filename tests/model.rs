@@ -161,7 +161,8 @@ fn every_trainable_weight_gets_a_gradient() {
     let checkpoint =
         Checkpoint::load(fixtures().join("tiny-qwen2"), &Device::Cpu, DType::F32).unwrap();
     let varmap = VarMap::new();
-    let model = RewardModel::trainable(&checkpoint, HeadKind::Linear, &varmap, |_| true).unwrap();
+    let model =
+        RewardModel::trainable(&checkpoint, HeadKind::Linear, &varmap, 0, |_| true).unwrap();
     assert_eq!(model.transformer.kernels(), Kernels::Differentiable);
     let (ids, mask) = batch(&golden);
     let out = model.forward(&ids, &mask).unwrap();
@@ -205,7 +206,7 @@ fn fused_kernels_stop_gradients_that_differentiable_ones_pass() {
     let checkpoint =
         Checkpoint::load(fixtures().join("tiny-llama"), &Device::Cpu, DType::F32).unwrap();
     let varmap = VarMap::new();
-    let model = RewardModel::trainable(&checkpoint, HeadKind::Mlp, &varmap, |_| true)
+    let model = RewardModel::trainable(&checkpoint, HeadKind::Mlp, &varmap, 0, |_| true)
         .unwrap()
         .with_kernels(Kernels::Fused);
     let (ids, mask) = batch(&golden);
@@ -222,7 +223,7 @@ fn training_only_the_top_layer_from_a_cached_trunk_matches_the_full_forward() {
     let checkpoint =
         Checkpoint::load(fixtures().join("tiny-llama"), &Device::Cpu, DType::F32).unwrap();
     let varmap = VarMap::new();
-    let model = RewardModel::trainable(&checkpoint, HeadKind::Mlp, &varmap, |name| {
+    let model = RewardModel::trainable(&checkpoint, HeadKind::Mlp, &varmap, 0, |name| {
         name.starts_with("model.layers.1.") || name == "model.norm.weight"
     })
     .unwrap();
@@ -270,7 +271,7 @@ fn a_saved_reward_model_loads_back_with_the_same_rewards() {
         tensors.remove("score.weight");
         let bare = Checkpoint::from_tensors(checkpoint.config.clone(), tensors, "bare").unwrap();
         let varmap = VarMap::new();
-        let model = RewardModel::with_new_head(&bare, kind, &varmap).unwrap();
+        let model = RewardModel::with_new_head(&bare, kind, &varmap, 0).unwrap();
         assert_eq!(model.head.kind(), kind);
         let dir = tempfile::tempdir().unwrap();
         model.save(dir.path()).unwrap();
@@ -458,7 +459,7 @@ fn smollm2_gguf_saved_as_f32_safetensors_loads_back_identically() {
     let Some(gguf) = smollm2_gguf() else { return };
     let checkpoint = Checkpoint::load(&gguf, &Device::Cpu, DType::F32).unwrap();
     let varmap = VarMap::new();
-    let model = RewardModel::with_new_head(&checkpoint, HeadKind::Linear, &varmap).unwrap();
+    let model = RewardModel::with_new_head(&checkpoint, HeadKind::Linear, &varmap, 0).unwrap();
     let dir = tempfile::tempdir().unwrap();
     model.save(dir.path()).unwrap();
     let loaded = RewardModel::load(dir.path(), &Device::Cpu, DType::F32).unwrap();

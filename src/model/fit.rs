@@ -27,7 +27,7 @@ use crate::model::train::{
     TrainSummary, TrainableRewardModel,
 };
 use crate::model::transformer::{Kernels, Transformer};
-use crate::model::trunk::{file_sha256, key_of, model_sha256, TrunkCache};
+use crate::model::trunk::{file_sha256, key_of, model_sha256, TrunkCache, TRUNK_CACHE_FORMAT};
 use crate::pipeline::io::{read_table, write_atomic};
 use crate::pipeline::schema::{pairs_from_frame, Pair};
 
@@ -126,12 +126,13 @@ pub struct TopLayers {
 }
 
 impl TopLayers {
-    /// Loads `checkpoint` for training its top `train_layers` layers (all when `None`); the
-    /// trainable weights live in `varmap`.
+    /// Loads `checkpoint` for training its top `train_layers` layers (all when `None`); a new
+    /// head is drawn from `seed`.
     pub fn new(
         checkpoint: &Checkpoint,
         head: HeadKind,
         train_layers: Option<usize>,
+        seed: u64,
         device: &Device,
     ) -> Result<TopLayers> {
         let layers = checkpoint.config.num_hidden_layers;
@@ -146,11 +147,13 @@ impl TopLayers {
         };
         let varmap = VarMap::new();
         let model =
-            RewardModel::trainable(checkpoint, head, &varmap, |name| match layer_of(name) {
-                Some(layer) => layer >= first_layer,
-                // Outside the layers: the final norm trains with the top layers, the embedding
-                // only when the whole model trains.
-                None => train_layers.is_none() || name.ends_with("norm.weight"),
+            RewardModel::trainable(checkpoint, head, &varmap, seed, |name| {
+                match layer_of(name) {
+                    Some(layer) => layer >= first_layer,
+                    // Outside the layers: the final norm trains with the top layers, the embedding
+                    // only when the whole model trains.
+                    None => train_layers.is_none() || name.ends_with("norm.weight"),
+                }
             })?;
         let mut variables: Vec<(String, Var)> = varmap
             .data()
@@ -267,7 +270,13 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
     );
 
     let checkpoint = Checkpoint::load(&request.model, &device, device_choice.dtype())?;
-    let model = TopLayers::new(&checkpoint, request.head, request.train_layers, &device)?;
+    let model = TopLayers::new(
+        &checkpoint,
+        request.head,
+        request.train_layers,
+        config.seed,
+        &device,
+    )?;
     tracing::info!(
         "training {} tensors ({} parameters) from layer {}",
         model.variables.len(),
@@ -291,6 +300,7 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
             ),
         ] {
             let key = key_of(&[
+                TRUNK_CACHE_FORMAT,
                 &model_hash,
                 &template.name(),
                 request.eos.name(),
@@ -300,7 +310,11 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
                 name,
                 &format!("{}:{}", request.eval_fraction, config.seed),
             ]);
-            let progress = crate::cli::progress_bar(pairs.len() as u64, name, request.quiet);
+            let progress = crate::cli::progress_bar(
+                TrunkCache::distinct_responses(pairs) as u64,
+                name,
+                request.quiet,
+            );
             let cache = TrunkCache::new(&request.cache, &key);
             let trunk = cache.load_or_compute(pairs, &Device::Cpu, &progress, |response| {
                 model.trunk(&fused, response)
@@ -511,7 +525,7 @@ mod tests {
             let checkpoint = tiny(name);
             for train_layers in [None, Some(1)] {
                 let model =
-                    TopLayers::new(&checkpoint, HeadKind::Linear, train_layers, &Device::Cpu)
+                    TopLayers::new(&checkpoint, HeadKind::Linear, train_layers, 0, &Device::Cpu)
                         .unwrap();
                 let pairs = random_pairs(2, 1);
                 let data = match train_layers {
@@ -544,7 +558,8 @@ mod tests {
     #[test]
     fn cached_trunk_losses_equal_the_full_forward() {
         let checkpoint = tiny("tiny-llama");
-        let model = TopLayers::new(&checkpoint, HeadKind::Linear, Some(1), &Device::Cpu).unwrap();
+        let model =
+            TopLayers::new(&checkpoint, HeadKind::Linear, Some(1), 0, &Device::Cpu).unwrap();
         let pairs = random_pairs(4, 2);
         let config = tiny_config(Objective::Q);
         let plain = crate::model::train::evaluate(
@@ -581,7 +596,8 @@ mod tests {
                 .collect()
         };
         let run = |stop: Option<usize>, resume: bool, directory: &Path| {
-            let model = TopLayers::new(&checkpoint, HeadKind::Linear, None, &Device::Cpu).unwrap();
+            let model =
+                TopLayers::new(&checkpoint, HeadKind::Linear, None, 0, &Device::Cpu).unwrap();
             let data = TrainData {
                 pairs: pairs.clone(),
                 trunk: None,

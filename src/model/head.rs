@@ -8,7 +8,10 @@
 //!   hidden → hidden/2 → hidden/2 → hidden → 1 with ReLU between.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::{Init, VarBuilder, VarMap};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::model::transformer::Linear;
 use crate::{Error, Result};
@@ -189,6 +192,53 @@ impl ValueHead {
     }
 }
 
+/// Redraws every tensor of a new head below `prefix` in `varmap` from a generator seeded by
+/// `seed`, with the distributions of [`ValueHead::new`]: a weight of shape (out, in) from
+/// N(0, 1/(in+1)) (which is the paper's 1/(H+1) and 1/(H/2+1) for each layer), a bias from
+/// U(−1/√in, 1/√in). Tensors are visited in name order, so a seed fixes the head.
+///
+/// candle draws `Init::Randn` from an unseeded thread RNG, so without this two identical training
+/// runs start from different heads.
+pub fn seed_new_head(varmap: &VarMap, prefix: &str, seed: u64) -> Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Model("the VarMap's lock is poisoned".into()))?;
+    let mut names: Vec<&String> = data
+        .keys()
+        .filter(|name| name.starts_with(&format!("{prefix}.")))
+        .collect();
+    names.sort();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for name in names {
+        let var = &data[name];
+        let values: Vec<f32> = if let Some(stem) = name.strip_suffix(".weight") {
+            let (_, in_dim) = var.dims2()?;
+            let normal = Normal::new(0.0, 1.0 / (in_dim as f32 + 1.0))
+                .map_err(|e| Error::Model(format!("{stem}: {e}")))?;
+            (0..var.elem_count())
+                .map(|_| normal.sample(&mut rng))
+                .collect()
+        } else if let Some(stem) = name.strip_suffix(".bias") {
+            let weight = data
+                .get(&format!("{stem}.weight"))
+                .ok_or_else(|| Error::Model(format!("{name} has no weight beside it")))?;
+            let (_, in_dim) = weight.dims2()?;
+            let bound = 1.0 / (in_dim as f32).sqrt();
+            let uniform = Uniform::new_inclusive(-bound, bound)
+                .map_err(|e| Error::Model(format!("{name}: {e}")))?;
+            (0..var.elem_count())
+                .map(|_| uniform.sample(&mut rng))
+                .collect()
+        } else {
+            return Err(Error::Model(format!("{name}: not a head weight or bias")));
+        };
+        let drawn = Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?;
+        var.set(&drawn)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +296,36 @@ mod tests {
         let ratio = var.sqrt() * 4096.0;
         assert!((0.95..1.05).contains(&ratio), "std ratio {ratio}");
         assert!(layer.bias().is_none());
+    }
+
+    #[test]
+    fn seeded_head_is_the_same_for_a_seed_and_keeps_the_papers_std() {
+        let draw = |seed| {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            let head = ValueHead::new(HeadKind::Mlp, 64, vb.pp("value_head")).unwrap();
+            seed_new_head(&varmap, "value_head", seed).unwrap();
+            // The head's tensors share storage with the VarMap's, so they see the redraw.
+            head.named_tensors("value_head")
+                .into_iter()
+                .map(|(name, tensor)| {
+                    (
+                        name,
+                        tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+        let tensors = draw(7);
+        let (name, bias) = &tensors[1];
+        assert_eq!(name, "value_head.0.bias"); // U(±1/√64 = ±0.125)
+        assert!(bias.iter().all(|v| v.abs() <= 0.125));
+        let (name, weight) = &tensors[0];
+        assert_eq!(name, "value_head.0.weight"); // (32, 64): std 1/65
+        let std = (weight.iter().map(|v| v * v).sum::<f32>() / weight.len() as f32).sqrt();
+        assert!((std * 65.0 - 1.0).abs() < 0.1, "std·65 = {}", std * 65.0);
     }
 
     #[test]

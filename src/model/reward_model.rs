@@ -10,7 +10,7 @@ use candle_nn::VarMap;
 
 use crate::model::checkpoint::{save_reward_model, Checkpoint};
 use crate::model::config::ModelConfig;
-use crate::model::head::{HeadKind, ValueHead};
+use crate::model::head::{seed_new_head, HeadKind, ValueHead};
 use crate::model::transformer::{attention_mask_rows, Kernels, Transformer};
 use crate::{Error, Result};
 
@@ -66,12 +66,13 @@ impl RewardModel {
 
     /// A model for training. Weights whose checkpoint name satisfies `trainable` become `Var`s in
     /// `varmap`; the head is the checkpoint's when it has one, otherwise a new `kind` head named
-    /// `value_head` (always trainable, initialised as in the paper). The forward uses
+    /// `value_head` (always trainable, initialised as in the paper from `seed`). The forward uses
     /// [`Kernels::Differentiable`] so gradients reach every trainable weight.
     pub fn trainable(
         checkpoint: &Checkpoint,
         kind: HeadKind,
         varmap: &VarMap,
+        seed: u64,
         trainable: impl Fn(&str) -> bool,
     ) -> Result<Self> {
         let layout = checkpoint.head_layout();
@@ -91,7 +92,11 @@ impl RewardModel {
         let hidden = checkpoint.config.hidden_size;
         let head = match &layout {
             Some(layout) => ValueHead::load(layout, hidden, vb)?,
-            None => ValueHead::new(kind, hidden, vb.pp("value_head"))?,
+            None => {
+                let head = ValueHead::new(kind, hidden, vb.pp("value_head"))?;
+                seed_new_head(varmap, "value_head", seed)?;
+                head
+            }
         };
         Ok(Self {
             transformer,
@@ -103,8 +108,14 @@ impl RewardModel {
 
     /// A checkpoint's backbone (a plain language model, e.g. the GGUF SmolLM2) with a freshly
     /// initialised head, for inference (the head's values come from `varmap`).
-    pub fn with_new_head(checkpoint: &Checkpoint, kind: HeadKind, varmap: &VarMap) -> Result<Self> {
-        Self::trainable(checkpoint, kind, varmap, |_| false).map(|m| m.with_kernels(Kernels::Fused))
+    pub fn with_new_head(
+        checkpoint: &Checkpoint,
+        kind: HeadKind,
+        varmap: &VarMap,
+        seed: u64,
+    ) -> Result<Self> {
+        Self::trainable(checkpoint, kind, varmap, seed, |_| false)
+            .map(|m| m.with_kernels(Kernels::Fused))
     }
 
     /// Switches the backbone's kernel set.

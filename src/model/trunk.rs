@@ -3,8 +3,9 @@
 //! With `--train-layers K` only the top K layers, the final norm and the head train; the
 //! frozen layers [0, L − K) give the same output every epoch and in every run on the same data,
 //! so their output is computed once per response and cached under
-//! `.cache/trunk/<key>/trunk.safetensors`. The key hashes the model file, the template, the
-//! EOS policy, K and the pairs file: the BT and the Q runs share one computation.
+//! `.cache/trunk/<key>/trunk.safetensors` (one tensor per distinct response). The key hashes the
+//! model file, the template, the EOS policy, K and the pairs file: the BT and the Q runs share
+//! one computation.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -15,6 +16,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::model::train::{save_tensors, EncodedPair, EncodedResponse};
+
+/// Part of every cache key: bumped when the cache file's layout changes, so an old cache is
+/// recomputed rather than misread.
+pub const TRUNK_CACHE_FORMAT: &str = "trunk-v2-distinct-responses";
 
 /// Hex sha256 of a file's bytes (streamed).
 pub fn file_sha256(path: &Path) -> Result<String> {
@@ -83,7 +88,9 @@ impl TrunkCache {
     }
 
     /// Loads the cached trunk outputs, or computes them with `compute` (one response at a time,
-    /// `(len, H)` each) and stores them. Also checks the cached lengths against `pairs`.
+    /// `(len, H)` each) and stores them. A response that appears in several pairs (`qrm-pairs
+    /// --reuse`, or a shared chosen solution) is computed and stored once. Also checks the
+    /// cached lengths against `pairs`.
     pub fn load_or_compute(
         &self,
         pairs: &[EncodedPair],
@@ -91,13 +98,28 @@ impl TrunkCache {
         progress: &indicatif::ProgressBar,
         mut compute: impl FnMut(&EncodedResponse) -> Result<Tensor>,
     ) -> Result<Vec<[Tensor; 2]>> {
+        // Distinct responses in first-seen order; `slots[i]` = (chosen, rejected) of pair i.
+        let mut distinct: Vec<&EncodedResponse> = Vec::new();
+        let mut index_of: HashMap<&[u32], usize> = HashMap::new();
+        let mut slots: Vec<[usize; 2]> = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            let mut slot = [0; 2];
+            for (side, response) in [&pair.chosen, &pair.rejected].into_iter().enumerate() {
+                slot[side] = *index_of.entry(&response.input_ids).or_insert_with(|| {
+                    distinct.push(response);
+                    distinct.len() - 1
+                });
+            }
+            slots.push(slot);
+        }
         let file = self.file();
-        if file.exists() {
+        let outputs: Vec<Tensor> = if file.exists() {
             let mut tensors = candle_core::safetensors::load(&file, device)?;
-            let mut trunk = Vec::with_capacity(pairs.len());
-            for (index, pair) in pairs.iter().enumerate() {
-                let mut take = |side: &str, response: &EncodedResponse| -> Result<Tensor> {
-                    let name = format!("{side}.{index}");
+            let outputs = distinct
+                .iter()
+                .enumerate()
+                .map(|(index, response)| {
+                    let name = format!("response.{index}");
                     let tensor = tensors.remove(&name).ok_or_else(|| Error::Format {
                         path: file.clone(),
                         message: format!("trunk cache lacks `{name}`; delete it to recompute"),
@@ -110,36 +132,49 @@ impl TrunkCache {
                             ),
                         });
                     }
+                    progress.inc(1);
                     Ok(tensor)
-                };
-                trunk.push([
-                    take("chosen", &pair.chosen)?,
-                    take("rejected", &pair.rejected)?,
-                ]);
+                })
+                .collect::<Result<_>>()?;
+            tracing::info!("trunk cache hit: {}", file.display());
+            outputs
+        } else {
+            tracing::info!(
+                "computing the frozen trunk for {} distinct responses of {} pairs (cached at {})",
+                distinct.len(),
+                pairs.len(),
+                file.display()
+            );
+            let mut outputs = Vec::with_capacity(distinct.len());
+            for response in &distinct {
+                outputs.push(compute(response)?);
                 progress.inc(1);
             }
-            tracing::info!("trunk cache hit: {}", file.display());
-            return Ok(trunk);
+            let named: HashMap<String, Tensor> = outputs
+                .iter()
+                .enumerate()
+                .map(|(index, tensor)| (format!("response.{index}"), tensor.clone()))
+                .collect();
+            fs_err::create_dir_all(&self.directory).map_err(|e| Error::io(&self.directory, e))?;
+            save_tensors(&named, &file)?;
+            tracing::info!("trunk cache written: {}", file.display());
+            outputs
+        };
+        Ok(slots
+            .iter()
+            .map(|[chosen, rejected]| [outputs[*chosen].clone(), outputs[*rejected].clone()])
+            .collect())
+    }
+
+    /// Number of distinct responses in `pairs`: the length of the progress of
+    /// [`TrunkCache::load_or_compute`].
+    pub fn distinct_responses(pairs: &[EncodedPair]) -> usize {
+        let mut seen: std::collections::HashSet<&[u32]> = std::collections::HashSet::new();
+        for pair in pairs {
+            seen.insert(&pair.chosen.input_ids);
+            seen.insert(&pair.rejected.input_ids);
         }
-        tracing::info!(
-            "computing the frozen trunk for {} responses (cached at {})",
-            2 * pairs.len(),
-            file.display()
-        );
-        let mut trunk = Vec::with_capacity(pairs.len());
-        let mut named = HashMap::with_capacity(2 * pairs.len());
-        for (index, pair) in pairs.iter().enumerate() {
-            let chosen = compute(&pair.chosen)?;
-            let rejected = compute(&pair.rejected)?;
-            named.insert(format!("chosen.{index}"), chosen.clone());
-            named.insert(format!("rejected.{index}"), rejected.clone());
-            trunk.push([chosen, rejected]);
-            progress.inc(1);
-        }
-        fs_err::create_dir_all(&self.directory).map_err(|e| Error::io(&self.directory, e))?;
-        save_tensors(&named, &file)?;
-        tracing::info!("trunk cache written: {}", file.display());
-        Ok(trunk)
+        seen.len()
     }
 }
 
@@ -154,11 +189,20 @@ mod tests {
             input_ids: ids,
             response_start: 1,
         };
-        let pairs = vec![EncodedPair {
-            chosen: response(vec![1, 2, 3]),
-            rejected: response(vec![1, 4]),
-            margin: None,
-        }];
+        // The second pair reuses the first pair's chosen response.
+        let pairs = vec![
+            EncodedPair {
+                chosen: response(vec![1, 2, 3]),
+                rejected: response(vec![1, 4]),
+                margin: None,
+            },
+            EncodedPair {
+                chosen: response(vec![1, 2, 3]),
+                rejected: response(vec![1, 5, 6, 7]),
+                margin: None,
+            },
+        ];
+        assert_eq!(TrunkCache::distinct_responses(&pairs), 3);
         let cache = TrunkCache::new(directory.path(), &key_of(&["model", "template", "1"]));
         let progress = indicatif::ProgressBar::hidden();
         let mut calls = 0;
@@ -181,10 +225,18 @@ mod tests {
         let second = cache
             .load_or_compute(&pairs, &Device::Cpu, &progress, &mut compute)
             .unwrap();
-        assert_eq!(calls, 2);
-        for (a, b) in first[0].iter().zip(&second[0]) {
+        assert_eq!(
+            calls, 3,
+            "each distinct response once, nothing on the second load"
+        );
+        for (a, b) in first.iter().flatten().zip(second.iter().flatten()) {
             assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
         }
+        assert_eq!(second[1][1].dims(), &[4, 2]);
+        assert_eq!(
+            second[1][0].to_vec2::<f32>().unwrap(),
+            second[0][0].to_vec2::<f32>().unwrap()
+        );
         // Different data → different key → different directory.
         assert_ne!(
             key_of(&["model", "template", "1"]),
