@@ -204,6 +204,69 @@ fn filter_sweep_writes_rows_and_a_figure() {
 }
 
 #[test]
+fn localise_places_drops_relative_to_the_first_error() {
+    // Ten tokens starting every 4 chars. Wrong sample w1: error at char 13 (token 3), Q drops at
+    // token 7 → 4 after. w2: error at char 32 (token 8), drop at 6 → 2 before. Correct c1 never
+    // drops, c2 drops at 5 (skip 5 makes 5 the first token looked at).
+    let offsets: Vec<u32> = (0..10).map(|t| 4 * t).collect();
+    let q = |drop: Option<usize>| -> Vec<f64> {
+        (0..10)
+            .map(|t| {
+                if drop.is_some_and(|d| t >= d) {
+                    -0.5
+                } else {
+                    0.5
+                }
+            })
+            .collect()
+    };
+    let row = |sample: &str, correct: bool, error: Option<u32>, drop: Option<usize>| {
+        json!({
+            "question_id": "q0", "rm": "a", "benchmark": "synth-id", "sample": sample,
+            "is_correct": correct, "first_error_char": error,
+            "q_values": q(drop), "token_offsets": offsets,
+        })
+    };
+    let rows = [
+        row("w1", false, Some(13), Some(7)),
+        row("w2", false, Some(32), Some(6)),
+        row("c1", true, None, None),
+        row("c2", true, None, Some(5)),
+    ];
+    let (dir, input) = write_jsonl(&rows);
+    let output = dir.path().join("localisation.jsonl");
+    Command::cargo_bin("qrm-filter")
+        .unwrap()
+        .args(["--localise", "-o"])
+        .arg(&output)
+        .arg(&input)
+        .assert()
+        .success();
+    let report = read_jsonl(&output);
+    assert_eq!(report.len(), 1);
+    let row = &report[0];
+    assert_eq!(row["wrong_samples"], json!(2));
+    assert_eq!(row["wrong_dropped_pct"], json!(100.0));
+    assert_eq!(row["at_or_after_error_pct"], json!(50.0));
+    assert_eq!(row["median_tokens_after"], json!(4.0));
+    assert_eq!(row["median_tokens_before"], json!(2.0));
+    assert_eq!(row["median_error_token"], json!(5.5)); // median(3, 8)
+    assert_eq!(row["correct_dropped_pct"], json!(50.0));
+
+    // Scores without offsets: the error says what to run.
+    let (dir, input) = write_jsonl(&scores_rows());
+    Command::cargo_bin("qrm-filter")
+        .unwrap()
+        .arg("--localise")
+        .arg(&input)
+        .arg("-o")
+        .arg(dir.path().join("x.jsonl"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--emit-tokens"));
+}
+
+#[test]
 fn usage_errors_exit_two() {
     Command::cargo_bin("qrm-auroc")
         .unwrap()

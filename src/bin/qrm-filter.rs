@@ -14,6 +14,9 @@
 //! `p_paired` (ttest_rel), `vote, ties_broken, fallback_questions`.
 //! `--top-k`: `rm, benchmark, top_k, questions, accuracy, proportion_correct, vote,
 //! ties_broken`. `--correlation`: `rm, benchmark, fraction, n, pearson, spearman`.
+//! `--localise` (qrm-synth data scored with `--emit-tokens`): `rm, benchmark, threshold, skip,
+//! wrong_samples, wrong_dropped_pct, at_or_after_error_pct, median_tokens_after,
+//! median_tokens_before, median_error_token, correct_samples, correct_dropped_pct`.
 //!
 //! ```text
 //! qrm-score -m rm/ --goal goal.safetensors samples.parquet | qrm-filter --sweep -0.5:0.5:0.1 --plot sweep.svg
@@ -24,7 +27,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use qrm::metrics::filter::{FilterOptions, VoteRule};
-use qrm::metrics::report::{correlation_report, filter_report, parse_sweep, top_k_report};
+use qrm::metrics::report::{
+    correlation_report, filter_report, localisation_report, parse_sweep, top_k_report,
+};
 use qrm::pipeline::io::{display_path, read_table};
 
 #[derive(Debug, Parser)]
@@ -68,6 +73,12 @@ struct Args {
     #[arg(long, conflicts_with = "sweep")]
     correlation: bool,
 
+    /// Instead of filtering: where each wrong sample is dropped relative to its first error
+    /// (`first_error_char`, qrm-synth), and how many correct samples are dropped. Needs
+    /// `token_offsets` (`qrm-score --emit-tokens`); `--sweep` gives one row per threshold.
+    #[arg(long, conflicts_with_all = ["top_k", "correlation"])]
+    localise: bool,
+
     /// Grouping columns, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "rm,benchmark")]
     by: Vec<String>,
@@ -100,6 +111,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let frame = read_table(&args.input)?;
     let mut report = if let Some(ks) = &args.top_k {
         top_k_report(&frame, &shown, &by, ks, args.vote, args.seed)?
+    } else if args.localise {
+        localisation_report(&frame, &shown, &by, args.skip, &thresholds)?
     } else if args.correlation {
         correlation_report(&frame, &shown, &by, &[0.2, 0.4, 0.6, 0.8])?
     } else {

@@ -58,7 +58,8 @@ struct Args {
     #[arg(long, value_name = "i/n")]
     shard: Option<Shard>,
 
-    /// Also write `tokens`, the decoded scored tokens (for qrm-plot tokens).
+    /// Also write `tokens`, the decoded scored tokens (for qrm-plot tokens), and `token_offsets`,
+    /// where each starts in the response (for qrm-filter --localise).
     #[arg(long)]
     emit_tokens: bool,
 

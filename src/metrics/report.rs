@@ -13,9 +13,11 @@ use crate::metrics::auroc::{auroc, bootstrap_interval, delong, delong_paired};
 use crate::metrics::filter::{
     filter_summary, prefix_index, top_k_summary, FilterOptions, Sample, VoteRule,
 };
+use crate::metrics::localisation::{localisation_summary, LocalisationSummary, LocatedSample};
 use crate::metrics::stats::{mean_t_interval, pearson, spearman};
 use crate::pipeline::schema::{
-    Columns, IS_CORRECT, PREDICTED_ANSWER, QUESTION_ID, Q_VALUES, REWARD, RM, SAMPLE, TOKEN_REWARDS,
+    Columns, FIRST_ERROR_CHAR, IS_CORRECT, PREDICTED_ANSWER, QUESTION_ID, Q_VALUES, REWARD, RM,
+    SAMPLE, TOKEN_OFFSETS, TOKEN_REWARDS,
 };
 
 /// How `qrm-auroc` computes confidence intervals.
@@ -863,6 +865,124 @@ pub fn correlation_report(
     columns.push(Column::new("pearson".into(), out_pearson));
     columns.push(Column::new("spearman".into(), out_spearman));
     DataFrame::new(height, columns).map_err(|e| Error::table("<correlation report>", e))
+}
+
+/// The error-localisation table per group and threshold (see [`crate::metrics::localisation`]).
+/// Needs `is_correct`, `first_error_char`, `q_values` and `token_offsets` (`qrm-score
+/// --emit-tokens`).
+///
+/// Output columns: the `by` columns, `threshold`, `skip`, `wrong_samples`, `wrong_dropped_pct`,
+/// `at_or_after_error_pct`, `median_tokens_after`, `median_tokens_before`, `median_error_token`,
+/// `correct_samples`, `correct_dropped_pct`.
+pub fn localisation_report(
+    frame: &DataFrame,
+    path: &Path,
+    by: &[String],
+    skip: usize,
+    thresholds: &[f64],
+) -> Result<DataFrame> {
+    let columns = Columns::new(frame, path);
+    for name in [FIRST_ERROR_CHAR, TOKEN_OFFSETS] {
+        if !columns.has(name) {
+            return Err(Error::Format {
+                path: path.to_owned(),
+                message: format!(
+                    "missing column `{name}`: error localisation needs data with \
+                     `{FIRST_ERROR_CHAR}` (qrm-synth) scored with `qrm-score --emit-tokens`"
+                ),
+            });
+        }
+    }
+    let labels: Vec<bool> = columns
+        .bool_not_null(IS_CORRECT)?
+        .iter()
+        .map(|v| v.unwrap_or(false))
+        .collect();
+    let error_chars: Vec<Option<u64>> = columns
+        .f64(FIRST_ERROR_CHAR)?
+        .iter()
+        .map(|v| v.filter(|c| *c >= 0.0).map(|c| c as u64))
+        .collect();
+    let q_values = float32_lists(&columns, Q_VALUES)?;
+    let offsets = float_lists(&columns, TOKEN_OFFSETS)?;
+    let mut samples_by_key: BTreeMap<&[String], Vec<(usize, Vec<u32>)>> = BTreeMap::new();
+    let keys = group_keys(frame, path, by)?;
+    for (row, key) in keys.iter().enumerate() {
+        let Some(q) = &q_values[row] else {
+            return Err(Error::bad_value(
+                path,
+                row,
+                Q_VALUES,
+                "null (score with a goal state)",
+            ));
+        };
+        let Some(row_offsets) = &offsets[row] else {
+            return Err(Error::bad_value(path, row, TOKEN_OFFSETS, "null"));
+        };
+        if row_offsets.len() != q.len() {
+            return Err(Error::bad_value(
+                path,
+                row,
+                TOKEN_OFFSETS,
+                format!("{} offsets for {} Q-values", row_offsets.len(), q.len()),
+            ));
+        }
+        let row_offsets = row_offsets.iter().map(|&o| o as u32).collect();
+        samples_by_key
+            .entry(key)
+            .or_default()
+            .push((row, row_offsets));
+    }
+    let mut out_keys = Vec::new();
+    let mut rows = Vec::new();
+    for (key, members) in &samples_by_key {
+        let samples: Vec<LocatedSample> = members
+            .iter()
+            .map(|(row, row_offsets)| LocatedSample {
+                is_correct: labels[*row],
+                first_error_char: error_chars[*row],
+                q_values: q_values[*row].as_deref().unwrap_or_default(),
+                token_offsets: row_offsets,
+            })
+            .collect();
+        for &threshold in thresholds {
+            if let Some(summary) = localisation_summary(&samples, skip, threshold) {
+                out_keys.push(key.to_vec());
+                rows.push((threshold, summary));
+            }
+        }
+    }
+    let mut columns = key_columns(by, &out_keys);
+    let count = |name: &str, f: &dyn Fn(&LocalisationSummary) -> usize| {
+        Column::new(
+            name.into(),
+            rows.iter().map(|(_, s)| f(s) as u32).collect::<Vec<_>>(),
+        )
+    };
+    let float = |name: &str, f: &dyn Fn(&LocalisationSummary) -> Option<f64>| {
+        Column::new(
+            name.into(),
+            rows.iter().map(|(_, s)| f(s)).collect::<Vec<_>>(),
+        )
+    };
+    columns.push(Column::new(
+        "threshold".into(),
+        rows.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+    ));
+    columns.push(Column::new("skip".into(), vec![skip as u32; rows.len()]));
+    columns.push(count("wrong_samples", &|s| s.wrong_samples));
+    columns.push(float("wrong_dropped_pct", &|s| Some(s.wrong_dropped_pct)));
+    columns.push(float("at_or_after_error_pct", &|s| {
+        Some(s.at_or_after_error_pct)
+    }));
+    columns.push(float("median_tokens_after", &|s| s.median_tokens_after));
+    columns.push(float("median_tokens_before", &|s| s.median_tokens_before));
+    columns.push(float("median_error_token", &|s| s.median_error_token));
+    columns.push(count("correct_samples", &|s| s.correct_samples));
+    columns.push(float("correct_dropped_pct", &|s| {
+        Some(s.correct_dropped_pct)
+    }));
+    DataFrame::new(rows.len(), columns).map_err(|e| Error::table("<localisation report>", e))
 }
 
 /// Parses `from:to:step` into thresholds from `from` to `to` inclusive, rounded to 1e-9 so

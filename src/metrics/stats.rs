@@ -69,6 +69,22 @@ pub fn ttest_rel(a: &[f64], b: &[f64]) -> Option<TTest> {
     t_test(mean(&differences), standard_error, count - 1.0)
 }
 
+/// The median, as `numpy.median` (the mean of the two middle values for an even count).
+/// `None` when empty or when a value is NaN.
+pub fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() || values.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    Some(if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    })
+}
+
 /// Pearson's correlation coefficient, as `scipy.stats.pearsonr(x, y).statistic`.
 /// `None` when lengths differ, n < 2, or either input is constant.
 pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
@@ -143,6 +159,14 @@ pub fn mean_t_interval(values: &[f64], level: f64) -> Option<MeanInterval> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn median_of_odd_and_even_counts_as_numpy() {
+        assert_eq!(super::median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(super::median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5)); // (2 + 3) / 2
+        assert_eq!(super::median(&[]), None);
+        assert_eq!(super::median(&[1.0, f64::NAN]), None);
+    }
+
     use super::*;
 
     #[test]

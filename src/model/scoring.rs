@@ -27,7 +27,7 @@ use crate::model::template::{Encoded, Encoder, TruncationCounts};
 use crate::pipeline::io::{display_path, encode, read_table, write_atomic, Format, Output};
 use crate::pipeline::schema::{
     Columns, QUESTION, Q_VALUES, RESPONSE, RESPONSE_TOKENS, REWARD, RM, ROW_INDEX, TOKENS,
-    TOKEN_REWARDS,
+    TOKEN_OFFSETS, TOKEN_REWARDS,
 };
 
 /// What to compute for each row.
@@ -39,7 +39,7 @@ pub struct ScoreOptions {
     pub batch_tokens: usize,
     /// The goal state, (hidden,); `q_values` is null without it.
     pub goal: Option<Tensor>,
-    /// Also write `tokens`: the decoded scored tokens.
+    /// Also write `tokens` (the decoded scored tokens) and `token_offsets`.
     pub emit_tokens: bool,
 }
 
@@ -50,6 +50,8 @@ pub struct RowScore {
     pub token_rewards: Option<Vec<f32>>,
     pub q_values: Option<Vec<f32>>,
     pub tokens: Option<Vec<String>>,
+    /// Char offset in the response where each scored token starts.
+    pub token_offsets: Option<Vec<u32>>,
 }
 
 /// Counts reported after scoring.
@@ -136,6 +138,9 @@ pub fn score_encoded(
                     token_rewards: Some(rewards[row][start..end].to_vec()),
                     q_values: cosines.as_ref().map(|c| c[row][start..end].to_vec()),
                     tokens: tokens_text,
+                    token_offsets: options
+                        .emit_tokens
+                        .then(|| example.response_offsets.clone()),
                 };
             }
             on_tokens(tokens);
@@ -192,6 +197,19 @@ pub fn score_columns(scores: &[RowScore], rm_name: &str, emit_tokens: bool) -> R
             .cast(&DataType::List(Box::new(DataType::String)))
             .map_err(|e| Error::table("<scores>", e))?;
         columns.push(lists.with_name(TOKENS.into()).into_column());
+        let offsets: ListChunked = scores
+            .iter()
+            .map(|s| {
+                s.token_offsets
+                    .as_ref()
+                    .map(|o| Series::new(PlSmallStr::EMPTY, o.as_slice()))
+            })
+            .collect();
+        let offsets = offsets
+            .into_series()
+            .cast(&DataType::List(Box::new(DataType::UInt32)))
+            .map_err(|e| Error::table("<scores>", e))?;
+        columns.push(offsets.with_name(TOKEN_OFFSETS.into()).into_column());
     }
     Ok(columns)
 }
@@ -229,7 +247,15 @@ pub fn score_frame(
     }
     let scores = score_encoded(model, encoder, &encoded, options, on_tokens)?;
     let mut out = frame.clone();
-    for name in [RM, REWARD, RESPONSE_TOKENS, TOKEN_REWARDS, Q_VALUES, TOKENS] {
+    for name in [
+        RM,
+        REWARD,
+        RESPONSE_TOKENS,
+        TOKEN_REWARDS,
+        Q_VALUES,
+        TOKENS,
+        TOKEN_OFFSETS,
+    ] {
         if out.column(name).is_ok() {
             out = out.drop(name).map_err(|e| Error::table(path, e))?;
         }
@@ -336,7 +362,7 @@ fn existing_chunks(dir: &Path) -> Result<Vec<(PathBuf, usize)>> {
 /// A fingerprint of what the partial output was made from, so `--resume` refuses to mix runs.
 fn run_fingerprint(frame: &DataFrame, options: &ScoreOptions, encoder: &Encoder) -> String {
     format!(
-        "rows={} columns={:?} rm={} template={} eos={} max_len={:?} truncation={:?} goal={} tokens={}",
+        "rows={} columns={:?} rm={} template={} eos={} max_len={:?} truncation={:?} goal={} tokens,token_offsets={}",
         frame.height(),
         frame.get_column_names(),
         options.rm_name,

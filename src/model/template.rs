@@ -201,6 +201,10 @@ pub struct Encoded {
     pub response_start: usize,
     /// Number of response tokens kept (the EOS not included).
     pub response_len: usize,
+    /// Char offset in the response where each scored token starts: the kept response tokens
+    /// (a token that starts inside a multi-byte char points at that char), then the EOS at the
+    /// response's char length. [`Encoded::scored_len`] values.
+    pub response_offsets: Vec<u32>,
     /// Whether an EOS closes the sequence.
     pub eos: bool,
     pub truncated: Truncated,
@@ -269,11 +273,26 @@ fn tokenize(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
         .map_err(|e| Error::Model(format!("tokenizer: {e}")))
 }
 
+/// Token ids of `text` and the char offset where each token starts.
+fn tokenize_with_offsets(tokenizer: &Tokenizer, text: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+    let encoding = tokenizer
+        .encode_char_offsets(text, false)
+        .map_err(|e| Error::Model(format!("tokenizer: {e}")))?;
+    let offsets = encoding
+        .get_offsets()
+        .iter()
+        .map(|&(start, _)| start as u32)
+        .collect();
+    Ok((encoding.get_ids().to_vec(), offsets))
+}
+
 impl Encoder {
     /// Encodes `template(question) ++ response ++ [eos]`, truncated to `max_len` by the policy.
     pub fn encode(&self, question: &str, response: &str) -> Result<Encoded> {
         let mut prompt = tokenize(&self.tokenizer, &self.template.prompt(question))?;
-        let mut response = tokenize(&self.tokenizer, response)?;
+        let response_chars = response.chars().count() as u32;
+        let (mut response, mut response_offsets) =
+            tokenize_with_offsets(&self.tokenizer, response)?;
         let eos = self.eos == EosPolicy::Append;
         let eos_len = usize::from(eos);
         let mut truncated = Truncated::No;
@@ -299,6 +318,7 @@ impl Encoder {
                         };
                         prompt.drain(..prompt.len() - keep_prompt);
                         response.truncate(keep_response);
+                        response_offsets.truncate(keep_response);
                     }
                     Truncation::RightResponse => {
                         let keep_prompt = prompt.len().min(room);
@@ -310,6 +330,7 @@ impl Encoder {
                         };
                         prompt.drain(..prompt.len() - keep_prompt);
                         response.truncate(keep_response);
+                        response_offsets.truncate(keep_response);
                     }
                 }
             }
@@ -320,11 +341,13 @@ impl Encoder {
         input_ids.extend(response);
         if eos {
             input_ids.push(self.eos_id);
+            response_offsets.push(response_chars);
         }
         Ok(Encoded {
             input_ids,
             response_start,
             response_len,
+            response_offsets,
             eos,
             truncated,
         })
@@ -398,6 +421,30 @@ mod tests {
             assert_eq!(prompt, encoder.template.prompt("How many clips?"));
             assert_eq!(encoded.input_ids.last(), Some(&encoder.eos_id));
             assert_eq!(encoded.scored_len(), encoded.response_len + 1);
+        }
+    }
+
+    #[test]
+    fn response_offsets_point_at_each_tokens_text() {
+        let Some(encoder) = encoder(Template::ChatMl, EosPolicy::Append) else {
+            return;
+        };
+        let response = "Lena has 11 + 17 = 28 beads.\n28 + 13 = 41.\nThe answer is 41.";
+        let encoded = encoder.encode("How many beads?", response).unwrap();
+        let offsets = &encoded.response_offsets;
+        assert_eq!(offsets.len(), encoded.scored_len());
+        assert_eq!(offsets[0], 0);
+        assert_eq!(*offsets.last().unwrap() as usize, response.len()); // the EOS
+        let chars: Vec<char> = response.chars().collect();
+        for (index, window) in offsets.windows(2).enumerate() {
+            assert!(window[0] < window[1], "offsets rise: {offsets:?}");
+            let id = encoded.input_ids[encoded.response_start + index];
+            let token = encoder.tokenizer.decode(&[id], false).unwrap();
+            let text: String = chars[window[0] as usize..window[1] as usize]
+                .iter()
+                .collect();
+            // A byte-level BPE may report a token's span without its leading space.
+            assert_eq!(token.trim(), text.trim(), "token {index}");
         }
     }
 

@@ -69,6 +69,10 @@ pub const TOKEN_REWARDS: &str = "token_rewards";
 pub const Q_VALUES: &str = "q_values";
 /// `List<Utf8>`, optional (`qrm-score --emit-tokens`). The decoded scored tokens.
 pub const TOKENS: &str = "tokens";
+/// `List<UInt32>`, optional (`qrm-score --emit-tokens`). Char offset in `response` where each
+/// scored token starts; the EOS sits at the response's char length. Read by `qrm-filter
+/// --localise` together with `first_error_char`.
+pub const TOKEN_OFFSETS: &str = "token_offsets";
 /// UInt64, shard outputs only. The row's position in the unsharded input.
 pub const ROW_INDEX: &str = "row_index";
 
