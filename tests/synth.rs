@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use qrm::metrics::auroc::auroc;
 use qrm::pipeline::schema::{generations_from_frame, Generation};
-use qrm::pipeline::synth::{generate, Split, SynthConfig};
+use qrm::pipeline::synth::{generate, Mistakes, Split, SynthConfig};
 use regex::Regex;
 
 /// `left sign right = result` as solutions write it.
@@ -22,6 +22,7 @@ fn config(split: Split, questions: usize, error_rate: f64) -> SynthConfig {
         error_rate,
         split,
         seed: 7,
+        mistakes: Mistakes::Subtle,
     }
 }
 
@@ -414,8 +415,17 @@ fn computation_results(response: &str) -> Vec<i64> {
 
 #[test]
 fn rechecking_the_arithmetic_finds_exactly_the_labelled_first_error() {
-    for split in [Split::Id, Split::Ood] {
-        let rows = generate(&config(split, 400, 0.6)).unwrap();
+    for (split, mistakes) in [
+        (Split::Id, Mistakes::Subtle),
+        (Split::Ood, Mistakes::Subtle),
+        (Split::Id, Mistakes::Obvious),
+        (Split::Ood, Mistakes::Obvious),
+    ] {
+        let rows = generate(&SynthConfig {
+            mistakes,
+            ..config(split, 400, 0.6)
+        })
+        .unwrap();
         // Same seed, no errors: the same questions, solved right.
         let references = generate(&config(split, 400, 0.0)).unwrap();
         let reference: HashMap<&str, &Generation> = references
@@ -476,11 +486,26 @@ fn rechecking_the_arithmetic_finds_exactly_the_labelled_first_error() {
                     row.response,
                     right.response
                 );
+                if mistakes == Mistakes::Obvious {
+                    // The first wrong line miscomputes, and by at least 5.
+                    let error = row.first_error_char.unwrap() as usize;
+                    let line: String = row.response.chars().skip(error).collect();
+                    let line = line.split('\n').next().unwrap();
+                    let Claim::Computations(computations) = parse_line(line) else {
+                        panic!("not a computation: {line}");
+                    };
+                    assert!(
+                        computations.iter().any(|&(l, s, r, result)| {
+                            evaluate(l, s, r).is_some_and(|truth| (truth - result).abs() >= 5)
+                        }),
+                        "{line}"
+                    );
+                }
             }
         }
         assert!(
             wrong > rows.len() / 3,
-            "{split:?}: only {wrong} wrong samples"
+            "{split:?} {mistakes:?}: only {wrong} wrong samples"
         );
     }
 }

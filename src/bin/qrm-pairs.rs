@@ -42,6 +42,15 @@ struct Args {
     #[arg(long, value_name = "FRACTION", requires = "holdout")]
     split_questions: Option<f64>,
 
+    /// At most N samples per held-out question (a seeded draw): a cheaper evaluation.
+    #[arg(long, value_name = "N", requires = "holdout")]
+    holdout_samples: Option<usize>,
+
+    /// Use only N questions of the input (a seeded draw, made before the split): a smaller run
+    /// on the same data.
+    #[arg(long, value_name = "N")]
+    max_questions: Option<usize>,
+
     /// Where to write the held-out generations.
     #[arg(long, value_name = "PATH", requires = "split_questions")]
     holdout: Option<PathBuf>,
@@ -92,16 +101,29 @@ fn run(args: Args) -> anyhow::Result<()> {
             max_per_question: args.max_per_question,
         },
         holdout_fraction: args.split_questions,
+        max_questions: args.max_questions,
+        holdout_samples: args.holdout_samples,
         skip_bad: args.skip_bad,
     };
     let mut pairs = build_pairs(&frame, &display_path(&args.input), &options)?;
     let summary = &pairs.summary;
-    tracing::info!(
-        "read {} generations over {} questions; {} questions with both labels",
-        summary.generations,
-        summary.questions,
-        summary.questions_with_both_labels
-    );
+    if summary.questions_left_out > 0 {
+        tracing::info!(
+            "read {} generations over {} questions; using {} (--max-questions), {} of them with \
+             both labels",
+            summary.generations,
+            summary.questions + summary.questions_left_out,
+            summary.questions,
+            summary.questions_with_both_labels
+        );
+    } else {
+        tracing::info!(
+            "read {} generations over {} questions; {} questions with both labels",
+            summary.generations,
+            summary.questions,
+            summary.questions_with_both_labels
+        );
+    }
     if summary.duplicate_rows_skipped > 0 {
         tracing::warn!(
             "{} rows repeating a (question_id, sample) skipped",

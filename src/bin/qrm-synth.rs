@@ -5,7 +5,7 @@
 //! Example: `qrm-synth --questions 2000 --split id -o train.parquet && qrm-pairs train.parquet`
 
 use clap::Parser;
-use qrm::pipeline::synth::{generate_frame, Split, SynthConfig};
+use qrm::pipeline::synth::{generate_frame, Mistakes, Split, SynthConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +34,11 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
+    /// `subtle`: realistic slips (off by a little, wrong operand, misread number, skipped or
+    /// repeated step); `obvious`: arithmetic results far from the truth, which a small LM notices.
+    #[arg(long, value_enum, default_value_t = Mistakes::Subtle)]
+    mistakes: Mistakes,
+
     #[command(flatten)]
     output: qrm::cli::OutputArgs,
 
@@ -55,6 +60,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         error_rate: args.error_rate,
         split: args.split,
         seed: args.seed,
+        mistakes: args.mistakes,
     };
     let started = std::time::Instant::now();
     let mut frame = generate_frame(&config)?;

@@ -44,6 +44,11 @@ pub struct PairsOptions {
     pub pairing: PairingOptions,
     /// Fraction of questions (of all questions in the input) to hold out.
     pub holdout_fraction: Option<f64>,
+    /// Use only a seeded subset of this many questions (drawn before the split): a smaller run
+    /// on the same data.
+    pub max_questions: Option<usize>,
+    /// At most this many samples (a seeded subset) per held-out question.
+    pub holdout_samples: Option<usize>,
     /// Skip rows whose `(question_id, sample)` repeats an earlier row instead of failing.
     pub skip_bad: bool,
 }
@@ -53,9 +58,11 @@ pub struct PairsOptions {
 pub struct PairSummary {
     /// Generation rows read (before duplicate skipping).
     pub generations: usize,
-    /// Distinct questions in the input.
+    /// Distinct questions used (all of the input's unless `max_questions` left some out).
     pub questions: usize,
-    /// Questions with at least one correct and one incorrect solution (whole input).
+    /// Questions left out by `max_questions`.
+    pub questions_left_out: usize,
+    /// Questions used with at least one correct and one incorrect solution.
     pub questions_with_both_labels: usize,
     /// Rows skipped under `skip_bad` because their `(question_id, sample)` repeated.
     pub duplicate_rows_skipped: usize,
@@ -139,13 +146,45 @@ pub fn split_questions(question_ids: &[&str], fraction: f64, seed: u64) -> Resul
             "--split-questions must be a fraction in [0, 1], got {fraction}"
         )));
     }
+    Ok(choose_questions(question_ids, fraction, seed, "\0split"))
+}
+
+/// `round(fraction · n)` of the distinct ids, drawn by a generator keyed by `seed` and `stream`.
+fn choose_questions(
+    question_ids: &[&str],
+    fraction: f64,
+    seed: u64,
+    stream: &str,
+) -> HashSet<String> {
     let mut unique: Vec<&str> = question_ids.to_vec();
     unique.sort_unstable();
     unique.dedup();
-    let mut rng = question_rng(seed, "\0split");
+    let mut rng = question_rng(seed, stream);
     unique.shuffle(&mut rng);
     let count = (fraction * unique.len() as f64).round() as usize;
-    Ok(unique[..count].iter().map(|id| (*id).to_owned()).collect())
+    unique[..count].iter().map(|id| (*id).to_owned()).collect()
+}
+
+/// Keeps at most `cap` rows of each question in `held`: a seeded draw per question, made in
+/// `sample` order so it does not depend on the input's row order. Returns row indices in input
+/// order.
+fn cap_samples(rows: &[Generation], held: &[usize], cap: usize, seed: u64) -> Vec<usize> {
+    let mut by_question: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for &index in held {
+        by_question
+            .entry(rows[index].question_id.as_str())
+            .or_default()
+            .push(index);
+    }
+    let mut kept: Vec<usize> = Vec::with_capacity(held.len());
+    for (question_id, mut members) in by_question {
+        members.sort_by(|&a, &b| rows[a].sample.cmp(&rows[b].sample).then(a.cmp(&b)));
+        let mut rng = question_rng(seed, &format!("{question_id}\0holdout"));
+        members.shuffle(&mut rng);
+        kept.extend(members.into_iter().take(cap));
+    }
+    kept.sort_unstable();
+    kept
 }
 
 /// Pairs one question's solutions (`members`: indices into `rows`, all of one question).
@@ -295,8 +334,16 @@ pub fn build_pairs(frame: &DataFrame, path: &Path, options: &PairsOptions) -> Re
         generations: rows.len(),
         ..PairSummary::default()
     };
-    let kept = unique_samples(&rows, path, options.skip_bad)?;
+    let mut kept = unique_samples(&rows, path, options.skip_bad)?;
     summary.duplicate_rows_skipped = rows.len() - kept.len();
+    if let Some(limit) = options.max_questions {
+        let ids: Vec<&str> = kept.iter().map(|&i| rows[i].question_id.as_str()).collect();
+        let all = ids.iter().collect::<HashSet<_>>().len();
+        let fraction = limit.min(all) as f64 / all as f64;
+        let used = choose_questions(&ids, fraction, options.pairing.seed, "\0subset");
+        summary.questions_left_out = all - used.len();
+        kept.retain(|&i| used.contains(&rows[i].question_id));
+    }
 
     let mut labels: HashMap<&str, (bool, bool)> = HashMap::new();
     for &index in &kept {
@@ -319,9 +366,12 @@ pub fn build_pairs(frame: &DataFrame, path: &Path, options: &PairsOptions) -> Re
         None => HashSet::new(),
     };
     summary.held_out_questions = held_out.len();
-    let (held_rows, train_rows): (Vec<usize>, Vec<usize>) = kept
+    let (mut held_rows, train_rows): (Vec<usize>, Vec<usize>) = kept
         .iter()
         .partition(|&&index| held_out.contains(&rows[index].question_id));
+    if let Some(cap) = options.holdout_samples {
+        held_rows = cap_samples(&rows, &held_rows, cap, options.pairing.seed);
+    }
     summary.held_out_generations = held_rows.len();
 
     let train: Vec<Generation> = train_rows.iter().map(|&i| rows[i].clone()).collect();
@@ -609,5 +659,38 @@ mod tests {
                 + summary.held_out_questions,
             4
         );
+    }
+
+    #[test]
+    fn max_questions_and_holdout_samples_shrink_the_run_deterministically() {
+        let rows = fixture();
+        let frame = crate::pipeline::schema::generations_frame(&rows).unwrap();
+        let run = |seed| {
+            let options = PairsOptions {
+                pairing: PairingOptions {
+                    seed,
+                    ..PairingOptions::default()
+                },
+                holdout_fraction: Some(0.5),
+                max_questions: Some(2),
+                holdout_samples: Some(1),
+                ..PairsOptions::default()
+            };
+            build_pairs(&frame, Path::new("g"), &options).unwrap()
+        };
+        let output = run(3);
+        let summary = &output.summary;
+        // 4 questions, 2 used: one held out (one sample kept), one for training.
+        assert_eq!(summary.questions_left_out, 2);
+        assert_eq!(summary.held_out_questions, 1);
+        assert_eq!(summary.held_out_generations, 1);
+        assert_eq!(output.holdout.as_ref().unwrap().height(), 1);
+        assert_eq!(
+            summary.paired_questions + summary.skipped_all_correct + summary.skipped_all_incorrect,
+            1
+        );
+        let again = run(3);
+        assert_eq!(again.summary, output.summary);
+        assert!(again.pairs.equals_missing(&output.pairs));
     }
 }

@@ -78,6 +78,19 @@ impl Setting {
     }
 }
 
+/// Which mistakes wrong samples carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Mistakes {
+    /// Realistic slips at equal rates: off-by-a-little arithmetic, a wrong operand, a misread
+    /// number, a skipped or repeated step. Finding them means redoing the arithmetic.
+    #[default]
+    Subtle,
+    /// Arithmetic only, with a result far from the true one (doubled, halved, or 15–40 away, in
+    /// range): the kind a small language model notices as it reads (sized for the demo's
+    /// 135M model, which barely notices subtle slips).
+    Obvious,
+}
+
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthConfig {
@@ -91,6 +104,8 @@ pub struct SynthConfig {
     pub split: Split,
     /// Seed of every random stream.
     pub seed: u64,
+    /// Which mistakes wrong samples carry.
+    pub mistakes: Mistakes,
 }
 
 impl Default for SynthConfig {
@@ -101,6 +116,7 @@ impl Default for SynthConfig {
             error_rate: 0.5,
             split: Split::Both,
             seed: 0,
+            mistakes: Mistakes::Subtle,
         }
     }
 }
@@ -843,7 +859,21 @@ fn swap_last_digits(number: i64) -> Option<i64> {
 }
 
 /// Draws a mistake that changes the final answer and keeps the trajectory plausible.
-fn draw_mistake(problem: &Problem, reference: &Solution, rng: &mut ChaCha8Rng) -> Option<Mistake> {
+/// A result far from the true one, in (0, `limit`]: doubled, halved, or 15–40 away.
+fn obvious_result(computation: &Computation, limit: i64, rng: &mut ChaCha8Rng) -> Option<i64> {
+    let result = computation.result;
+    let distance = rng.random_range(15..=40);
+    let mut options = vec![result * 2, result / 2, result + distance, result - distance];
+    options.retain(|&option| option > 0 && option <= limit && (option - result).abs() >= 5);
+    options.choose(rng).copied()
+}
+
+fn draw_mistake(
+    problem: &Problem,
+    reference: &Solution,
+    mistakes: Mistakes,
+    rng: &mut ChaCha8Rng,
+) -> Option<Mistake> {
     let located: Vec<(usize, usize, Computation)> = reference
         .steps
         .iter()
@@ -877,7 +907,18 @@ fn draw_mistake(problem: &Problem, reference: &Solution, rng: &mut ChaCha8Rng) -
         .collect();
     for _ in 0..64 {
         let choice = rng.random::<f64>();
-        let mistake = if choice < 0.30 {
+        let mistake = if mistakes == Mistakes::Obvious {
+            let &(operation, position, computation) = located.choose(rng)?;
+            let limit = problem.setting.ranges().limit;
+            let Some(result) = obvious_result(&computation, limit, rng) else {
+                continue;
+            };
+            Mistake::Arithmetic {
+                operation,
+                position,
+                result,
+            }
+        } else if choice < 0.30 {
             let &(operation, position, computation) = located.choose(rng)?;
             Mistake::Arithmetic {
                 operation,
@@ -1143,7 +1184,7 @@ fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Ge
     // Common mistakes (a shared misread, the same slip) make wrong answers cluster.
     let pool: Vec<Mistake> = match &reference {
         Some(reference) => (0..2)
-            .filter_map(|_| draw_mistake(&problem, reference, &mut rng))
+            .filter_map(|_| draw_mistake(&problem, reference, config.mistakes, &mut rng))
             .collect(),
         None => Vec::new(),
     };
@@ -1161,7 +1202,8 @@ fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Ge
         let mistake = match pool.as_slice() {
             [common, ..] if pick < 0.35 => Some(*common),
             [_, second, ..] if pick < 0.55 => Some(*second),
-            _ => draw_mistake(&problem, reference, &mut rng).or(pool.first().copied()),
+            _ => draw_mistake(&problem, reference, config.mistakes, &mut rng)
+                .or(pool.first().copied()),
         };
         let solution = mistake.and_then(|m| solve(&problem, Some(m)));
         rows.push(render_row(&problem, Some(reference), solution, &mut rng));
@@ -1229,6 +1271,7 @@ mod tests {
             error_rate: 0.5,
             split,
             seed: 11,
+            mistakes: Mistakes::Subtle,
         }
     }
 
@@ -1423,7 +1466,8 @@ mod tests {
             assert!(reference
                 .computations()
                 .all(|c| c.sign.apply(c.left, c.right) == Some(c.result)));
-            let Some(mistake) = draw_mistake(&problem, &reference, &mut rng) else {
+            let Some(mistake) = draw_mistake(&problem, &reference, Mistakes::Subtle, &mut rng)
+            else {
                 continue;
             };
             let wrong = solve(&problem, Some(mistake)).unwrap();

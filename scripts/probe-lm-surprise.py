@@ -1,0 +1,67 @@
+"""How much does the base language model notice a synthetic mistake as it reads it?
+
+Scores each response by its smallest token log-probability under the plain LM (no reward head)
+and prints the AUROC of that score for correct vs wrong responses, per benchmark. A high AUROC
+means the base model's states carry the mistake, so a reward model built on it can learn to see
+it from little data; near 0.5 means it cannot. Used to size the demo (`qrm-synth --mistakes`).
+
+    python3 scripts/probe-lm-surprise.py GENERATIONS.jsonl [--limit 160] [--seed 0]
+
+GENERATIONS.jsonl: qrm-synth output as JSON lines (`qrm-cat gen.parquet -o gen.jsonl`).
+Needs torch, transformers, gguf and scikit-learn, and the default model installed by
+scripts/install-model.sh. Tested with torch 2.15, transformers 5.24, gguf 0.19, sklearn 1.7.
+"""
+import argparse
+import json
+import random
+from collections import defaultdict
+
+import torch
+from sklearn.metrics import roc_auc_score
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+MODEL_DIR = ".cache/models"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOKENIZER = "../shared/data/models/smollm2-135m-instruct"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("generations")
+    parser.add_argument("--limit", type=int, default=160, help="responses per benchmark")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, gguf_file=GGUF, dtype=torch.float32)
+    model.eval()
+    rows = [json.loads(line) for line in open(args.generations)]
+    random.Random(args.seed).shuffle(rows)
+    by_benchmark = defaultdict(list)
+    for row in rows:
+        if len(by_benchmark[row["benchmark"]]) < args.limit:
+            by_benchmark[row["benchmark"]].append(row)
+    for benchmark, members in sorted(by_benchmark.items()):
+        labels, scores = [], []
+        for row in members:
+            messages = [{"role": "user", "content": row["question"]}]
+            prompt = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            response_ids = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt_ids + response_ids])
+            with torch.no_grad():
+                log_probs = model(ids).logits[0].log_softmax(-1)
+            start = len(prompt_ids)
+            token_log_probs = log_probs[start - 1 : -1].gather(1, ids[0, start:, None])[:, 0]
+            labels.append(int(row["is_correct"]))
+            scores.append(token_log_probs.min().item())
+        print(
+            f"{benchmark}: {len(labels)} responses ({sum(labels)} correct), "
+            f"AUROC of the min token log-prob {roc_auc_score(labels, scores):.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
