@@ -1,26 +1,55 @@
 # qrm pipeline stages as file targets: a rerun redoes only what changed.
 #
-#   make demo    the main job on the embedded default task (README's first command)
-#   make test    the test suite (README's second command; CI runs it)
+#   make demo         the main job on the embedded default task (README's first command)
+#   make repro-gsm8k  the same chain on real GSM8K generations (ZeroEval, 42 LLMs), ~1 hour
+#   make test         the test suite (README's second command; CI runs it)
 #
-# Sizes and seeds are variables: `make demo QUESTIONS=400 STEPS=60`.
+# Sizes and seeds are variables: `make demo QUESTIONS=400 STEPS=60`,
+# `make repro-gsm8k ZEROEVAL=my.jsonl.gz MAX_QUESTIONS=800`.
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/release
 MODEL := .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 SEED ?= 1
-
-# ---- the demo's sizes (chosen to fit ~15 minutes on a 2-core CPU; reports/demo states them)
-QUESTIONS ?= 80
-SAMPLES ?= 8
-HOLDOUT ?= 0.5
+TASK ?= demo
 TRAIN_LAYERS ?= 2
+
+ifeq ($(TASK),gsm8k)
+# ---- real data: a seeded subset of questions, question-disjoint split, the held-out questions
+# scored with a seeded subset of their 42 models' solutions (sized to ~1 hour on 2 cores).
+ZEROEVAL ?= ../shared/data/zeroeval/gsm8k_test_42models.jsonl.gz
+MAX_QUESTIONS ?= 400
+HOLDOUT ?= 0.15
+HOLDOUT_SAMPLES ?= 12
+PER_QUESTION ?= 1
+BATCH ?= 16
+STEPS ?= 36
+LR ?= 1e-3
+EMBED_LIMIT ?= 96
+PAIRS_FLAGS = --max-questions $(MAX_QUESTIONS) --holdout-samples $(HOLDOUT_SAMPLES) --max-per-question $(PER_QUESTION)
+W := .cache/gsm8k
+D := reports/gsm8k
+else
+# ---- the demo's sizes (chosen to fit ~15 minutes on a 2-core CPU; reports/demo states them):
+# QUESTIONS in-distribution questions, HOLDOUT of them held out, the rest paired for training;
+# OOD_QUESTIONS out-of-distribution questions, all held out.
+QUESTIONS ?= 100
+OOD_QUESTIONS ?= 30
+SAMPLES ?= 8
+MISTAKES ?= obvious
+HOLDOUT ?= 0.3
+PER_QUESTION ?= 8
 BATCH ?= 8
-STEPS ?= 20
-LR ?= 1e-4
+STEPS ?= 40
+LR ?= 1e-3
+EMBED_LIMIT ?= 64
+# Every correct × incorrect combination (up to PER_QUESTION a question): more pairs from the
+# same responses, and the frozen trunk is computed once per distinct response.
+PAIRS_FLAGS = --reuse --max-per-question $(PER_QUESTION)
 W := .cache/demo
 D := reports/demo
+endif
 
-.PHONY: test build demo model clean-demo
+.PHONY: test build demo repro-gsm8k report model clean-demo clean-gsm8k
 .DELETE_ON_ERROR:
 
 # $(call) splits its arguments on commas, so lists inside a timed command use these.
@@ -37,15 +66,33 @@ model: $(MODEL)
 $(MODEL): scripts/install-model.sh
 	bash scripts/install-model.sh $(dir $@) >/dev/null
 
-# Runs a stage and appends its wall time to the timings table the report shows.
+# Runs a stage, then appends its wall time to the timings table and its command (with the
+# binaries' directory left out) to the commands list the report shows.
 timed = @mkdir -p $(W); start=$$(date +%s.%N); $(2) && end=$$(date +%s.%N) && \
-	awk -v s=$$start -v e=$$end -v n='$(1)' 'BEGIN { printf "%s\t%.1f\n", n, e - s }' >> $(W)/timings.tsv
+	awk -v s=$$start -v e=$$end -v n='$(1)' 'BEGIN { printf "%s\t%.1f\n", n, e - s }' >> $(W)/timings.tsv && \
+	printf '%s\t%s\n' '$(1)' '$(subst ','\'',$(subst $(BIN)/,,$(2)))' >> $(W)/commands.tsv
 
 $(W)/generations.parquet: | build
-	$(call timed,synth,$(BIN)/qrm-synth --questions $(QUESTIONS) --samples $(SAMPLES) --split both --seed $(SEED) -o $@)
+ifeq ($(TASK),gsm8k)
+	$(call timed,import,$(BIN)/qrm-import $(ZEROEVAL) -o $@)
+else
+	$(call timed,synth,$(BIN)/qrm-synth --questions $(QUESTIONS) --samples $(SAMPLES) --split id --mistakes $(MISTAKES) --seed $(SEED) -o $@)
 
-$(W)/pairs.parquet $(W)/held.parquet &: $(W)/generations.parquet
-	$(call timed,pairs,$(BIN)/qrm-pairs $< --split-questions $(HOLDOUT) --seed $(SEED) --holdout $(W)/held.parquet -o $(W)/pairs.parquet)
+# As in the paper, out-of-distribution questions are for evaluation only.
+$(W)/ood.parquet: | build
+	$(call timed,synth-ood,$(BIN)/qrm-synth --questions $(OOD_QUESTIONS) --samples $(SAMPLES) --split ood --mistakes $(MISTAKES) --seed $(SEED) -o $@)
+endif
+
+$(W)/pairs.parquet $(W)/held-id.parquet &: $(W)/generations.parquet
+	$(call timed,pairs,$(BIN)/qrm-pairs $< --split-questions $(HOLDOUT) $(PAIRS_FLAGS) --seed $(SEED) --holdout $(W)/held-id.parquet -o $(W)/pairs.parquet)
+
+ifeq ($(TASK),gsm8k)
+$(W)/held.parquet: $(W)/held-id.parquet
+	cp $< $@
+else
+$(W)/held.parquet: $(W)/held-id.parquet $(W)/ood.parquet
+	$(call timed,held,$(BIN)/qrm-cat $(W)/held-id.parquet $(W)/ood.parquet -o $@)
+endif
 
 TRAIN_FLAGS = --model $(MODEL) --train-layers $(TRAIN_LAYERS) --batch-size $(BATCH) --micro-batch $(BATCH) \
 	--max-steps $(STEPS) --lr $(LR) --seed $(SEED) --cache $(W)/trunk --eval-every 10
@@ -57,19 +104,19 @@ $(W)/q/config.json: $(W)/pairs.parquet $(MODEL) $(W)/bt/config.json
 	$(call timed,train-q,$(BIN)/qrm-train $< --objective q $(TRAIN_FLAGS) --log $(W)/train-q.jsonl -o $(W)/q)
 
 $(W)/goal-%.safetensors: $(W)/pairs.parquet $(W)/%/config.json
-	$(call timed,embed-$*,$(BIN)/qrm-embed $< --rm $(W)/$* -o $@)
+	$(call timed,embed-$*,$(BIN)/qrm-embed $< --rm $(W)/$* --limit $(EMBED_LIMIT) --seed $(SEED) -o $@)
 
 $(W)/scores-%.parquet: $(W)/held.parquet $(W)/goal-%.safetensors
 	$(call timed,score-$*,$(BIN)/qrm-score $< --rm $(W)/$* --goal $(W)/goal-$*.safetensors --emit-tokens -o $@)
 
 # Goal states are named here so make treats them as results, not intermediates to delete.
 $(W)/scores.parquet: $(W)/scores-bt.parquet $(W)/scores-q.parquet | $(W)/goal-bt.safetensors $(W)/goal-q.safetensors
-	$(BIN)/qrm-cat $(W)/scores-bt.parquet $(W)/scores-q.parquet -o $@
+	$(call timed,cat,$(BIN)/qrm-cat $(W)/scores-bt.parquet $(W)/scores-q.parquet -o $@)
 
 # ---- report tables and figures (Markdown tables are rendered from the runs' own output)
 $(D)/auroc.md: $(W)/scores.parquet
 	@mkdir -p $(D)
-	$(BIN)/qrm-auroc $< --plot $(D)/auroc.png -q -o $(W)/auroc.parquet
+	$(call timed,auroc-plot,$(BIN)/qrm-auroc $< --plot $(D)/auroc.png -q -o $(W)/auroc.parquet)
 	$(call timed,auroc,$(BIN)/qrm-auroc $< --compare bt$(comma)q --format markdown -o $@)
 
 $(D)/partial.md: $(W)/scores.parquet
@@ -82,39 +129,59 @@ $(D)/filter.md: $(W)/scores.parquet
 
 $(D)/filter-reference.md: $(W)/scores.parquet
 	@mkdir -p $(D)
-	$(BIN)/qrm-filter $< --vote reference --format markdown -o $@
+	$(call timed,filter-reference,$(BIN)/qrm-filter $< --vote reference --format markdown -o $@)
 
 $(D)/sweep.md: $(W)/scores.parquet
 	@mkdir -p $(D)
-	$(BIN)/qrm-filter $< --sweep=-0.3:0.5:0.1 --plot $(D)/sweep.png --format markdown -o $@
+	$(call timed,sweep,$(BIN)/qrm-filter $< --sweep=-0.3:0.5:0.1 --plot $(D)/sweep.png --format markdown -o $@)
 
 $(D)/topk.md: $(W)/scores.parquet
 	@mkdir -p $(D)
-	$(BIN)/qrm-filter $< --top-k 1,2,4,8 --format markdown -o $@
+	$(call timed,topk,$(BIN)/qrm-filter $< --top-k 1$(comma)2$(comma)4$(comma)8 --format markdown -o $@)
 
 $(D)/correlation.md: $(W)/scores.parquet
 	@mkdir -p $(D)
-	$(BIN)/qrm-filter $< --correlation --format markdown -o $@
+	$(call timed,correlation,$(BIN)/qrm-filter $< --correlation --format markdown -o $@)
+
+$(D)/localisation.md: $(W)/scores.parquet
+	@mkdir -p $(D)
+	$(call timed,localisation,$(BIN)/qrm-filter $< --localise --sweep=-0.2:0.4:0.2 --format markdown -o $@)
 
 $(D)/training.png: $(W)/q/config.json
 	@mkdir -p $(D)
-	$(BIN)/qrm-plot training $(W)/train-q.jsonl -o $@
-	$(BIN)/qrm-plot training $(W)/train-bt.jsonl -o $(D)/training-bt.png
+	$(call timed,plot-training,$(BIN)/qrm-plot training $(W)/train-q.jsonl -o $@)
+	$(call timed,plot-training-bt,$(BIN)/qrm-plot training $(W)/train-bt.jsonl -o $(D)/training-bt.png)
 
 $(D)/tokens.svg: $(W)/scores-q.parquet
 	@mkdir -p $(D)
-	$(BIN)/qrm-plot tokens $< --row 1 -o $@
+	$(call timed,plot-tokens,$(BIN)/qrm-plot tokens $< --row 1 -o $@)
 
 DEMO_PARTS := $(D)/auroc.md $(D)/partial.md $(D)/filter.md $(D)/filter-reference.md $(D)/sweep.md \
 	$(D)/topk.md $(D)/correlation.md $(D)/training.png $(D)/tokens.svg
+ifneq ($(TASK),gsm8k)
+DEMO_PARTS += $(D)/localisation.md
+endif
 
 $(D)/README.md: $(DEMO_PARTS) scripts/demo-report.sh
-	QUESTIONS=$(QUESTIONS) SAMPLES=$(SAMPLES) HOLDOUT=$(HOLDOUT) STEPS=$(STEPS) BATCH=$(BATCH) \
-	LR=$(LR) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) \
+	TASK=$(TASK) QUESTIONS=$(QUESTIONS) OOD_QUESTIONS=$(OOD_QUESTIONS) SAMPLES=$(SAMPLES) MISTAKES=$(MISTAKES) HOLDOUT=$(HOLDOUT) \
+	STEPS=$(STEPS) BATCH=$(BATCH) LR=$(LR) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) MODEL=$(MODEL) \
+	EMBED_LIMIT=$(EMBED_LIMIT) ZEROEVAL=$(ZEROEVAL) MAX_QUESTIONS=$(MAX_QUESTIONS) \
+	HOLDOUT_SAMPLES=$(HOLDOUT_SAMPLES) PER_QUESTION=$(PER_QUESTION) \
 	bash scripts/demo-report.sh $(W) $(D) > $@.tmp && mv $@.tmp $@
 
-demo: $(D)/README.md
+report: $(D)/README.md
 	@echo "wrote $(D)/README.md" >&2
 
+demo:
+	@$(MAKE) --no-print-directory TASK=demo report
+
+repro-gsm8k:
+	@test -f $(or $(ZEROEVAL),../shared/data/zeroeval/gsm8k_test_42models.jsonl.gz) || \
+		{ echo "no ZeroEval data at $(or $(ZEROEVAL),../shared/data/zeroeval/gsm8k_test_42models.jsonl.gz); set ZEROEVAL=" >&2; exit 1; }
+	@$(MAKE) --no-print-directory TASK=gsm8k report
+
 clean-demo:
-	rm -rf $(W) $(D)
+	rm -rf .cache/demo reports/demo
+
+clean-gsm8k:
+	rm -rf .cache/gsm8k reports/gsm8k
