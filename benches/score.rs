@@ -13,11 +13,11 @@
 //! ratio, the achieved GFLOP/s, and a 1024³ f32 matmul rate in each stack. Without python3 it
 //! reports qrm alone.
 //!
-//! Measured 2026-11-27 on the 2-core AMD EPYC dev machine while other builds ran (load average
-//! 8–11), 16 texts, batch 8, 3,251 real tokens, 868 GFLOP per pass: alternating runs gave
-//! qrm/torch throughput ratios 0.97 and 1.10 (qrm 56.6 and 49.9 tokens/s, 13–15 GFLOP/s; torch
-//! 2.15 58.3 and 45.5 tokens/s); sequence rewards agree to 6.6e-7. Rerun on an idle machine for
-//! numbers worth quoting.
+//! Measured 2026-11-27 on the idle 2-core AMD EPYC dev machine (`cargo bench --bench score`,
+//! release, 16 texts, 3,251 real tokens, medians of 3 passes, one invocation per batch size):
+//! batch 8 qrm 478.7 vs torch 2.15 555.4 tokens/s (ratio 0.86; 127.8 GFLOP/s = 62 % of candle's
+//! 1024³ matmul); batch 1 360.1 vs 553.9 (0.65); batch 16 277.1 vs 473.4 (0.59). Sequence rewards
+//! agree to 3.4e-7. qrm is behind at every batch size and loses more than torch to padding.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
