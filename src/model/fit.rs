@@ -146,15 +146,14 @@ impl TopLayers {
             None => 0,
         };
         let varmap = VarMap::new();
-        let model =
-            RewardModel::trainable(checkpoint, head, &varmap, seed, |name| {
-                match layer_of(name) {
-                    Some(layer) => layer >= first_layer,
-                    // Outside the layers: the final norm trains with the top layers, the embedding
-                    // only when the whole model trains.
-                    None => train_layers.is_none() || name.ends_with("norm.weight"),
-                }
-            })?;
+        let model = RewardModel::trainable(checkpoint, head, &varmap, seed, |name| {
+            match layer_of(name) {
+                Some(layer) => layer >= first_layer,
+                // Outside the layers: the final norm trains with the top layers, the embedding
+                // only when the whole model trains.
+                None => train_layers.is_none() || name.ends_with("norm.weight"),
+            }
+        })?;
         let mut variables: Vec<(String, Var)> = varmap
             .data()
             .lock()
