@@ -150,20 +150,24 @@ pub fn score_encoded(
     Ok(scores)
 }
 
-fn f32_lists(name: &str, values: impl Iterator<Item = Option<Vec<f32>>>) -> Result<Column> {
-    let lists: ListChunked = values
-        .map(|v| v.map(|v| Series::new(PlSmallStr::EMPTY, v)))
-        .collect();
+/// A List column from one series per row (`None` → a null list), cast to `List<inner>`.
+fn list_column(
+    name: &str,
+    rows: impl Iterator<Item = Option<Series>>,
+    inner: DataType,
+) -> Result<Column> {
+    let lists: ListChunked = rows.collect();
     let lists = lists
         .into_series()
-        .cast(&DataType::List(Box::new(DataType::Float32)))
+        .cast(&DataType::List(Box::new(inner)))
         .map_err(|e| Error::table("<scores>", e))?;
     Ok(lists.with_name(name.into()).into_column())
 }
 
 /// The score columns for some rows: `rm`, `reward`, `response_tokens`, `token_rewards`,
-/// `q_values`, and `tokens` when asked.
+/// `q_values`, and `tokens` and `token_offsets` when asked.
 pub fn score_columns(scores: &[RowScore], rm_name: &str, emit_tokens: bool) -> Result<Vec<Column>> {
+    let series = |values: Option<&[f32]>| values.map(|v| Series::new(PlSmallStr::EMPTY, v));
     let mut columns = vec![
         Column::new(RM.into(), vec![rm_name; scores.len()]),
         Column::new(
@@ -177,39 +181,36 @@ pub fn score_columns(scores: &[RowScore], rm_name: &str, emit_tokens: bool) -> R
                 .map(|s| s.token_rewards.as_ref().map_or(0, |t| t.len() as u32))
                 .collect::<Vec<u32>>(),
         ),
-        f32_lists(
+        list_column(
             TOKEN_REWARDS,
-            scores.iter().map(|s| s.token_rewards.clone()),
+            scores.iter().map(|s| series(s.token_rewards.as_deref())),
+            DataType::Float32,
         )?,
-        f32_lists(Q_VALUES, scores.iter().map(|s| s.q_values.clone()))?,
+        list_column(
+            Q_VALUES,
+            scores.iter().map(|s| series(s.q_values.as_deref())),
+            DataType::Float32,
+        )?,
     ];
     if emit_tokens {
-        let lists: ListChunked = scores
-            .iter()
-            .map(|s| {
+        columns.push(list_column(
+            TOKENS,
+            scores.iter().map(|s| {
                 s.tokens
-                    .as_ref()
-                    .map(|t| Series::new(PlSmallStr::EMPTY, t.as_slice()))
-            })
-            .collect();
-        let lists = lists
-            .into_series()
-            .cast(&DataType::List(Box::new(DataType::String)))
-            .map_err(|e| Error::table("<scores>", e))?;
-        columns.push(lists.with_name(TOKENS.into()).into_column());
-        let offsets: ListChunked = scores
-            .iter()
-            .map(|s| {
+                    .as_deref()
+                    .map(|t| Series::new(PlSmallStr::EMPTY, t))
+            }),
+            DataType::String,
+        )?);
+        columns.push(list_column(
+            TOKEN_OFFSETS,
+            scores.iter().map(|s| {
                 s.token_offsets
-                    .as_ref()
-                    .map(|o| Series::new(PlSmallStr::EMPTY, o.as_slice()))
-            })
-            .collect();
-        let offsets = offsets
-            .into_series()
-            .cast(&DataType::List(Box::new(DataType::UInt32)))
-            .map_err(|e| Error::table("<scores>", e))?;
-        columns.push(offsets.with_name(TOKEN_OFFSETS.into()).into_column());
+                    .as_deref()
+                    .map(|o| Series::new(PlSmallStr::EMPTY, o))
+            }),
+            DataType::UInt32,
+        )?);
     }
     Ok(columns)
 }
