@@ -309,11 +309,8 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
                 name,
                 &format!("{}:{}", request.eval_fraction, config.seed),
             ]);
-            let progress = crate::cli::progress_bar(
-                TrunkCache::distinct_responses(pairs) as u64,
-                name,
-                request.quiet,
-            );
+            // Sized by `load_or_compute` to the distinct responses.
+            let progress = crate::cli::progress_bar(0, name, request.quiet);
             let cache = TrunkCache::new(&request.cache, &key);
             let trunk = cache.load_or_compute(pairs, &Device::Cpu, &progress, |response| {
                 model.trunk(&fused, response)

@@ -89,8 +89,8 @@ impl TrunkCache {
 
     /// Loads the cached trunk outputs, or computes them with `compute` (one response at a time,
     /// `(len, H)` each) and stores them. A response that appears in several pairs (`qrm-pairs
-    /// --reuse`, or a shared chosen solution) is computed and stored once. Also checks the
-    /// cached lengths against `pairs`.
+    /// --reuse`, or a shared chosen solution) is computed and stored once; `progress` is sized
+    /// to the distinct responses. Also checks the cached lengths against `pairs`.
     pub fn load_or_compute(
         &self,
         pairs: &[EncodedPair],
@@ -112,6 +112,7 @@ impl TrunkCache {
             }
             slots.push(slot);
         }
+        progress.set_length(distinct.len() as u64);
         let file = self.file();
         let outputs: Vec<Tensor> = if file.exists() {
             let mut tensors = candle_core::safetensors::load(&file, device)?;
@@ -165,17 +166,6 @@ impl TrunkCache {
             .map(|[chosen, rejected]| [outputs[*chosen].clone(), outputs[*rejected].clone()])
             .collect())
     }
-
-    /// Number of distinct responses in `pairs`: the length of the progress of
-    /// [`TrunkCache::load_or_compute`].
-    pub fn distinct_responses(pairs: &[EncodedPair]) -> usize {
-        let mut seen: std::collections::HashSet<&[u32]> = std::collections::HashSet::new();
-        for pair in pairs {
-            seen.insert(&pair.chosen.input_ids);
-            seen.insert(&pair.rejected.input_ids);
-        }
-        seen.len()
-    }
 }
 
 #[cfg(test)]
@@ -202,7 +192,6 @@ mod tests {
                 margin: None,
             },
         ];
-        assert_eq!(TrunkCache::distinct_responses(&pairs), 3);
         let cache = TrunkCache::new(directory.path(), &key_of(&["model", "template", "1"]));
         let progress = indicatif::ProgressBar::hidden();
         let mut calls = 0;

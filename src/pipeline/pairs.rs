@@ -146,23 +146,23 @@ pub fn split_questions(question_ids: &[&str], fraction: f64, seed: u64) -> Resul
             "--split-questions must be a fraction in [0, 1], got {fraction}"
         )));
     }
-    Ok(choose_questions(question_ids, fraction, seed, "\0split"))
+    let shuffled = shuffled_questions(question_ids, seed, "\0split");
+    let count = (fraction * shuffled.len() as f64).round() as usize;
+    Ok(shuffled[..count]
+        .iter()
+        .map(|id| (*id).to_owned())
+        .collect())
 }
 
-/// `round(fraction · n)` of the distinct ids, drawn by a generator keyed by `seed` and `stream`.
-fn choose_questions(
-    question_ids: &[&str],
-    fraction: f64,
-    seed: u64,
-    stream: &str,
-) -> HashSet<String> {
+/// The distinct ids, sorted, then shuffled by a generator keyed by `seed` and `stream`: a prefix
+/// is a seeded draw of questions that does not depend on the input's row order.
+fn shuffled_questions<'a>(question_ids: &[&'a str], seed: u64, stream: &str) -> Vec<&'a str> {
     let mut unique: Vec<&str> = question_ids.to_vec();
     unique.sort_unstable();
     unique.dedup();
     let mut rng = question_rng(seed, stream);
     unique.shuffle(&mut rng);
-    let count = (fraction * unique.len() as f64).round() as usize;
-    unique[..count].iter().map(|id| (*id).to_owned()).collect()
+    unique
 }
 
 /// Keeps at most `cap` rows of each question in `held`: a seeded draw per question, made in
@@ -338,10 +338,13 @@ pub fn build_pairs(frame: &DataFrame, path: &Path, options: &PairsOptions) -> Re
     summary.duplicate_rows_skipped = rows.len() - kept.len();
     if let Some(limit) = options.max_questions {
         let ids: Vec<&str> = kept.iter().map(|&i| rows[i].question_id.as_str()).collect();
-        let all = ids.iter().collect::<HashSet<_>>().len();
-        let fraction = limit.min(all) as f64 / all as f64;
-        let used = choose_questions(&ids, fraction, options.pairing.seed, "\0subset");
-        summary.questions_left_out = all - used.len();
+        let shuffled = shuffled_questions(&ids, options.pairing.seed, "\0subset");
+        let used: HashSet<String> = shuffled
+            .iter()
+            .take(limit)
+            .map(|id| (*id).to_owned())
+            .collect();
+        summary.questions_left_out = shuffled.len() - used.len();
         kept.retain(|&i| used.contains(&rows[i].question_id));
     }
 
