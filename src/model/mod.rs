@@ -26,6 +26,7 @@
 pub mod batching;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu_kernels;
 pub mod device;
 pub mod fit;
 pub mod gguf;

@@ -7,9 +7,10 @@
 //! `*ForCausalLM` or `*ForSequenceClassification` checkpoint finds them.
 //!
 //! Two kernel sets compute the same function: [`Kernels::Fused`] uses candle-nn's fused
-//! rms-norm, softmax and rotary kernels (fast, inference only: they have no backward pass, and
+//! rms-norm, softmax and rotary kernels, and on the CPU in f32 qrm's own causal softmax and SiLU
+//! ([`crate::model::cpu_kernels`]) (fast, inference only: they have no backward pass, and
 //! gradients through them silently stop, candle issue #2168); [`Kernels::Differentiable`] writes
-//! the same three operations as compositions of differentiable tensor ops, for training.
+//! the same operations as compositions of differentiable tensor ops, for training.
 
 use std::ops::Range;
 
@@ -17,6 +18,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
 use crate::model::config::ModelConfig;
+use crate::model::cpu_kernels;
 use crate::{Error, Result};
 
 /// Which implementation of rms-norm, softmax and rotary embedding the forward uses.
@@ -109,21 +111,41 @@ impl RmsNorm {
     }
 }
 
-/// What every layer of one forward shares: the additive attention mask and the rotary tables.
+/// What every layer of one forward shares: the attention mask and the rotary tables.
 struct Prepared {
-    /// (batch, 1, seq_len, seq_len), 0 where a query may attend, the dtype's minimum elsewhere.
-    mask: Tensor,
+    /// Real tokens in each batch row.
+    lengths: Vec<usize>,
+    /// (batch, 1, seq_len, seq_len), 0 where a query may attend, the dtype's minimum elsewhere;
+    /// `None` when the causal softmax kernel applies the mask from `lengths` itself.
+    mask: Option<Tensor>,
     /// (seq_len, head_size / 2).
     cos: Tensor,
     /// (seq_len, head_size / 2).
     sin: Tensor,
 }
 
-fn softmax_last_dim(xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    Ok(match kernels {
-        Kernels::Fused => candle_nn::ops::softmax_last_dim(xs)?,
-        Kernels::Differentiable => candle_nn::ops::softmax(xs, D::Minus1)?,
-    })
+/// Whether the forward uses qrm's CPU kernels ([`cpu_kernels`]): fused kernels, f32, CPU.
+fn uses_cpu_kernels(kernels: Kernels, device: &Device, dtype: DType) -> bool {
+    kernels == Kernels::Fused && device.is_cpu() && dtype == DType::F32
+}
+
+/// Attention weights from raw scores: the mask applied, then a softmax over the keys.
+///
+/// # Shapes
+/// `scores` (batch, heads, seq_len, seq_len) → (batch, heads, seq_len, seq_len).
+fn attention_weights(scores: &Tensor, prepared: &Prepared, kernels: Kernels) -> Result<Tensor> {
+    let Some(mask) = &prepared.mask else {
+        return cpu_kernels::causal_softmax(&scores.contiguous()?, &prepared.lengths);
+    };
+    let scores = scores.broadcast_add(mask)?;
+    let dtype = scores.dtype();
+    // Softmax in f32 for half inputs.
+    let scores = scores.to_dtype(DType::F32)?;
+    let weights = match kernels {
+        Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
+        Kernels::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+    };
+    Ok(weights.to_dtype(dtype)?)
 }
 
 /// Rotary embedding in the Hugging Face (non-interleaved, rotate-half) layout.
@@ -207,14 +229,8 @@ impl Attention {
         ))? * (1.0 / (self.head_size as f64).sqrt()))?; // (batch, kv_heads, group·seq_len, head_size)
         let scores = q
             .matmul(&k.t()?)? // (batch, kv_heads, group·seq_len, seq_len)
-            .reshape((batch, self.num_heads, seq_len, seq_len))?
-            .broadcast_add(&prepared.mask)?;
-        let dtype = scores.dtype();
-        let weights = if dtype == DType::F32 {
-            softmax_last_dim(&scores, kernels)?
-        } else {
-            softmax_last_dim(&scores.to_dtype(DType::F32)?, kernels)?.to_dtype(dtype)?
-        }; // (batch, heads, seq_len, seq_len)
+            .reshape((batch, self.num_heads, seq_len, seq_len))?;
+        let weights = attention_weights(&scores, prepared, kernels)?; // (batch, heads, seq_len, seq_len)
         let context = weights
             .reshape((batch, self.num_kv_heads, group * seq_len, seq_len))?
             .matmul(&v)? // (batch, kv_heads, group·seq_len, head_size)
@@ -242,8 +258,13 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(xs)?.silu()?; // (batch, seq_len, inner)
+    fn forward(&self, xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(xs)?; // (batch, seq_len, inner)
+        let gate = if uses_cpu_kernels(kernels, xs.device(), xs.dtype()) {
+            cpu_kernels::silu(&gate)?
+        } else {
+            gate.silu()?
+        };
         let up = self.up_proj.forward(xs)?;
         Ok(self.down_proj.forward(&(gate * up)?)?)
     }
@@ -281,7 +302,7 @@ impl DecoderLayer {
         let xs = (self.self_attn.forward(&xs, prepared, kernels)? + residual)?;
         let residual = &xs;
         let ys = self.post_attention_layernorm.forward(&xs, kernels)?;
-        Ok((self.mlp.forward(&ys)? + residual)?)
+        Ok((self.mlp.forward(&ys, kernels)? + residual)?)
     }
 }
 
@@ -454,24 +475,12 @@ impl Transformer {
     }
 
     fn prepare(&self, attention_mask: &Tensor, batch: usize, seq_len: usize) -> Result<Prepared> {
-        let mask = attention_mask_rows(attention_mask, batch, seq_len)?;
-        // Additive mask: query i may see key j when j <= i and key j is a real token.
-        let blocked = f32::MIN;
-        let mut additive = vec![0f32; batch * seq_len * seq_len];
-        for (row, length) in mask.iter().enumerate() {
-            for i in 0..seq_len {
-                let start = (row * seq_len + i) * seq_len;
-                for (j, cell) in additive[start..start + seq_len].iter_mut().enumerate() {
-                    // A padded query (i >= length) still sees the real keys before it, so no
-                    // row of the softmax is empty.
-                    if j > i || j >= *length {
-                        *cell = blocked;
-                    }
-                }
-            }
-        }
-        let mask = Tensor::from_vec(additive, (batch, 1, seq_len, seq_len), &self.device)?
-            .to_dtype(self.dtype)?;
+        let lengths = attention_mask_rows(attention_mask, batch, seq_len)?;
+        let mask = if uses_cpu_kernels(self.kernels, &self.device, self.dtype) {
+            None
+        } else {
+            Some(additive_mask(&lengths, seq_len, &self.device)?.to_dtype(self.dtype)?)
+        };
         let half = self.inverse_frequencies.len();
         let inverse = Tensor::from_slice(&self.inverse_frequencies, (1, half), &self.device)?;
         let positions = Tensor::arange(0u32, seq_len as u32, &self.device)?
@@ -479,11 +488,37 @@ impl Transformer {
             .reshape((seq_len, 1))?;
         let angles = positions.broadcast_mul(&inverse)?; // (seq_len, head_size / 2)
         Ok(Prepared {
+            lengths,
             mask,
             cos: angles.cos()?.to_dtype(self.dtype)?,
             sin: angles.sin()?.to_dtype(self.dtype)?,
         })
     }
+}
+
+/// The additive attention mask of right-padded rows: query i may see key j when j <= i and key j
+/// is a real token (0), otherwise not (f32's minimum). A padded query (i >= length) still sees
+/// the real keys before it, so no row of the softmax is empty.
+///
+/// # Shapes
+/// `lengths` (batch) → (batch, 1, seq_len, seq_len) f32.
+fn additive_mask(lengths: &[usize], seq_len: usize, device: &Device) -> Result<Tensor> {
+    let mut additive = vec![0f32; lengths.len() * seq_len * seq_len];
+    for (row, length) in lengths.iter().enumerate() {
+        for i in 0..seq_len {
+            let start = (row * seq_len + i) * seq_len;
+            for (j, cell) in additive[start..start + seq_len].iter_mut().enumerate() {
+                if j > i || j >= *length {
+                    *cell = f32::MIN;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(
+        additive,
+        (lengths.len(), 1, seq_len, seq_len),
+        device,
+    )?)
 }
 
 /// The number of real tokens in each row of a right-padded 0/1 mask, checked.
