@@ -420,6 +420,8 @@ fn rechecking_the_arithmetic_finds_exactly_the_labelled_first_error() {
         (Split::Ood, Mistakes::Subtle),
         (Split::Id, Mistakes::Obvious),
         (Split::Ood, Mistakes::Obvious),
+        (Split::Id, Mistakes::Answer),
+        (Split::Ood, Mistakes::Answer),
     ] {
         let rows = generate(&SynthConfig {
             mistakes,
@@ -486,6 +488,12 @@ fn rechecking_the_arithmetic_finds_exactly_the_labelled_first_error() {
                     row.response,
                     right.response
                 );
+                if mistakes == Mistakes::Answer {
+                    // The work is the reference's; only the stated answer (last line) is wrong.
+                    let error = row.first_error_char.unwrap() as usize;
+                    assert_eq!(error, row.response.rfind('\n').map_or(0, |i| i + 1));
+                    assert_eq!(computation_results(&row.response), values);
+                }
                 if mistakes == Mistakes::Obvious {
                     // The first wrong line miscomputes, and by at least 5.
                     let error = row.first_error_char.unwrap() as usize;

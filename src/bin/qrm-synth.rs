@@ -35,7 +35,8 @@ struct Args {
     seed: u64,
 
     /// `subtle`: realistic slips (off by a little, wrong operand, misread number, skipped or
-    /// repeated step); `obvious`: arithmetic results far from the truth, which a small LM notices.
+    /// repeated step); `obvious`: arithmetic results far from the truth, which a small LM notices;
+    /// `answer`: right work, but the last line states another answer.
     #[arg(long, value_enum, default_value_t = Mistakes::Subtle)]
     mistakes: Mistakes,
 

@@ -89,6 +89,10 @@ pub enum Mistakes {
     /// range): the kind a small language model notices as it reads (sized for the demo's
     /// 135M model, which barely notices subtle slips).
     Obvious,
+    /// The work is right but the last line states another answer (doubled, halved, or 15–40
+    /// away from the result just computed): found by comparing two lines, not by redoing any
+    /// arithmetic, so a reward model reading its final token can learn it from few pairs.
+    Answer,
 }
 
 /// What to generate.
@@ -684,6 +688,8 @@ enum Mistake {
     Repeat { operation: usize },
     /// The question's number at `slot` is read as `value` throughout.
     Misread { slot: Slot, value: i64 },
+    /// Every computation is right, but the final answer is stated as `value`.
+    Answer { value: i64 },
 }
 
 /// The computations of one operation (one or two).
@@ -785,10 +791,17 @@ fn solve(problem: &Problem, mistake: Option<Mistake>) -> Option<Solution> {
             });
         }
     }
+    let answer = match mistake {
+        Some(Mistake::Answer { value: stated }) => stated,
+        _ => value,
+    };
+    if answer <= 0 || answer > limit {
+        return None;
+    }
     Some(Solution {
         start,
         steps,
-        answer: value,
+        answer,
     })
 }
 
@@ -907,7 +920,14 @@ fn draw_mistake(
         .collect();
     for _ in 0..64 {
         let choice = rng.random::<f64>();
-        let mistake = if mistakes == Mistakes::Obvious {
+        let mistake = if mistakes == Mistakes::Answer {
+            let last = reference.computations().last()?;
+            let limit = problem.setting.ranges().limit;
+            let Some(value) = obvious_result(last, limit, rng) else {
+                continue;
+            };
+            Mistake::Answer { value }
+        } else if mistakes == Mistakes::Obvious {
             let &(operation, position, computation) = located.choose(rng)?;
             let limit = problem.setting.ranges().limit;
             let Some(result) = obvious_result(&computation, limit, rng) else {
@@ -1478,6 +1498,7 @@ mod tests {
                 Mistake::Skip { .. } => 2,
                 Mistake::Repeat { .. } => 3,
                 Mistake::Misread { .. } => 4,
+                Mistake::Answer { .. } => unreachable!("subtle mode states the answer it computed"),
             };
             kinds[index] += 1;
             // Only the injected mistake breaks the arithmetic; all else follows from it.
@@ -1488,6 +1509,36 @@ mod tests {
             assert_eq!(broken, usize::from(index == 0), "{mistake:?}");
         }
         assert!(kinds.iter().all(|&n| n > 10), "{kinds:?}");
+    }
+
+    #[test]
+    fn answer_mistakes_keep_the_work_and_change_only_the_stated_answer() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut drawn = 0;
+        for _ in 0..200 {
+            let problem = Problem::draw(Setting::InDistribution, &mut rng);
+            let reference = solve(&problem, None).unwrap();
+            let Some(mistake) = draw_mistake(&problem, &reference, Mistakes::Answer, &mut rng)
+            else {
+                continue;
+            };
+            drawn += 1;
+            let Mistake::Answer { value } = mistake else {
+                panic!("answer mode drew {mistake:?}");
+            };
+            let wrong = solve(&problem, Some(mistake)).unwrap();
+            assert_eq!(wrong.answer, value);
+            assert!((value - reference.answer).abs() >= 5, "{value} vs {}", reference.answer);
+            let same_work = wrong
+                .computations()
+                .zip(reference.computations())
+                .all(|(a, b)| (a.left, a.right, a.result) == (b.left, b.right, b.result));
+            assert!(same_work && wrong.computations().count() == reference.computations().count());
+            // The first wrong line is the answer line, the last one.
+            let lines = render(&problem, &wrong, &mut rng);
+            assert_eq!(first_wrong_line(&lines, &reference), Some(lines.len() - 1));
+        }
+        assert!(drawn > 150, "{drawn} of 200 problems got an answer mistake");
     }
 
     #[test]
