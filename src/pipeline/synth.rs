@@ -1528,7 +1528,11 @@ mod tests {
             };
             let wrong = solve(&problem, Some(mistake)).unwrap();
             assert_eq!(wrong.answer, value);
-            assert!((value - reference.answer).abs() >= 5, "{value} vs {}", reference.answer);
+            assert!(
+                (value - reference.answer).abs() >= 5,
+                "{value} vs {}",
+                reference.answer
+            );
             let same_work = wrong
                 .computations()
                 .zip(reference.computations())

@@ -96,24 +96,44 @@ impl AurocRows {
             }
         };
         let labels: Vec<String> = (0..report.height()).map(label).collect();
-        let series = distinct_in_order(labels.iter().map(String::as_str));
+        // A `--compare A,B` report holds model B in `rm_b` / `auroc_b` (no interval of its own):
+        // it becomes a second series.
+        let compared = if columns.has("rm_b") && columns.has("auroc_b") {
+            let rm_b = columns.str_not_null("rm_b")?;
+            let labels_b: Vec<String> = (0..report.height())
+                .map(|index| rm_b.get(index).unwrap_or_default().to_owned())
+                .collect();
+            Some((labels_b, required_f64(&columns, "auroc_b")?))
+        } else {
+            None
+        };
+        let all_labels = labels
+            .iter()
+            .chain(compared.iter().flat_map(|(labels_b, _)| labels_b));
+        let series = distinct_in_order(all_labels.map(String::as_str));
         let benchmarks = distinct_in_order(benchmark.iter().map(|b| b.unwrap_or_default()));
         let ci_methods = ci_method
             .map(|m| distinct_in_order(m.iter().flatten()))
             .unwrap_or_default();
-        let points: Vec<AurocPoint> = (0..report.height())
-            .map(|index| AurocPoint {
-                series: series.iter().position(|s| *s == labels[index]).unwrap_or(0),
+        let point =
+            |index: usize, label: &str, auroc: Option<f64>, ci: Option<(f64, f64)>| AurocPoint {
+                series: series.iter().position(|s| s == label).unwrap_or(0),
                 benchmark: benchmarks
                     .iter()
                     .position(|b| Some(b.as_str()) == benchmark.get(index))
                     .unwrap_or(0),
                 percentile: percentile[index],
-                auroc: auroc[index],
-                ci: ci_low[index].zip(ci_high[index]),
+                auroc,
+                ci,
+            };
+        let mut points: Vec<AurocPoint> = (0..report.height())
+            .map(|index| {
+                let ci = ci_low[index].zip(ci_high[index]);
+                point(index, &labels[index], auroc[index], ci)
             })
             .collect();
         let n = optional_f64(&columns, "n")?;
+        // Sizes from the report's rows (model B's points share them).
         let sizes = (0..benchmarks.len())
             .map(|b| {
                 let mut values = points_of(&points, b).filter_map(|i| n[i]);
@@ -121,6 +141,12 @@ impl AurocRows {
                 values.all(|v| v == first).then_some(first as u64)
             })
             .collect();
+        if let Some((labels_b, auroc_b)) = &compared {
+            points.extend(
+                (0..report.height())
+                    .map(|index| point(index, &labels_b[index], auroc_b[index], None)),
+            );
+        }
         Ok(Self {
             series,
             benchmarks,
@@ -601,6 +627,40 @@ mod tests {
             rows.series,
             vec!["baseline · reward", "q-rm (contrastive) · q_value"]
         );
+    }
+
+    #[test]
+    fn a_compare_report_draws_both_models() {
+        // qrm-auroc --compare bt,q: model B's AUROC sits in `rm_b` / `auroc_b`, without a CI.
+        let frame = df!(
+            "rm" => ["bt", "bt"],
+            "rm_b" => ["q", "q"],
+            "benchmark" => ["synth-id", "synth-ood"],
+            "auroc" => [0.5616f64, 0.5956],
+            "ci_low" => [0.4888f64, 0.5238],
+            "ci_high" => [0.6343f64, 0.6675],
+            "auroc_b" => [0.5436f64, 0.5975],
+        )
+        .unwrap();
+        let rows = AurocRows::from_frame(&frame).unwrap();
+        assert_eq!(rows.series, vec!["bt", "q"]);
+        let b_points: Vec<(usize, Option<f64>)> = rows
+            .points
+            .iter()
+            .filter(|p| p.series == 1)
+            .map(|p| (p.benchmark, p.auroc))
+            .collect();
+        assert_eq!(b_points, vec![(0, Some(0.5436)), (1, Some(0.5975))]);
+        assert!(rows
+            .points
+            .iter()
+            .filter(|p| p.series == 1)
+            .all(|p| p.ci.is_none()));
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("compare.svg");
+        auroc_figure(&frame, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert_svg_texts(&svg, &["bt", "q", "0.598"]);
     }
 
     #[test]
