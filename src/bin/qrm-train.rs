@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use qrm::metrics::stats::proportion;
 use qrm::model::fit::{fit, FitRequest};
 use qrm::model::head::HeadKind;
 use qrm::model::template::EosPolicy;
@@ -114,6 +115,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             eval.loss_bt,
             eval.loss_contrastive
         );
+        if let Some(share) = proportion(eval.wins as u64, eval.pairs as u64, 0.95) {
+            tracing::info!(
+                "eval accuracy {}/{} pairs, Wilson 95% CI [{:.3}, {:.3}], exact binomial p = {:.2e} against 0.5",
+                eval.wins,
+                eval.pairs,
+                share.low,
+                share.high,
+                share.p_value
+            );
+        }
     }
     Ok(())
 }

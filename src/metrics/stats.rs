@@ -2,7 +2,7 @@
 //!
 //! Distributions come from `statrs`; nothing here hand-rolls a special function.
 
-use statrs::distribution::{ContinuousCDF, StudentsT};
+use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal, StudentsT};
 
 /// A t statistic and its two-sided p-value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -157,6 +157,44 @@ pub fn mean_t_interval(values: &[f64], level: f64) -> Option<MeanInterval> {
     })
 }
 
+/// A proportion `successes / trials` with its Wilson score interval and the exact two-sided
+/// binomial test against a fair coin: how to read an eval pair accuracy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Proportion {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+    /// Two-sided p-value of `successes` under Binomial(trials, 1/2).
+    pub p_value: f64,
+}
+
+/// `successes / trials` with the Wilson score interval at `level`, as
+/// `scipy.stats.binomtest(k, n).proportion_ci(level, "wilson")`:
+/// (p̂ + z²/2n ± z·√(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n), z = Φ⁻¹((1 + level)/2); and the exact
+/// two-sided test of p = 1/2, as `binomtest(k, n, 0.5).pvalue`: the distribution is symmetric,
+/// so p = min(1, 2·P(X ≤ min(k, n − k))). `None` when `trials` is 0 or `successes > trials`.
+pub fn proportion(successes: u64, trials: u64, level: f64) -> Option<Proportion> {
+    if trials == 0 || successes > trials {
+        return None;
+    }
+    let n = trials as f64;
+    let value = successes as f64 / n;
+    let z = Normal::standard().inverse_cdf(0.5 + level / 2.0);
+    let z2 = z * z;
+    let denominator = 1.0 + z2 / n;
+    let center = (value + z2 / (2.0 * n)) / denominator;
+    let half_width = z * (value * (1.0 - value) / n + z2 / (4.0 * n * n)).sqrt() / denominator;
+    let tail = Binomial::new(0.5, trials)
+        .ok()?
+        .cdf(successes.min(trials - successes));
+    Some(Proportion {
+        value,
+        low: (center - half_width).max(0.0),
+        high: (center + half_width).min(1.0),
+        p_value: (2.0 * tail).min(1.0),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -168,6 +206,41 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn proportion_matches_scipy_binomtest_and_its_wilson_interval() {
+        // scipy 1.x: binomtest(k, n).pvalue and .proportion_ci(0.95, "wilson").
+        let cases = [
+            (
+                70,
+                95,
+                4.271012269463366e-06,
+                0.6403397907589585,
+                0.8149347523012911,
+            ),
+            (3, 10, 0.34375, 0.10779126740630102, 0.6032218525388546),
+            (0, 10, 0.001953125, 0.0, 0.27753279986288926),
+        ];
+        for (k, n, p_value, low, high) in cases {
+            let result = proportion(k, n, 0.95).unwrap();
+            assert!(
+                (result.p_value - p_value).abs() <= 1e-9 * p_value.max(1e-3),
+                "{k}/{n}"
+            );
+            assert!((result.low - low).abs() < 1e-9, "{k}/{n}: {}", result.low);
+            assert!(
+                (result.high - high).abs() < 1e-9,
+                "{k}/{n}: {}",
+                result.high
+            );
+        }
+        // 50/95: 2·P(X ≤ 45) = 0.6817425059181855.
+        let half = proportion(50, 95, 0.95).unwrap();
+        assert!((half.p_value - 0.6817425059181855).abs() < 1e-9);
+        assert_eq!(proportion(5, 10, 0.95).unwrap().p_value, 1.0);
+        assert_eq!(proportion(1, 0, 0.95), None);
+        assert_eq!(proportion(11, 10, 0.95), None);
+    }
 
     #[test]
     fn paired_t_hand_computed() {

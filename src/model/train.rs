@@ -290,7 +290,13 @@ pub struct LogRow {
 /// Eval metrics over a set of pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
+    /// Share of pairs whose chosen response scores above the rejected one (`wins / pairs`).
     pub accuracy: f64,
+    /// Pairs won and pairs evaluated.
+    #[serde(default)]
+    pub wins: usize,
+    #[serde(default)]
+    pub pairs: usize,
     pub loss_bt: f64,
     pub loss_contrastive: f64,
     /// Mean and (population) standard deviation of all chosen and rejected rewards, for reward
@@ -654,6 +660,8 @@ pub fn evaluate(
         rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rewards.len().max(1) as f64;
     Ok(EvalMetrics {
         accuracy: wins as f64 / count,
+        wins,
+        pairs: batches,
         loss_bt: bt_sum / count,
         loss_contrastive: contrastive_sum / count,
         reward_mean: mean,
