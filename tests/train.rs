@@ -140,6 +140,20 @@ fn q_run_writes_a_checkpoint_that_loads_and_scores_as_trained() {
     assert_eq!(train_config["config"]["objective"], "q");
     assert_eq!(train_config["train_layers"], 1);
     assert_eq!(train_config["eval_pairs_used"], 6); // ⌈0.25·12⌉ = 3 questions × 2 pairs
+    let eval = &train_config["eval"];
+    assert_eq!(eval["pairs"], 6);
+    let wins = eval["wins"].as_u64().unwrap();
+    assert_eq!(eval["accuracy"].as_f64().unwrap(), wins as f64 / 6.0);
+    let interval = &train_config["eval_accuracy_interval"];
+    let (low, high) = (
+        interval["low"].as_f64().unwrap(),
+        interval["high"].as_f64().unwrap(),
+    );
+    assert!(
+        low <= wins as f64 / 6.0 && wins as f64 / 6.0 <= high,
+        "{interval}"
+    );
+    assert!(interval["p_value_against_half"].as_f64().unwrap() > 0.0);
 
     // The checkpoint loads as a reward model (the path qrm-score takes) and gives the rewards
     // the trainer recorded.

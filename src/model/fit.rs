@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
+use crate::metrics::stats::proportion;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::device::DeviceChoice;
 use crate::model::head::HeadKind;
@@ -379,6 +380,16 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
         "device": request.device,
         "steps": summary.steps,
         "eval": summary.eval,
+        "eval_accuracy_interval": summary
+            .eval
+            .and_then(|eval| proportion(eval.wins as u64, eval.pairs as u64, 0.95))
+            .map(|share| serde_json::json!({
+                "level": 0.95,
+                "method": "wilson",
+                "low": share.low,
+                "high": share.high,
+                "p_value_against_half": share.p_value,
+            })),
         "qrm_version": env!("CARGO_PKG_VERSION"),
         "candle_version": "0.11.1",
     });

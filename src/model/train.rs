@@ -281,6 +281,11 @@ pub struct LogRow {
     pub grad_norm: f64,
     pub tokens_per_s: f64,
     pub eval_accuracy: Option<f64>,
+    /// Eval pairs won (chosen above rejected) and evaluated.
+    #[serde(default)]
+    pub eval_wins: Option<usize>,
+    #[serde(default)]
+    pub eval_pairs: Option<usize>,
     pub eval_loss: Option<f64>,
     pub eval_contrastive: Option<f64>,
     pub eval_reward_mean: Option<f64>,
@@ -850,6 +855,8 @@ pub fn train(
             if done || (config.eval_every > 0 && (step + 1) % config.eval_every == 0) {
                 let metrics = evaluate(model, eval_data, config)?;
                 row.eval_accuracy = Some(metrics.accuracy);
+                row.eval_wins = Some(metrics.wins);
+                row.eval_pairs = Some(metrics.pairs);
                 row.eval_loss = Some(metrics.loss_bt);
                 row.eval_contrastive = Some(metrics.loss_contrastive);
                 row.eval_reward_mean = Some(metrics.reward_mean);
