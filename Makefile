@@ -2,6 +2,7 @@
 #
 #   make demo         the main job on the embedded default task (README's first command)
 #   make repro-gsm8k  the same chain on real GSM8K generations (ZeroEval, 42 LLMs), ~1 hour
+#   make learning     does training learn? BT and Q eval accuracy on independent synthetic pairs
 #   make test         the test suite (README's second command; CI runs it)
 #
 # Sizes and seeds are variables: `make demo QUESTIONS=400 STEPS=60`,
@@ -53,7 +54,7 @@ W := .cache/demo
 D := reports/demo
 endif
 
-.PHONY: test build demo repro-gsm8k report model clean-demo clean-gsm8k
+.PHONY: test build demo repro-gsm8k learning report model clean-demo clean-gsm8k clean-learning
 .DELETE_ON_ERROR:
 
 # $(call) splits its arguments on commas, so lists inside a timed command use these.
@@ -183,6 +184,45 @@ repro-gsm8k:
 	@test -f $(or $(ZEROEVAL),../shared/data/zeroeval/gsm8k_test_42models.jsonl.gz) || \
 		{ echo "no ZeroEval data at $(or $(ZEROEVAL),../shared/data/zeroeval/gsm8k_test_42models.jsonl.gz); set ZEROEVAL=" >&2; exit 1; }
 	@$(MAKE) --no-print-directory TASK=gsm8k report
+
+# ---- does training learn? Both objectives on synthetic pairs, one pair per question so the eval
+# pairs (qrm-train --eval-fraction of the questions, question-disjoint) are independent; the
+# report gives eval accuracy with its Wilson interval and binomial p-value. One run per
+# mistake kind in LEARN_MISTAKES and objective; ~15 minutes each on 2 cores.
+LEARN_QUESTIONS ?= 500
+LEARN_MISTAKES ?= answer obvious
+LEARN_STEPS ?= 80
+LEARN_EVAL ?= 0.25
+LW := .cache/learning
+LD := reports/learning
+# The stage timer and command list write to the learning work directory.
+$(LW)/%: W = $(LW)
+
+define learning_pairs
+$(LW)/$(1)/pairs.parquet: | build
+	$$(call timed,synth-$(1),$(BIN)/qrm-synth --questions $(LEARN_QUESTIONS) --samples 8 --split id --mistakes $(1) --seed $(SEED) -o $(LW)/$(1)/generations.parquet)
+	$$(call timed,pairs-$(1),$(BIN)/qrm-pairs $(LW)/$(1)/generations.parquet --max-per-question 1 --seed $(SEED) -o $$@)
+endef
+
+define learning_run
+$(LW)/$(1)/$(2)/train_config.json: $(LW)/$(1)/pairs.parquet $(MODEL)
+	$$(call timed,train-$(1)-$(2),$(BIN)/qrm-train $$< --objective $(2) --model $(MODEL) --train-layers $(TRAIN_LAYERS) --batch-size 8 --micro-batch 8 --max-steps $(LEARN_STEPS) --lr 1e-3 --seed $(SEED) --cache $(LW)/trunk --eval-every 20 --eval-fraction $(LEARN_EVAL) --log $(LW)/$(1)/train-$(2).jsonl -o $(LW)/$(1)/$(2))
+endef
+
+$(foreach m,$(LEARN_MISTAKES),$(eval $(call learning_pairs,$(m))))
+$(foreach m,$(LEARN_MISTAKES),$(foreach o,bt q,$(eval $(call learning_run,$(m),$(o)))))
+
+$(LD)/README.md: $(foreach m,$(LEARN_MISTAKES),$(LW)/$(m)/bt/train_config.json $(LW)/$(m)/q/train_config.json) scripts/learning-report.sh
+	@mkdir -p $(LD)
+	LEARN_MISTAKES='$(LEARN_MISTAKES)' LEARN_QUESTIONS=$(LEARN_QUESTIONS) LEARN_STEPS=$(LEARN_STEPS) \
+	LEARN_EVAL=$(LEARN_EVAL) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) \
+	bash scripts/learning-report.sh $(LW) $(LD) > $@.tmp && mv $@.tmp $@
+
+learning: $(LD)/README.md
+	@echo "wrote $(LD)/README.md" >&2
+
+clean-learning:
+	rm -rf $(LW) $(LD)
 
 clean-demo:
 	rm -rf .cache/demo reports/demo
