@@ -200,6 +200,7 @@ $(LW)/%: W = $(LW)
 
 define learning_pairs
 $(LW)/$(1)/pairs.parquet: | build
+	@mkdir -p $(LW)/$(1)
 	$$(call timed,synth-$(1),$(BIN)/qrm-synth --questions $(LEARN_QUESTIONS) --samples 8 --split id --mistakes $(1) --seed $(SEED) -o $(LW)/$(1)/generations.parquet)
 	$$(call timed,pairs-$(1),$(BIN)/qrm-pairs $(LW)/$(1)/generations.parquet --max-per-question 1 --seed $(SEED) -o $$@)
 endef
