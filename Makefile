@@ -54,7 +54,7 @@ W := .cache/demo
 D := reports/demo
 endif
 
-.PHONY: test build demo repro-gsm8k learning report model clean-demo clean-gsm8k clean-learning
+.PHONY: test build demo repro-gsm8k learning cuda-dist report model clean-demo clean-gsm8k clean-learning
 .DELETE_ON_ERROR:
 
 # $(call) splits its arguments on commas, so lists inside a timed command use these.
@@ -221,6 +221,11 @@ $(LD)/README.md: $(foreach m,$(LEARN_MISTAKES),$(LW)/$(m)/bt/train_config.json $
 
 learning: $(LD)/README.md
 	@echo "wrote $(LD)/README.md" >&2
+
+# The CUDA binaries and the device check's package (docs/cuda.md): CUDA 13.0 from the registry's
+# wheels, no GPU needed here; ~20 minutes on 2 cores.
+cuda-dist:
+	bash scripts/cuda-build.sh all
 
 clean-learning:
 	rm -rf $(LW) $(LD)

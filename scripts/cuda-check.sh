@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks qrm's CUDA build on a GPU machine that may have no Rust, no network and no CUDA toolkit.
-# Needs what scripts/cuda-build.sh packaged in .cache/cuda-dist (carry it: ".cache/cuda-dist").
+# Needs what scripts/cuda-build.sh packaged in .cache/cuda-dist, and .cache/cuda-dist-curand
+# where the device has no cuRAND 13 (run tool: carry=[".cache/cuda-dist", ".cache/cuda-dist-curand"]).
 #
 #   bash scripts/cuda-check.sh            # everything: libraries, parity, training, timing
 #
@@ -8,13 +9,17 @@
 #   QRM_CHECK_DEVICE=cuda    device under test (cpu: exercise this script without a GPU)
 #   QRM_CHECK_STEPS=all      or a comma list of: libs,parity,train,timing
 #   QRM_CHECK_TIMING_CPU=0   1: also time the random SmolLM2-135M on the CPU (slow)
+#   QRM_CHECK_BATCH_TOKENS="4096 16384"   --batch-tokens values timed
+#   QRM_CHECK_TIMING_GENS=   generations to time on (default the dist's 512 synth rows)
 #   QRM_CHECK_LIBDIRS=       extra ':'-separated directories to search for CUDA libraries
 #   QRM_CHECK_WORK=/tmp/qrm-cuda-check   scratch directory (the 540 MB random model goes here)
+#   QRM_CHECK_OUT=           copy logs, small outputs and the summary there at the end ($OUT)
 # Exit codes: 0 all ran steps passed, 1 a step failed, 3 a library or the driver is missing.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIST="${QRM_CHECK_DIST:-$REPO/.cache/cuda-dist}"
+CURAND_DIST="${QRM_CHECK_CURAND_DIST:-$DIST-curand}"   # optional: cuRAND for devices without it
 DEVICE="${QRM_CHECK_DEVICE:-cuda}"
 STEPS="${QRM_CHECK_STEPS:-all}"
 WORK="${QRM_CHECK_WORK:-${TMPDIR:-/tmp}/qrm-cuda-check}"
@@ -23,7 +28,7 @@ SUMMARY=()
 FAILED=0
 
 say() { printf '[cuda-check] %s\n' "$*" >&2; }
-die() { printf '[cuda-check] ERROR: %s\n' "$*" >&2; exit "${2:-1}"; }
+die() { printf '[cuda-check] ERROR: %s\n' "$1" >&2; exit "${2:-1}"; }
 note() { SUMMARY+=("$*"); say "$*"; }
 fail() { SUMMARY+=("FAIL: $*"); say "FAIL: $*"; FAILED=1; }
 want() { [[ "$STEPS" == all || ",$STEPS," == *",$1,"* ]]; }
@@ -35,6 +40,12 @@ summary() {
     local line
     for line in "${SUMMARY[@]}"; do printf '  %s\n' "$line"; done
     if [[ $FAILED -eq 0 ]]; then printf '  RESULT: ok\n'; else printf '  RESULT: FAILED\n'; fi
+    if [[ -n "${QRM_CHECK_OUT:-}" && -d "$WORK" ]]; then  # keep the logs and small outputs
+        mkdir -p "$QRM_CHECK_OUT/qrm-cuda-check"
+        find "$WORK" -maxdepth 1 -type f -size -2M \( -name '*.log' -o -name '*.jsonl' -o -name '*.json' \) \
+            -exec cp {} "$QRM_CHECK_OUT/qrm-cuda-check/" \; 2>/dev/null || true
+        printf '%s\n' "${SUMMARY[@]}" > "$QRM_CHECK_OUT/qrm-cuda-check/SUMMARY.txt"
+    fi
 }
 trap summary EXIT
 
@@ -44,17 +55,15 @@ say "dist: $(head -3 "$DIST/MANIFEST" | tr '\n' ';')"
 (cd "$DIST" && sed -n '/^[0-9a-f]\{64\}  /p' MANIFEST | sha256sum -c --quiet -) \
     || die "$DIST does not match its MANIFEST (truncated transfer?)"
 rm -rf "$WORK" && mkdir -p "$WORK/bin"
-for xzbin in "$DIST"/bin/*.xz; do
-    out="$WORK/bin/$(basename "$xzbin" .xz)"
-    if have xz; then
-        xz -dc "$xzbin" > "$out"
-    elif [[ -n "$PY" ]]; then
-        $PY -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' "$xzbin" "$out"
-    else
-        die "neither xz nor python3 is here to unpack $xzbin"
-    fi
-    chmod +x "$out"
-done
+ARCHIVE="$DIST/bin/qrm-bins.tar.xz"
+if have xz; then
+    xz -dc "$ARCHIVE" | tar -C "$WORK/bin" -xf -
+elif [[ -n "$PY" ]]; then
+    $PY -c 'import tarfile,sys; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' "$ARCHIVE" "$WORK/bin"
+else
+    die "neither xz nor python3 is here to unpack $ARCHIVE"
+fi
+chmod +x "$WORK"/bin/*
 BIN="$WORK/bin"
 
 # ---------------------------------------------------------------- driver and libraries
@@ -63,6 +72,8 @@ NEEDS=$(sed -n 's/^needs: //p' "$DIST/MANIFEST")
 CUDA_NEEDS=()
 for lib in $NEEDS; do
     case "$lib" in libcuda.so*|libcudart*|libcublas*|libcurand*|libnvrtc*|libcudnn*|libnccl*) CUDA_NEEDS+=("$lib") ;; esac
+    # cuBLAS loads cuBLASLt (541 MB) from beside itself or the library path
+    [[ "$lib" == libcublas.so.* ]] && CUDA_NEEDS+=("libcublasLt.so.${lib##*.so.}")
 done
 
 # where a library may be: extra dirs, LD_LIBRARY_PATH, the ld cache, CUDA installs, pip wheels
@@ -112,6 +123,15 @@ check_libs() {
         elif dir=$(find_lib "$lib"); then
             say "lib $lib: $dir/$lib -> $(readlink -f "$dir/$lib")"
             [[ " ${LIBDIRS[*]} " == *" $dir "* ]] || LIBDIRS+=("$dir")
+        elif [[ -e "$CURAND_DIST/$lib.xz" ]]; then
+            mkdir -p "$WORK/lib"
+            if have xz; then xz -dc "$CURAND_DIST/$lib.xz" > "$WORK/lib/$lib"
+            elif [[ -n "$PY" ]]; then $PY -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' "$CURAND_DIST/$lib.xz" "$WORK/lib/$lib"
+            else missing+=("$lib"); continue; fi
+            [[ "$(sha256sum "$WORK/lib/$lib" | cut -d' ' -f1)" == "$(cat "$CURAND_DIST/SOURCE_SHA256")" ]] \
+                || die "$CURAND_DIST/$lib.xz does not unpack to the library it was made from (truncated transfer?)"
+            note "lib $lib: not on this machine, using the copy carried in $CURAND_DIST"
+            [[ " ${LIBDIRS[*]} " == *" $WORK/lib "* ]] || LIBDIRS+=("$WORK/lib")
         else
             missing+=("$lib")
         fi
@@ -124,7 +144,7 @@ check_libs() {
             case "$m" in
                 libcuda.so.1) fail "missing $m: the NVIDIA driver's user-space library (no driver, or the container was started without the GPU driver mounted)" ;;
                 libcublas.so.13|libcublasLt.so.13) fail "missing $m: cuBLAS 13 (pip wheel nvidia-cublas 13.x, as PyTorch cu13x installs it, or a CUDA 13 toolkit); CUDA 12 libraries (.so.12) do not fit this build" ;;
-                libcurand.so.10) fail "missing $m: cuRAND from CUDA 13 (pip wheel nvidia-curand 10.4.x)" ;;
+                libcurand.so.10) fail "missing $m: cuRAND from CUDA 13 (pip wheel nvidia-curand 10.4.x); carry .cache/cuda-dist-curand (made by scripts/cuda-build.sh dist) to use the build machine's copy" ;;
                 libnvrtc.so.13) fail "missing $m: NVRTC 13 (pip wheel nvidia-cuda-nvrtc 13.x)" ;;
                 *) fail "missing $m" ;;
             esac
@@ -184,8 +204,10 @@ EOF
 
 run_logged() {  # label logfile cmd...
     local label="$1" log="$2"; shift 2
-    if "$@" > "$log.out" 2> "$log"; then return 0; fi
-    fail "$label: exit $? — last lines of $log:"
+    local rc=0
+    "$@" > "$log.out" 2> "$log" || rc=$?
+    [[ $rc -eq 0 ]] && return 0
+    fail "$label: exit $rc: $(grep -m1 -iE 'error|panic' "$log" | cut -c1-300) (log: $log)"
     tail -15 "$log" | sed 's/^/    /' >&2
     return 1
 }
@@ -195,8 +217,9 @@ run_logged() {  # label logfile cmd...
 TOL="${QRM_CHECK_TOL:-0.05}"
 if want parity; then
     for model in tiny-llama tiny-qwen2; do
-        for dev in cpu "$DEVICE"; do
-            tag="$model-${dev//:/}"
+        for side in ref dut; do
+            dev=cpu; [[ $side == dut ]] && dev="$DEVICE"
+            tag="$model-$side"
             common=(--rm "$FIX/$model" --tokenizer "$FIX/tiny-tokenizer/tokenizer.json" --template chatml --max-len 64 --device "$dev" -q)
             run_logged "embed $tag" "$WORK/embed-$tag.log" \
                 "$BIN/qrm-embed" "$DATA/pairs.jsonl" "${common[@]}" -o "$WORK/goal-$tag.safetensors" || continue
@@ -204,8 +227,8 @@ if want parity; then
                 "$BIN/qrm-score" "$DATA/gens.jsonl" "${common[@]}" --goal "$WORK/goal-$tag.safetensors" \
                 -o "$WORK/scores-$tag.jsonl" || continue
         done
-        if [[ -f "$WORK/scores-$model-cpu.jsonl" && -f "$WORK/scores-$model-${DEVICE//:/}.jsonl" ]]; then
-            compare_scores "$WORK/scores-$model-cpu.jsonl" "$WORK/scores-$model-${DEVICE//:/}.jsonl" "$TOL" \
+        if [[ -f "$WORK/scores-$model-ref.jsonl" && -f "$WORK/scores-$model-dut.jsonl" ]]; then
+            compare_scores "$WORK/scores-$model-ref.jsonl" "$WORK/scores-$model-dut.jsonl" "$TOL" \
                 "parity $model cpu-f32 vs $DEVICE"
         fi
     done
@@ -228,8 +251,13 @@ if want train; then
         printf '{"pair_id":"%d-%d","question_id":"q%d","question":"w%d w%d","chosen":"w%d w%d w5 w7","rejected":"w%d w%d w6 w7 w8"}\n' \
             "$q" "$p" "$q" $((20 + q)) $((30 + p)) $((10 + q)) $((40 + p)) $((10 + q)) $((40 + p))
     done; done > "$DATA/train-pairs.jsonl"
-    for dev in cpu "$DEVICE"; do
-        tag="${dev//:/}"
+    for q in $(seq 0 11); do for r in "w5 w7" "w6 w7 w8"; do
+        printf '{"question_id":"q%d","question":"w%d w30","response":"w%d w40 %s","is_correct":%s}\n' \
+            "$q" $((20 + q)) $((10 + q)) "$r" "$([[ $r == "w5 w7" ]] && echo true || echo false)"
+    done; done > "$DATA/train-gens.jsonl"
+    for side in ref dut; do
+        dev=cpu; [[ $side == dut ]] && dev="$DEVICE"
+        tag="$side-${dev//:/}"
         t0=$(date +%s.%N)
         if run_logged "train $tag" "$WORK/train-$tag.log" \
             "$BIN/qrm-train" "$DATA/train-pairs.jsonl" --model "$M" --template raw --objective q \
@@ -237,14 +265,14 @@ if want train; then
             --eval-fraction 0.25 --lr 1e-3 --eval-every 3 -q --device "$dev" \
             --cache "$WORK/trunk-$tag" --log "$WORK/train-$tag.jsonl" -o "$WORK/ckpt-$tag"; then
             t1=$(date +%s.%N)
+            note "train $tag: 6 steps in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s, last log line: $(tail -1 "$WORK/train-$tag.jsonl" | cut -c1-160)"
             run_logged "score with the $tag checkpoint" "$WORK/score-ckpt-$tag.log" \
-                "$BIN/qrm-score" "$DATA/train-pairs.jsonl" --rm "$WORK/ckpt-$tag" --template raw --device "$dev" -q \
-                -o "$WORK/scores-ckpt-$tag.jsonl" 2>/dev/null || true
-            note "train $tag: 6 steps in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s, last log line: $(tail -1 "$WORK/train-$tag.jsonl" | cut -c1-200)"
+                "$BIN/qrm-score" "$DATA/train-gens.jsonl" --rm "$WORK/ckpt-$tag" --template raw --device "$dev" -q \
+                -o "$WORK/scores-ckpt-$tag.jsonl" || true
         fi
     done
-    if [[ -n "$PY" && -f "$WORK/train-cpu.jsonl" && -f "$WORK/train-${DEVICE//:/}.jsonl" ]]; then
-        if out=$($PY - "$WORK/train-cpu.jsonl" "$WORK/train-${DEVICE//:/}.jsonl" <<'EOF'
+    if [[ -n "$PY" && -f "$WORK/train-ref-cpu.jsonl" && -f "$WORK/train-dut-${DEVICE//:/}.jsonl" ]]; then
+        if out=$($PY - "$WORK/train-ref-cpu.jsonl" "$WORK/train-dut-${DEVICE//:/}.jsonl" <<'EOF'
 import json, sys, math
 def losses(path):
     rows = [json.loads(l) for l in open(path)]
@@ -254,7 +282,7 @@ a, ka = losses(sys.argv[1]); b, kb = losses(sys.argv[2])
 if not a or not b:
     print(f"no loss column found (keys {ka} {kb})"); sys.exit(0)
 bad = [x for x in b if not math.isfinite(x)]
-print(f"{ka[0]} cpu {[round(x, 4) for x in a]} vs cuda {[round(x, 4) for x in b]}")
+print(f"{ka[0]} cpu {[round(x, 4) for x in a]} vs device {[round(x, 4) for x in b]} (first step must agree to 5%)")
 sys.exit(1 if bad or abs(a[0] - b[0]) > 0.05 * max(1, abs(a[0])) else 0)
 EOF
         ); then note "train parity: $out"; else fail "train parity: $out"; fi
@@ -311,8 +339,12 @@ with open(os.path.join(out, "model.safetensors"), "wb") as f:
             f.write(block * reps); f.write(block[:rest])
 print(f"wrote {offset / 1e6:.0f} MB")
 EOF
-        GENS="$DIST/data/gens.parquet"
+        GENS="${QRM_CHECK_TIMING_GENS:-$DIST/data/gens.parquet}"
         for dev in "$DEVICE" $([[ "${QRM_CHECK_TIMING_CPU:-0}" == 1 && "$DEVICE" != cpu ]] && echo cpu); do
+            # warm-up: the driver JIT-compiles candle's PTX on first use (cached in ~/.nv)
+            run_logged "timing warm-up ${dev//:/}" "$WORK/timing-warmup-${dev//:/}.log" \
+                "$BIN/qrm-score" "$DATA/gens.jsonl" --rm "$S" --tokenizer "$FIX/tiny-tokenizer/tokenizer.json" \
+                --template chatml --device "$dev" -q -o "$WORK/timing-warmup.jsonl" || continue
             for bt in ${QRM_CHECK_BATCH_TOKENS:-4096 16384}; do
                 tag="${dev//:/}-bt$bt"
                 if run_logged "timing $tag" "$WORK/timing-$tag.log" \
