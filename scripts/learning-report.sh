@@ -39,10 +39,14 @@ for mistakes in ${LEARN_MISTAKES}; do
     for objective in bt q; do
         config="$work/$mistakes/$objective/train_config.json"
         log="$work/$mistakes/train-$objective.jsonl"
-        speed=$(jq -s 'map(.tokens_per_s) | sort | .[length / 2 | floor] | round' "$log")
-        jq -r --arg m "$mistakes" --arg o "$objective" --arg speed "$speed" '
-            "| \($m) | \($o) | \(.train_pairs_used) | \(.eval.pairs) | \(.eval.wins)/\(.eval.pairs) = \(.eval.accuracy * 1000 | round / 1000) | [\(.eval_accuracy_interval.low * 1000 | round / 1000), \(.eval_accuracy_interval.high * 1000 | round / 1000)] | \(.eval_accuracy_interval.p_value_against_half | tostring | .[0:8]) | \(.eval.loss_bt * 1000 | round / 1000) | \($speed) |"
-        ' "$config"
+        speed=$(jq -s 'map(.tokens_per_s) | sort | .[length / 2 | floor]' "$log")
+        jq -r --arg m "$mistakes" --arg o "$objective" --arg speed "$speed" '[$m, $o,
+            .train_pairs_used, .eval.wins, .eval.pairs, .eval.accuracy,
+            .eval_accuracy_interval.low, .eval_accuracy_interval.high,
+            .eval_accuracy_interval.p_value_against_half, .eval.loss_bt, ($speed | tonumber)]
+            | @tsv' "$config" |
+            awk -F'\t' '{ printf "| %s | %s | %d | %d | %d/%d = %.3f | [%.3f, %.3f] | %.2g | %.3f | %.0f |\n",
+                $1, $2, $3, $5, $4, $5, $6, $7, $8, $9, $10, $11 }'
     done
 done
 
@@ -50,8 +54,9 @@ printf '\n## Eval accuracy during training\n\n| mistakes | objective | step | ev
 for mistakes in ${LEARN_MISTAKES}; do
     for objective in bt q; do
         jq -r --arg m "$mistakes" --arg o "$objective" 'select(.eval_accuracy != null)
-            | "| \($m) | \($o) | \(.step) | \(.eval_accuracy * 1000 | round / 1000) | \(.eval_loss * 1000 | round / 1000) |"' \
-            "$work/$mistakes/train-$objective.jsonl"
+            | [$m, $o, .step, .eval_accuracy, .eval_loss] | @tsv' \
+            "$work/$mistakes/train-$objective.jsonl" |
+            awk -F'\t' '{ printf "| %s | %s | %d | %.3f | %.3f |\n", $1, $2, $3, $4, $5 }'
     done
 done
 
