@@ -13,11 +13,14 @@
 //! ratio, the achieved GFLOP/s, and a 1024³ f32 matmul rate in each stack. Without python3 it
 //! reports qrm alone.
 //!
-//! Measured 2026-11-27 on the idle 2-core AMD EPYC dev machine (`cargo bench --bench score`,
-//! release, 16 texts, 3,251 real tokens, medians of 3 passes, one invocation per batch size):
-//! batch 8 qrm 478.7 vs torch 2.15 555.4 tokens/s (ratio 0.86; 127.8 GFLOP/s = 62 % of candle's
-//! 1024³ matmul); batch 1 360.1 vs 553.9 (0.65); batch 16 277.1 vs 473.4 (0.59). Sequence rewards
-//! agree to 3.4e-7. qrm is behind at every batch size and loses more than torch to padding.
+//! Measured 2026-11-27 on the 2-core AMD EPYC dev machine (a shared VM: passes vary by ±15 %, so
+//! binaries before and after a change were run back to back, release, 16 texts, 3,251 real
+//! tokens, medians of 3 passes). With qrm's own CPU softmax and SiLU (`model::cpu_kernels`),
+//! against the build before them: batch 8 519.5 vs 481.3 tokens/s (torch 2.15 in the same runs
+//! 591.2 / 597.4: ratio 0.88 vs 0.81; an earlier pair 510.2 vs 486.0); batch 1 461.6 vs 416.0
+//! (ratio 0.78 vs 0.75); batch 16 376.5 vs 320.0 (0.70 vs 0.64). Sequence rewards agree with
+//! torch to 6.0e-7. qrm is still behind torch, most at batch 16, where attention (full score
+//! matrices, no flash kernel) grows with the square of the length.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
