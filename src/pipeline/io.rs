@@ -251,6 +251,18 @@ pub fn write_atomic(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if !directory.is_dir() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "the output directory {} does not exist",
+                    directory.display()
+                ),
+            ),
+        ));
+    }
     let temporary = tempfile::Builder::new()
         .prefix(&format!(".{file_name}."))
         .suffix(".tmp")
@@ -430,6 +442,16 @@ pub fn concat_tables(tables: Vec<(DataFrame, PathBuf)>) -> Result<DataFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writing_into_a_missing_directory_names_the_file_and_the_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("missing/scores.parquet");
+        let error = write_atomic(&path, |_| Ok(())).unwrap_err().to_string();
+        assert!(error.contains("missing/scores.parquet"), "{error}");
+        assert!(error.contains("output directory"), "{error}");
+        assert!(!path.exists());
+    }
 
     fn sample_frame() -> DataFrame {
         DataFrame::new(
