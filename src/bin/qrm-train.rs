@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use qrm::metrics::stats::proportion;
 use qrm::model::fit::{fit, FitRequest};
 use qrm::model::head::HeadKind;
 use qrm::model::template::EosPolicy;
@@ -115,7 +114,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             eval.loss_bt,
             eval.loss_contrastive
         );
-        if let Some(share) = proportion(eval.wins as u64, eval.pairs as u64, 0.95) {
+        if let Some(share) = eval.accuracy_interval() {
             tracing::info!(
                 "eval accuracy {}/{} pairs, Wilson 95% CI [{:.3}, {:.3}], exact binomial p = {:.2e} against 0.5",
                 eval.wins,

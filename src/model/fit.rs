@@ -15,7 +15,6 @@ use rand_chacha::ChaCha8Rng;
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
-use crate::metrics::stats::proportion;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::device::DeviceChoice;
 use crate::model::head::HeadKind;
@@ -382,7 +381,7 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
         "eval": summary.eval,
         "eval_accuracy_interval": summary
             .eval
-            .and_then(|eval| proportion(eval.wins as u64, eval.pairs as u64, 0.95))
+            .and_then(|eval| eval.accuracy_interval())
             .map(|share| serde_json::json!({
                 "level": 0.95,
                 "method": "wilson",

@@ -27,6 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::metrics::stats::{proportion, Proportion};
 use crate::model::loss;
 use crate::model::optim::{clip_gradient_norm, AdamW, AdamWConfig, CosineSchedule};
 use crate::model::sampling::{
@@ -308,6 +309,14 @@ pub struct EvalMetrics {
     /// normalisation as OpenRLHF stores them.
     pub reward_mean: f64,
     pub reward_std: f64,
+}
+
+impl EvalMetrics {
+    /// The accuracy's Wilson 95 % interval and exact binomial p-value against 0.5
+    /// ([`proportion`]); `None` without eval pairs.
+    pub fn accuracy_interval(&self) -> Option<Proportion> {
+        proportion(self.wins as u64, self.pairs as u64, 0.95)
+    }
 }
 
 /// What a finished run reports.
