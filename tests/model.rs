@@ -60,6 +60,18 @@ fn max_abs_diff_real(actual: &Tensor, expected: &[Vec<Vec<f64>>], mask: &[Vec<u3
     worst
 }
 
+/// max |a − b| over all elements of two f32 tensors of one shape.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn assert_close(name: &str, max_diff: f64, tolerance: f64) {
     eprintln!("{name}: max |Δ| = {max_diff:.3e} (tolerance {tolerance:.0e})");
     assert!(
@@ -134,14 +146,7 @@ fn a_row_alone_equals_the_same_row_in_a_padded_batch() {
         .unwrap()
         .narrow(1, 0, 5)
         .unwrap();
-    let diff = (alone.hidden - from_batch)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&alone.hidden, &from_batch);
     // Only float32 summation order differs (the matmuls are blocked differently).
     assert_close("row alone vs in batch", diff as f64, 1e-5);
 }
@@ -285,14 +290,7 @@ fn a_saved_reward_model_loads_back_with_the_same_rewards() {
         assert_eq!(config["rope_parameters"]["rope_theta"], 1000.0);
         let a = model.forward(&ids, &mask).unwrap().token_rewards;
         let b = loaded.forward(&ids, &mask).unwrap().token_rewards;
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&a, &b);
         assert_eq!(diff, 0.0, "{kind}");
     }
 }
@@ -408,14 +406,7 @@ fn smollm2_from_gguf_matches_transformers_loading_the_same_gguf() {
         norm_diff,
         1e-5,
     );
-    let kernel_diff = (fused - differentiable)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let kernel_diff = max_abs_diff(&fused, &differentiable);
     eprintln!("smollm2 fused vs differentiable: max |Δ| = {kernel_diff:.3e} (pads included)");
 }
 
@@ -467,14 +458,7 @@ fn smollm2_gguf_saved_as_f32_safetensors_loads_back_identically() {
     let mask = Tensor::new(&[[1u8, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
     let a = model.forward(&ids, &mask).unwrap();
     let b = loaded.forward(&ids, &mask).unwrap();
-    let diff = (a.hidden - b.hidden)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&a.hidden, &b.hidden);
     assert_eq!(diff, 0.0);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
@@ -507,14 +491,7 @@ fn openrlhf_normalize_reward_config_rescales_rewards() {
     let scaled = normalized.forward(&ids, &mask).unwrap().token_rewards;
     // (r - 0.5) / 2
     let expected = ((raw - 0.5).unwrap() / 2.0).unwrap();
-    let diff = (scaled - expected)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&scaled, &expected);
     assert!(diff < 1e-6, "{diff}");
 }
 
@@ -553,14 +530,7 @@ fn sharded_safetensors_with_an_index_load_like_one_file() {
     let single = RewardModel::load(&source, &Device::Cpu, DType::F32).unwrap();
     let a = sharded.forward(&ids, &mask).unwrap().token_rewards;
     let b = single.forward(&ids, &mask).unwrap().token_rewards;
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&a, &b);
     assert_eq!(diff, 0.0);
 }
 

@@ -155,7 +155,19 @@ pub fn silu(xs: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::transformer::additive_mask;
     use candle_core::{DType, Device, D};
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
 
     #[test]
     fn exp_is_within_two_ulp_of_std_exp_over_the_range_softmax_and_silu_use() {
@@ -180,28 +192,12 @@ mod tests {
         let lengths = [5, 3, 1];
         let scores =
             Tensor::randn(0f32, 3.0, (batch, heads, seq_len, seq_len), &Device::Cpu).unwrap();
-        let mut mask = vec![0f32; batch * seq_len * seq_len];
-        for (row, &length) in lengths.iter().enumerate() {
-            for i in 0..seq_len {
-                for j in 0..seq_len {
-                    if j > i || j >= length {
-                        mask[(row * seq_len + i) * seq_len + j] = f32::NEG_INFINITY;
-                    }
-                }
-            }
-        }
-        let mask = Tensor::from_vec(mask, (batch, 1, seq_len, seq_len), &Device::Cpu).unwrap();
+        // What the transformer adds before candle's softmax on every other path.
+        let mask = additive_mask(&lengths, seq_len, &Device::Cpu).unwrap();
         let expected =
             candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
         let actual = causal_softmax(&scores, &lengths).unwrap();
-        let diff = (actual.clone() - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&actual, &expected);
         assert!(diff < 1e-6, "max |Δ| = {diff:e}");
         // Row 1 (length 3), head 0, query 4: keys 3 and 4 are padding, so exactly 0.
         let row = actual.get(1).unwrap().get(0).unwrap().get(4).unwrap();
@@ -213,14 +209,7 @@ mod tests {
     #[test]
     fn silu_equals_candles_silu() {
         let xs = Tensor::randn(0f32, 4.0, (7, 4099), &Device::Cpu).unwrap();
-        let diff = (silu(&xs).unwrap() - xs.silu().unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&silu(&xs).unwrap(), &xs.silu().unwrap());
         assert!(diff < 1e-5, "max |Δ| = {diff:e}");
         let bf16 = xs.to_dtype(DType::BF16).unwrap();
         assert!(silu(&bf16).is_err(), "non-f32 input must be refused");

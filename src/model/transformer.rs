@@ -502,7 +502,7 @@ impl Transformer {
 ///
 /// # Shapes
 /// `lengths` (batch) → (batch, 1, seq_len, seq_len) f32.
-fn additive_mask(lengths: &[usize], seq_len: usize, device: &Device) -> Result<Tensor> {
+pub(crate) fn additive_mask(lengths: &[usize], seq_len: usize, device: &Device) -> Result<Tensor> {
     let mut additive = vec![0f32; lengths.len() * seq_len * seq_len];
     for (row, length) in lengths.iter().enumerate() {
         for i in 0..seq_len {
