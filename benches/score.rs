@@ -79,10 +79,14 @@ fn parse_options() -> Result<Options> {
     Ok(options)
 }
 
+/// The GSM8K test split, read in place from the shared data beside the project.
+fn gsm8k_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/gsm8k/test.jsonl")
+}
+
 /// Question + reference solution of the first `count` GSM8K test problems.
-fn gsm8k_texts(count: usize) -> Result<Vec<String>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/gsm8k/test.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+fn gsm8k_texts(path: &Path, count: usize) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     text.lines()
         .take(count)
         .map(|line| {
@@ -173,8 +177,13 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
+    let gsm8k = gsm8k_path();
+    if !gsm8k.exists() {
+        eprintln!("skipping: {} not found (../shared/data)", gsm8k.display());
+        return Ok(());
+    }
     let tokenizer = qrm::model::gguf::tokenizer_from_gguf(&gguf)?;
-    let texts = gsm8k_texts(options.texts)?;
+    let texts = gsm8k_texts(&gsm8k, options.texts)?;
     let mut encodings = texts
         .iter()
         .map(|t| {
