@@ -1,10 +1,12 @@
-//! f32 CPU inference kernels that candle lacks in fused form: a causal softmax that reads the
-//! mask from each row's length (no mask tensor is built or added, and masked keys are never
-//! exponentiated) and SiLU, both over a branch-free `exp` the compiler vectorises, parallel over
-//! rows. [`Kernels::Fused`](crate::model::Kernels::Fused) uses them on the CPU in f32; other
-//! devices and dtypes keep candle's ops. No backward pass: inference only.
+//! f32 CPU inference kernels that candle lacks in fused form: causal attention that scores only
+//! the keys each query may see (the mask comes from each row's length; no mask tensor and no
+//! (seq_len, seq_len) matrix is built) and SiLU, both over a branch-free `exp` the compiler
+//! vectorises, parallel over rows, and built twice: for AVX2 + FMA, chosen at run time when the
+//! CPU has them, and for baseline x86-64 or other targets.
+//! [`Kernels::Fused`](crate::model::Kernels::Fused) uses them on the CPU in f32; other devices
+//! and dtypes keep candle's ops. No backward pass: inference only.
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::Result;
@@ -51,71 +53,275 @@ fn contiguous_f32<'a>(
     }
 }
 
-struct CausalSoftmax<'a> {
-    /// Real tokens in each batch row (right padding).
-    lengths: &'a [usize],
+/// Multiply–add as the kernels use it: `a·b + c`. [`Fma`] rounds once (a fused instruction where
+/// the target has one), [`Separate`] twice; the AVX2 build of a kernel uses the first, the
+/// portable build the second, so no target calls a software `fmaf`.
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
 }
 
-impl CustomOp1 for CausalSoftmax<'_> {
+struct Fma;
+
+impl MulAdd for Fma {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+struct Separate;
+
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// Accumulator lanes of the reductions: two 8-wide AVX registers, so the adds of consecutive
+/// elements are independent and the compiler vectorises them.
+const LANES: usize = 16;
+
+/// Folds the lanes pairwise (16 → 8 → 4 → 2 → 1) instead of one long dependent chain.
+#[inline(always)]
+fn fold_lanes(mut lanes: [f32; LANES], combine: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for lane in 0..width {
+            lanes[lane] = combine(lanes[lane], lanes[lane + width]);
+        }
+    }
+    lanes[0]
+}
+
+/// `Σ aᵢ·bᵢ` over equal-length slices.
+#[inline(always)]
+fn dot<M: MulAdd>(a: &[f32], b: &[f32]) -> f32 {
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .fold(0.0, |sum, (&x, &y)| M::mul_add(x, y, sum));
+    let mut lanes = [0f32; LANES];
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(a).zip(b) {
+            *lane = M::mul_add(x, y, *lane);
+        }
+    }
+    fold_lanes(lanes, |x, y| x + y) + tail
+}
+
+/// The largest value of a non-empty slice.
+#[inline(always)]
+fn max(xs: &[f32]) -> f32 {
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().copied().fold(f32::MIN, f32::max);
+    let mut lanes = [f32::MIN; LANES];
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(x);
+        }
+    }
+    fold_lanes(lanes, f32::max).max(tail)
+}
+
+/// `Σ xᵢ`.
+#[inline(always)]
+fn sum(xs: &[f32]) -> f32 {
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    let mut lanes = [0f32; LANES];
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += x;
+        }
+    }
+    fold_lanes(lanes, |x, y| x + y) + tail
+}
+
+/// One (row, head) of causal attention; see [`causal_attention`]. `queries` and `out` are
+/// (seq_len, head_size), `keys` and `values` the row's (seq_len, head_size) of the head's kv
+/// head; `length` is the row's number of real tokens.
+#[inline(always)]
+fn attend<M: MulAdd>(
+    out: &mut [f32],
+    queries: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    head_size: usize,
+    length: usize,
+    scale: f32,
+) {
+    let mut weights = vec![0f32; length];
+    for (query, (out, q)) in out
+        .chunks_exact_mut(head_size)
+        .zip(queries.chunks_exact(head_size))
+        .enumerate()
+    {
+        // Query i sees keys j <= i that are real tokens; a padded query sees the row's real
+        // keys (its output is never read, but it stays finite).
+        let weights = &mut weights[..(query + 1).min(length)];
+        for (weight, key) in weights.iter_mut().zip(keys.chunks_exact(head_size)) {
+            *weight = dot::<M>(q, key) * scale;
+        }
+        let largest = max(weights);
+        for weight in weights.iter_mut() {
+            *weight = exp(*weight - largest);
+        }
+        let inverse = 1.0 / sum(weights);
+        out.fill(0.0);
+        for (&weight, value) in weights.iter().zip(values.chunks_exact(head_size)) {
+            for (o, &v) in out.iter_mut().zip(value) {
+                *o = M::mul_add(weight, v, *o);
+            }
+        }
+        for o in out.iter_mut() {
+            *o *= inverse;
+        }
+    }
+}
+
+/// [`attend`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(
+    out: &mut [f32],
+    queries: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    head_size: usize,
+    length: usize,
+    scale: f32,
+) {
+    attend::<Fma>(out, queries, keys, values, head_size, length, scale)
+}
+
+/// Whether this CPU runs the AVX2 + FMA builds of the kernels.
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+struct CausalAttention<'a> {
+    /// Real tokens in each batch row (right padding).
+    lengths: &'a [usize],
+    /// Multiplies the scores before the softmax: 1/√head_size.
+    scale: f32,
+    /// Run the AVX2 + FMA build (checked against the CPU when the op is made).
+    avx2_fma: bool,
+}
+
+impl CustomOp3 for CausalAttention<'_> {
     fn name(&self) -> &'static str {
-        "causal-softmax"
+        "causal-attention"
     }
 
     fn cpu_fwd(
         &self,
-        storage: &CpuStorage,
-        layout: &Layout,
+        queries: &CpuStorage,
+        queries_layout: &Layout,
+        keys: &CpuStorage,
+        keys_layout: &Layout,
+        values: &CpuStorage,
+        values_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let scores = contiguous_f32(storage, layout, self.name())?;
-        let (batch, heads, queries, keys) = layout.shape().dims4()?;
-        if batch != self.lengths.len() || queries != keys {
+        let name = self.name();
+        let queries_data = contiguous_f32(queries, queries_layout, name)?;
+        let keys = contiguous_f32(keys, keys_layout, name)?;
+        let values = contiguous_f32(values, values_layout, name)?;
+        let (batch, heads, seq_len, head_size) = queries_layout.shape().dims4()?;
+        let (_, kv_heads, _, _) = keys_layout.shape().dims4()?;
+        if keys_layout.shape() != values_layout.shape()
+            || keys_layout.shape().dims() != [batch, kv_heads, seq_len, head_size]
+            || kv_heads == 0
+            || heads % kv_heads != 0
+            || batch != self.lengths.len()
+        {
             bail!(
-                "causal-softmax: scores {:?} do not match {} rows of square attention",
-                layout.shape(),
+                "causal-attention: queries {:?}, keys {:?}, values {:?} do not match {} rows",
+                queries_layout.shape(),
+                keys_layout.shape(),
+                values_layout.shape(),
                 self.lengths.len()
             );
         }
-        let seq_len = keys;
-        let mut out = vec![0f32; scores.len()];
+        let group = heads / kv_heads;
+        let matrix = seq_len * head_size;
+        let mut out = vec![0f32; queries_data.len()];
         // One task per (row, head) matrix.
-        out.par_chunks_mut(seq_len * seq_len)
-            .zip(scores.par_chunks(seq_len * seq_len))
+        out.par_chunks_mut(matrix)
+            .zip(queries_data.par_chunks(matrix))
             .enumerate()
-            .for_each(|(matrix, (out, scores))| {
-                let length = self.lengths[matrix / heads];
-                for (query, (out, scores)) in out
-                    .chunks_mut(seq_len)
-                    .zip(scores.chunks(seq_len))
-                    .enumerate()
-                {
-                    // Query i sees keys j <= i that are real tokens; a padded query sees the
-                    // row's real keys (its output is never read, but it stays finite).
-                    let visible = (query + 1).min(length);
-                    let (out, scores) = (&mut out[..visible], &scores[..visible]);
-                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    for (o, &s) in out.iter_mut().zip(scores) {
-                        *o = exp(s - max);
-                    }
-                    let inverse = 1.0 / out.iter().sum::<f32>();
-                    for o in out.iter_mut() {
-                        *o *= inverse;
-                    }
+            .for_each(|(index, (out, queries))| {
+                let (row, head) = (index / heads, index % heads);
+                let start = (row * kv_heads + head / group) * matrix;
+                let (keys, values) = (&keys[start..start + matrix], &values[start..start + matrix]);
+                let (length, scale) = (self.lengths[row], self.scale);
+                #[cfg(target_arch = "x86_64")]
+                if self.avx2_fma {
+                    // SAFETY: `avx2_fma` is set only when the CPU reports AVX2 and FMA.
+                    unsafe { attend_avx2(out, queries, keys, values, head_size, length, scale) };
+                    return;
                 }
+                attend::<Separate>(out, queries, keys, values, head_size, length, scale);
             });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        Ok((CpuStorage::F32(out), queries_layout.shape().clone()))
     }
 }
 
-/// Softmax over the last axis of attention scores with the causal and right-padding mask
-/// applied: query i of batch row b attends to keys `j <= i` with `j < lengths[b]`; masked
-/// weights are exactly 0. Equals adding the additive mask and taking the softmax, without the
-/// mask tensor.
+/// Causal scaled dot-product attention over right-padded rows, fused: query i of batch row b
+/// attends to keys `j <= i` with `j < lengths[b]`, with weights `softmax(q·k / √head_size)`.
+/// Only the visible keys are scored (no mask tensor, and the masked half of the score matrix is
+/// never computed), and no (seq_len, seq_len) matrix is stored. Grouped-query attention: query
+/// head h reads kv head `h / (heads / kv_heads)`. Equals adding the additive mask, taking the
+/// softmax and multiplying by the values.
 ///
 /// # Shapes
-/// `scores` (batch, heads, seq_len, seq_len) f32 contiguous on the CPU, `lengths` (batch) →
-/// (batch, heads, seq_len, seq_len).
-pub fn causal_softmax(scores: &Tensor, lengths: &[usize]) -> Result<Tensor> {
-    Ok(scores.apply_op1_no_bwd(&CausalSoftmax { lengths })?)
+/// `queries` (batch, heads, seq_len, head_size), `keys` and `values` (batch, kv_heads, seq_len,
+/// head_size), all f32 contiguous on the CPU; `lengths` (batch) → (batch, heads, seq_len,
+/// head_size).
+pub fn causal_attention(
+    queries: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    lengths: &[usize],
+) -> Result<Tensor> {
+    let head_size = queries.dim(D::Minus1)?;
+    let op = CausalAttention {
+        lengths,
+        scale: 1.0 / (head_size as f32).sqrt(),
+        avx2_fma: has_avx2_fma(),
+    };
+    Ok(queries.apply_op3_no_bwd(keys, values, &op)?)
+}
+
+/// `out[i] = silu(xs[i])`.
+#[inline(always)]
+fn silu_slice(out: &mut [f32], xs: &[f32]) {
+    for (o, &x) in out.iter_mut().zip(xs) {
+        *o = x / (1.0 + exp(-x));
+    }
+}
+
+/// [`silu_slice`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_slice_avx2(out: &mut [f32], xs: &[f32]) {
+    silu_slice(out, xs)
 }
 
 struct Silu;
@@ -133,12 +339,17 @@ impl CustomOp1 for Silu {
         const CHUNK: usize = 16 * 1024;
         let xs = contiguous_f32(storage, layout, self.name())?;
         let mut out = vec![0f32; xs.len()];
+        let avx2_fma = has_avx2_fma();
         out.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
             .for_each(|(out, xs)| {
-                for (o, &x) in out.iter_mut().zip(xs) {
-                    *o = x / (1.0 + exp(-x));
+                #[cfg(target_arch = "x86_64")]
+                if avx2_fma {
+                    // SAFETY: `avx2_fma` is set only when the CPU reports AVX2 and FMA.
+                    unsafe { silu_slice_avx2(out, xs) };
+                    return;
                 }
+                silu_slice(out, xs);
             });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -186,24 +397,88 @@ mod tests {
         assert!(exp(1000.0).is_finite());
     }
 
-    #[test]
-    fn causal_softmax_equals_the_additive_mask_then_softmax() {
-        let (batch, heads, seq_len) = (3, 2, 5);
-        let lengths = [5, 3, 1];
-        let scores =
-            Tensor::randn(0f32, 3.0, (batch, heads, seq_len, seq_len), &Device::Cpu).unwrap();
-        // What the transformer adds before candle's softmax on every other path.
-        let mask = additive_mask(&lengths, seq_len, &Device::Cpu).unwrap();
-        let expected =
+    /// The unfused path of the transformer: scale, matmul, additive mask, softmax, matmul, with
+    /// each kv head repeated for its query heads.
+    fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, lengths: &[usize]) -> Tensor {
+        let (_, heads, seq_len, head_size) = q.dims4().unwrap();
+        let group = heads / k.dim(1).unwrap();
+        let repeat = |t: &Tensor| {
+            let (batch, kv_heads, seq_len, head_size) = t.dims4().unwrap();
+            t.unsqueeze(2)
+                .unwrap()
+                .broadcast_as((batch, kv_heads, group, seq_len, head_size))
+                .unwrap()
+                .reshape((batch, heads, seq_len, head_size))
+                .unwrap()
+        };
+        let (k, v) = (repeat(k), repeat(v));
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (head_size as f64).sqrt()).unwrap();
+        let mask = additive_mask(lengths, seq_len, &Device::Cpu).unwrap();
+        let weights =
             candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
-        let actual = causal_softmax(&scores, &lengths).unwrap();
+        weights.matmul(&v.contiguous().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn causal_attention_equals_masked_softmax_attention_with_grouped_heads() {
+        // 4 query heads over 2 kv heads; head size 20 exercises the 16-lane loop and its tail;
+        // row lengths 37 (full), 18, 1.
+        let (batch, heads, kv_heads, seq_len, head_size) = (3, 4, 2, 37, 20);
+        let lengths = [37, 18, 1];
+        let device = &Device::Cpu;
+        let q = Tensor::randn(0f32, 2.0, (batch, heads, seq_len, head_size), device).unwrap();
+        let k = Tensor::randn(0f32, 2.0, (batch, kv_heads, seq_len, head_size), device).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (batch, kv_heads, seq_len, head_size), device).unwrap();
+        let actual = causal_attention(&q, &k, &v, &lengths).unwrap();
+        let expected = reference_attention(&q, &k, &v, &lengths);
         let diff = max_abs_diff(&actual, &expected);
-        assert!(diff < 1e-6, "max |Δ| = {diff:e}");
-        // Row 1 (length 3), head 0, query 4: keys 3 and 4 are padding, so exactly 0.
-        let row = actual.get(1).unwrap().get(0).unwrap().get(4).unwrap();
-        let row = row.to_vec1::<f32>().unwrap();
-        assert_eq!(&row[3..], &[0.0, 0.0]);
-        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(diff < 1e-5, "max |Δ| = {diff:e}");
+        // Row 2 has one real token: every query returns that token's value exactly (weight 1).
+        let first_value = v.get(2).unwrap().get(0).unwrap().get(0).unwrap();
+        let last_query = actual.get(2).unwrap().get(1).unwrap().get(36).unwrap();
+        assert_eq!(max_abs_diff(&last_query, &first_value), 0.0);
+    }
+
+    #[test]
+    fn causal_attention_portable_build_equals_the_avx2_build() {
+        let (seq_len, head_size, length) = (29, 64, 23);
+        let q = Tensor::randn(0f32, 2.0, (seq_len, head_size), &Device::Cpu).unwrap();
+        let k = Tensor::randn(0f32, 2.0, (seq_len, head_size), &Device::Cpu).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (seq_len, head_size), &Device::Cpu).unwrap();
+        let [q, k, v] = [q, k, v].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let scale = 0.125;
+        let mut portable = vec![0f32; q.len()];
+        attend::<Separate>(&mut portable, &q, &k, &v, head_size, length, scale);
+        let mut fused = vec![0f32; q.len()];
+        attend::<Fma>(&mut fused, &q, &k, &v, head_size, length, scale);
+        let worst = portable
+            .iter()
+            .zip(&fused)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        // Fused and separate multiply–adds differ by rounding only.
+        assert!(worst < 1e-5, "max |Δ| = {worst:e}");
+        if has_avx2_fma() {
+            let mut avx2 = vec![0f32; q.len()];
+            // SAFETY: checked just above.
+            unsafe { attend_avx2(&mut avx2, &q, &k, &v, head_size, length, scale) };
+            assert_eq!(
+                avx2, fused,
+                "the AVX2 build computes the same operations as Fma"
+            );
+        }
+    }
+
+    #[test]
+    fn causal_attention_rejects_mismatched_shapes() {
+        let q = Tensor::zeros((1, 3, 4, 8), DType::F32, &Device::Cpu).unwrap();
+        let k = Tensor::zeros((1, 2, 4, 8), DType::F32, &Device::Cpu).unwrap();
+        // 3 query heads cannot share 2 kv heads.
+        assert!(causal_attention(&q, &k, &k, &[4]).is_err());
+        // One length for two rows.
+        let q = Tensor::zeros((2, 2, 4, 8), DType::F32, &Device::Cpu).unwrap();
+        let k = Tensor::zeros((2, 2, 4, 8), DType::F32, &Device::Cpu).unwrap();
+        assert!(causal_attention(&q, &k, &k, &[4]).is_err());
     }
 
     #[test]
