@@ -563,3 +563,57 @@ fn bf16_forward_stays_close_to_transformers() {
         );
     }
 }
+
+#[test]
+fn fused_attention_of_long_padded_rows_is_as_accurate_as_candles_ops() {
+    // From FUSED_ATTENTION_MIN_LEN padded tokens on, the CPU forward switches from matmuls
+    // around the causal softmax to the fused attention kernel; both must equal the
+    // differentiable composition on every real token. Rows of 520 and 300 real tokens.
+    let seq_len = qrm::model::cpu_kernels::FUSED_ATTENTION_MIN_LEN + 8;
+    let lengths = [seq_len, 300];
+    let model = RewardModel::load(fixtures().join("tiny-qwen2"), &Device::Cpu, DType::F32).unwrap();
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    for (row, &length) in lengths.iter().enumerate() {
+        for position in 0..seq_len {
+            let real = position < length;
+            // Deterministic ids spread over the fixture's vocabulary; 0 (pad) after the row.
+            ids.push(if real {
+                ((position * 7 + row * 13) % 90 + 3) as u32
+            } else {
+                0
+            });
+            mask.push(u32::from(real));
+        }
+    }
+    let ids = Tensor::from_vec(ids, (2, seq_len), &Device::Cpu).unwrap();
+    let mask = Tensor::from_vec(mask, (2, seq_len), &Device::Cpu).unwrap();
+    // The reference: the differentiable composition in f64, where rounding is negligible.
+    // Over 520 keys f32 rounding reaches ~1e-5 on either f32 path, so each is held to the f64
+    // reference and the fused kernel may not be meaningfully worse than candle's ops.
+    let reference = RewardModel::load(fixtures().join("tiny-qwen2"), &Device::Cpu, DType::F64)
+        .unwrap()
+        .with_kernels(Kernels::Differentiable)
+        .forward(&ids, &mask)
+        .unwrap()
+        .hidden
+        .to_dtype(DType::F32)
+        .unwrap();
+    let fused = model.clone().with_kernels(Kernels::Fused);
+    let differentiable = model.with_kernels(Kernels::Differentiable);
+    let a = fused.forward(&ids, &mask).unwrap().hidden;
+    let b = differentiable.forward(&ids, &mask).unwrap().hidden;
+    for (row, &length) in lengths.iter().enumerate() {
+        let real = |t: &Tensor| t.get(row).unwrap().narrow(0, 0, length).unwrap();
+        let fused_error = max_abs_diff(&real(&a), &real(&reference));
+        let candle_error = max_abs_diff(&real(&b), &real(&reference));
+        eprintln!(
+            "row {row} ({length} tokens): fused {fused_error:.3e}, candle {candle_error:.3e}"
+        );
+        assert_close(
+            &format!("row {row} ({length} tokens) fused vs f64"),
+            fused_error as f64,
+            (2.0 * candle_error as f64).max(1e-5),
+        );
+    }
+}

@@ -7,7 +7,8 @@
 //! `*ForCausalLM` or `*ForSequenceClassification` checkpoint finds them.
 //!
 //! Two kernel sets compute the same function: [`Kernels::Fused`] uses candle-nn's fused
-//! rms-norm, softmax and rotary kernels, and on the CPU in f32 qrm's own causal attention and SiLU
+//! rms-norm, softmax and rotary kernels, and on the CPU in f32 qrm's own causal softmax (fused
+//! attention from [`cpu_kernels::FUSED_ATTENTION_MIN_LEN`] tokens) and SiLU
 //! ([`crate::model::cpu_kernels`]) (fast, inference only: they have no backward pass, and
 //! gradients through them silently stop, candle issue #2168); [`Kernels::Differentiable`] writes
 //! the same operations as compositions of differentiable tensor ops, for training.
@@ -116,7 +117,8 @@ struct Prepared {
     /// Real tokens in each batch row.
     lengths: Vec<usize>,
     /// (batch, 1, seq_len, seq_len), 0 where a query may attend, the dtype's minimum elsewhere;
-    /// `None` when qrm's causal attention kernel applies the mask from `lengths` itself.
+    /// `None` when qrm's CPU kernels (causal softmax or fused attention) apply the mask from
+    /// `lengths` themselves.
     mask: Option<Tensor>,
     /// (seq_len, head_size / 2).
     cos: Tensor,
@@ -132,9 +134,11 @@ fn uses_cpu_kernels(kernels: Kernels, device: &Device, dtype: DType) -> bool {
 /// Attention weights from raw scores: the mask applied, then a softmax over the keys.
 ///
 /// # Shapes
-/// `scores` (batch, heads, seq_len, seq_len), `mask` (batch, 1, seq_len, seq_len) → (batch, heads,
-/// seq_len, seq_len).
-fn attention_weights(scores: &Tensor, mask: &Tensor, kernels: Kernels) -> Result<Tensor> {
+/// `scores` (batch, heads, seq_len, seq_len) → (batch, heads, seq_len, seq_len).
+fn attention_weights(scores: &Tensor, prepared: &Prepared, kernels: Kernels) -> Result<Tensor> {
+    let Some(mask) = &prepared.mask else {
+        return cpu_kernels::causal_softmax(&scores.contiguous()?, &prepared.lengths);
+    };
     let scores = scores.broadcast_add(mask)?;
     let dtype = scores.dtype();
     // Softmax in f32 for half inputs.
@@ -215,29 +219,30 @@ impl Attention {
             .contiguous()?; // (batch, kv_heads, seq_len, head_size)
         let q = rotary(&q, &prepared.cos, &prepared.sin, kernels)?;
         let k = rotary(&k, &prepared.cos, &prepared.sin, kernels)?;
-        let context = match &prepared.mask {
-            // qrm's fused CPU attention scores only the keys each query may see.
-            None => cpu_kernels::causal_attention(&q, &k.contiguous()?, &v, &prepared.lengths)?,
-            Some(mask) => {
-                // Grouped-query attention without copying K and V: query head h uses kv head
-                // h / group, so the `group` query heads of one kv head are stacked along the
-                // sequence axis.
-                let group = self.num_heads / self.num_kv_heads;
-                let q = (q.contiguous()?.reshape((
-                    batch,
-                    self.num_kv_heads,
-                    group * seq_len,
-                    self.head_size,
-                ))? * (1.0 / (self.head_size as f64).sqrt()))?; // (batch, kv_heads, group·seq_len, head_size)
-                let scores = q
-                    .matmul(&k.t()?)? // (batch, kv_heads, group·seq_len, seq_len)
-                    .reshape((batch, self.num_heads, seq_len, seq_len))?;
-                let weights = attention_weights(&scores, mask, kernels)?; // (batch, heads, seq_len, seq_len)
-                weights
-                    .reshape((batch, self.num_kv_heads, group * seq_len, seq_len))?
-                    .matmul(&v)? // (batch, kv_heads, group·seq_len, head_size)
-                    .reshape((batch, self.num_heads, seq_len, self.head_size))?
-            }
+        let fused = prepared.mask.is_none() && seq_len >= cpu_kernels::FUSED_ATTENTION_MIN_LEN;
+        let context = if fused {
+            // qrm's fused CPU attention: only the visible keys are scored, and no
+            // (seq_len, seq_len) matrix is stored.
+            cpu_kernels::causal_attention(&q, &k.contiguous()?, &v, &prepared.lengths)?
+        } else {
+            // Grouped-query attention without copying K and V: query head h uses kv head
+            // h / group, so the `group` query heads of one kv head are stacked along the
+            // sequence axis.
+            let group = self.num_heads / self.num_kv_heads;
+            let q = (q.contiguous()?.reshape((
+                batch,
+                self.num_kv_heads,
+                group * seq_len,
+                self.head_size,
+            ))? * (1.0 / (self.head_size as f64).sqrt()))?; // (batch, kv_heads, group·seq_len, head_size)
+            let scores = q
+                .matmul(&k.t()?)? // (batch, kv_heads, group·seq_len, seq_len)
+                .reshape((batch, self.num_heads, seq_len, seq_len))?;
+            let weights = attention_weights(&scores, prepared, kernels)?; // (batch, heads, seq_len, seq_len)
+            weights
+                .reshape((batch, self.num_kv_heads, group * seq_len, seq_len))?
+                .matmul(&v)? // (batch, kv_heads, group·seq_len, head_size)
+                .reshape((batch, self.num_heads, seq_len, self.head_size))?
         }; // (batch, heads, seq_len, head_size)
         let context = context
             .transpose(1, 2)? // (batch, seq_len, heads, head_size)
