@@ -59,6 +59,24 @@ fn contiguous_f32<'a>(
     }
 }
 
+/// How many keys query `query` of a row with `length` real tokens attends to: keys j <= i that
+/// are real tokens. A padded query sees the row's real keys (its output is never read, but it
+/// stays finite).
+fn visible_keys(query: usize, length: usize) -> usize {
+    (query + 1).min(length)
+}
+
+/// The unnormalised softmax in place, `xᵢ ← exp(xᵢ − max x)`, returning `1 / Σ exp(xᵢ − max x)`
+/// for the caller to normalise with. `xs` must not be empty.
+#[inline(always)]
+fn exp_relative_to_max(xs: &mut [f32]) -> f32 {
+    let largest = max(xs);
+    for x in xs.iter_mut() {
+        *x = exp(*x - largest);
+    }
+    1.0 / sum(xs)
+}
+
 struct CausalSoftmax<'a> {
     /// Real tokens in each batch row (right padding).
     lengths: &'a [usize],
@@ -96,15 +114,10 @@ impl CustomOp1 for CausalSoftmax<'_> {
                     .zip(scores.chunks(seq_len))
                     .enumerate()
                 {
-                    // Query i sees keys j <= i that are real tokens; a padded query sees the
-                    // row's real keys (its output is never read, but it stays finite).
-                    let visible = (query + 1).min(length);
-                    let (out, scores) = (&mut out[..visible], &scores[..visible]);
-                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    for (o, &s) in out.iter_mut().zip(scores) {
-                        *o = exp(s - max);
-                    }
-                    let inverse = 1.0 / out.iter().sum::<f32>();
+                    let visible = visible_keys(query, length);
+                    let out = &mut out[..visible];
+                    out.copy_from_slice(&scores[..visible]);
+                    let inverse = exp_relative_to_max(out);
                     for o in out.iter_mut() {
                         *o *= inverse;
                     }
@@ -214,42 +227,42 @@ fn sum(xs: &[f32]) -> f32 {
     fold_lanes(lanes, |x, y| x + y) + tail
 }
 
-/// Consecutive queries of one (row, head) of causal attention; see [`causal_attention`].
-/// `queries` and `out` are (block, head_size), starting at position `first_query`; `keys` and
-/// `values` are the row's (seq_len, head_size) of the head's kv head; `length` is the row's
-/// number of real tokens.
+/// What every query of one (row, head) of causal attention shares; see [`causal_attention`].
+struct AttentionMatrix<'a> {
+    /// The row's (seq_len, head_size) keys of the head's kv head.
+    keys: &'a [f32],
+    /// The row's (seq_len, head_size) values of the head's kv head.
+    values: &'a [f32],
+    head_size: usize,
+    /// The row's number of real tokens.
+    length: usize,
+    /// Multiplies the scores before the softmax: 1/√head_size.
+    scale: f32,
+}
+
+/// Consecutive queries of one (row, head) of causal attention: `queries` and `out` are
+/// (block, head_size), starting at position `first_query`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn attend<M: MulAdd>(
     out: &mut [f32],
     queries: &[f32],
     first_query: usize,
-    keys: &[f32],
-    values: &[f32],
-    head_size: usize,
-    length: usize,
-    scale: f32,
+    matrix: &AttentionMatrix,
 ) {
-    let mut weights = vec![0f32; length];
+    let head_size = matrix.head_size;
+    let mut weights = vec![0f32; matrix.length];
     for (query, (out, q)) in out
         .chunks_exact_mut(head_size)
         .zip(queries.chunks_exact(head_size))
         .enumerate()
     {
-        let query = first_query + query;
-        // Query i sees keys j <= i that are real tokens; a padded query sees the row's real
-        // keys (its output is never read, but it stays finite).
-        let weights = &mut weights[..(query + 1).min(length)];
-        for (weight, key) in weights.iter_mut().zip(keys.chunks_exact(head_size)) {
-            *weight = dot::<M>(q, key) * scale;
+        let weights = &mut weights[..visible_keys(first_query + query, matrix.length)];
+        for (weight, key) in weights.iter_mut().zip(matrix.keys.chunks_exact(head_size)) {
+            *weight = dot::<M>(q, key) * matrix.scale;
         }
-        let largest = max(weights);
-        for weight in weights.iter_mut() {
-            *weight = exp(*weight - largest);
-        }
-        let inverse = 1.0 / sum(weights);
+        let inverse = exp_relative_to_max(weights);
         out.fill(0.0);
-        for (&weight, value) in weights.iter().zip(values.chunks_exact(head_size)) {
+        for (&weight, value) in weights.iter().zip(matrix.values.chunks_exact(head_size)) {
             for (o, &v) in out.iter_mut().zip(value) {
                 *o = M::mul_add(weight, v, *o);
             }
@@ -266,27 +279,13 @@ fn attend<M: MulAdd>(
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn attend_avx2(
     out: &mut [f32],
     queries: &[f32],
     first_query: usize,
-    keys: &[f32],
-    values: &[f32],
-    head_size: usize,
-    length: usize,
-    scale: f32,
+    matrix: &AttentionMatrix,
 ) {
-    attend::<Fma>(
-        out,
-        queries,
-        first_query,
-        keys,
-        values,
-        head_size,
-        length,
-        scale,
-    )
+    attend::<Fma>(out, queries, first_query, matrix)
 }
 
 /// Whether this CPU runs the AVX2 + FMA builds of the kernels.
@@ -355,18 +354,23 @@ impl CustomOp3 for CausalAttention<'_> {
             );
         }
         let group = heads / kv_heads;
-        let matrix = seq_len * head_size;
+        let matrix_len = seq_len * head_size;
         let mut out = vec![0f32; queries_data.len()];
         // One task per block of QUERY_BLOCK queries of a (row, head) matrix: at batch 1 there
         // are only `heads` matrices, too few to balance over the cores.
-        out.par_chunks_mut(matrix)
-            .zip(queries_data.par_chunks(matrix))
+        out.par_chunks_mut(matrix_len)
+            .zip(queries_data.par_chunks(matrix_len))
             .enumerate()
             .for_each(|(index, (out, queries))| {
                 let (row, head) = (index / heads, index % heads);
-                let start = (row * kv_heads + head / group) * matrix;
-                let (keys, values) = (&keys[start..start + matrix], &values[start..start + matrix]);
-                let (length, scale) = (self.lengths[row], self.scale);
+                let start = (row * kv_heads + head / group) * matrix_len;
+                let matrix = AttentionMatrix {
+                    keys: &keys[start..start + matrix_len],
+                    values: &values[start..start + matrix_len],
+                    head_size,
+                    length: self.lengths[row],
+                    scale: self.scale,
+                };
                 let block = QUERY_BLOCK * head_size;
                 out.par_chunks_mut(block)
                     .zip(queries.par_chunks(block))
@@ -376,16 +380,10 @@ impl CustomOp3 for CausalAttention<'_> {
                         #[cfg(target_arch = "x86_64")]
                         if self.avx2_fma {
                             // SAFETY: `avx2_fma` is set only when the CPU reports AVX2 and FMA.
-                            unsafe {
-                                attend_avx2(
-                                    out, queries, first, keys, values, head_size, length, scale,
-                                )
-                            };
+                            unsafe { attend_avx2(out, queries, first, &matrix) };
                             return;
                         }
-                        attend::<Separate>(
-                            out, queries, first, keys, values, head_size, length, scale,
-                        );
+                        attend::<Separate>(out, queries, first, &matrix);
                     });
             });
         Ok((CpuStorage::F32(out), queries_layout.shape().clone()))
@@ -578,11 +576,17 @@ mod tests {
         let k = Tensor::randn(0f32, 2.0, (seq_len, head_size), &Device::Cpu).unwrap();
         let v = Tensor::randn(0f32, 1.0, (seq_len, head_size), &Device::Cpu).unwrap();
         let [q, k, v] = [q, k, v].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        let scale = 0.125;
+        let matrix = AttentionMatrix {
+            keys: &k,
+            values: &v,
+            head_size,
+            length,
+            scale: 0.125,
+        };
         let mut portable = vec![0f32; q.len()];
-        attend::<Separate>(&mut portable, &q, 0, &k, &v, head_size, length, scale);
+        attend::<Separate>(&mut portable, &q, 0, &matrix);
         let mut fused = vec![0f32; q.len()];
-        attend::<Fma>(&mut fused, &q, 0, &k, &v, head_size, length, scale);
+        attend::<Fma>(&mut fused, &q, 0, &matrix);
         let worst = portable
             .iter()
             .zip(&fused)
@@ -593,7 +597,7 @@ mod tests {
         if has_avx2_fma() {
             let mut avx2 = vec![0f32; q.len()];
             // SAFETY: checked just above.
-            unsafe { attend_avx2(&mut avx2, &q, 0, &k, &v, head_size, length, scale) };
+            unsafe { attend_avx2(&mut avx2, &q, 0, &matrix) };
             assert_eq!(
                 avx2, fused,
                 "the AVX2 build computes the same operations as Fma"
