@@ -1,6 +1,8 @@
 //! What every `qrm-*` binary shares: output flags, logging, progress bars and exit codes.
 //!
-//! Exit codes: 0 ok (a closed output pipe counts as ok), 1 runtime error, 2 usage error (clap).
+//! Exit codes: 0 ok (a closed output pipe counts as ok), 1 runtime error, 2 usage error (clap's,
+//! and the library's [`crate::Error::Usage`]: a flag value or flag combination that cannot work,
+//! found after parsing).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -59,16 +61,29 @@ pub fn progress_bar(length: u64, message: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Turns a tool's result into its exit code: a broken pipe is a normal end (0), any other
-/// error is printed with its causes and gives 1.
+/// Turns a tool's result into its exit code: a broken pipe is a normal end (0), a usage error
+/// ([`crate::Error::Usage`] anywhere in the chain) gives 2, any other error 1; errors are printed
+/// with their causes.
 pub fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", error_message(&error));
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&error))
         }
+    }
+}
+
+/// 2 for a usage error, 1 for any other failure.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let usage = error
+        .chain()
+        .any(|cause| matches!(cause.downcast_ref::<crate::Error>(), Some(crate::Error::Usage(_))));
+    if usage {
+        2
+    } else {
+        1
     }
 }
 
@@ -114,5 +129,15 @@ mod tests {
         );
         let plain = anyhow::anyhow!("inner").context("outer");
         assert_eq!(error_message(&plain), "outer: inner");
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_others_1() {
+        let usage = anyhow::Error::new(crate::Error::Usage("--level must be in (0, 1)".into()))
+            .context("qrm-auroc");
+        assert_eq!(exit_code(&usage), 2);
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        assert_eq!(exit_code(&anyhow::Error::new(crate::Error::io("x", io))), 1);
+        assert_eq!(exit_code(&anyhow::anyhow!("plain")), 1);
     }
 }

@@ -1,8 +1,8 @@
 //! qrm: goal-conditioned ("Q-function") reward models as composable tools over Parquet.
 //!
 //! The library holds everything the `qrm-*` binaries do: [`pipeline`] (data in and out),
-//! [`model`] (transformer, heads, losses, training), [`metrics`] (statistics) and [`cli`]
-//! (what the binaries share).
+//! [`model`] (transformer, heads, losses, training), [`metrics`] (statistics), [`cli`] (what the
+//! binaries share) and [`testing`] (what the test suites share).
 
 pub mod cli;
 pub mod error;
@@ -10,5 +10,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod plot;
+#[doc(hidden)]
+pub mod testing;
 
 pub use error::{Error, Result};

@@ -19,15 +19,7 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn shared_data() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    if path.is_dir() {
-        Some(path)
-    } else {
-        eprintln!("skipping: ../shared/data not found");
-        None
-    }
-}
+use qrm::testing::shared_data;
 
 fn reference() -> serde_json::Value {
     let text = std::fs::read_to_string(

@@ -299,32 +299,11 @@ fn a_saved_reward_model_loads_back_with_the_same_rewards() {
 // SmolLM2-135M-Instruct from its GGUF (installed by scripts/install-model.sh).
 
 fn smollm2_gguf() -> Option<PathBuf> {
-    let path = std::env::var_os("QRM_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: {} not found (run scripts/install-model.sh)",
-            path.display()
-        );
-        None
-    }
+    qrm::testing::default_model()
 }
 
 fn shared_smollm2_dir() -> Option<PathBuf> {
-    let dir =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/models/smollm2-135m-instruct");
-    if dir.exists() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: ../shared/data not found");
-        None
-    }
+    qrm::testing::shared_file("models/smollm2-135m-instruct")
 }
 
 #[derive(Deserialize)]

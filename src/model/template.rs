@@ -359,12 +359,7 @@ mod tests {
     use super::*;
 
     fn smollm_tokenizer() -> Option<(Tokenizer, PathBuf)> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/models/smollm2-135m-instruct");
-        if !dir.exists() {
-            eprintln!("skipping: ../shared/data not found");
-            return None;
-        }
+        let dir = crate::testing::shared_file("models/smollm2-135m-instruct")?;
         let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).ok()?;
         Some((tokenizer, dir))
     }

@@ -660,13 +660,14 @@ mod tests {
 
     #[test]
     fn smollm2_pieces_of_a_gsm8k_answer_read_back_as_the_answer() {
-        let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-        let tokenizer_path = directory.join("models/smollm2-135m-instruct/tokenizer.json");
-        let questions = directory.join("gsm8k/test.jsonl");
-        if !tokenizer_path.exists() || !questions.exists() {
-            eprintln!("skipping: ../shared/data not found");
+        let Some(tokenizer_path) =
+            crate::testing::shared_file("models/smollm2-135m-instruct/tokenizer.json")
+        else {
             return;
-        }
+        };
+        let Some(questions) = crate::testing::shared_file("gsm8k/test.jsonl") else {
+            return;
+        };
         let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).unwrap();
         let text = std::fs::read_to_string(&questions).unwrap();
         let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();

@@ -1,0 +1,79 @@
+//! What the test suites share: where the public data and the default model are, and a skip
+//! notice the test runner shows.
+//!
+//! A test that needs `../shared/data` or the default model and finds it absent must not end
+//! looking like a pass: [`skip`] writes its line straight to the process's standard error, past
+//! the harness's output capture, so `cargo test` prints `SKIPPED <test>: <why>` beside the `ok`.
+//! Under `CI=true` a missing default model is a failure instead: CI installs it
+//! (`scripts/install-model.sh`), so its absence there means the install broke.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The project root (where `Cargo.toml` is).
+pub fn project_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The running test's name: libtest names each test's thread after it.
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_owned()
+}
+
+/// Tells the person running the tests that the running test did not run, and why. Written with
+/// `std::io::stderr()` directly: `eprintln!` would be captured and hidden for a passing test.
+pub fn skip(reason: &str) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "SKIPPED {}: {reason}", test_name());
+}
+
+/// `../shared/data` beside the project, or `None` after a [`skip`] notice.
+pub fn shared_data() -> Option<PathBuf> {
+    let path = project_root().join("../shared/data");
+    if path.is_dir() {
+        Some(path)
+    } else {
+        skip("../shared/data not found (the public data sets; see README)");
+        None
+    }
+}
+
+/// A file or folder under `../shared/data`, or `None` after a [`skip`] notice.
+pub fn shared_file(relative: &str) -> Option<PathBuf> {
+    let data = shared_data()?;
+    let path = data.join(relative);
+    if path.exists() {
+        Some(path)
+    } else {
+        skip(&format!("{} not found", path.display()));
+        None
+    }
+}
+
+/// True when the tests run under CI (`CI=true`, as `.ci/run` is started).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// The default model's GGUF (`QRM_SMOLLM2_GGUF` overrides the path), or `None` after a
+/// [`skip`] notice. Under CI a missing model panics: CI installs it, so the test must run.
+pub fn default_model() -> Option<PathBuf> {
+    let path = std::env::var_os("QRM_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join(crate::model::checkpoint::DEFAULT_MODEL));
+    if path.exists() {
+        return Some(path);
+    }
+    let reason = format!(
+        "{} not found (run scripts/install-model.sh)",
+        path.display()
+    );
+    if in_ci() {
+        panic!("{reason}; CI installs the default model, so its tests must run");
+    }
+    skip(&reason);
+    None
+}
