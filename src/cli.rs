@@ -31,6 +31,19 @@ impl OutputArgs {
     }
 }
 
+/// Clap value parser for a fraction in [0, 1] (`--split-questions 0.3`): a value outside it is
+/// a usage error at parse time.
+pub fn parse_fraction(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not a fraction in [0, 1]"))
+    }
+}
+
 /// Sends logs to stderr; `-q` keeps only warnings and errors. `RUST_LOG` overrides.
 pub fn init_logging(quiet: bool) {
     let default = if quiet { "warn" } else { "info" };
@@ -129,6 +142,17 @@ mod tests {
         );
         let plain = anyhow::anyhow!("inner").context("outer");
         assert_eq!(error_message(&plain), "outer: inner");
+    }
+
+    #[test]
+    fn fractions_parse_inside_zero_one_only() {
+        assert_eq!(parse_fraction("0.3"), Ok(0.3));
+        assert_eq!(parse_fraction("0"), Ok(0.0));
+        assert_eq!(parse_fraction("1"), Ok(1.0));
+        assert!(parse_fraction("1.5").unwrap_err().contains("not a fraction"));
+        assert!(parse_fraction("-0.1").is_err());
+        assert!(parse_fraction("NaN").is_err());
+        assert!(parse_fraction("x").unwrap_err().contains("not a number"));
     }
 
     #[test]

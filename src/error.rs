@@ -26,6 +26,9 @@ pub enum Error {
     #[error("{path}: the input is empty")]
     EmptyInput { path: PathBuf },
 
+    #[error("{path}: the input has columns but no rows")]
+    NoRows { path: PathBuf },
+
     #[error("{path}: missing column `{column}` (columns present: {available})")]
     MissingColumn {
         path: PathBuf,

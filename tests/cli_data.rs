@@ -476,8 +476,8 @@ fn split_requires_holdout_and_a_fraction_in_range() {
         .args(["--split-questions", "1.5", "--holdout"])
         .arg(directory.path().join("h.parquet"))
         .assert()
-        .code(1)
-        .stderr(contains("fraction in [0, 1]"));
+        .code(2)
+        .stderr(contains("1.5 is not a fraction in [0, 1]"));
     // An unknown extension is refused before any work, and nothing is written.
     pairs()
         .arg(&generations)
@@ -486,7 +486,7 @@ fn split_requires_holdout_and_a_fraction_in_range() {
         .arg("-o")
         .arg(directory.path().join("p.parquet"))
         .assert()
-        .code(1)
+        .code(2)
         .stderr(contains("unknown output extension"));
     assert!(!directory.path().join("p.parquet").exists());
     import()
@@ -494,7 +494,7 @@ fn split_requires_holdout_and_a_fraction_in_range() {
         .arg("-o")
         .arg(directory.path().join("g.xyz"))
         .assert()
-        .code(1)
+        .code(2)
         .stderr(contains("unknown output extension"));
 }
 
@@ -1029,4 +1029,44 @@ fn math500_reference_solutions_grade_against_their_answers_only() {
         shifted_false_positives <= 2,
         "{shifted_false_positives} false positives"
     );
+}
+
+// ---------------------------------------------------------------- contracts every tool keeps
+
+#[test]
+fn a_header_only_input_is_an_error_for_qrm_cat() {
+    let directory = tempfile::tempdir().unwrap();
+    let header = write(directory.path(), "header.csv", b"question_id,question,response\n");
+    let rows = write(directory.path(), "rows.csv", b"question_id,question,response\nq1,a,b\n");
+    Command::cargo_bin("qrm-cat")
+        .unwrap()
+        .arg(&rows)
+        .arg(&header)
+        .args(["-o", "-", "--format", "jsonl"])
+        .assert()
+        .code(1)
+        .stderr(contains("header.csv: the input has columns but no rows"));
+}
+
+#[test]
+fn only_tools_with_skip_bad_suggest_it() {
+    use predicates::prelude::PredicateBooleanExt;
+    let directory = tempfile::tempdir().unwrap();
+    let bad = write(directory.path(), "bad.jsonl", b"{\"a\": 1}\n{\"a\": \n");
+    for tool in ["qrm-cat", "qrm-auroc", "qrm-filter", "qrm-score"] {
+        let mut command = Command::cargo_bin(tool).unwrap();
+        command.arg(&bad);
+        if tool == "qrm-score" {
+            command.args(["--rm", "missing-model"]);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("--skip-bad"), "{tool}: {stderr}");
+    }
+    // qrm-pairs has the flag, so it says so.
+    pairs()
+        .arg(&bad)
+        .assert()
+        .code(1)
+        .stderr(contains("line 2: malformed JSON").and(contains("use --skip-bad")));
 }

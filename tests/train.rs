@@ -250,3 +250,152 @@ fn a_bad_window_is_a_usage_error() {
         .code(2)
         .stderr(predicates::str::contains("0 <= a < b <= 1"));
 }
+
+/// The flags of a small top-layer BT run on the tiny model.
+fn small_run(command: &mut Command, model: &Path, cache: &Path) {
+    command
+        .arg("--model")
+        .arg(model)
+        .args(["--template", "raw", "--objective", "bt", "--train-layers", "1"])
+        .args(["--batch-size", "4", "--micro-batch", "2"])
+        .args(["--eval-fraction", "0.25", "-q"])
+        .arg("--cache")
+        .arg(cache);
+}
+
+#[test]
+fn pairs_can_come_from_stdin() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(root.path());
+    let pairs = pairs_file(root.path());
+    let output = root.path().join("ckpt");
+    let mut command = qrm_train();
+    command.arg("-");
+    small_run(&mut command, &model, &root.path().join("cache"));
+    command
+        .args(["--max-steps", "1", "-o"])
+        .arg(&output)
+        .write_stdin(std::fs::read(&pairs).unwrap())
+        .assert()
+        .success();
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("train_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["pairs"], "<stdin>");
+    // The hash is of what was read, the same as the file's.
+    assert_eq!(
+        record["pairs_sha256"].as_str().unwrap(),
+        qrm::model::trunk::file_sha256(&pairs).unwrap()
+    );
+}
+
+#[test]
+fn an_interrupted_run_leaves_no_checkpoint_and_resumes_only_the_same_work() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(root.path());
+    let pairs = pairs_file(root.path());
+    let cache = root.path().join("cache");
+    let output = root.path().join("ckpt");
+    let partial = root.path().join("ckpt.partial");
+
+    // A run far longer than the test, saving its state every step, killed once a state exists.
+    let binary = assert_cmd::cargo::cargo_bin("qrm-train");
+    let mut long_run = std::process::Command::new(&binary);
+    long_run.arg(&pairs).arg("--model").arg(&model);
+    long_run
+        .args(["--template", "raw", "--objective", "bt", "--train-layers", "1"])
+        .args(["--batch-size", "4", "--micro-batch", "2", "--eval-fraction", "0.25"])
+        .args(["--max-steps", "100000000", "--save-every", "1", "-q", "--cache"])
+        .arg(&cache)
+        .arg("-o")
+        .arg(&output);
+    let mut child = long_run.spawn().unwrap();
+    let state = partial.join("state/state.json");
+    let started = std::time::Instant::now();
+    while !state.exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "no state after 120 s"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!output.exists(), "a killed run must not leave a loadable checkpoint");
+    assert!(partial.exists());
+    // The state file is written atomically, so it is complete even though the run was killed.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let step = saved["step"].as_u64().unwrap();
+
+    // Without --resume the partial run is not silently overwritten: the message says what to do.
+    let mut again = qrm_train();
+    again.arg(&pairs);
+    small_run(&mut again, &model, &cache);
+    again
+        .args(["--max-steps", "2", "-o"])
+        .arg(&output)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("pass --resume to continue it, or delete it"));
+
+    // --resume with other pairs is refused, naming what changed.
+    let other_pairs = root.path().join("other.jsonl");
+    let text = std::fs::read_to_string(&pairs).unwrap().replace("w5 w7", "w5 w9");
+    std::fs::write(&other_pairs, text).unwrap();
+    let mut other = qrm_train();
+    other.arg(&other_pairs);
+    small_run(&mut other, &model, &cache);
+    other
+        .args(["--max-steps", "100", "--resume", "-o"])
+        .arg(&output)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("pairs_sha256 changed"));
+    assert!(!output.exists());
+
+    // --resume with the same work completes it, and only then does the checkpoint appear.
+    let mut resume = qrm_train();
+    resume.arg(&pairs);
+    small_run(&mut resume, &model, &cache);
+    resume
+        .args(["--max-steps", &(step + 1).to_string(), "--resume", "-o"])
+        .arg(&output)
+        .assert()
+        .success();
+    assert!(output.join("train_config.json").exists());
+    assert!(!partial.exists());
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("train_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["steps"], step + 1);
+}
+
+#[test]
+fn a_run_that_fails_before_training_leaves_nothing_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(root.path());
+    let pairs = pairs_file(root.path());
+    let output = root.path().join("ckpt");
+    // Every pair is longer than 4 tokens, so none is left to train on.
+    let mut command = qrm_train();
+    command.arg(&pairs);
+    small_run(&mut command, &model, &root.path().join("cache"));
+    command
+        .args(["--max-len", "4", "-o"])
+        .arg(&output)
+        .assert()
+        .failure();
+    assert!(!output.exists());
+    assert!(!root.path().join("ckpt.partial").exists());
+}
+
+#[test]
+fn a_bad_device_is_a_usage_error() {
+    qrm_train()
+        .args(["pairs.jsonl", "--model", "m", "--device", "gpu0", "-o", "x"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("unknown device `gpu0`"));
+}

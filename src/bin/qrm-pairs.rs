@@ -39,7 +39,7 @@ struct Args {
     max_per_question: Option<usize>,
 
     /// Hold out this fraction of the questions (written to --holdout, never paired).
-    #[arg(long, value_name = "FRACTION", requires = "holdout")]
+    #[arg(long, value_name = "FRACTION", requires = "holdout", value_parser = qrm::cli::parse_fraction)]
     split_questions: Option<f64>,
 
     /// At most N samples per held-out question (a seeded draw): a cheaper evaluation.
@@ -84,9 +84,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(holdout) = &holdout_output {
         holdout.resolved_format()?;
     }
-    let read_options = ReadOptions {
-        skip_bad: args.skip_bad,
-    };
+    let read_options = ReadOptions::with_skip_bad(args.skip_bad);
     let (frame, read_report) = read_table_with(&args.input, &read_options)?;
     if !read_report.skipped_lines.is_empty() {
         tracing::warn!(

@@ -3,26 +3,31 @@
 //! directory that `qrm-score` and transformers load.
 //!
 //! `qrm-train pairs.parquet --model smollm2.gguf --objective q --train-layers 2 -o ckpt/`
+//! `qrm-import gen.jsonl | qrm-pairs --reuse | qrm-train - --model smollm2.gguf -o ckpt/`
 
 use std::path::PathBuf;
 
 use clap::Parser;
 use qrm::model::fit::{fit, FitRequest};
 use qrm::model::head::HeadKind;
+use qrm::model::DeviceChoice;
 use qrm::model::template::EosPolicy;
 use qrm::model::train::TrainConfig;
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Pairs table (question, chosen, rejected[, question_id, margin]); any supported format.
+    /// Pairs table (question, chosen, rejected[, question_id, margin]); any supported format,
+    /// `-` for stdin (`qrm-pairs … | qrm-train - …`).
     pairs: PathBuf,
 
     /// Base model: a Hugging Face directory or a .gguf file.
     #[arg(long)]
     model: PathBuf,
 
-    /// Checkpoint directory to write.
+    /// Checkpoint directory to write. Training works in DIR.partial and renames it to DIR when
+    /// the checkpoint is complete, so DIR never holds a failed run; an interrupted run stays in
+    /// DIR.partial for `--resume`.
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     output: PathBuf,
 
@@ -56,7 +61,8 @@ struct Args {
     #[arg(long, default_value_t = 1024)]
     max_len: usize,
 
-    /// Continue from the state saved in the output directory.
+    /// Continue an interrupted run from DIR.partial (or a completed one in DIR with more steps);
+    /// refused when the pairs, model or settings differ from the saved run's.
     #[arg(long)]
     resume: bool,
 
@@ -68,9 +74,9 @@ struct Args {
     #[arg(long, default_value = ".cache/trunk")]
     cache: PathBuf,
 
-    /// cpu or cuda.
+    /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceChoice,
 
     #[command(flatten)]
     config: TrainConfig,

@@ -3,7 +3,7 @@
 //!
 //! [`train`]: crate::model::train::train
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -23,12 +23,12 @@ use crate::model::template::{
     find_eos_id, Encoded, Encoder, EosPolicy, Template, Truncated, Truncation, TruncationCounts,
 };
 use crate::model::train::{
-    train, BatchInput, EncodedPair, EncodedResponse, RunOptions, TrainConfig, TrainData,
+    state_directory, train, BatchInput, EncodedPair, EncodedResponse, RunOptions, TrainConfig, TrainData,
     TrainSummary, TrainableRewardModel,
 };
 use crate::model::transformer::{Kernels, Transformer};
-use crate::model::trunk::{file_sha256, key_of, model_sha256, TrunkCache, TRUNK_CACHE_FORMAT};
-use crate::pipeline::io::{read_table, write_atomic};
+use crate::model::trunk::{key_of, model_sha256, TrunkCache, TRUNK_CACHE_FORMAT};
+use crate::pipeline::io::{display_path, read_table_hashed, write_atomic};
 use crate::pipeline::schema::{pairs_from_frame, Pair};
 
 fn response(encoded: Encoded) -> EncodedResponse {
@@ -102,7 +102,7 @@ pub struct FitRequest {
     pub template: String,
     pub eos: EosPolicy,
     pub max_len: usize,
-    pub device: String,
+    pub device: DeviceChoice,
     pub resume: bool,
     pub log: Option<PathBuf>,
     pub cache: PathBuf,
@@ -206,9 +206,60 @@ impl TrainableRewardModel for TopLayers {
     }
 }
 
-fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
-    let frame = read_table(path)?;
-    pairs_from_frame(&frame, path)
+/// The pairs of a file or `-`, with the sha256 of what was read (the run's identity).
+fn read_pairs(path: &Path) -> Result<(Vec<Pair>, String)> {
+    let (frame, sha256) = read_table_hashed(path)?;
+    Ok((pairs_from_frame(&frame, &display_path(path))?, sha256))
+}
+
+/// `DIR.partial`, beside `DIR`: where a run trains and writes its checkpoint until it is complete.
+pub fn partial_output(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// Chooses the directory a run works in, so that `output` only ever holds a complete checkpoint:
+/// `output.partial` (an interrupted run continues there under `--resume`; without it, its
+/// presence is an error that says how to clear it), or, for `--resume` of a completed run,
+/// `output` itself moved to `output.partial` while training continues.
+fn working_directory(output: &Path, resume: bool) -> Result<PathBuf> {
+    let partial = partial_output(output);
+    if partial.exists() {
+        if !resume {
+            return Err(Error::Usage(format!(
+                "{} holds an interrupted or failed training run: pass --resume to continue it, \
+                 or delete it to start over",
+                partial.display()
+            )));
+        }
+        return Ok(partial);
+    }
+    if resume && state_directory(output).is_dir() {
+        fs_err::rename(output, &partial).map_err(|e| Error::io(output, e))?;
+        tracing::info!(
+            "continuing the completed run in {} (in {} until done)",
+            output.display(),
+            partial.display()
+        );
+        return Ok(partial);
+    }
+    fs_err::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    Ok(partial)
+}
+
+/// Moves a complete checkpoint from `partial` to `output`, replacing a previous one there only
+/// after the new one is in place under a temporary name.
+fn publish(partial: &Path, output: &Path) -> Result<()> {
+    if !output.exists() {
+        return fs_err::rename(partial, output).map_err(|e| Error::io(output, e));
+    }
+    let mut old_name = output.as_os_str().to_owned();
+    old_name.push(format!(".old-{}", std::process::id()));
+    let old = PathBuf::from(old_name);
+    fs_err::rename(output, &old).map_err(|e| Error::io(output, e))?;
+    fs_err::rename(partial, output).map_err(|e| Error::io(output, e))?;
+    fs_err::remove_dir_all(&old).map_err(|e| Error::io(&old, e))
 }
 
 /// The token the checkpoint declares as padding: transformers' sequence classifier reads the
@@ -239,12 +290,23 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 /// Reads the pairs, tokenises them, trains, and writes the checkpoint directory.
 pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
     let config = &request.config;
-    let device_choice: DeviceChoice = request.device.parse()?;
+    let device_choice = request.device;
     let device = device_choice.device()?;
-    let all_pairs = read_pairs(&request.pairs)?;
-    let (train_pairs, eval_pairs) = match &request.eval_pairs {
-        Some(path) => (all_pairs, read_pairs(path)?),
-        None => split_by_question(all_pairs, request.eval_fraction, config.seed),
+    if request.eval_pairs.as_deref() == Some(Path::new("-")) && request.pairs == Path::new("-") {
+        return Err(Error::Usage(
+            "the pairs and --eval-pairs cannot both be read from stdin (`-`)".into(),
+        ));
+    }
+    let (all_pairs, pairs_sha256) = read_pairs(&request.pairs)?;
+    let (train_pairs, eval_pairs, eval_sha256) = match &request.eval_pairs {
+        Some(path) => {
+            let (eval_pairs, sha256) = read_pairs(path)?;
+            (all_pairs, eval_pairs, Some(sha256))
+        }
+        None => {
+            let (train, eval) = split_by_question(all_pairs, request.eval_fraction, config.seed);
+            (train, eval, None)
+        }
     };
     let tokenizer = crate::model::gguf::load_tokenizer(&request.model)?;
     let model_dir = request.model.is_dir().then_some(request.model.as_path());
@@ -290,11 +352,11 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
     let (train_trunk, eval_trunk) = if request.train_layers.is_some() {
         let fused = model.model.transformer.clone().with_kernels(Kernels::Fused);
         let mut caches = Vec::new();
-        for (name, path, pairs) in [
-            ("train", &request.pairs, &train_encoded),
+        for (name, pairs_hash, pairs) in [
+            ("train", &pairs_sha256, &train_encoded),
             (
                 "eval",
-                request.eval_pairs.as_ref().unwrap_or(&request.pairs),
+                eval_sha256.as_ref().unwrap_or(&pairs_sha256),
                 &eval_encoded,
             ),
         ] {
@@ -305,7 +367,7 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
                 request.eos.name(),
                 &model.first_layer.to_string(),
                 &request.max_len.to_string(),
-                &file_sha256(path)?,
+                pairs_hash,
                 name,
                 &format!("{}:{}", request.eval_fraction, config.seed),
             ]);
@@ -332,42 +394,125 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
         trunk: eval_trunk,
     };
     let eval = (!eval_data.pairs.is_empty()).then_some(&eval_data);
-    let summary = train(
+    // What this run trains on: a resumed run must be the same work (train() compares it with the
+    // saved state). Settings in `config` are compared there too.
+    let identity: BTreeMap<String, String> = [
+        ("pairs_sha256", pairs_sha256.clone()),
+        ("eval_pairs_sha256", eval_sha256.clone().unwrap_or_default()),
+        ("eval_fraction", request.eval_fraction.to_string()),
+        ("model_sha256", model_hash.clone()),
+        ("train_layers", format!("{:?}", request.train_layers)),
+        ("head", request.head.to_string()),
+        ("template", template.name()),
+        ("eos", request.eos.name().to_owned()),
+        ("max_len", request.max_len.to_string()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect();
+    // Everything is written into `OUTPUT.partial` and renamed to OUTPUT when complete, so a
+    // failed or interrupted run never leaves a directory that loads as a checkpoint.
+    let work = working_directory(&request.output, request.resume)?;
+    let written = train(
         &model,
         &train_data,
         eval,
         config,
         RunOptions {
-            output: &request.output,
+            output: &work,
             resume: request.resume,
             log: request.log.as_deref(),
             quiet: request.quiet,
             on_step: None,
+            identity,
         },
-    )?;
+    )
+    .and_then(|summary| {
+        write_checkpoint(
+            &model,
+            &tokenizer,
+            eos_id,
+            &summary,
+            &eval_data,
+            &work,
+            CheckpointRecord {
+                request,
+                template: &template,
+                model_hash: &model_hash,
+                pairs_sha256: &pairs_sha256,
+                eval_sha256: eval_sha256.as_deref(),
+                train_pairs_used: train_data.pairs.len(),
+            },
+        )?;
+        Ok(summary)
+    });
+    let summary = match written {
+        Ok(summary) => summary,
+        Err(error) => {
+            // Nothing to resume (the run failed before its first saved state): leave nothing
+            // behind that would block the next run.
+            if !state_directory(&work).join("state.json").exists() {
+                let _ = fs_err::remove_dir_all(&work);
+            }
+            return Err(error);
+        }
+    };
+    publish(&work, &request.output)?;
+    Ok(summary)
+}
 
-    // The checkpoint: weights and config (with the eval reward distribution), tokenizer,
-    // training settings, and a few rewards for the transformers cross-check.
+/// What the training record says about the run, besides the summary.
+struct CheckpointRecord<'a> {
+    request: &'a FitRequest,
+    template: &'a Template,
+    model_hash: &'a str,
+    pairs_sha256: &'a str,
+    eval_sha256: Option<&'a str>,
+    train_pairs_used: usize,
+}
+
+/// Writes the checkpoint into `directory`: weights and config (with the eval reward
+/// distribution), tokenizer, the training record (`train_config.json`), and a few rewards for
+/// the transformers cross-check.
+fn write_checkpoint(
+    model: &TopLayers,
+    tokenizer: &Tokenizer,
+    eos_id: u32,
+    summary: &TrainSummary,
+    eval_data: &TrainData,
+    directory: &Path,
+    record: CheckpointRecord<'_>,
+) -> Result<()> {
+    let CheckpointRecord {
+        request,
+        template,
+        model_hash,
+        pairs_sha256,
+        eval_sha256,
+        train_pairs_used,
+    } = record;
+    let config = &request.config;
+
     let mut reward_model = model.model.clone();
     if let Some(eval) = &summary.eval {
         reward_model.config.mean = Some(eval.reward_mean);
         reward_model.config.std = Some(eval.reward_std);
     }
     reward_model.config.normalize_reward = false;
-    reward_model.config.pad_token_id = Some(pad_token_id(&tokenizer, eos_id));
-    reward_model.save(&request.output)?;
-    let tokenizer_path = request.output.join("tokenizer.json");
+    reward_model.config.pad_token_id = Some(pad_token_id(tokenizer, eos_id));
+    reward_model.save(directory)?;
+    let tokenizer_path = directory.join("tokenizer.json");
     tokenizer
         .save(&tokenizer_path, false)
         .map_err(|e| Error::Model(format!("{}: {e}", tokenizer_path.display())))?;
     let train_config = serde_json::json!({
         "config": config,
-        "pairs": request.pairs,
-        "pairs_sha256": file_sha256(&request.pairs)?,
-        "eval_pairs": request.eval_pairs,
-        "eval_pairs_sha256": request.eval_pairs.as_deref().map(file_sha256).transpose()?,
+        "pairs": display_path(&request.pairs),
+        "pairs_sha256": pairs_sha256,
+        "eval_pairs": request.eval_pairs.as_deref().map(display_path),
+        "eval_pairs_sha256": eval_sha256,
         "eval_fraction": request.eval_fraction,
-        "train_pairs_used": train_data.pairs.len(),
+        "train_pairs_used": train_pairs_used,
         "eval_pairs_used": eval_data.pairs.len(),
         "model": request.model,
         "model_sha256": model_hash,
@@ -376,7 +521,7 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
         "template": template.name(),
         "eos": request.eos.name(),
         "max_len": request.max_len,
-        "device": request.device,
+        "device": request.device.to_string(),
         "steps": summary.steps,
         "eval": summary.eval,
         "eval_accuracy_interval": summary
@@ -392,13 +537,9 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
         "qrm_version": env!("CARGO_PKG_VERSION"),
         "candle_version": "0.11.1",
     });
-    write_json(&request.output.join("train_config.json"), &train_config)?;
-    write_reward_check(
-        &model,
-        &eval_data,
-        &request.output.join("reward_check.json"),
-    )?;
-    Ok(summary)
+    write_reward_check(model, eval_data, &directory.join("reward_check.json"))?;
+    // The training record last: a directory with it is complete.
+    write_json(&directory.join("train_config.json"), &train_config)
 }
 
 /// Up to four eval responses with the reward qrm computes, for
@@ -615,6 +756,7 @@ mod tests {
                 log: None,
                 quiet: true,
                 on_step: Some(&mut stop_here),
+                identity: BTreeMap::new(),
             };
             train(&model, &data, None, &config, options).unwrap();
             weights(&model)

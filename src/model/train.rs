@@ -15,7 +15,7 @@
 //! final norm and per-token values for a right-padded batch of token ids, or of cached
 //! hidden states of a frozen trunk ([`BatchInput::trunk_hidden`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -337,6 +337,10 @@ const STATE_JSON: &str = "state.json";
 struct ResumeState {
     step: usize,
     config: TrainConfig,
+    /// What the run trains on (see [`RunOptions::identity`]); empty in states written before it
+    /// was recorded.
+    #[serde(default)]
+    identity: BTreeMap<String, String>,
 }
 
 /// Options of one call of [`train`] that are not part of the run's identity.
@@ -347,6 +351,10 @@ pub struct RunOptions<'a> {
     pub quiet: bool,
     /// Called after every optimiser step (e.g. to stop a run early in tests): `false` stops.
     pub on_step: Option<&'a mut dyn FnMut(&LogRow) -> bool>,
+    /// What the run trains on beyond `config` (the pairs' and model's sha256, template, EOS
+    /// policy, max length…): saved with the state, and `resume` refuses a state whose identity
+    /// differs, naming each difference.
+    pub identity: BTreeMap<String, String>,
 }
 
 /// The rows of one micro-batch: pair indices into [`TrainData::pairs`], plus for the `random`
@@ -688,6 +696,7 @@ fn save_state(
     optimiser: &AdamW,
     step: usize,
     config: &TrainConfig,
+    identity: &BTreeMap<String, String>,
 ) -> Result<()> {
     fs_err::create_dir_all(directory).map_err(|e| Error::io(directory, e))?;
     let weights: HashMap<String, Tensor> = optimiser
@@ -700,12 +709,39 @@ fn save_state(
     let state = ResumeState {
         step,
         config: config.clone(),
+        identity: identity.clone(),
     };
     let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::Model(e.to_string()))?;
     let path = directory.join(STATE_JSON);
     crate::pipeline::io::write_atomic(&path, |writer| {
         writer.write_all(&json).map_err(|e| Error::io(&path, e))
     })
+}
+
+/// Each key whose value differs between a saved identity and the current one, as
+/// "key: saved → now" (a key absent on one side shows as "none").
+fn identity_changes(
+    saved: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let keys: BTreeSet<&String> = saved.keys().chain(current.keys()).collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            let (was, now) = (saved.get(key), current.get(key));
+            (was != now).then(|| {
+                let show = |value: Option<&String>| {
+                    value.map_or("none".to_owned(), |v| {
+                        if v.len() == 64 {
+                            format!("{}…", &v[..12])
+                        } else {
+                            v.clone()
+                        }
+                    })
+                };
+                format!("{key} changed ({} → {})", show(was), show(now))
+            })
+        })
+        .collect()
 }
 
 /// Writes tensors to a safetensors file atomically (temp file + rename).
@@ -715,13 +751,27 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
     fs_err::rename(&temporary, path).map_err(|e| Error::io(path, e))
 }
 
-fn load_state(directory: &Path, optimiser: &mut AdamW, config: &TrainConfig) -> Result<usize> {
+fn load_state(
+    directory: &Path,
+    optimiser: &mut AdamW,
+    config: &TrainConfig,
+    identity: &BTreeMap<String, String>,
+) -> Result<usize> {
     let json_path = directory.join(STATE_JSON);
     let text = fs_err::read_to_string(&json_path).map_err(|e| Error::io(&json_path, e))?;
     let state: ResumeState = serde_json::from_str(&text).map_err(|e| Error::Format {
         path: json_path.clone(),
         message: e.to_string(),
     })?;
+    let changed = identity_changes(&state.identity, identity);
+    if !changed.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: --resume would continue different work: {}; delete {} to start over",
+            json_path.display(),
+            changed.join("; "),
+            directory.display()
+        )));
+    }
     let mut expected = config.clone();
     expected.max_steps = state.config.max_steps;
     expected.eval_every = state.config.eval_every;
@@ -776,7 +826,7 @@ pub fn train(
     )?;
     let state_directory = options.output.join(STATE_DIR);
     let first_step = if options.resume && state_directory.join(STATE_JSON).exists() {
-        let step = load_state(&state_directory, &mut optimiser, config)?;
+        let step = load_state(&state_directory, &mut optimiser, config, &options.identity)?;
         tracing::info!("resuming at step {step} of {total_steps}");
         step
     } else {
@@ -887,7 +937,7 @@ pub fn train(
                 .map_err(|e| Error::io(path.as_path(), e))?;
         }
         if done || (config.save_every > 0 && (step + 1) % config.save_every == 0) {
-            save_state(&state_directory, &optimiser, step + 1, config)?;
+            save_state(&state_directory, &optimiser, step + 1, config, &options.identity)?;
         }
         progress.set_message(format!("loss {:.4} acc {:.2}", row.loss, row.accuracy));
         progress.inc(1);
@@ -897,7 +947,7 @@ pub fn train(
         };
         last_row = Some(row);
         if !keep_going {
-            save_state(&state_directory, &optimiser, step + 1, config)?;
+            save_state(&state_directory, &optimiser, step + 1, config, &options.identity)?;
             break;
         }
     }
@@ -1038,6 +1088,7 @@ mod tests {
             log: None,
             quiet: true,
             on_step: None,
+            identity: BTreeMap::new(),
         }
     }
 
@@ -1151,6 +1202,45 @@ mod tests {
         let summary = train(&resumed, &data, None, &config, resuming).unwrap();
         assert_eq!(summary.steps, 6);
         assert_eq!(weights(&resumed), weights(&straight));
+    }
+
+    #[test]
+    fn resume_refuses_a_state_made_from_other_pairs() {
+        let data = TrainData {
+            pairs: easy_pairs(12, 5),
+            trunk: None,
+        };
+        let mut config = config(Objective::Bt);
+        config.max_steps = Some(4);
+        let directory = tempfile::tempdir().unwrap();
+        let identity = |sha: &str| -> BTreeMap<String, String> {
+            [("pairs_sha256".to_owned(), sha.repeat(64))].into()
+        };
+        let mut stop_at_two = |row: &LogRow| row.step < 2;
+        let mut first = options(directory.path());
+        first.identity = identity("a");
+        first.on_step = Some(&mut stop_at_two);
+        train(&Toy::new(6), &data, None, &config, first).unwrap();
+
+        let mut other = options(directory.path());
+        other.resume = true;
+        other.identity = identity("b");
+        let error = train(&Toy::new(6), &data, None, &config, other)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("pairs_sha256 changed (aaaaaaaaaaaa… → bbbbbbbbbbbb…)"),
+            "{error}"
+        );
+        assert!(error.contains("delete"), "{error}");
+
+        let mut same = options(directory.path());
+        same.resume = true;
+        same.identity = identity("a");
+        assert_eq!(
+            train(&Toy::new(6), &data, None, &config, same).unwrap().steps,
+            4
+        );
     }
 
     #[test]

@@ -239,9 +239,7 @@ pub fn stable_id(text: &str) -> String {
 
 /// Reads and imports every path (or `-`), all in one format, and concatenates the results.
 pub fn import_paths(paths: &[PathBuf], options: &ImportOptions) -> Result<Imported> {
-    let read_options = ReadOptions {
-        skip_bad: options.skip_bad,
-    };
+    let read_options = ReadOptions::with_skip_bad(options.skip_bad);
     let mut parts: Vec<(PathBuf, Imported)> = Vec::with_capacity(paths.len());
     for path in paths {
         let (frame, read_report) = read_table_with(path, &read_options)?;

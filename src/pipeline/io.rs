@@ -57,6 +57,19 @@ impl Format {
 pub struct ReadOptions {
     /// Skip malformed JSON lines (counted in [`ReadReport::skipped_lines`]) instead of failing.
     pub skip_bad: bool,
+    /// The tool offers `--skip-bad`, so an error may suggest it (tools without the flag must
+    /// not).
+    pub offers_skip_bad: bool,
+}
+
+impl ReadOptions {
+    /// Options of a tool that has a `--skip-bad` flag, set to `skip_bad`.
+    pub fn with_skip_bad(skip_bad: bool) -> Self {
+        ReadOptions {
+            skip_bad,
+            offers_skip_bad: true,
+        }
+    }
 }
 
 /// What reading found besides the table itself.
@@ -97,6 +110,18 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Fails with [`Error::NoRows`] when a table has its columns but no rows (a header-only CSV, an
+/// empty Parquet file): tools that must produce something from their input say so instead of
+/// writing an empty result with exit 0.
+pub fn require_rows(frame: &DataFrame, path: &Path) -> Result<()> {
+    if frame.height() == 0 {
+        return Err(Error::NoRows {
+            path: display_path(path),
+        });
+    }
+    Ok(())
+}
+
 /// Reads a table from a path or `-`, detecting its format.
 pub fn read_table(path: &Path) -> Result<DataFrame> {
     read_table_with(path, &ReadOptions::default()).map(|(frame, _)| frame)
@@ -104,8 +129,28 @@ pub fn read_table(path: &Path) -> Result<DataFrame> {
 
 /// Reads a table with options, also returning what was skipped.
 pub fn read_table_with(path: &Path, options: &ReadOptions) -> Result<(DataFrame, ReadReport)> {
-    let shown = display_path(path);
     let bytes = read_bytes(path)?;
+    parse_table(bytes, path, options)
+}
+
+/// A table and the hex sha256 of the bytes it was read from (un-gzipped), read once: for tools
+/// that record what they read (`qrm-train`'s training record, resume checks) and must also take
+/// `-`, which cannot be read twice.
+pub fn read_table_hashed(path: &Path) -> Result<(DataFrame, String)> {
+    use sha2::{Digest, Sha256};
+    let bytes = read_bytes(path)?;
+    let digest = format!("{:x}", Sha256::digest(&bytes));
+    let (frame, _) = parse_table(bytes, path, &ReadOptions::default())?;
+    Ok((frame, digest))
+}
+
+/// Parses the bytes of a table read from `path` (named in errors), detecting the format.
+fn parse_table(
+    bytes: Vec<u8>,
+    path: &Path,
+    options: &ReadOptions,
+) -> Result<(DataFrame, ReadReport)> {
+    let shown = display_path(path);
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::EmptyInput { path: shown });
     }
@@ -176,11 +221,16 @@ fn clean_json_lines(
             }
             Some(_) if options.skip_bad => report.skipped_lines.push(line_number),
             Some(message) => {
+                let hint = if options.offers_skip_bad {
+                    " (use --skip-bad to skip such lines)"
+                } else {
+                    ""
+                };
                 return Err(Error::BadLine {
                     path: path.to_owned(),
                     line: line_number,
-                    message: format!("{message} (use --skip-bad to skip such lines)"),
-                })
+                    message: format!("{message}{hint}"),
+                });
             }
         }
     }
@@ -536,11 +586,27 @@ mod tests {
             "{error}"
         );
 
-        let options = ReadOptions { skip_bad: true };
-        let (frame, report) = read_table_with(&path, &options).unwrap();
+        // A tool without --skip-bad must not suggest it.
+        assert!(!error.contains("--skip-bad"), "{error}");
+        let offered = read_table_with(&path, &ReadOptions::with_skip_bad(false))
+            .unwrap_err()
+            .to_string();
+        assert!(offered.contains("use --skip-bad"), "{offered}");
+
+        let (frame, report) = read_table_with(&path, &ReadOptions::with_skip_bad(true)).unwrap();
         assert_eq!(frame.height(), 2);
         // Line 3 is truncated JSON, line 4 is an array rather than an object.
         assert_eq!(report.skipped_lines, vec![3, 4]);
+    }
+
+    #[test]
+    fn a_header_only_table_has_no_rows() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = write_bytes(directory.path(), "header.csv", b"question,response\n");
+        let frame = read_table(&path).unwrap();
+        assert_eq!(frame.height(), 0);
+        let error = require_rows(&frame, &path).unwrap_err().to_string();
+        assert!(error.contains("header.csv: the input has columns but no rows"), "{error}");
     }
 
     #[test]

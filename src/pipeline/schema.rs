@@ -359,3 +359,124 @@ pub fn pairs_from_frame(frame: &DataFrame, path: &Path) -> Result<Vec<Pair>> {
     }
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::model::scoring::{score_columns, RowScore};
+    use crate::pipeline::io::{encode, Format};
+
+    /// The Arrow type as docs/schemas.md spells it: `Utf8View`, `LargeList<Float32>`, ...
+    fn arrow_type_name(dtype: &ArrowDataType) -> String {
+        match dtype {
+            ArrowDataType::LargeList(field) => {
+                format!("LargeList<{}>", arrow_type_name(&field.dtype))
+            }
+            ArrowDataType::List(field) => format!("List<{}>", arrow_type_name(&field.dtype)),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// `## name` → (column → (type, optional)) from the tables of docs/schemas.md.
+    fn documented_tables() -> BTreeMap<String, BTreeMap<String, (String, bool)>> {
+        let path = crate::testing::project_root().join("docs/schemas.md");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut tables: BTreeMap<String, BTreeMap<String, (String, bool)>> = BTreeMap::new();
+        let mut section = String::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix("## ") {
+                section = name.trim().to_owned();
+                continue;
+            }
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            // | `column` | type | null | meaning |
+            if cells.len() >= 5 && cells[1].starts_with('`') && cells[1].ends_with('`') {
+                let column = cells[1].trim_matches('`').to_owned();
+                let optional = cells[3].contains("optional");
+                tables
+                    .entry(section.clone())
+                    .or_default()
+                    .insert(column, (cells[2].to_owned(), optional));
+            }
+        }
+        tables
+    }
+
+    fn arrow_schema(frame: &mut DataFrame, format: Format) -> Vec<(String, String)> {
+        let mut bytes = Vec::new();
+        encode(frame, format, &mut bytes, Path::new("<test>")).unwrap();
+        let schema = match format {
+            Format::Parquet => ParquetReader::new(Cursor::new(bytes)).schema().unwrap(),
+            Format::Arrow => IpcReader::new(Cursor::new(bytes)).schema().unwrap(),
+            _ => unreachable!("only Parquet and Arrow carry Arrow types"),
+        };
+        schema
+            .iter_values()
+            .map(|field| (field.name.to_string(), arrow_type_name(&field.dtype)))
+            .collect()
+    }
+
+    #[test]
+    fn docs_schemas_md_lists_every_written_column_with_its_arrow_type() {
+        let documented = documented_tables();
+        let generation = Generation {
+            question_id: "q1".into(),
+            question: "1+1?".into(),
+            response: "2".into(),
+            is_correct: true,
+            predicted_answer: Some("2".into()),
+            expected_answer: Some("2".into()),
+            benchmark: "toy".into(),
+            sample: "0".into(),
+            first_error_char: Some(0),
+        };
+        let pair = Pair {
+            pair_id: "q1#0".into(),
+            question_id: "q1".into(),
+            question: "1+1?".into(),
+            chosen: "2".into(),
+            rejected: "3".into(),
+            benchmark: "toy".into(),
+            margin: Some(1.0),
+        };
+        let score = RowScore {
+            reward: Some(0.5),
+            token_rewards: Some(vec![0.1, 0.5]),
+            q_values: Some(vec![0.2, 0.3]),
+            tokens: Some(vec!["2".into(), "</s>".into()]),
+            token_offsets: Some(vec![0, 1]),
+        };
+        let scores = DataFrame::new(1, score_columns(&[score], "bt", true).unwrap()).unwrap();
+        let written = [
+            ("generations", generations_frame(&[generation]).unwrap()),
+            ("pairs", pairs_frame(&[pair]).unwrap()),
+            ("scores", scores),
+        ];
+        for (table, mut frame) in written {
+            let doc = documented
+                .get(table)
+                .unwrap_or_else(|| panic!("docs/schemas.md has no `## {table}` table"));
+            for format in [Format::Parquet, Format::Arrow] {
+                let schema = arrow_schema(&mut frame, format);
+                for (column, arrow_type) in &schema {
+                    let (doc_type, _) = doc.get(column).unwrap_or_else(|| {
+                        panic!("{table}: column `{column}` is written but not documented")
+                    });
+                    assert_eq!(
+                        doc_type, arrow_type,
+                        "{table}.{column} ({format:?}): docs say {doc_type}, files hold {arrow_type}"
+                    );
+                }
+                for (column, (_, optional)) in doc {
+                    assert!(
+                        *optional || schema.iter().any(|(name, _)| name == column),
+                        "{table}: `{column}` is documented as always present but not written"
+                    );
+                }
+            }
+        }
+    }
+}
