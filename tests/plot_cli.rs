@@ -149,7 +149,7 @@ fn unknown_figure_extension_is_an_error() {
         .arg("-o")
         .arg(directory.path().join("sweep.pdf"))
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains(".png or .svg"));
 }
 

@@ -602,6 +602,6 @@ fn cli_streams_arrow_to_a_pipe_and_rejects_a_bad_error_rate() {
         .unwrap()
         .args(["--error-rate", "1.5", "-q"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicates::str::contains("--error-rate"));
 }
