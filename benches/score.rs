@@ -227,7 +227,10 @@ fn main() -> Result<()> {
     let (_, smoke_rewards) = one_pass()?;
     if options.smoke {
         if smoke_rewards.len() != encodings.len() || smoke_rewards.iter().any(|r| !r.is_finite()) {
-            bail!("the smoke pass gave {smoke_rewards:?} for {} texts", encodings.len());
+            bail!(
+                "the smoke pass gave {smoke_rewards:?} for {} texts",
+                encodings.len()
+            );
         }
         println!(
             "score bench smoke pass: qrm scored {} texts ({real_tokens} tokens); the PyTorch peer \

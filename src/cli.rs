@@ -90,9 +90,12 @@ pub fn finish(result: anyhow::Result<()>) -> ExitCode {
 
 /// 2 for a usage error, 1 for any other failure.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    let usage = error
-        .chain()
-        .any(|cause| matches!(cause.downcast_ref::<crate::Error>(), Some(crate::Error::Usage(_))));
+    let usage = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<crate::Error>(),
+            Some(crate::Error::Usage(_))
+        )
+    });
     if usage {
         2
     } else {
@@ -149,7 +152,9 @@ mod tests {
         assert_eq!(parse_fraction("0.3"), Ok(0.3));
         assert_eq!(parse_fraction("0"), Ok(0.0));
         assert_eq!(parse_fraction("1"), Ok(1.0));
-        assert!(parse_fraction("1.5").unwrap_err().contains("not a fraction"));
+        assert!(parse_fraction("1.5")
+            .unwrap_err()
+            .contains("not a fraction"));
         assert!(parse_fraction("-0.1").is_err());
         assert!(parse_fraction("NaN").is_err());
         assert!(parse_fraction("x").unwrap_err().contains("not a number"));

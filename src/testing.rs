@@ -17,10 +17,7 @@ pub fn project_root() -> &'static Path {
 
 /// The running test's name: libtest names each test's thread after it.
 fn test_name() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or("a test")
-        .to_owned()
+    std::thread::current().name().unwrap_or("a test").to_owned()
 }
 
 /// Tells the person running the tests that the running test did not run, and why. Written with
@@ -76,4 +73,18 @@ pub fn default_model() -> Option<PathBuf> {
     }
     skip(&reason);
     None
+}
+
+/// A (CPU, f32) tensor of independent Normal(0, std²) draws from a ChaCha8 generator seeded
+/// with `seed`: candle's `Tensor::randn` on the CPU cannot be seeded, so a failure it finds
+/// would not reproduce.
+pub fn seeded_normal(dims: &[usize], std: f32, seed: u64) -> candle_core::Tensor {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let normal = rand_distr::Normal::new(0f32, std).expect("a positive, finite std");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let count: usize = dims.iter().product();
+    let values: Vec<f32> = (0..count).map(|_| normal.sample(&mut rng)).collect();
+    candle_core::Tensor::from_vec(values, dims, &candle_core::Device::Cpu)
+        .expect("as many values as the shape holds")
 }

@@ -1036,8 +1036,16 @@ fn math500_reference_solutions_grade_against_their_answers_only() {
 #[test]
 fn a_header_only_input_is_an_error_for_qrm_cat() {
     let directory = tempfile::tempdir().unwrap();
-    let header = write(directory.path(), "header.csv", b"question_id,question,response\n");
-    let rows = write(directory.path(), "rows.csv", b"question_id,question,response\nq1,a,b\n");
+    let header = write(
+        directory.path(),
+        "header.csv",
+        b"question_id,question,response\n",
+    );
+    let rows = write(
+        directory.path(),
+        "rows.csv",
+        b"question_id,question,response\nq1,a,b\n",
+    );
     Command::cargo_bin("qrm-cat")
         .unwrap()
         .arg(&rows)

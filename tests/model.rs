@@ -47,16 +47,28 @@ fn max_abs_diff_real(actual: &Tensor, expected: &[Vec<Vec<f64>>], mask: &[Vec<u3
         .to_vec3::<f64>()
         .unwrap();
     let mut worst = 0f64;
+    let mut compared = 0usize;
     for (row, mask_row) in mask.iter().enumerate() {
         for (t, &m) in mask_row.iter().enumerate() {
             if m == 0 {
                 continue;
             }
+            assert_eq!(
+                actual[row][t].len(),
+                expected[row][t].len(),
+                "row {row} token {t}"
+            );
             for (a, e) in actual[row][t].iter().zip(&expected[row][t]) {
                 worst = worst.max((a - e).abs());
+                compared += 1;
             }
         }
     }
+    // An empty or all-padding fixture would compare nothing and pass.
+    assert!(
+        compared > 0,
+        "the golden fixture holds no real token to compare"
+    );
     worst
 }
 
@@ -328,9 +340,23 @@ fn compare_with_smollm2_reference(hidden: &Tensor, reference: &SmolReference) ->
         .to_vec3::<f64>()
         .unwrap();
     let (mut head_diff, mut norm_diff) = (0f64, 0f64);
+    assert!(
+        !reference.rows.is_empty(),
+        "the SmolLM2 reference holds no rows"
+    );
     for (row, expected) in reference.rows.iter().enumerate() {
+        assert!(
+            !expected.head.is_empty(),
+            "reference row {row} holds no tokens"
+        );
+        assert_eq!(
+            expected.head.len(),
+            expected.norm.len(),
+            "reference row {row}"
+        );
         for (t, (head, norm)) in expected.head.iter().zip(&expected.norm).enumerate() {
             let actual = &hidden[row][t];
+            assert_eq!(head.len(), reference.dims, "reference row {row} token {t}");
             for (a, e) in actual[..reference.dims].iter().zip(head) {
                 head_diff = head_diff.max((a - e).abs());
             }

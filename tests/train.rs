@@ -256,7 +256,14 @@ fn small_run(command: &mut Command, model: &Path, cache: &Path) {
     command
         .arg("--model")
         .arg(model)
-        .args(["--template", "raw", "--objective", "bt", "--train-layers", "1"])
+        .args([
+            "--template",
+            "raw",
+            "--objective",
+            "bt",
+            "--train-layers",
+            "1",
+        ])
         .args(["--batch-size", "4", "--micro-batch", "2"])
         .args(["--eval-fraction", "0.25", "-q"])
         .arg("--cache")
@@ -287,6 +294,20 @@ fn pairs_can_come_from_stdin() {
         record["pairs_sha256"].as_str().unwrap(),
         qrm::model::trunk::file_sha256(&pairs).unwrap()
     );
+    // The record reads back as its typed struct; the candle version is the one Cargo.lock pins.
+    let typed = qrm::model::fit::TrainingRecord::load(&output).unwrap();
+    assert_eq!(typed.pairs, PathBuf::from("<stdin>"));
+    assert_eq!(
+        (typed.template.as_str(), typed.eos.as_str()),
+        ("raw", "append")
+    );
+    let lock =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock")).unwrap();
+    let pinned = format!(
+        "name = \"candle-core\"\nversion = \"{}\"",
+        typed.candle_version
+    );
+    assert!(lock.contains(&pinned), "candle {}", typed.candle_version);
 }
 
 #[test]
@@ -303,9 +324,30 @@ fn an_interrupted_run_leaves_no_checkpoint_and_resumes_only_the_same_work() {
     let mut long_run = std::process::Command::new(&binary);
     long_run.arg(&pairs).arg("--model").arg(&model);
     long_run
-        .args(["--template", "raw", "--objective", "bt", "--train-layers", "1"])
-        .args(["--batch-size", "4", "--micro-batch", "2", "--eval-fraction", "0.25"])
-        .args(["--max-steps", "100000000", "--save-every", "1", "-q", "--cache"])
+        .args([
+            "--template",
+            "raw",
+            "--objective",
+            "bt",
+            "--train-layers",
+            "1",
+        ])
+        .args([
+            "--batch-size",
+            "4",
+            "--micro-batch",
+            "2",
+            "--eval-fraction",
+            "0.25",
+        ])
+        .args([
+            "--max-steps",
+            "100000000",
+            "--save-every",
+            "1",
+            "-q",
+            "--cache",
+        ])
         .arg(&cache)
         .arg("-o")
         .arg(&output);
@@ -322,7 +364,10 @@ fn an_interrupted_run_leaves_no_checkpoint_and_resumes_only_the_same_work() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!output.exists(), "a killed run must not leave a loadable checkpoint");
+    assert!(
+        !output.exists(),
+        "a killed run must not leave a loadable checkpoint"
+    );
     assert!(partial.exists());
     // The state file is written atomically, so it is complete even though the run was killed.
     let saved: serde_json::Value =
@@ -338,11 +383,15 @@ fn an_interrupted_run_leaves_no_checkpoint_and_resumes_only_the_same_work() {
         .arg(&output)
         .assert()
         .code(2)
-        .stderr(predicates::str::contains("pass --resume to continue it, or delete it"));
+        .stderr(predicates::str::contains(
+            "pass --resume to continue it, or delete it",
+        ));
 
     // --resume with other pairs is refused, naming what changed.
     let other_pairs = root.path().join("other.jsonl");
-    let text = std::fs::read_to_string(&pairs).unwrap().replace("w5 w7", "w5 w9");
+    let text = std::fs::read_to_string(&pairs)
+        .unwrap()
+        .replace("w5 w7", "w5 w9");
     std::fs::write(&other_pairs, text).unwrap();
     let mut other = qrm_train();
     other.arg(&other_pairs);

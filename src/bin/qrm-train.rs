@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use clap::Parser;
 use qrm::model::fit::{fit, FitRequest};
 use qrm::model::head::HeadKind;
-use qrm::model::DeviceChoice;
 use qrm::model::template::EosPolicy;
 use qrm::model::train::TrainConfig;
+use qrm::model::DeviceChoice;
 
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -477,6 +477,7 @@ pub fn silu(xs: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::model::transformer::additive_mask;
+    use crate::testing::seeded_normal;
     use candle_core::{DType, Device, D};
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -511,8 +512,7 @@ mod tests {
     fn causal_softmax_equals_the_additive_mask_then_softmax() {
         let (batch, heads, seq_len) = (3, 2, 5);
         let lengths = [5, 3, 1];
-        let scores =
-            Tensor::randn(0f32, 3.0, (batch, heads, seq_len, seq_len), &Device::Cpu).unwrap();
+        let scores = seeded_normal(&[batch, heads, seq_len, seq_len], 3.0, 1);
         // What the transformer adds before candle's softmax on every other path.
         let mask = additive_mask(&lengths, seq_len, &Device::Cpu).unwrap();
         let expected =
@@ -555,10 +555,9 @@ mod tests {
         // row lengths 37 (full), 18, 1.
         let (batch, heads, kv_heads, seq_len, head_size) = (3, 4, 2, 37, 20);
         let lengths = [37, 18, 1];
-        let device = &Device::Cpu;
-        let q = Tensor::randn(0f32, 2.0, (batch, heads, seq_len, head_size), device).unwrap();
-        let k = Tensor::randn(0f32, 2.0, (batch, kv_heads, seq_len, head_size), device).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (batch, kv_heads, seq_len, head_size), device).unwrap();
+        let q = seeded_normal(&[batch, heads, seq_len, head_size], 2.0, 2);
+        let k = seeded_normal(&[batch, kv_heads, seq_len, head_size], 2.0, 3);
+        let v = seeded_normal(&[batch, kv_heads, seq_len, head_size], 1.0, 4);
         let actual = causal_attention(&q, &k, &v, &lengths).unwrap();
         let expected = reference_attention(&q, &k, &v, &lengths);
         let diff = max_abs_diff(&actual, &expected);
@@ -572,9 +571,9 @@ mod tests {
     #[test]
     fn causal_attention_portable_build_equals_the_avx2_build() {
         let (seq_len, head_size, length) = (29, 64, 23);
-        let q = Tensor::randn(0f32, 2.0, (seq_len, head_size), &Device::Cpu).unwrap();
-        let k = Tensor::randn(0f32, 2.0, (seq_len, head_size), &Device::Cpu).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (seq_len, head_size), &Device::Cpu).unwrap();
+        let q = seeded_normal(&[seq_len, head_size], 2.0, 5);
+        let k = seeded_normal(&[seq_len, head_size], 2.0, 6);
+        let v = seeded_normal(&[seq_len, head_size], 1.0, 7);
         let [q, k, v] = [q, k, v].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         let matrix = AttentionMatrix {
             keys: &k,
@@ -619,7 +618,7 @@ mod tests {
 
     #[test]
     fn silu_equals_candles_silu() {
-        let xs = Tensor::randn(0f32, 4.0, (7, 4099), &Device::Cpu).unwrap();
+        let xs = seeded_normal(&[7, 4099], 4.0, 8);
         let diff = max_abs_diff(&silu(&xs).unwrap(), &xs.silu().unwrap());
         assert!(diff < 1e-5, "max |Δ| = {diff:e}");
         let bf16 = xs.to_dtype(DType::BF16).unwrap();

@@ -12,6 +12,7 @@ use candle_nn::VarMap;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -23,8 +24,8 @@ use crate::model::template::{
     find_eos_id, Encoded, Encoder, EosPolicy, Template, Truncated, Truncation, TruncationCounts,
 };
 use crate::model::train::{
-    state_directory, train, BatchInput, EncodedPair, EncodedResponse, RunOptions, TrainConfig, TrainData,
-    TrainSummary, TrainableRewardModel,
+    state_directory, train, BatchInput, EncodedPair, EncodedResponse, EvalMetrics, RunOptions,
+    TrainConfig, TrainData, TrainSummary, TrainableRewardModel,
 };
 use crate::model::transformer::{Kernels, Transformer};
 use crate::model::trunk::{key_of, model_sha256, TrunkCache, TRUNK_CACHE_FORMAT};
@@ -287,27 +288,242 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     })
 }
 
+/// The training record, `train_config.json` in every checkpoint qrm-train writes: what the run
+/// trained on (files and their sha256), with which settings, and how it ended. Written last, so
+/// a checkpoint directory that has it is complete; `qrm-score` refuses a qrm checkpoint without
+/// it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    pub config: TrainConfig,
+    /// The pairs file (`<stdin>` for `-`) and the sha256 of what was read from it.
+    pub pairs: PathBuf,
+    pub pairs_sha256: String,
+    pub eval_pairs: Option<PathBuf>,
+    pub eval_pairs_sha256: Option<String>,
+    pub eval_fraction: f64,
+    pub train_pairs_used: usize,
+    pub eval_pairs_used: usize,
+    pub model: PathBuf,
+    pub model_sha256: String,
+    pub train_layers: Option<usize>,
+    pub head: String,
+    /// The prompt template, EOS policy and longest sequence the model was trained with.
+    pub template: String,
+    pub eos: String,
+    pub max_len: usize,
+    pub device: String,
+    pub steps: usize,
+    pub eval: Option<EvalMetrics>,
+    pub eval_accuracy_interval: Option<AccuracyInterval>,
+    pub qrm_version: String,
+    /// The candle-core version this build links, from Cargo.lock.
+    pub candle_version: String,
+}
+
+/// The eval accuracy's interval in the training record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccuracyInterval {
+    pub level: f64,
+    pub method: String,
+    pub low: f64,
+    pub high: f64,
+    pub p_value_against_half: f64,
+}
+
+/// The training record's file name inside a checkpoint directory.
+pub const TRAINING_RECORD: &str = "train_config.json";
+
+impl TrainingRecord {
+    /// Reads `train_config.json` from a checkpoint directory.
+    pub fn load(directory: &Path) -> Result<TrainingRecord> {
+        let path = directory.join(TRAINING_RECORD);
+        let text = fs_err::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Format {
+            path,
+            message: format!("not a qrm training record: {e}"),
+        })
+    }
+}
+
+/// The version of a package in the Cargo.lock this crate was built with.
+fn locked_version(package: &str) -> Option<&'static str> {
+    const LOCK: &str = include_str!("../../Cargo.lock");
+    let name = format!("name = \"{package}\"");
+    let mut lines = LOCK.lines();
+    lines.find(|line| *line == name)?;
+    lines
+        .next()?
+        .strip_prefix("version = \"")?
+        .strip_suffix('"')
+}
+
+/// The pairs of a run, split into train and eval, with the sha256 of what was read.
+struct RunPairs {
+    train: Vec<Pair>,
+    eval: Vec<Pair>,
+    sha256: String,
+    eval_sha256: Option<String>,
+}
+
+impl RunPairs {
+    /// Reads the pairs (a file or `-`), and the eval pairs from `--eval-pairs` or a
+    /// question-disjoint `--eval-fraction` of them.
+    fn read(request: &FitRequest) -> Result<RunPairs> {
+        let stdin = Path::new("-");
+        if request.eval_pairs.as_deref() == Some(stdin) && request.pairs == stdin {
+            return Err(Error::Usage(
+                "the pairs and --eval-pairs cannot both be read from stdin (`-`)".into(),
+            ));
+        }
+        let (all, sha256) = read_pairs(&request.pairs)?;
+        Ok(match &request.eval_pairs {
+            Some(path) => {
+                let (eval, eval_sha256) = read_pairs(path)?;
+                RunPairs {
+                    train: all,
+                    eval,
+                    sha256,
+                    eval_sha256: Some(eval_sha256),
+                }
+            }
+            None => {
+                let (train, eval) =
+                    split_by_question(all, request.eval_fraction, request.config.seed);
+                RunPairs {
+                    train,
+                    eval,
+                    sha256,
+                    eval_sha256: None,
+                }
+            }
+        })
+    }
+
+    /// The sha256 the eval pairs were read with (the training pairs' when split from them).
+    fn eval_hash(&self) -> &str {
+        self.eval_sha256.as_deref().unwrap_or(&self.sha256)
+    }
+}
+
+/// The frozen trunk's outputs for the train and eval pairs, from the cache under
+/// `request.cache` or computed once (keyed by everything that changes them).
+fn cached_trunks(
+    request: &FitRequest,
+    model: &TopLayers,
+    model_hash: &str,
+    template: &Template,
+    pairs: &RunPairs,
+    encoded: [&[EncodedPair]; 2],
+) -> Result<[Option<Vec<[Tensor; 2]>>; 2]> {
+    let fused = model.model.transformer.clone().with_kernels(Kernels::Fused);
+    let mut trunks = [None, None];
+    let parts = [
+        ("train", pairs.sha256.as_str()),
+        ("eval", pairs.eval_hash()),
+    ];
+    for ((slot, (name, pairs_hash)), encoded) in trunks.iter_mut().zip(parts).zip(encoded) {
+        let key = key_of(&[
+            TRUNK_CACHE_FORMAT,
+            model_hash,
+            &template.name(),
+            request.eos.name(),
+            &model.first_layer.to_string(),
+            &request.max_len.to_string(),
+            pairs_hash,
+            name,
+            &format!("{}:{}", request.eval_fraction, request.config.seed),
+        ]);
+        // Sized by `load_or_compute` to the distinct responses.
+        let progress = crate::cli::progress_bar(0, name, request.quiet);
+        let cache = TrunkCache::new(&request.cache, &key);
+        let trunk = cache.load_or_compute(encoded, &Device::Cpu, &progress, |response| {
+            model.trunk(&fused, response)
+        })?;
+        progress.finish_and_clear();
+        *slot = Some(trunk);
+    }
+    Ok(trunks)
+}
+
+/// What a run trains on beyond its `TrainConfig`: a resumed run must be the same work
+/// ([`train`] compares it with the saved state, naming each difference).
+fn run_identity(
+    request: &FitRequest,
+    pairs: &RunPairs,
+    model_hash: &str,
+    template: &Template,
+) -> BTreeMap<String, String> {
+    [
+        ("pairs_sha256", pairs.sha256.clone()),
+        (
+            "eval_pairs_sha256",
+            pairs.eval_sha256.clone().unwrap_or_default(),
+        ),
+        ("eval_fraction", request.eval_fraction.to_string()),
+        ("model_sha256", model_hash.to_owned()),
+        ("train_layers", format!("{:?}", request.train_layers)),
+        ("head", request.head.to_string()),
+        ("template", template.name()),
+        ("eos", request.eos.name().to_owned()),
+        ("max_len", request.max_len.to_string()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
+}
+
+/// The training record of a finished run; `used` counts the train and eval pairs trained and
+/// evaluated on (after too-long ones were skipped).
+fn training_record(
+    request: &FitRequest,
+    pairs: &RunPairs,
+    used: [usize; 2],
+    model_hash: &str,
+    template: &Template,
+    summary: &TrainSummary,
+) -> TrainingRecord {
+    TrainingRecord {
+        config: request.config.clone(),
+        pairs: display_path(&request.pairs),
+        pairs_sha256: pairs.sha256.clone(),
+        eval_pairs: request.eval_pairs.as_deref().map(display_path),
+        eval_pairs_sha256: pairs.eval_sha256.clone(),
+        eval_fraction: request.eval_fraction,
+        train_pairs_used: used[0],
+        eval_pairs_used: used[1],
+        model: request.model.clone(),
+        model_sha256: model_hash.to_owned(),
+        train_layers: request.train_layers,
+        head: request.head.to_string(),
+        template: template.name(),
+        eos: request.eos.name().to_owned(),
+        max_len: request.max_len,
+        device: request.device.to_string(),
+        steps: summary.steps,
+        eval: summary.eval,
+        eval_accuracy_interval: summary.eval.and_then(|eval| eval.accuracy_interval()).map(
+            |share| AccuracyInterval {
+                level: 0.95,
+                method: "wilson".into(),
+                low: share.low,
+                high: share.high,
+                p_value_against_half: share.p_value,
+            },
+        ),
+        qrm_version: env!("CARGO_PKG_VERSION").into(),
+        candle_version: locked_version("candle-core").unwrap_or("unknown").into(),
+    }
+}
+
 /// Reads the pairs, tokenises them, trains, and writes the checkpoint directory.
 pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
     let config = &request.config;
-    let device_choice = request.device;
-    let device = device_choice.device()?;
-    if request.eval_pairs.as_deref() == Some(Path::new("-")) && request.pairs == Path::new("-") {
-        return Err(Error::Usage(
-            "the pairs and --eval-pairs cannot both be read from stdin (`-`)".into(),
-        ));
-    }
-    let (all_pairs, pairs_sha256) = read_pairs(&request.pairs)?;
-    let (train_pairs, eval_pairs, eval_sha256) = match &request.eval_pairs {
-        Some(path) => {
-            let (eval_pairs, sha256) = read_pairs(path)?;
-            (all_pairs, eval_pairs, Some(sha256))
-        }
-        None => {
-            let (train, eval) = split_by_question(all_pairs, request.eval_fraction, config.seed);
-            (train, eval, None)
-        }
-    };
+    let device = request.device.device()?;
+
+    // 1. The pairs, split into train and eval by question.
+    let pairs = RunPairs::read(request)?;
+
+    // 2. Tokenised with the template and EOS policy scoring will use; too long pairs skipped.
     let tokenizer = crate::model::gguf::load_tokenizer(&request.model)?;
     let model_dir = request.model.is_dir().then_some(request.model.as_path());
     let eos_id = find_eos_id(&tokenizer, model_dir)?;
@@ -320,17 +536,18 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
         max_len: Some(request.max_len),
         truncation: Truncation::Skip,
     };
-    let (train_encoded, _) = encode_pairs(&encoder, &train_pairs)?;
-    let (eval_encoded, _) = encode_pairs(&encoder, &eval_pairs)?;
+    let (train_encoded, _) = encode_pairs(&encoder, &pairs.train)?;
+    let (eval_encoded, _) = encode_pairs(&encoder, &pairs.eval)?;
     tracing::info!(
         "{} training pairs ({} skipped as longer than {} tokens), {} eval pairs",
         train_encoded.len(),
-        train_pairs.len() - train_encoded.len(),
+        pairs.train.len() - train_encoded.len(),
         request.max_len,
         eval_encoded.len()
     );
 
-    let checkpoint = Checkpoint::load(&request.model, &device, device_choice.dtype())?;
+    // 3. The model, its top layers trainable.
+    let checkpoint = Checkpoint::load(&request.model, &device, request.device.dtype())?;
     let model = TopLayers::new(
         &checkpoint,
         request.head,
@@ -349,41 +566,19 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
         model.first_layer
     );
     let model_hash = model_sha256(&request.model)?;
-    let (train_trunk, eval_trunk) = if request.train_layers.is_some() {
-        let fused = model.model.transformer.clone().with_kernels(Kernels::Fused);
-        let mut caches = Vec::new();
-        for (name, pairs_hash, pairs) in [
-            ("train", &pairs_sha256, &train_encoded),
-            (
-                "eval",
-                eval_sha256.as_ref().unwrap_or(&pairs_sha256),
-                &eval_encoded,
-            ),
-        ] {
-            let key = key_of(&[
-                TRUNK_CACHE_FORMAT,
-                &model_hash,
-                &template.name(),
-                request.eos.name(),
-                &model.first_layer.to_string(),
-                &request.max_len.to_string(),
-                pairs_hash,
-                name,
-                &format!("{}:{}", request.eval_fraction, config.seed),
-            ]);
-            // Sized by `load_or_compute` to the distinct responses.
-            let progress = crate::cli::progress_bar(0, name, request.quiet);
-            let cache = TrunkCache::new(&request.cache, &key);
-            let trunk = cache.load_or_compute(pairs, &Device::Cpu, &progress, |response| {
-                model.trunk(&fused, response)
-            })?;
-            progress.finish_and_clear();
-            caches.push(trunk);
-        }
-        let eval_trunk = caches.pop();
-        (caches.pop(), eval_trunk)
+
+    // 4. The frozen trunk's outputs, computed once and cached, when only top layers train.
+    let [train_trunk, eval_trunk] = if request.train_layers.is_some() {
+        cached_trunks(
+            request,
+            &model,
+            &model_hash,
+            &template,
+            &pairs,
+            [&train_encoded, &eval_encoded],
+        )?
     } else {
-        (None, None)
+        [None, None]
     };
     let train_data = TrainData {
         pairs: train_encoded,
@@ -393,30 +588,14 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
         pairs: eval_encoded,
         trunk: eval_trunk,
     };
-    let eval = (!eval_data.pairs.is_empty()).then_some(&eval_data);
-    // What this run trains on: a resumed run must be the same work (train() compares it with the
-    // saved state). Settings in `config` are compared there too.
-    let identity: BTreeMap<String, String> = [
-        ("pairs_sha256", pairs_sha256.clone()),
-        ("eval_pairs_sha256", eval_sha256.clone().unwrap_or_default()),
-        ("eval_fraction", request.eval_fraction.to_string()),
-        ("model_sha256", model_hash.clone()),
-        ("train_layers", format!("{:?}", request.train_layers)),
-        ("head", request.head.to_string()),
-        ("template", template.name()),
-        ("eos", request.eos.name().to_owned()),
-        ("max_len", request.max_len.to_string()),
-    ]
-    .into_iter()
-    .map(|(key, value)| (key.to_owned(), value))
-    .collect();
-    // Everything is written into `OUTPUT.partial` and renamed to OUTPUT when complete, so a
-    // failed or interrupted run never leaves a directory that loads as a checkpoint.
+
+    // 5. Train and write the checkpoint in OUTPUT.partial, renamed to OUTPUT when complete, so
+    // a failed or interrupted run never leaves a directory that loads as a checkpoint.
     let work = working_directory(&request.output, request.resume)?;
     let written = train(
         &model,
         &train_data,
-        eval,
+        (!eval_data.pairs.is_empty()).then_some(&eval_data),
         config,
         RunOptions {
             output: &work,
@@ -424,25 +603,14 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
             log: request.log.as_deref(),
             quiet: request.quiet,
             on_step: None,
-            identity,
+            identity: run_identity(request, &pairs, &model_hash, &template),
         },
     )
     .and_then(|summary| {
+        let used = [train_data.pairs.len(), eval_data.pairs.len()];
+        let record = training_record(request, &pairs, used, &model_hash, &template, &summary);
         write_checkpoint(
-            &model,
-            &tokenizer,
-            eos_id,
-            &summary,
-            &eval_data,
-            &work,
-            CheckpointRecord {
-                request,
-                template: &template,
-                model_hash: &model_hash,
-                pairs_sha256: &pairs_sha256,
-                eval_sha256: eval_sha256.as_deref(),
-                train_pairs_used: train_data.pairs.len(),
-            },
+            &model, &tokenizer, eos_id, &summary, &eval_data, &work, &record,
         )?;
         Ok(summary)
     });
@@ -461,19 +629,9 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
     Ok(summary)
 }
 
-/// What the training record says about the run, besides the summary.
-struct CheckpointRecord<'a> {
-    request: &'a FitRequest,
-    template: &'a Template,
-    model_hash: &'a str,
-    pairs_sha256: &'a str,
-    eval_sha256: Option<&'a str>,
-    train_pairs_used: usize,
-}
-
 /// Writes the checkpoint into `directory`: weights and config (with the eval reward
-/// distribution), tokenizer, the training record (`train_config.json`), and a few rewards for
-/// the transformers cross-check.
+/// distribution), tokenizer, a few rewards for the transformers cross-check, and the training
+/// record last.
 fn write_checkpoint(
     model: &TopLayers,
     tokenizer: &Tokenizer,
@@ -481,18 +639,8 @@ fn write_checkpoint(
     summary: &TrainSummary,
     eval_data: &TrainData,
     directory: &Path,
-    record: CheckpointRecord<'_>,
+    record: &TrainingRecord,
 ) -> Result<()> {
-    let CheckpointRecord {
-        request,
-        template,
-        model_hash,
-        pairs_sha256,
-        eval_sha256,
-        train_pairs_used,
-    } = record;
-    let config = &request.config;
-
     let mut reward_model = model.model.clone();
     if let Some(eval) = &summary.eval {
         reward_model.config.mean = Some(eval.reward_mean);
@@ -505,41 +653,9 @@ fn write_checkpoint(
     tokenizer
         .save(&tokenizer_path, false)
         .map_err(|e| Error::Model(format!("{}: {e}", tokenizer_path.display())))?;
-    let train_config = serde_json::json!({
-        "config": config,
-        "pairs": display_path(&request.pairs),
-        "pairs_sha256": pairs_sha256,
-        "eval_pairs": request.eval_pairs.as_deref().map(display_path),
-        "eval_pairs_sha256": eval_sha256,
-        "eval_fraction": request.eval_fraction,
-        "train_pairs_used": train_pairs_used,
-        "eval_pairs_used": eval_data.pairs.len(),
-        "model": request.model,
-        "model_sha256": model_hash,
-        "train_layers": request.train_layers,
-        "head": request.head.to_string(),
-        "template": template.name(),
-        "eos": request.eos.name(),
-        "max_len": request.max_len,
-        "device": request.device.to_string(),
-        "steps": summary.steps,
-        "eval": summary.eval,
-        "eval_accuracy_interval": summary
-            .eval
-            .and_then(|eval| eval.accuracy_interval())
-            .map(|share| serde_json::json!({
-                "level": 0.95,
-                "method": "wilson",
-                "low": share.low,
-                "high": share.high,
-                "p_value_against_half": share.p_value,
-            })),
-        "qrm_version": env!("CARGO_PKG_VERSION"),
-        "candle_version": "0.11.1",
-    });
     write_reward_check(model, eval_data, &directory.join("reward_check.json"))?;
-    // The training record last: a directory with it is complete.
-    write_json(&directory.join("train_config.json"), &train_config)
+    let json = serde_json::to_value(record).map_err(|e| Error::Model(e.to_string()))?;
+    write_json(&directory.join(TRAINING_RECORD), &json)
 }
 
 /// Up to four eval responses with the reward qrm computes, for

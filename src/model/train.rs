@@ -800,6 +800,124 @@ fn load_state(
     Ok(state.step)
 }
 
+/// The sums over one optimiser step's micro-batches, for the log row.
+#[derive(Debug, Default)]
+struct StepTotals {
+    loss: f64,
+    bt: f64,
+    contrastive: f64,
+    wins: usize,
+    pairs: usize,
+    tokens: usize,
+}
+
+/// Forward and backward passes over one step's micro-batches: the gradient of each trainable
+/// variable (zeros for one the loss does not reach), summed over micro-batches of a loss scaled
+/// by 1/accumulation, so the step is that of the mean loss over the whole batch.
+fn accumulate_gradients(
+    model: &dyn TrainableRewardModel,
+    data: &TrainData,
+    config: &TrainConfig,
+    sampling: &SamplingConfig,
+    step: usize,
+    steps_per_epoch: usize,
+    optimiser: &AdamW,
+) -> Result<(Vec<Tensor>, StepTotals)> {
+    let accumulation = config.batch_size / config.micro_batch;
+    let micro_batches = step_micro_batches(data.pairs.len(), config, step, steps_per_epoch);
+    let mut gradients: Vec<Option<Tensor>> = vec![None; optimiser.params().len()];
+    let mut totals = StepTotals::default();
+    for (index, micro) in micro_batches.iter().enumerate() {
+        let stream = step as u64 * accumulation as u64 + index as u64;
+        let mut rng = micro_rng(config.seed, stream);
+        let result = micro_batch_loss(model, data, micro, config, sampling, &mut rng)?;
+        let store = (&result.total / accumulation as f64)?.backward()?;
+        for (slot, (_, var)) in gradients.iter_mut().zip(optimiser.params()) {
+            if let Some(gradient) = store.get(var) {
+                *slot = Some(match slot.take() {
+                    Some(sum) => (sum + gradient)?,
+                    None => gradient.clone(),
+                });
+            }
+        }
+        totals.loss += result.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        totals.bt += result.bt;
+        totals.contrastive += result.contrastive.unwrap_or(0.0);
+        totals.wins += result
+            .chosen_rewards
+            .iter()
+            .zip(&result.rejected_rewards)
+            .filter(|(c, r)| c > r)
+            .count();
+        totals.pairs += micro.pairs.len();
+        totals.tokens += result.tokens;
+    }
+    let gradients = gradients
+        .into_iter()
+        .zip(optimiser.params())
+        .map(|(gradient, (_, var))| match gradient {
+            Some(gradient) => Ok(gradient),
+            None => var.as_tensor().zeros_like(),
+        })
+        .collect::<candle_core::Result<_>>()?;
+    Ok((gradients, totals))
+}
+
+/// Evaluates on the eval pairs and records the metrics in the step's log row.
+fn evaluate_into(
+    row: &mut LogRow,
+    model: &dyn TrainableRewardModel,
+    eval_data: &TrainData,
+    config: &TrainConfig,
+) -> Result<EvalMetrics> {
+    let metrics = evaluate(model, eval_data, config)?;
+    row.eval_accuracy = Some(metrics.accuracy);
+    row.eval_wins = Some(metrics.wins);
+    row.eval_pairs = Some(metrics.pairs);
+    row.eval_loss = Some(metrics.loss_bt);
+    row.eval_contrastive = Some(metrics.loss_contrastive);
+    row.eval_reward_mean = Some(metrics.reward_mean);
+    row.eval_reward_std = Some(metrics.reward_std);
+    tracing::info!(
+        "step {}: eval accuracy {:.4}, BT loss {:.4}, contrastive {:.4}",
+        row.step,
+        metrics.accuracy,
+        metrics.loss_bt,
+        metrics.loss_contrastive
+    );
+    Ok(metrics)
+}
+
+/// The JSONL step log: appended to when resuming, else started afresh.
+struct StepLog {
+    writer: std::io::BufWriter<fs_err::File>,
+    path: PathBuf,
+}
+
+impl StepLog {
+    fn open(path: &Path, resume: bool) -> Result<StepLog> {
+        let file = fs_err::OpenOptions::new()
+            .create(true)
+            .append(resume)
+            .write(true)
+            .truncate(!resume)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(StepLog {
+            writer: std::io::BufWriter::new(file),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes one row and flushes, so the log is complete up to the last finished step.
+    fn write(&mut self, row: &LogRow) -> Result<()> {
+        let line = serde_json::to_string(row).map_err(|e| Error::Model(e.to_string()))?;
+        writeln!(self.writer, "{line}")
+            .and_then(|_| self.writer.flush())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
 /// Runs (or resumes) training; writes the resumable state under `options.output/state/`.
 pub fn train(
     model: &dyn TrainableRewardModel,
@@ -808,6 +926,7 @@ pub fn train(
     config: &TrainConfig,
     mut options: RunOptions<'_>,
 ) -> Result<TrainSummary> {
+    // Setup: settings, schedule, optimiser, and the saved state when resuming.
     config.validate()?;
     if train_data.pairs.is_empty() {
         return Err(Error::Usage("no training pairs".into()));
@@ -816,9 +935,8 @@ pub fn train(
     let total_steps = config.total_steps(train_data.pairs.len());
     let steps_per_epoch = (train_data.pairs.len() / config.batch_size).max(1);
     let schedule = CosineSchedule::new(config.learning_rate, total_steps, config.warmup_fraction);
-    let variables = model.trainable_variables();
     let mut optimiser = AdamW::new(
-        variables,
+        model.trainable_variables(),
         AdamWConfig {
             weight_decay: config.weight_decay,
             ..AdamWConfig::default()
@@ -832,122 +950,74 @@ pub fn train(
     } else {
         0
     };
-    let mut log = match options.log {
-        Some(path) => {
-            let file = fs_err::OpenOptions::new()
-                .create(true)
-                .append(options.resume)
-                .write(true)
-                .truncate(!options.resume)
-                .open(path)
-                .map_err(|e| Error::io(path, e))?;
-            Some((std::io::BufWriter::new(file), path.to_path_buf()))
-        }
-        None => None,
-    };
+    let mut log = options
+        .log
+        .map(|path| StepLog::open(path, options.resume))
+        .transpose()?;
     let progress = crate::cli::progress_bar(total_steps as u64, "training", options.quiet);
     progress.set_position(first_step as u64);
-    let accumulation = config.batch_size / config.micro_batch;
-    let micro_per_step = accumulation as u64;
-    let mut last_row = None;
-    let mut last_eval = None;
+    let micro_count = (config.batch_size / config.micro_batch) as f64;
+    let (mut last_row, mut last_eval) = (None, None);
+
     for step in first_step..total_steps {
+        // 1. Forward and backward over the micro-batches, gradients accumulated.
         let started = Instant::now();
-        let micro_batches =
-            step_micro_batches(train_data.pairs.len(), config, step, steps_per_epoch);
-        let mut gradients: Vec<Option<Tensor>> = vec![None; optimiser.params().len()];
-        let (mut loss_sum, mut bt_sum, mut contrastive_sum) = (0.0, 0.0, 0.0);
-        let (mut wins, mut pairs, mut tokens) = (0usize, 0usize, 0usize);
-        for (index, micro) in micro_batches.iter().enumerate() {
-            let mut rng = micro_rng(config.seed, step as u64 * micro_per_step + index as u64);
-            let result = micro_batch_loss(model, train_data, micro, config, &sampling, &mut rng)?;
-            let scaled = (&result.total / accumulation as f64)?;
-            let store = scaled.backward()?;
-            for (slot, (_, var)) in gradients.iter_mut().zip(optimiser.params()) {
-                if let Some(gradient) = store.get(var) {
-                    *slot = Some(match slot.take() {
-                        Some(sum) => (sum + gradient)?,
-                        None => gradient.clone(),
-                    });
-                }
-            }
-            loss_sum += result.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            bt_sum += result.bt;
-            contrastive_sum += result.contrastive.unwrap_or(0.0);
-            wins += result
-                .chosen_rewards
-                .iter()
-                .zip(&result.rejected_rewards)
-                .filter(|(c, r)| c > r)
-                .count();
-            pairs += micro.pairs.len();
-            tokens += result.tokens;
-        }
-        let mut gradients: Vec<Tensor> = gradients
-            .into_iter()
-            .zip(optimiser.params())
-            .map(|(gradient, (_, var))| match gradient {
-                Some(gradient) => Ok(gradient),
-                None => var.as_tensor().zeros_like(),
-            })
-            .collect::<candle_core::Result<_>>()?;
+        let (mut gradients, totals) = accumulate_gradients(
+            model,
+            train_data,
+            config,
+            &sampling,
+            step,
+            steps_per_epoch,
+            &optimiser,
+        )?;
+        // 2. Clip and step.
         let grad_norm = clip_gradient_norm(&mut gradients, config.max_grad_norm)?;
         let learning_rate = schedule.learning_rate(step);
         optimiser.step(&gradients, learning_rate)?;
         let elapsed = started.elapsed().as_secs_f64();
-        let micro_count = accumulation as f64;
         let mut row = LogRow {
             step: step + 1,
             epoch: (step + 1) as f64 / steps_per_epoch as f64,
-            loss: loss_sum / micro_count,
-            loss_bt: bt_sum / micro_count,
+            loss: totals.loss / micro_count,
+            loss_bt: totals.bt / micro_count,
             loss_contrastive: (config.objective == Objective::Q)
-                .then_some(contrastive_sum / micro_count),
-            accuracy: wins as f64 / pairs.max(1) as f64,
+                .then_some(totals.contrastive / micro_count),
+            accuracy: totals.wins as f64 / totals.pairs.max(1) as f64,
             learning_rate,
             grad_norm,
-            tokens_per_s: tokens as f64 / elapsed.max(1e-9),
+            tokens_per_s: totals.tokens as f64 / elapsed.max(1e-9),
             ..LogRow::default()
         };
+        // 3. Evaluate every `eval_every` steps and at the end; log the step.
         let done = step + 1 == total_steps;
         if let Some(eval_data) = eval_data {
             if done || (config.eval_every > 0 && (step + 1) % config.eval_every == 0) {
-                let metrics = evaluate(model, eval_data, config)?;
-                row.eval_accuracy = Some(metrics.accuracy);
-                row.eval_wins = Some(metrics.wins);
-                row.eval_pairs = Some(metrics.pairs);
-                row.eval_loss = Some(metrics.loss_bt);
-                row.eval_contrastive = Some(metrics.loss_contrastive);
-                row.eval_reward_mean = Some(metrics.reward_mean);
-                row.eval_reward_std = Some(metrics.reward_std);
-                tracing::info!(
-                    "step {}: eval accuracy {:.4}, BT loss {:.4}, contrastive {:.4}",
-                    step + 1,
-                    metrics.accuracy,
-                    metrics.loss_bt,
-                    metrics.loss_contrastive
-                );
-                last_eval = Some(metrics);
+                last_eval = Some(evaluate_into(&mut row, model, eval_data, config)?);
             }
         }
-        if let Some((writer, path)) = log.as_mut() {
-            let line = serde_json::to_string(&row).map_err(|e| Error::Model(e.to_string()))?;
-            writeln!(writer, "{line}")
-                .and_then(|_| writer.flush())
-                .map_err(|e| Error::io(path.as_path(), e))?;
+        if let Some(log) = log.as_mut() {
+            log.write(&row)?;
         }
-        if done || (config.save_every > 0 && (step + 1) % config.save_every == 0) {
-            save_state(&state_directory, &optimiser, step + 1, config, &options.identity)?;
+        // 4. Save the resumable state every `save_every` steps, at the end, and when stopped.
+        let keep_going = options
+            .on_step
+            .as_mut()
+            .is_none_or(|callback| callback(&row));
+        let periodic = config.save_every > 0 && (step + 1) % config.save_every == 0;
+        if done || periodic || !keep_going {
+            save_state(
+                &state_directory,
+                &optimiser,
+                step + 1,
+                config,
+                &options.identity,
+            )?;
         }
         progress.set_message(format!("loss {:.4} acc {:.2}", row.loss, row.accuracy));
         progress.inc(1);
-        let keep_going = match options.on_step.as_mut() {
-            Some(callback) => callback(&row),
-            None => true,
-        };
         last_row = Some(row);
         if !keep_going {
-            save_state(&state_directory, &optimiser, step + 1, config, &options.identity)?;
             break;
         }
     }
@@ -1238,7 +1308,9 @@ mod tests {
         same.resume = true;
         same.identity = identity("a");
         assert_eq!(
-            train(&Toy::new(6), &data, None, &config, same).unwrap().steps,
+            train(&Toy::new(6), &data, None, &config, same)
+                .unwrap()
+                .steps,
             4
         );
     }

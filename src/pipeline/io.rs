@@ -606,7 +606,10 @@ mod tests {
         let frame = read_table(&path).unwrap();
         assert_eq!(frame.height(), 0);
         let error = require_rows(&frame, &path).unwrap_err().to_string();
-        assert!(error.contains("header.csv: the input has columns but no rows"), "{error}");
+        assert!(
+            error.contains("header.csv: the input has columns but no rows"),
+            "{error}"
+        );
     }
 
     #[test]
