@@ -276,3 +276,317 @@ fn shards_then_merge_equal_one_run() {
     assert_eq!(full.get_column_names(), merged.get_column_names());
     assert_close(&full, &merged);
 }
+
+/// Copies a fixture model directory to `dir/name`, so two models can share a folder name.
+fn model_copy(fixture_name: &str, dir: &Path, name: &str) -> PathBuf {
+    let copy = dir.join(name);
+    std::fs::create_dir_all(&copy).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(fixture_name).join(file), copy.join(file)).unwrap();
+    }
+    copy
+}
+
+/// `qrm-score` with the character tokenizer and the model at `rm`.
+fn score_with(rm: &Path) -> Command {
+    let mut command = Command::cargo_bin("qrm-score").unwrap();
+    command
+        .arg("--rm")
+        .arg(rm)
+        .arg("--tokenizer")
+        .arg(fixture("tiny-tokenizer/tokenizer.json"))
+        .args(["--template", "chatml", "-q"]);
+    command
+}
+
+fn partial(output: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.partial", output.display()))
+}
+
+#[test]
+fn bad_flag_values_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generations(dir.path(), 2);
+    for (flags, message) in [
+        (
+            &["--device", "gpu0"][..],
+            "invalid value 'gpu0' for '--device",
+        ),
+        (
+            &["--batch-tokens", "0"],
+            "invalid value '0' for '--batch-tokens",
+        ),
+        (
+            &["--chunk-rows", "0"],
+            "invalid value '0' for '--chunk-rows",
+        ),
+        (&["--shard", "3/3"], "invalid value '3/3' for '--shard"),
+        (&["--max-len", "8"], "invalid value '8' for '--max-len"),
+        // The tiny models' context is 64 tokens.
+        (&["--max-len", "65"], "max_position_embeddings 64"),
+    ] {
+        tool("qrm-score", "chatml")
+            .arg(&input)
+            .args(flags)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains(message));
+    }
+}
+
+#[test]
+fn a_header_only_or_incomplete_input_is_an_error_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("empty.parquet");
+    let mut frame = df!(
+        "question" => Vec::<String>::new(),
+        "response" => Vec::<String>::new()
+    )
+    .unwrap();
+    write_parquet(&input, &mut frame);
+    let out = dir.path().join("scores.parquet");
+    tool("qrm-score", "chatml")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("no rows"));
+    assert!(!out.exists() && !partial(&out).exists());
+
+    let mut frame = df!("question" => ["What is 1 + 1?"]).unwrap();
+    write_parquet(&input, &mut frame);
+    tool("qrm-score", "chatml")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("missing column `response`"));
+    assert!(!out.exists() && !partial(&out).exists());
+}
+
+#[test]
+fn truncation_counts_rows_that_lost_their_whole_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generations(dir.path(), 6);
+    // --max-len 16 leaves 15 tokens (one per char) for the response: rows 0 ("0 + 0 = 0.", 10)
+    // and 1 ("1 + 1 = 2. Yes.", 15) fit after dropping the prompt, rows 2–5 (20–35) are cut
+    // too, and every row lost its prompt.
+    tool("qrm-score", "chatml")
+        .arg(&input)
+        .args(["--max-len", "16"])
+        .env("RUST_LOG", "info")
+        .assert()
+        .success()
+        .stderr(predicates::str::contains(
+            "6 rows lost prompt tokens, 4 had the response cut, 0 skipped",
+        ));
+}
+
+#[test]
+fn models_in_folders_named_alike_get_different_rm_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generations(dir.path(), 3);
+    let llama = model_copy("tiny-llama", &dir.path().join("a"), "bt");
+    let qwen = model_copy("tiny-qwen2", &dir.path().join("b"), "bt");
+    let mut ids = Vec::new();
+    for rm in [&llama, &qwen] {
+        let out = dir.path().join("scores.parquet");
+        score_with(rm)
+            .arg(&input)
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .success();
+        let frame = read_table(&out).unwrap();
+        let names = frame.get_column_names();
+        let rm_at = names.iter().position(|n| n.as_str() == "rm").unwrap();
+        assert_eq!(names[rm_at + 1].as_str(), "rm_id");
+        let rm: Vec<_> = frame.column("rm").unwrap().str().unwrap().iter().collect();
+        assert_eq!(rm, [Some("bt"); 3]);
+        let id = frame
+            .column("rm_id")
+            .unwrap()
+            .str()
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert!(
+            id.starts_with("bt@") && id.len() == "bt@".len() + 12,
+            "{id}"
+        );
+        ids.push(id.to_owned());
+    }
+    assert_ne!(ids[0], ids[1]);
+
+    let out = dir.path().join("named.parquet");
+    score_with(&llama)
+        .arg(&input)
+        .args(["--rm-name", "bt-llama", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    let frame = read_table(&out).unwrap();
+    assert_eq!(
+        frame.column("rm").unwrap().str().unwrap().get(0),
+        Some("bt-llama")
+    );
+    let id = frame
+        .column("rm_id")
+        .unwrap()
+        .str()
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert_eq!(id, format!("bt-llama@{}", &ids[0]["bt@".len()..]));
+}
+
+#[test]
+fn resume_refuses_another_runs_partial_output_and_says_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generations(dir.path(), 7);
+    let llama = model_copy("tiny-llama", &dir.path().join("a"), "bt");
+    let qwen = model_copy("tiny-qwen2", &dir.path().join("b"), "bt");
+    let goal = dir.path().join("goal.safetensors");
+    Command::cargo_bin("qrm-embed")
+        .unwrap()
+        .arg(dir.path().join("pairs.parquet"))
+        .arg("--rm")
+        .arg(&llama)
+        .arg("--tokenizer")
+        .arg(fixture("tiny-tokenizer/tokenizer.json"))
+        .args(["--template", "chatml", "-q", "-o"])
+        .arg(&goal)
+        .assert()
+        .success();
+    let out = dir.path().join("scores.parquet");
+    score_with(&llama)
+        .arg(&input)
+        .arg("--goal")
+        .arg(&goal)
+        .args(["--chunk-rows", "3", "--stop-after-chunks", "1", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert!(partial(&out).join("manifest.json").exists());
+
+    // Without --resume: refused, saying how to continue or clear.
+    score_with(&llama)
+        .arg(&input)
+        .arg("--goal")
+        .arg(&goal)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("pass --resume"))
+        .stderr(predicates::str::contains("to start over"));
+    let refused = |command: &mut Command, message: &str| {
+        command
+            .arg("--resume")
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains(message))
+            .stderr(predicates::str::contains("to start over"));
+    };
+    // Another model in a folder of the same name (the goal is another model's, so it is left out).
+    refused(
+        score_with(&qwen).arg(&input),
+        "the model weights changed (sha256 ",
+    );
+    refused(
+        score_with(&llama)
+            .arg(&input)
+            .arg("--goal")
+            .arg(&goal)
+            .args(["--max-len", "32"]),
+        "--max-len changed (64 → 32)",
+    );
+    refused(score_with(&llama).arg(&input), "the goal was dropped");
+    let other_input = dir.path().join("other.parquet");
+    let mut frame = read_table(&input).unwrap().head(Some(6));
+    write_parquet(&other_input, &mut frame);
+    refused(
+        score_with(&llama)
+            .arg(&other_input)
+            .arg("--goal")
+            .arg(&goal),
+        "the input changed (sha256 ",
+    );
+
+    // The same run continues and equals a run without interruption.
+    score_with(&llama)
+        .arg(&input)
+        .arg("--goal")
+        .arg(&goal)
+        .args(["--chunk-rows", "3", "--resume", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert!(!partial(&out).exists());
+    let full = dir.path().join("full.parquet");
+    score_with(&llama)
+        .arg(&input)
+        .arg("--goal")
+        .arg(&goal)
+        .arg("-o")
+        .arg(&full)
+        .assert()
+        .success();
+    let (full, resumed) = (read_table(&full).unwrap(), read_table(&out).unwrap());
+    assert_eq!(full.get_column_names(), resumed.get_column_names());
+    assert_close(&full, &resumed);
+}
+
+#[test]
+fn a_goal_of_another_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generations(dir.path(), 3);
+    let llama = model_copy("tiny-llama", &dir.path().join("a"), "bt");
+    let qwen = model_copy("tiny-qwen2", &dir.path().join("b"), "bt");
+    let goal = dir.path().join("goal.safetensors");
+    Command::cargo_bin("qrm-embed")
+        .unwrap()
+        .arg(dir.path().join("pairs.parquet"))
+        .arg("--rm")
+        .arg(&llama)
+        .arg("--tokenizer")
+        .arg(fixture("tiny-tokenizer/tokenizer.json"))
+        .args(["--template", "chatml", "-q", "-o"])
+        .arg(&goal)
+        .assert()
+        .success();
+    let out = dir.path().join("scores.parquet");
+    score_with(&qwen)
+        .arg(&input)
+        .arg("--goal")
+        .arg(&goal)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("made with another model"));
+    assert!(!partial(&out).exists());
+}
+
+#[test]
+fn an_unfinished_qrm_training_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generations(dir.path(), 2);
+    let rm = model_copy("tiny-llama", dir.path(), "rm");
+    let config_path = rm.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["qrm_head"] = "mlp".into(); // as qrm-train writes it
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    score_with(&rm)
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("no train_config.json"));
+    std::fs::write(rm.join("train_config.json"), "{}").unwrap();
+    score_with(&rm).arg(&input).assert().success();
+}

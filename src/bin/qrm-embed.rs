@@ -5,6 +5,9 @@
 //!
 //! `--token random` averages a random response token instead (App. C ablation); `--limit N`
 //! uses a seeded random sample of N pairs (App. C sample-size ablation).
+//!
+//! The provenance records the model's `rm_sha256` (its weights) and `tokenizer_sha256`;
+//! `qrm-score --goal` refuses a goal whose `rm_sha256` is not the scoring model's.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -108,7 +111,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         ("template".to_owned(), encoder.template.name()),
         ("token".to_owned(), args.token.name().to_owned()),
         ("eos".to_owned(), encoder.eos.name().to_owned()),
-        ("max_len".to_owned(), args.encoding.max_len.to_string()),
+        (
+            "max_len".to_owned(),
+            encoder.max_len.unwrap_or_default().to_string(),
+        ),
+        (
+            inference::GOAL_RM_SHA256.to_owned(),
+            loaded.identity.weights_sha256.clone(),
+        ),
+        (
+            "tokenizer_sha256".to_owned(),
+            loaded.identity.tokenizer_sha256.clone(),
+        ),
         ("seed".to_owned(), args.model.seed.to_string()),
         ("source".to_owned(), shown.display().to_string()),
     ]);

@@ -33,6 +33,11 @@ impl FromStr for DeviceChoice {
     }
 }
 
+/// `--device` as a clap value parser, so a bad name is rejected at parse time (exit 2).
+pub fn parse_device(text: &str) -> std::result::Result<DeviceChoice, String> {
+    text.parse().map_err(|e: Error| e.to_string())
+}
+
 impl std::fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -84,6 +89,8 @@ mod tests {
         );
         assert!("tpu".parse::<DeviceChoice>().is_err());
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
+        assert_eq!(parse_device("cuda:2"), Ok(DeviceChoice::Cuda(2)));
+        assert!(parse_device("gpu0").unwrap_err().contains("gpu0"));
     }
 
     #[test]

@@ -10,23 +10,37 @@
 //! [`score_table`] drives a whole table with bounded memory: rows are scored in chunks, each
 //! chunk is written to `OUTPUT.partial/` as its own Parquet file (so `--resume` can skip the
 //! rows already done), and the chunks are joined into the output at the end, one Parquet row
-//! group per chunk. `--shard i/n` scores the rows whose input index is `i` mod `n` and keeps a
+//! group per chunk. `OUTPUT.partial/manifest.json` ([`RunManifest`]) records what the chunks
+//! were made from (sha256 of the input, the model weights, the tokenizer and the goal, and
+//! every option that changes a score); `--resume` refuses a partial output of another run and
+//! names what changed. The partial directory is created only once setup has passed (columns,
+//! a non-empty input), and removed again when this run created it and fails before its first
+//! chunk. `--shard i/n` scores the rows whose input index is `i` mod `n` and keeps a
 //! `row_index` column; [`merge_shards`] joins the parts back into input order.
+//!
+//! Every row carries `rm` (the model's name) and `rm_id`, `rm@` plus 12 hex chars of a hash
+//! of the weights, tokenizer and goal ([`ModelIdentity::rm_id`]), so two different models in
+//! folders of the same name do not pool.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
+use clap::ValueEnum;
 use indicatif::ProgressBar;
 use polars::prelude::*;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::model::batching::{run_batches, TokenModel};
 use crate::model::goal::cosine_with_goal;
-use crate::model::template::{Encoded, Encoder, TruncationCounts};
+use crate::model::inference::{short_hash, ModelIdentity};
+use crate::model::template::{Encoded, Encoder, Template, TruncationCounts};
+use crate::model::trunk::{file_sha256, key_of};
 use crate::pipeline::io::{display_path, encode, read_table, write_atomic, Format, Output};
 use crate::pipeline::schema::{
-    Columns, QUESTION, Q_VALUES, RESPONSE, RESPONSE_TOKENS, REWARD, RM, ROW_INDEX, TOKENS,
+    Columns, QUESTION, Q_VALUES, RESPONSE, RESPONSE_TOKENS, REWARD, RM, RM_ID, ROW_INDEX, TOKENS,
     TOKEN_OFFSETS, TOKEN_REWARDS,
 };
 
@@ -35,6 +49,8 @@ use crate::pipeline::schema::{
 pub struct ScoreOptions {
     /// Stored in the `rm` column.
     pub rm_name: String,
+    /// Stored in the `rm_id` column: see [`ModelIdentity::rm_id`].
+    pub rm_id: String,
     /// Padded tokens per batch (`rows × longest`).
     pub batch_tokens: usize,
     /// The goal state, (hidden,); `q_values` is null without it.
@@ -164,12 +180,13 @@ fn list_column(
     Ok(lists.with_name(name.into()).into_column())
 }
 
-/// The score columns for some rows: `rm`, `reward`, `response_tokens`, `token_rewards`,
-/// `q_values`, and `tokens` and `token_offsets` when asked.
-pub fn score_columns(scores: &[RowScore], rm_name: &str, emit_tokens: bool) -> Result<Vec<Column>> {
+/// The score columns for some rows: `rm`, `rm_id`, `reward`, `response_tokens`,
+/// `token_rewards`, `q_values`, and `tokens` and `token_offsets` when asked.
+pub fn score_columns(scores: &[RowScore], options: &ScoreOptions) -> Result<Vec<Column>> {
     let series = |values: Option<&[f32]>| values.map(|v| Series::new(PlSmallStr::EMPTY, v));
     let mut columns = vec![
-        Column::new(RM.into(), vec![rm_name; scores.len()]),
+        Column::new(RM.into(), vec![options.rm_name.as_str(); scores.len()]),
+        Column::new(RM_ID.into(), vec![options.rm_id.as_str(); scores.len()]),
         Column::new(
             REWARD.into(),
             scores.iter().map(|s| s.reward).collect::<Vec<_>>(),
@@ -192,7 +209,7 @@ pub fn score_columns(scores: &[RowScore], rm_name: &str, emit_tokens: bool) -> R
             DataType::Float32,
         )?,
     ];
-    if emit_tokens {
+    if options.emit_tokens {
         columns.push(list_column(
             TOKENS,
             scores.iter().map(|s| {
@@ -250,6 +267,7 @@ pub fn score_frame(
     let mut out = frame.clone();
     for name in [
         RM,
+        RM_ID,
         REWARD,
         RESPONSE_TOKENS,
         TOKEN_REWARDS,
@@ -262,11 +280,7 @@ pub fn score_frame(
         }
     }
     let out = out
-        .hstack(&score_columns(
-            &scores,
-            &options.rm_name,
-            options.emit_tokens,
-        )?)
+        .hstack(&score_columns(&scores, options)?)
         .map_err(|e| Error::table(path, e))?;
     Ok((out, summary))
 }
@@ -276,6 +290,12 @@ pub fn score_frame(
 pub struct Shard {
     pub index: usize,
     pub count: usize,
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 impl std::str::FromStr for Shard {
@@ -304,6 +324,8 @@ pub struct RunOptions {
     pub shard: Option<Shard>,
     /// Stop after this many chunks, leaving the partial output (for tests of `--resume`).
     pub stop_after_chunks: Option<usize>,
+    /// What the scores come from, recorded in the manifest.
+    pub provenance: Provenance,
 }
 
 impl Default for RunOptions {
@@ -313,9 +335,181 @@ impl Default for RunOptions {
             resume: false,
             shard: None,
             stop_after_chunks: None,
+            provenance: Provenance::default(),
         }
     }
 }
+
+/// What the scores come from besides the input and the encoding: the model's identity, the
+/// goal file's sha256 and the device (bf16 on a GPU gives other numbers than f32 on the CPU).
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    pub model: ModelIdentity,
+    /// sha256 of the `--goal` file.
+    pub goal_sha256: Option<String>,
+    pub device: String,
+}
+
+/// What a partial output was made from (`OUTPUT.partial/manifest.json`): every input and
+/// option that changes a score. `--resume` continues only a partial output whose manifest
+/// equals the run's. Batch and chunk sizes are not in it: they do not change the scores.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunManifest {
+    /// Of the input file's bytes, or of the table's Arrow IPC encoding when read from stdin.
+    pub input_sha256: String,
+    pub model_sha256: String,
+    pub tokenizer_sha256: String,
+    /// `--head` and `--seed` of an untrained head.
+    pub head: Option<String>,
+    pub goal_sha256: Option<String>,
+    pub rm: String,
+    pub device: String,
+    /// The template's name; for a template file, with the sha256 of its text.
+    pub template: String,
+    pub eos: String,
+    pub eos_id: u32,
+    pub max_len: Option<usize>,
+    pub truncation: String,
+    pub emit_tokens: bool,
+    pub shard: Option<String>,
+}
+
+/// A `std::io::Write` that hashes what it is given.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The sha256 of an input: of the file, or for stdin (`-`) of the table's Arrow IPC encoding.
+pub fn input_sha256(path: &Path, frame: &DataFrame) -> Result<String> {
+    if path != Path::new("-") {
+        return file_sha256(path);
+    }
+    let mut writer = HashWriter(Sha256::new());
+    let shown = display_path(path);
+    encode(&mut frame.clone(), Format::Stream, &mut writer, &shown)?;
+    Ok(format!("{:x}", writer.0.finalize()))
+}
+
+fn or_none<T: std::fmt::Display>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), T::to_string)
+}
+
+impl RunManifest {
+    /// The manifest of a run over an input whose sha256 is `input_sha256`.
+    pub fn new(
+        input_sha256: String,
+        encoder: &Encoder,
+        options: &ScoreOptions,
+        run: &RunOptions,
+    ) -> Self {
+        let provenance = &run.provenance;
+        let template = match &encoder.template {
+            Template::File { text, .. } => format!(
+                "{} (sha256 {})",
+                encoder.template.name(),
+                short_hash(&key_of(&[text]))
+            ),
+            template => template.name(),
+        };
+        RunManifest {
+            input_sha256,
+            model_sha256: provenance.model.weights_sha256.clone(),
+            tokenizer_sha256: provenance.model.tokenizer_sha256.clone(),
+            head: provenance.model.untrained_head.clone(),
+            goal_sha256: options
+                .goal
+                .as_ref()
+                .map(|_| provenance.goal_sha256.clone().unwrap_or_default()),
+            rm: options.rm_name.clone(),
+            device: provenance.device.clone(),
+            template,
+            eos: encoder.eos.name().to_owned(),
+            eos_id: encoder.eos_id,
+            max_len: encoder.max_len,
+            truncation: encoder
+                .truncation
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_owned()),
+            emit_tokens: options.emit_tokens,
+            shard: run.shard.map(|shard| shard.to_string()),
+        }
+    }
+
+    /// What differs from `then` (an earlier run's manifest) to this one, one phrase each.
+    pub fn changes_since(&self, then: &RunManifest) -> Vec<String> {
+        let mut changes = Vec::new();
+        for (what, old, new) in [
+            ("the input", &then.input_sha256, &self.input_sha256),
+            ("the model weights", &then.model_sha256, &self.model_sha256),
+            (
+                "the tokenizer",
+                &then.tokenizer_sha256,
+                &self.tokenizer_sha256,
+            ),
+        ] {
+            if old != new {
+                changes.push(format!(
+                    "{what} changed (sha256 {} → {})",
+                    short_hash(old),
+                    short_hash(new)
+                ));
+            }
+        }
+        match (&then.goal_sha256, &self.goal_sha256) {
+            (Some(_), None) => changes.push("the goal was dropped (no --goal now)".to_owned()),
+            (None, Some(_)) => changes.push("a goal was added (--goal)".to_owned()),
+            (Some(old), Some(new)) if old != new => changes.push(format!(
+                "the goal changed (sha256 {} → {})",
+                short_hash(old),
+                short_hash(new)
+            )),
+            _ => {}
+        }
+        for (flag, old, new) in [
+            ("--rm-name", then.rm.clone(), self.rm.clone()),
+            ("--head/--seed", or_none(&then.head), or_none(&self.head)),
+            ("--device", then.device.clone(), self.device.clone()),
+            ("--template", then.template.clone(), self.template.clone()),
+            ("--eos", then.eos.clone(), self.eos.clone()),
+            (
+                "the EOS token id",
+                then.eos_id.to_string(),
+                self.eos_id.to_string(),
+            ),
+            ("--max-len", or_none(&then.max_len), or_none(&self.max_len)),
+            (
+                "--truncate",
+                then.truncation.clone(),
+                self.truncation.clone(),
+            ),
+            (
+                "--emit-tokens",
+                then.emit_tokens.to_string(),
+                self.emit_tokens.to_string(),
+            ),
+            ("--shard", or_none(&then.shard), or_none(&self.shard)),
+        ] {
+            if old != new {
+                changes.push(format!("{flag} changed ({old} → {new})"));
+            }
+        }
+        changes
+    }
+}
+
+/// The manifest's file in a partial directory.
+pub const MANIFEST: &str = "manifest.json";
 
 /// Keeps the rows of a shard and adds `row_index` (their input position).
 pub fn select_shard(frame: &DataFrame, path: &Path, shard: Shard) -> Result<DataFrame> {
@@ -360,29 +554,92 @@ fn existing_chunks(dir: &Path) -> Result<Vec<(PathBuf, usize)>> {
     Ok(chunks)
 }
 
-/// A fingerprint of what the partial output was made from, so `--resume` refuses to mix runs.
-fn run_fingerprint(frame: &DataFrame, options: &ScoreOptions, encoder: &Encoder) -> String {
-    format!(
-        "rows={} columns={:?} rm={} template={} eos={} max_len={:?} truncation={:?} goal={} tokens,token_offsets={}",
-        frame.height(),
-        frame.get_column_names(),
-        options.rm_name,
-        encoder.template.name(),
-        encoder.eos.name(),
-        encoder.max_len,
-        encoder.truncation,
-        options.goal.is_some(),
-        options.emit_tokens
-    )
+/// Opens the partial directory of a file run: continues it under `resume` when its manifest
+/// equals `manifest` (returning the chunks already there), else refuses with what changed and
+/// how to clear it. A directory without any chunk holds no work and is started over. Returns
+/// the chunks done and whether this run created the directory.
+fn open_partial(
+    dir: &Path,
+    manifest: &RunManifest,
+    resume: bool,
+) -> Result<(Vec<(PathBuf, usize)>, bool)> {
+    let manifest_path = dir.join(MANIFEST);
+    let clear = format!("delete {}/ to start over", dir.display());
+    if dir.exists() {
+        let chunks = existing_chunks(dir)?;
+        if chunks.is_empty() {
+            tracing::warn!("{} holds no scored chunk: starting over", dir.display());
+            fs_err::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        } else if !resume {
+            return Err(Error::Usage(format!(
+                "{} exists (an interrupted run, {} chunks done): pass --resume to continue it, \
+                 or {clear}",
+                dir.display(),
+                chunks.len()
+            )));
+        } else {
+            let then: RunManifest = fs_err::read_to_string(&manifest_path)
+                .ok()
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--resume: {} has no readable {MANIFEST} (made by an older qrm-score?), \
+                         so what it was made from is unknown; {clear}",
+                        dir.display()
+                    ))
+                })?;
+            let changes = manifest.changes_since(&then);
+            if !changes.is_empty() {
+                return Err(Error::Usage(format!(
+                    "--resume: {} was made by a different run: {}; {clear}",
+                    dir.display(),
+                    changes.join(", ")
+                )));
+            }
+            return Ok((chunks, false));
+        }
+    }
+    fs_err::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let text = serde_json::to_string_pretty(manifest)
+        .map_err(|e| Error::Model(format!("cannot serialise the run manifest: {e}")))?;
+    write_atomic(&manifest_path, |w| {
+        std::io::Write::write_all(w, text.as_bytes()).map_err(|e| Error::io(&manifest_path, e))
+    })?;
+    Ok((Vec::new(), true))
+}
+
+/// Checks what scoring needs before anything is written: rows, and `question` and `response`
+/// as strings without nulls.
+fn check_input(frame: &DataFrame, path: &Path) -> Result<()> {
+    if frame.height() == 0 {
+        return Err(Error::Format {
+            path: path.to_owned(),
+            message: format!(
+                "the table has its columns ({}) but no rows: nothing to score",
+                frame
+                    .get_column_names()
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let columns = Columns::new(frame, path);
+    columns.str_not_null(QUESTION)?;
+    columns.str_not_null(RESPONSE)?;
+    Ok(())
 }
 
 /// Scores a whole table and writes it to `output`.
 ///
-/// To a file: chunks go to `OUTPUT.partial/chunk-NNNNNN.parquet` (each written atomically), and
-/// once all are done they are joined into the output — as one Parquet row group per chunk,
-/// reading one chunk at a time, for `.parquet` — and the directory is removed. With `resume`,
-/// the rows of the chunks already there are skipped. To stdout there is no partial directory and
-/// the chunks are joined in memory.
+/// The input is checked first (rows, `question` and `response`): a failure leaves nothing
+/// behind. To a file: chunks go to `OUTPUT.partial/chunk-NNNNNN.parquet` (each written
+/// atomically) beside `OUTPUT.partial/manifest.json`, and once all are done they are joined
+/// into the output — as one Parquet row group per chunk, reading one chunk at a time, for
+/// `.parquet` — and the directory is removed. With `resume`, the rows of the chunks already
+/// there are skipped, provided the manifest matches. To stdout there is no partial directory
+/// and the chunks are joined in memory.
 #[allow(clippy::too_many_arguments)]
 pub fn score_table(
     model: &dyn TokenModel,
@@ -395,91 +652,54 @@ pub fn score_table(
     progress: &ProgressBar,
 ) -> Result<ScoreSummary> {
     let input_shown = display_path(input_path);
+    check_input(&frame, &input_shown)?;
+    let format = output.resolved_format()?;
+    let file = output.path.as_deref().filter(|p| *p != Path::new("-"));
+    if run.resume && file.is_none() {
+        return Err(Error::Usage(
+            "--resume continues an `-o FILE` run; output to stdout has nothing to resume".into(),
+        ));
+    }
+    let partial = file.map(partial_dir);
+    let manifest = match partial {
+        Some(_) => Some(RunManifest::new(
+            input_sha256(input_path, &frame)?,
+            encoder,
+            options,
+            run,
+        )),
+        None => None,
+    };
     let frame = match run.shard {
         Some(shard) => select_shard(&frame, &input_shown, shard)?,
         None => frame,
     };
-    let mut summary = ScoreSummary {
-        rows: frame.height(),
-        ..ScoreSummary::default()
+    let (mut done_chunks, created) = match (&partial, &manifest) {
+        (Some(dir), Some(manifest)) => open_partial(dir, manifest, run.resume)?,
+        _ => (Vec::new(), false),
     };
-    let format = output.resolved_format()?;
-    let file = output.path.as_deref().filter(|p| *p != Path::new("-"));
-    let chunk_rows = run.chunk_rows.max(1);
-    progress.set_length(frame.height() as u64);
-    let started = std::time::Instant::now();
-
-    let partial = file.map(partial_dir);
-    let mut done_chunks: Vec<(PathBuf, usize)> = Vec::new();
-    let mut in_memory: Vec<DataFrame> = Vec::new();
-    if let Some(dir) = &partial {
-        let fingerprint = run_fingerprint(&frame, options, encoder);
-        let fingerprint_path = dir.join("run.txt");
-        if dir.exists() {
-            if !run.resume {
-                return Err(Error::Usage(format!(
-                    "{} exists (an interrupted run): pass --resume to continue it, or delete it",
-                    dir.display()
-                )));
-            }
-            let previous = fs_err::read_to_string(&fingerprint_path)
-                .map_err(|e| Error::io(&fingerprint_path, e))?;
-            if previous != fingerprint {
-                return Err(Error::Usage(format!(
-                    "{} was made by a different run ({previous}); now: {fingerprint}",
-                    dir.display()
-                )));
-            }
-            done_chunks = existing_chunks(dir)?;
-        } else {
-            fs_err::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            write_atomic(&fingerprint_path, |w| {
-                std::io::Write::write_all(w, fingerprint.as_bytes())
-                    .map_err(|e| Error::io(&fingerprint_path, e))
-            })?;
+    let result = score_chunks(
+        model,
+        encoder,
+        &frame,
+        &input_shown,
+        options,
+        run,
+        progress,
+        partial.as_deref(),
+        &mut done_chunks,
+    );
+    let (summary, in_memory, finished) = match (result, &partial) {
+        (Err(error), Some(dir)) if created && done_chunks.is_empty() => {
+            // Nothing of this run's is worth keeping: leave no partial directory behind.
+            let _ = fs_err::remove_dir_all(dir);
+            return Err(error);
         }
+        (result, _) => result?,
+    };
+    if !finished {
+        return Ok(summary); // stopped by `stop_after_chunks`, the partial output left
     }
-    summary.resumed = done_chunks.iter().map(|(_, rows)| rows).sum();
-    if summary.resumed > frame.height() {
-        return Err(Error::Usage(format!(
-            "the partial output holds {} rows, more than the {} of the input",
-            summary.resumed,
-            frame.height()
-        )));
-    }
-    progress.set_position(summary.resumed as u64);
-
-    let mut offset = summary.resumed;
-    let mut chunks_this_run = 0;
-    while offset < frame.height() {
-        if run.stop_after_chunks == Some(chunks_this_run) {
-            return Ok(summary);
-        }
-        let length = chunk_rows.min(frame.height() - offset);
-        let chunk = frame.slice(offset as i64, length);
-        let mut tokens_so_far = summary.tokens;
-        let (mut scored, chunk_summary) =
-            score_frame(model, encoder, &chunk, &input_shown, options, |tokens| {
-                tokens_so_far += tokens;
-                let seconds = started.elapsed().as_secs_f64().max(1e-9);
-                progress.set_prefix(format!("{:.0} tokens/s", tokens_so_far as f64 / seconds));
-            })?;
-        summary.scored += chunk_summary.scored;
-        summary.tokens += chunk_summary.tokens;
-        summary.truncation.merge(chunk_summary.truncation);
-        match &partial {
-            Some(dir) => {
-                let path = chunk_path(dir, done_chunks.len());
-                write_atomic(&path, |w| encode(&mut scored, Format::Parquet, w, &path))?;
-                done_chunks.push((path, length));
-            }
-            None => in_memory.push(scored),
-        }
-        offset += length;
-        chunks_this_run += 1;
-        progress.set_position(offset as u64);
-    }
-
     match (&partial, file) {
         (Some(dir), Some(path)) => {
             join_chunks(&done_chunks, path, format)?;
@@ -494,9 +714,75 @@ pub fn score_table(
     Ok(summary)
 }
 
+/// The scoring loop of [`score_table`]: scores the rows after those of `done_chunks`, writing
+/// each chunk to `partial` (and adding it to `done_chunks`) or keeping it in memory (returned).
+/// The flag is false when stopped by `stop_after_chunks`.
+#[allow(clippy::too_many_arguments)]
+fn score_chunks(
+    model: &dyn TokenModel,
+    encoder: &Encoder,
+    frame: &DataFrame,
+    input_shown: &Path,
+    options: &ScoreOptions,
+    run: &RunOptions,
+    progress: &ProgressBar,
+    partial: Option<&Path>,
+    done_chunks: &mut Vec<(PathBuf, usize)>,
+) -> Result<(ScoreSummary, Vec<DataFrame>, bool)> {
+    let mut summary = ScoreSummary {
+        rows: frame.height(),
+        ..ScoreSummary::default()
+    };
+    let chunk_rows = run.chunk_rows.max(1);
+    progress.set_length(frame.height() as u64);
+    let started = std::time::Instant::now();
+    let mut in_memory: Vec<DataFrame> = Vec::new();
+    summary.resumed = done_chunks.iter().map(|(_, rows)| rows).sum();
+    if summary.resumed > frame.height() {
+        return Err(Error::Usage(format!(
+            "the partial output holds {} rows, more than the {} of the input",
+            summary.resumed,
+            frame.height()
+        )));
+    }
+    progress.set_position(summary.resumed as u64);
+
+    let mut offset = summary.resumed;
+    let mut chunks_this_run = 0;
+    while offset < frame.height() {
+        if run.stop_after_chunks == Some(chunks_this_run) {
+            return Ok((summary, in_memory, false));
+        }
+        let length = chunk_rows.min(frame.height() - offset);
+        let chunk = frame.slice(offset as i64, length);
+        let mut tokens_so_far = summary.tokens;
+        let (mut scored, chunk_summary) =
+            score_frame(model, encoder, &chunk, input_shown, options, |tokens| {
+                tokens_so_far += tokens;
+                let seconds = started.elapsed().as_secs_f64().max(1e-9);
+                progress.set_prefix(format!("{:.0} tokens/s", tokens_so_far as f64 / seconds));
+            })?;
+        summary.scored += chunk_summary.scored;
+        summary.tokens += chunk_summary.tokens;
+        summary.truncation.merge(chunk_summary.truncation);
+        match partial {
+            Some(dir) => {
+                let path = chunk_path(dir, done_chunks.len());
+                write_atomic(&path, |w| encode(&mut scored, Format::Parquet, w, &path))?;
+                done_chunks.push((path, length));
+            }
+            None => in_memory.push(scored),
+        }
+        offset += length;
+        chunks_this_run += 1;
+        progress.set_position(offset as u64);
+    }
+    Ok((summary, in_memory, true))
+}
+
 fn empty_scores(frame: &DataFrame, options: &ScoreOptions) -> DataFrame {
     let mut out = frame.clone();
-    if let Ok(columns) = score_columns(&[], &options.rm_name, options.emit_tokens) {
+    if let Ok(columns) = score_columns(&[], options) {
         if let Ok(joined) = out.hstack(&columns) {
             out = joined;
         }
@@ -583,13 +869,16 @@ pub fn merge_shards(parts: &[PathBuf]) -> Result<DataFrame> {
     let index = index.u64().map_err(|e| Error::table(shown, e))?;
     for (expected, found) in index.iter().enumerate() {
         if found != Some(expected as u64) {
-            return Err(Error::Usage(format!(
-                "the parts do not cover the input exactly: row_index {expected} is {}",
-                match found {
-                    Some(found) if found < expected as u64 => "duplicated".to_owned(),
-                    _ => "missing".to_owned(),
-                }
-            )));
+            return Err(Error::Format {
+                path: shown.to_owned(),
+                message: format!(
+                    "the parts do not cover the input exactly: row_index {expected} is {}",
+                    match found {
+                        Some(found) if found < expected as u64 => "duplicated",
+                        _ => "missing",
+                    }
+                ),
+            });
         }
     }
     joined.drop(ROW_INDEX).map_err(|e| Error::table(shown, e))
@@ -649,6 +938,7 @@ pub(crate) mod tests {
         });
         ScoreOptions {
             rm_name: "mock".into(),
+            rm_id: "mock@0123456789ab".into(),
             batch_tokens,
             goal,
             emit_tokens: false,
@@ -853,7 +1143,8 @@ pub(crate) mod tests {
             |_| {},
         )
         .unwrap();
-        assert_eq!(summary.truncation.prompt, expect_prompt);
+        // A row whose response is cut lost its whole prompt first, so it counts in both.
+        assert_eq!(summary.truncation.prompt, expect_prompt + expect_response);
         assert_eq!(summary.truncation.response, expect_response);
         assert_eq!(summary.truncation.skipped, 0);
 
@@ -881,17 +1172,161 @@ pub(crate) mod tests {
         path: &Path,
         run: &RunOptions,
     ) -> Result<ScoreSummary> {
+        run_with(model, encoder, frame, path, &options(200, true), run)
+    }
+
+    /// [`score_table`] of `frame` as if read from stdin (its manifest hashes the table).
+    fn run_with(
+        model: &crate::model::RewardModel,
+        encoder: &Encoder,
+        frame: &DataFrame,
+        path: &Path,
+        options: &ScoreOptions,
+        run: &RunOptions,
+    ) -> Result<ScoreSummary> {
         let output = Output::new(Some(path.to_owned()), None);
         score_table(
             model,
             encoder,
             frame.clone(),
-            Path::new("<t>"),
+            Path::new("-"),
             &output,
-            &options(200, true),
+            options,
             run,
             &ProgressBar::hidden(),
         )
+    }
+
+    fn provenance(weights: &str) -> Provenance {
+        Provenance {
+            model: ModelIdentity {
+                weights_sha256: weights.repeat(64),
+                tokenizer_sha256: "c".repeat(64),
+                untrained_head: None,
+            },
+            goal_sha256: Some("d".repeat(64)),
+            device: "cpu".into(),
+        }
+    }
+
+    #[test]
+    fn resume_refuses_a_partial_output_of_another_run_naming_the_change() {
+        let model = tiny_llama();
+        let encoder = tiny_encoder();
+        let frame = generations(7);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scores.parquet");
+        let interrupted = RunOptions {
+            chunk_rows: 3,
+            stop_after_chunks: Some(1),
+            provenance: provenance("a"),
+            ..RunOptions::default()
+        };
+        run_to(&model, &encoder, &frame, &path, &interrupted).unwrap();
+        let resume = RunOptions {
+            chunk_rows: 3,
+            resume: true,
+            provenance: provenance("a"),
+            ..RunOptions::default()
+        };
+        let refusal =
+            |encoder: &Encoder, frame: &DataFrame, options: &ScoreOptions, run: &RunOptions| {
+                let error = run_with(&model, encoder, frame, &path, options, run).unwrap_err();
+                assert!(matches!(error, Error::Usage(_)), "{error}");
+                let message = error.to_string();
+                assert!(message.contains("to start over"), "{message}");
+                message
+            };
+        let with_goal = options(200, true);
+
+        let mut shorter = tiny_encoder();
+        shorter.max_len = Some(512);
+        let message = refusal(&shorter, &frame, &with_goal, &resume);
+        assert!(
+            message.contains("--max-len changed (none → 512)"),
+            "{message}"
+        );
+
+        let message = refusal(&encoder, &frame, &options(200, false), &resume);
+        assert!(message.contains("the goal was dropped"), "{message}");
+
+        let other_weights = RunOptions {
+            provenance: provenance("b"),
+            ..resume.clone()
+        };
+        let message = refusal(&encoder, &frame, &with_goal, &other_weights);
+        assert!(
+            message.contains("the model weights changed (sha256 aaaaaaaaaaaa… → bbbbbbbbbbbb…)"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("tokenizer"),
+            "only what changed: {message}"
+        );
+
+        let message = refusal(&encoder, &generations(8), &with_goal, &resume);
+        assert!(message.contains("the input changed"), "{message}");
+
+        // The refusals left the partial output as it was: the same run continues it.
+        let summary = run_to(&model, &encoder, &frame, &path, &resume).unwrap();
+        assert_eq!((summary.resumed, summary.scored), (3, 4));
+    }
+
+    #[test]
+    fn setup_errors_leave_no_partial_output() {
+        let model = tiny_llama();
+        let encoder = tiny_encoder();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scores.parquet");
+        let run = RunOptions::default();
+
+        let header_only = generations(3).head(Some(0));
+        let error = run_to(&model, &encoder, &header_only, &path, &run).unwrap_err();
+        assert!(error.to_string().contains("no rows"), "{error}");
+        assert!(!partial_dir(&path).exists());
+
+        let no_response = generations(3).drop(RESPONSE).unwrap();
+        let error = run_to(&model, &encoder, &no_response, &path, &run).unwrap_err();
+        assert!(matches!(error, Error::MissingColumn { .. }), "{error}");
+        assert!(!partial_dir(&path).exists());
+
+        // Found only at the first batch: the directory this run made is removed again.
+        let mut bad_goal = options(100, false);
+        bad_goal.goal = Some(Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap());
+        let error =
+            run_with(&model, &encoder, &generations(3), &path, &bad_goal, &run).unwrap_err();
+        assert!(error.to_string().contains("hidden size is 32"), "{error}");
+        assert!(!partial_dir(&path).exists() && !path.exists());
+
+        // A partial directory without chunks (as an older qrm left) does not block the next run.
+        std::fs::create_dir_all(partial_dir(&path)).unwrap();
+        run_to(&model, &encoder, &generations(3), &path, &run).unwrap();
+        assert!(path.exists() && !partial_dir(&path).exists());
+    }
+
+    #[test]
+    fn scores_carry_rm_and_rm_id_next_to_it() {
+        let (model, encoder) = (tiny_llama(), tiny_encoder());
+        let (scored, _) = score_frame(
+            &model,
+            &encoder,
+            &generations(2),
+            Path::new("<t>"),
+            &options(100, false),
+            |_| {},
+        )
+        .unwrap();
+        let names = scored.get_column_names();
+        let rm = names.iter().position(|n| n.as_str() == RM).unwrap();
+        assert_eq!(names[rm + 1].as_str(), RM_ID);
+        let ids: Vec<_> = scored
+            .column(RM_ID)
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(ids, [Some("mock@0123456789ab"); 2]);
     }
 
     #[test]

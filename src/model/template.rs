@@ -151,13 +151,30 @@ pub enum Truncated {
     No,
     /// Only prompt tokens were dropped.
     Prompt,
-    /// Response tokens were cut (prompt tokens may have been dropped too).
+    /// Only response tokens were cut; the prompt is whole.
     Response,
+    /// Prompt tokens were dropped (often all of them) and the response was cut too.
+    PromptAndResponse,
     /// The example was not encoded (`Truncation::Skip`).
     Skipped,
 }
 
-/// Per-case counts of [`Truncated`] over many examples.
+impl Truncated {
+    /// The case for what was kept: `prompt_lost` when prompt tokens were dropped, `response_cut`
+    /// when response tokens were.
+    fn of(prompt_lost: bool, response_cut: bool) -> Self {
+        match (prompt_lost, response_cut) {
+            (false, false) => Truncated::No,
+            (true, false) => Truncated::Prompt,
+            (false, true) => Truncated::Response,
+            (true, true) => Truncated::PromptAndResponse,
+        }
+    }
+}
+
+/// Counts of [`Truncated`] over many examples. `prompt` counts every row that lost prompt
+/// tokens and `response` every row whose response was cut, so a row that lost both (its whole
+/// prompt, say, and the response's tail) is in both counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TruncationCounts {
     pub prompt: usize,
@@ -171,6 +188,10 @@ impl TruncationCounts {
             Truncated::No => {}
             Truncated::Prompt => self.prompt += 1,
             Truncated::Response => self.response += 1,
+            Truncated::PromptAndResponse => {
+                self.prompt += 1;
+                self.response += 1;
+            }
             Truncated::Skipped => self.skipped += 1,
         }
     }
@@ -311,11 +332,10 @@ impl Encoder {
                     Truncation::LeftPrompt => {
                         let keep_response = response.len().min(room);
                         let keep_prompt = prompt.len().min(room - keep_response);
-                        truncated = if keep_response < response.len() {
-                            Truncated::Response
-                        } else {
-                            Truncated::Prompt
-                        };
+                        truncated = Truncated::of(
+                            keep_prompt < prompt.len(),
+                            keep_response < response.len(),
+                        );
                         prompt.drain(..prompt.len() - keep_prompt);
                         response.truncate(keep_response);
                         response_offsets.truncate(keep_response);
@@ -323,11 +343,10 @@ impl Encoder {
                     Truncation::RightResponse => {
                         let keep_prompt = prompt.len().min(room);
                         let keep_response = response.len().min(room - keep_prompt);
-                        truncated = if keep_response < response.len() {
-                            Truncated::Response
-                        } else {
-                            Truncated::Prompt
-                        };
+                        truncated = Truncated::of(
+                            keep_prompt < prompt.len(),
+                            keep_response < response.len(),
+                        );
                         prompt.drain(..prompt.len() - keep_prompt);
                         response.truncate(keep_response);
                         response_offsets.truncate(keep_response);
@@ -478,7 +497,7 @@ mod tests {
         // Room for 2 response tokens and EOS: the prompt is gone, the response cut on the right.
         encoder.max_len = Some(3);
         let cut = encoder.encode(question, response).unwrap();
-        assert_eq!(cut.truncated, Truncated::Response);
+        assert_eq!(cut.truncated, Truncated::PromptAndResponse);
         assert_eq!((cut.response_start, cut.response_len), (0, 2));
         assert_eq!(
             cut.input_ids,
@@ -501,6 +520,37 @@ mod tests {
         assert_eq!(cut.truncated, Truncated::Skipped);
         assert!(cut.input_ids.is_empty());
         assert_eq!(cut.final_position(), None);
+    }
+
+    #[test]
+    fn a_row_losing_prompt_and_response_tokens_counts_in_both() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny-tokenizer/tokenizer.json");
+        let tokenizer = Tokenizer::from_file(path).unwrap();
+        let eos_id = find_eos_id(&tokenizer, None).unwrap();
+        let mut encoder = Encoder {
+            tokenizer,
+            template: Template::Raw,
+            eos: EosPolicy::Append,
+            eos_id,
+            max_len: Some(4),
+            truncation: Truncation::LeftPrompt,
+        };
+        // One token per char: prompt "question\n" is 9 tokens, the response 15, room 4 - EOS = 3.
+        // left-prompt: the response keeps 3 tokens, so the whole prompt goes.
+        let cut = encoder.encode("question", "a long response").unwrap();
+        assert_eq!((cut.response_start, cut.response_len), (0, 3));
+        let mut counts = TruncationCounts::default();
+        counts.add(cut.truncated);
+        // right-response: the prompt keeps its last 3 tokens, the response none.
+        encoder.truncation = Truncation::RightResponse;
+        let cut = encoder.encode("question", "a long response").unwrap();
+        assert_eq!((cut.response_start, cut.response_len), (3, 0));
+        counts.add(cut.truncated);
+        assert_eq!(
+            counts.to_string(),
+            "2 rows lost prompt tokens, 2 had the response cut, 0 skipped"
+        );
     }
 
     #[test]

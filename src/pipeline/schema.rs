@@ -58,6 +58,9 @@ pub const REJECTED_SAMPLE: &str = "rejected_sample";
 
 /// Utf8, not null. Name of the reward model that produced the scores. Writer: score.
 pub const RM: &str = "rm";
+/// Utf8, not null. `{rm}@{12 hex}`: the model's identity, a hash of its weights, tokenizer and
+/// goal state, so two models under one `rm` name are told apart. Writer: score.
+pub const RM_ID: &str = "rm_id";
 /// Float32, not null. Sequence reward: the value head at the final scored token.
 pub const REWARD: &str = "reward";
 /// UInt32, not null. Number of response tokens scored.
