@@ -239,7 +239,9 @@ pub fn check_duplicates(
     } else {
         vec![None; frame.height()]
     };
-    let mut first: HashMap<(Option<&str>, Option<&str>, Option<&str>), usize> = HashMap::new();
+    // (question_id, sample, rm) → first row holding it.
+    type Key<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+    let mut first: HashMap<Key, usize> = HashMap::new();
     let mut repeats: Vec<(usize, usize)> = Vec::new();
     for row in (0..frame.height()).filter(|&row| keep[row]) {
         let key = (
