@@ -1,5 +1,6 @@
 //! `qrm-auroc` and `qrm-filter` end to end: report shape, one-class groups, NaN rows, paired
-//! comparisons, percentiles, sweeps, plots, usage errors and a pipe from `qrm-import`.
+//! comparisons, percentiles, sweeps, plots, usage errors, the released tokens-saved rule,
+//! model identities, duplicated rows and a pipe from `qrm-import`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -278,6 +279,197 @@ fn usage_errors_exit_two() {
         .args(["--top-k", "1", "--correlation"])
         .assert()
         .code(2);
+}
+
+#[test]
+fn bad_flag_values_exit_two_saying_what_is_wrong() {
+    let (_dir, input) = write_jsonl(&scores_rows());
+    let auroc = |args: &[&str], message: &str| {
+        Command::cargo_bin("qrm-auroc")
+            .unwrap()
+            .args(args)
+            .arg(&input)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(message));
+    };
+    auroc(&["--level", "1.5"], "strictly between 0 and 1");
+    auroc(&["--percentiles", "0,2"], "2 is outside [0, 1]");
+    auroc(&["--percentiles", "1:0:0.1"], "from (1) is above to (0)");
+    auroc(&["--compare", "a,a"], "two different rm names");
+    // A name the table does not have: listed with the names present, not an empty report.
+    auroc(&["--compare", "a,zz"], "no `rm` named `zz` (present: a, b)");
+    let filter = |args: &[&str], message: &str| {
+        Command::cargo_bin("qrm-filter")
+            .unwrap()
+            .args(args)
+            .arg(&input)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(message));
+    };
+    filter(&["--sweep", "1:0:0.1"], "from (1) is above to (0)");
+    filter(&["--sweep", "0:1:0"], "step must be above 0");
+    filter(&["--sweep", "0:1:1e-9"], "more than 10000");
+    filter(&["--threshold", "NaN"], "not a finite number");
+}
+
+/// Two questions, skip 5: the release's tokens saved (Σ saved / Σ scored) differs from the
+/// mean of the per-question ratios.
+#[test]
+fn reference_tokens_saved_is_the_released_total_ratio() {
+    let row = |question: &str, sample: &str, correct: bool, q_values: Vec<f64>| {
+        json!({
+            "question_id": question, "rm": "a", "benchmark": "x", "sample": sample,
+            "is_correct": correct, "predicted_answer": if correct { "4" } else { "5" },
+            "q_values": q_values,
+        })
+    };
+    let negative_from = |length: usize, from: usize| -> Vec<f64> {
+        (0..length)
+            .map(|t| if t >= from { -0.5 } else { 0.5 })
+            .collect()
+    };
+    let rows = [
+        // q0: 10 + 10 tokens, 5 + 5 scored; the wrong one goes negative at token 7 (scored
+        // index 2) → 3 saved: 3 / 10 = 30 %.
+        row("q0", "s0", true, vec![0.5; 10]),
+        row("q0", "s1", false, negative_from(10, 7)),
+        // q1: 20 + 6 tokens, 15 + 1 scored; the wrong one's only scored token is negative
+        // → 1 saved: 1 / 16 = 6.25 %.
+        row("q1", "s0", true, vec![0.5; 20]),
+        row("q1", "s1", false, negative_from(6, 5)),
+    ];
+    let (dir, input) = write_jsonl(&rows);
+    let output = dir.path().join("table1.jsonl");
+    Command::cargo_bin("qrm-filter")
+        .unwrap()
+        .args(["--vote", "reference", "-o"])
+        .arg(&output)
+        .arg(&input)
+        .assert()
+        .success();
+    let report = read_jsonl(&output);
+    // Release: (3 + 1) / (10 + 16) = 15.3846… %; per question: (30 + 6.25) / 2 = 18.125 %.
+    let saved = report[0]["tokens_saved_pct"].as_f64().unwrap();
+    assert!((saved - 400.0 / 26.0).abs() < 1e-12, "{saved}");
+    assert_eq!(report[0]["tokens_saved_per_question_pct"], json!(18.125));
+}
+
+#[test]
+fn filter_fails_on_non_finite_q_values_unless_dropped() {
+    // An all-NaN sample compares false against every threshold, so it used to be kept.
+    let mut rows = scores_rows();
+    rows[1]["q_values"] = json!([null, null, null, null, null, null, null]);
+    let (dir, input) = write_jsonl(&rows);
+    Command::cargo_bin("qrm-filter")
+        .unwrap()
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "column `q_values` is missing or not finite in 1 row(s): 2",
+        ))
+        .stderr(predicate::str::contains("--drop-nan"));
+    Command::cargo_bin("qrm-filter")
+        .unwrap()
+        .args(["--drop-nan", "-o"])
+        .arg(dir.path().join("x.jsonl"))
+        .arg(&input)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "dropped 1 row(s) with a missing or non-finite `q_values`",
+        ));
+    // --top-k reads `reward`: the same rule.
+    let mut rows = scores_rows();
+    rows[3]["reward"] = json!(null);
+    let (_dir, input) = write_jsonl(&rows);
+    Command::cargo_bin("qrm-filter")
+        .unwrap()
+        .args(["--top-k", "1"])
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "column `reward` is missing or not finite in 1 row(s): 4",
+        ));
+}
+
+#[test]
+fn auroc_q_min_fails_on_a_nan_inside_a_response() {
+    let mut rows = scores_rows();
+    rows[2]["q_values"][3] = json!(null);
+    let (_dir, input) = write_jsonl(&rows);
+    Command::cargo_bin("qrm-auroc")
+        .unwrap()
+        .args(["--score", "q_min"])
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "column `q_values` is missing or not finite in 1 row(s): 3",
+        ));
+}
+
+#[test]
+fn one_rm_label_with_two_model_ids_is_refused() {
+    let mut rows = scores_rows();
+    for row in &mut rows {
+        let rm = row["rm"].as_str().unwrap().to_owned();
+        row["rm_id"] = json!(format!("{rm}@0123456789ab"));
+    }
+    let (_dir, same) = write_jsonl(&rows);
+    for tool in ["qrm-auroc", "qrm-filter"] {
+        Command::cargo_bin(tool)
+            .unwrap()
+            .args(["--format", "csv"])
+            .arg(&same)
+            .assert()
+            .success();
+    }
+    rows[0]["rm_id"] = json!("a@ffffffffffff");
+    let (_dir, pooled) = write_jsonl(&rows);
+    for tool in ["qrm-auroc", "qrm-filter"] {
+        Command::cargo_bin(tool)
+            .unwrap()
+            .arg(&pooled)
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(
+                "`rm` `a` has 2 different `rm_id`s (a@0123456789ab, a@ffffffffffff)",
+            ))
+            .stderr(predicate::str::contains("qrm-score --rm-name"));
+    }
+}
+
+#[test]
+fn duplicated_rows_fail_unless_the_first_is_kept() {
+    let mut rows = scores_rows();
+    let repeat = rows[0].clone();
+    rows.push(repeat);
+    let row_count = rows.len();
+    let (dir, input) = write_jsonl(&rows);
+    for tool in ["qrm-auroc", "qrm-filter"] {
+        Command::cargo_bin(tool)
+            .unwrap()
+            .arg(&input)
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(format!(
+                "row {row_count} repeats row 1 (question_id \"q0\", sample \"s0\", rm \"a\")"
+            )));
+    }
+    let output = dir.path().join("report.jsonl");
+    Command::cargo_bin("qrm-auroc")
+        .unwrap()
+        .args(["--drop-duplicates", "-o"])
+        .arg(&output)
+        .arg(&input)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("dropped 1 duplicated"));
+    assert_eq!(read_jsonl(&output)[0]["n"], json!(12));
 }
 
 #[test]

@@ -106,6 +106,42 @@ fn tokens_of_a_selected_sample_become_html() {
 }
 
 #[test]
+fn tokens_with_a_nan_q_value_fail_naming_the_row_unless_drop_nan() {
+    let directory = tempfile::tempdir().unwrap();
+    let scores = directory.path().join("scores.jsonl");
+    write(
+        &scores,
+        &[
+            serde_json::json!({"question_id": "q1", "sample": "0", "tokens": ["a", "b"],
+                "q_values": [0.5, 0.5]}),
+            serde_json::json!({"question_id": "q1", "sample": "1", "tokens": ["a", "b"],
+                "q_values": [0.5, null]}),
+        ],
+    );
+    let page = directory.path().join("t.html");
+    qrm_plot()
+        .args(["tokens"])
+        .arg(&scores)
+        .args(["--row", "2", "-o"])
+        .arg(&page)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "column `q_values` is missing or not finite in 1 row(s): 2",
+        ));
+    qrm_plot()
+        .args(["tokens", "--drop-nan"])
+        .arg(&scores)
+        .args(["--row", "2", "-o"])
+        .arg(&page)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("1 non-finite `q_values` value(s)"));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("q = NaN"), "{html}");
+}
+
+#[test]
 fn scores_without_tokens_say_how_to_get_them() {
     let directory = tempfile::tempdir().unwrap();
     let scores = directory.path().join("scores.jsonl");
@@ -149,6 +185,7 @@ fn unknown_figure_extension_is_an_error() {
         .arg("-o")
         .arg(directory.path().join("sweep.pdf"))
         .assert()
+        // A bad `-o` value is a usage error (`qrm::Error::Usage`, exit 2).
         .code(2)
         .stderr(predicate::str::contains(".png or .svg"));
 }

@@ -11,6 +11,18 @@
 //! ci_low, ci_high, ci_method, note`; with `--compare A,B` also `rm_b, auroc_b, delta,
 //! delta_ci_low, delta_ci_high, p_value` (DeLong's paired test).
 //!
+//! Rows are checked before anything is computed (`qrm::metrics::checks`, shared with
+//! qrm-filter and qrm-plot): a missing or non-finite value in the column the score reads
+//! (`reward` or the `--score` column; `token_rewards` with `--percentiles`; anywhere in
+//! `q_values` for `q_min`/`q_last`) fails naming the rows, unless `--drop-nan` drops those rows
+//! (counted per column on stderr). Repeated (`question_id`, `sample`, `rm`) rows fail, unless
+//! `--drop-duplicates` keeps the first of each; without a `sample` column row order is the
+//! sample (the k-th row of a question and rm is its sample k, which is also how `--compare`
+//! pairs generations). One `rm` label with several `rm_id`s (different models) fails: give
+//! each model its own label with `qrm-score --rm-name`. Tables without `rm_id` (older qrm)
+//! pass. Exit 2 for bad flag values (`--level 1.5`, `--percentiles 0,2`, `--compare` naming an
+//! `rm` the table does not have), 1 for bad data.
+//!
 //! ```text
 //! qrm-score -m rm/ generations.parquet | qrm-auroc --percentiles 0:1:0.1 --ci samples --plot fig3.png
 //! ```
@@ -19,7 +31,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use qrm::metrics::report::{auroc_report, parse_sweep, AurocOptions, CiMethod};
+use qrm::metrics::report::{
+    auroc_report, parse_compare, parse_fractions, parse_level, AurocOptions, CiMethod,
+};
 use qrm::pipeline::io::{display_path, read_table};
 
 #[derive(Debug, Parser)]
@@ -41,16 +55,16 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "rm,benchmark")]
     by: Vec<String>,
 
-    /// Prefix fractions, comma-separated (`0,0.5,1`) or `from:to:step` (`0:1:0.1`).
-    #[arg(long)]
-    percentiles: Option<String>,
+    /// Prefix fractions in [0, 1], comma-separated (`0,0.5,1`) or `from:to:step` (`0:1:0.1`).
+    #[arg(long, value_parser = fractions)]
+    percentiles: Option<Fractions>,
 
     /// Confidence interval method.
     #[arg(long, value_enum, default_value = "delong")]
     ci: CiMethod,
 
-    /// Interval level.
-    #[arg(long, default_value_t = 0.95)]
+    /// Interval level, strictly between 0 and 1.
+    #[arg(long, default_value = "0.95", value_parser = level)]
     level: f64,
 
     /// Bootstrap resamples (`--ci bootstrap`).
@@ -61,13 +75,20 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
-    /// Compare two reward models scored on the same generations: `rmA,rmB`.
-    #[arg(long, value_name = "A,B")]
-    compare: Option<String>,
+    /// Compare two reward models (two different `rm` values of the table) scored on the same
+    /// generations: `rmA,rmB`.
+    #[arg(long, value_name = "A,B", value_parser = compare)]
+    compare: Option<(String, String)>,
 
-    /// Drop rows whose score is missing or not finite (counted on stderr) instead of failing.
+    /// Drop rows whose score (or any value of the list it reads) is missing or not finite,
+    /// counted per column on stderr, instead of failing.
     #[arg(long)]
     drop_nan: bool,
+
+    /// Keep the first of rows sharing (question_id, sample, rm), counted on stderr, instead of
+    /// failing.
+    #[arg(long)]
+    drop_duplicates: bool,
 
     /// Also draw the report (.png or .svg): bars for whole responses, lines for percentiles.
     #[arg(long, value_name = "PATH")]
@@ -87,38 +108,41 @@ fn main() -> std::process::ExitCode {
     qrm::cli::finish(run(args))
 }
 
+/// `--percentiles` values (a newtype, so that clap takes the list as one value).
+#[derive(Debug, Clone)]
+struct Fractions(Vec<f64>);
+
+fn fractions(text: &str) -> Result<Fractions, String> {
+    parse_fractions(text)
+        .map(Fractions)
+        .map_err(|e| e.to_string())
+}
+
+fn level(text: &str) -> Result<f64, String> {
+    parse_level(text).map_err(|e| e.to_string())
+}
+
+fn compare(text: &str) -> Result<(String, String), String> {
+    parse_compare(text).map_err(|e| e.to_string())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
-    let percentiles = args.percentiles.as_deref().map(parse_list).transpose()?;
-    let compare = match args.compare.as_deref() {
-        None => None,
-        Some(text) => match text.split_once(',') {
-            Some((a, b)) if !a.is_empty() && !b.is_empty() => Some((a.to_owned(), b.to_owned())),
-            _ => anyhow::bail!("--compare expects two rm names, `rmA,rmB`, got `{text}`"),
-        },
-    };
-    if !(args.level > 0.0 && args.level < 1.0) {
-        anyhow::bail!("--level must be between 0 and 1, got {}", args.level);
-    }
     let options = AurocOptions {
         score: args.score,
         by: args.by.into_iter().filter(|b| !b.is_empty()).collect(),
-        percentiles,
+        percentiles: args.percentiles.map(|p| p.0),
         ci: args.ci,
         resamples: args.resamples,
         seed: args.seed,
         level: args.level,
-        compare,
+        compare: args.compare,
         drop_nan: args.drop_nan,
+        drop_duplicates: args.drop_duplicates,
     };
     let shown = display_path(&args.input);
     let frame = read_table(&args.input)?;
+    // Drops are logged by the checks, per column.
     let mut report = auroc_report(&frame, &shown, &options)?;
-    if report.dropped_rows > 0 {
-        tracing::warn!(
-            "dropped {} row(s) with a missing or non-finite score",
-            report.dropped_rows
-        );
-    }
     if let Some(path) = &args.plot {
         qrm::plot::auroc_figure(&report.frame, path)
             .with_context(|| format!("drawing {}", path.display()))?;
@@ -126,20 +150,4 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     args.output.output().write(&mut report.frame)?;
     Ok(())
-}
-
-/// `0,0.5,1` or `from:to:step`; every value in [0, 1].
-fn parse_list(text: &str) -> anyhow::Result<Vec<f64>> {
-    let values = if text.contains(':') {
-        parse_sweep(text)?
-    } else {
-        text.split(',')
-            .map(|v| v.trim().parse::<f64>())
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("--percentiles: `{text}` is not a list of numbers"))?
-    };
-    if let Some(bad) = values.iter().find(|v| !(0.0..=1.0).contains(*v)) {
-        anyhow::bail!("--percentiles: {bad} is outside [0, 1]");
-    }
-    Ok(values)
 }

@@ -9,14 +9,26 @@
 //!
 //! Output columns (one row per `--by` group and threshold): `rm, benchmark, threshold, skip,
 //! questions, samples_per_question, accuracy, accuracy_filtered, proportion_correct,
-//! proportion_correct_filtered` (fractions), `filtered_pct, tokens_saved_pct` (percent, mean
-//! over questions), `p_unpaired` (the reference's ttest_ind on per-question proportions),
-//! `p_paired` (ttest_rel), `vote, ties_broken, fallback_questions`.
+//! proportion_correct_filtered` (fractions), `filtered_pct` (percent, mean over questions),
+//! `tokens_saved_pct` (percent: the released rule, Σ saved / Σ scored tokens over all
+//! questions, fallback questions' tokens counted as not saved), `tokens_saved_per_question_pct`
+//! (percent, mean over questions of each one's saved / scored; both in either vote mode),
+//! `p_unpaired` (the reference's ttest_ind on per-question proportions), `p_paired`
+//! (ttest_rel), `vote, ties_broken, fallback_questions`.
 //! `--top-k`: `rm, benchmark, top_k, questions, accuracy, proportion_correct, vote,
 //! ties_broken`. `--correlation`: `rm, benchmark, fraction, n, pearson, spearman`.
 //! `--localise` (qrm-synth data scored with `--emit-tokens`): `rm, benchmark, threshold, skip,
 //! wrong_samples, wrong_dropped_pct, at_or_after_error_pct, median_tokens_after,
 //! median_tokens_before, median_error_token, correct_samples, correct_dropped_pct`.
+//!
+//! Rows are checked first (`qrm::metrics::checks`, shared with qrm-auroc and qrm-plot): a
+//! missing or non-finite value in a column read (`q_values`; `reward` for `--top-k`; `q_values`
+//! and `token_rewards` for `--correlation`) fails naming the rows, unless `--drop-nan` drops
+//! those samples (counted per column on stderr). Repeated (`question_id`, `sample`, `rm`) rows
+//! fail unless `--drop-duplicates` keeps the first of each; without a `sample` column every row
+//! is its own sample. One `rm` label with several `rm_id`s (different models) fails: give each
+//! model its own label with `qrm-score --rm-name`; tables without `rm_id` pass. Bad flag values
+//! (`--sweep 1:0:0.1`, a step ≤ 0, more than 10 000 thresholds) exit 2.
 //!
 //! ```text
 //! qrm-score -m rm/ --goal goal.safetensors samples.parquet | qrm-filter --sweep -0.5:0.5:0.1 --plot sweep.svg
@@ -26,9 +38,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use qrm::metrics::checks::RowChecks;
 use qrm::metrics::filter::{FilterOptions, VoteRule};
 use qrm::metrics::report::{
-    correlation_report, filter_report, localisation_report, parse_sweep, top_k_report,
+    correlation_report, filter_report, localisation_report, parse_finite, parse_sweep, top_k_report,
 };
 use qrm::pipeline::io::{display_path, read_table};
 
@@ -44,16 +57,17 @@ struct Args {
     input: PathBuf,
 
     /// Drop a sample when a Q-value after `--skip` tokens is below this.
-    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    #[arg(long, default_value = "0", allow_hyphen_values = true, value_parser = finite)]
     threshold: f64,
 
     /// Response tokens ignored at the start (the reference code ignores 5).
     #[arg(long, default_value_t = 5)]
     skip: usize,
 
-    /// One row per threshold `from:to:step` (inclusive), instead of `--threshold`.
-    #[arg(long, value_name = "FROM:TO:STEP", allow_hyphen_values = true)]
-    sweep: Option<String>,
+    /// One row per threshold `from:to:step` (inclusive; step > 0, at most 10 000 values),
+    /// instead of `--threshold`.
+    #[arg(long, value_name = "FROM:TO:STEP", allow_hyphen_values = true, value_parser = sweep)]
+    sweep: Option<Thresholds>,
 
     /// Majority-vote rule.
     #[arg(long, value_enum, default_value = "answer")]
@@ -83,6 +97,16 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "rm,benchmark")]
     by: Vec<String>,
 
+    /// Drop samples with a missing or non-finite value in a column read (counted per column on
+    /// stderr) instead of failing.
+    #[arg(long)]
+    drop_nan: bool,
+
+    /// Keep the first of rows sharing (question_id, sample, rm), counted on stderr, instead of
+    /// failing.
+    #[arg(long)]
+    drop_duplicates: bool,
+
     /// Also draw accuracy and tokens saved against the threshold (.png or .svg; with --sweep).
     #[arg(long, value_name = "PATH", requires = "sweep")]
     plot: Option<PathBuf>,
@@ -101,20 +125,36 @@ fn main() -> std::process::ExitCode {
     qrm::cli::finish(run(args))
 }
 
+/// `--sweep` values (a newtype, so that clap takes the list as one value).
+#[derive(Debug, Clone)]
+struct Thresholds(Vec<f64>);
+
+fn sweep(text: &str) -> Result<Thresholds, String> {
+    parse_sweep(text).map(Thresholds).map_err(|e| e.to_string())
+}
+
+fn finite(text: &str) -> Result<f64, String> {
+    parse_finite(text).map_err(|e| e.to_string())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let thresholds = match &args.sweep {
-        Some(text) => parse_sweep(text)?,
+        Some(values) => values.0.clone(),
         None => vec![args.threshold],
+    };
+    let checks = RowChecks {
+        drop_nan: args.drop_nan,
+        drop_duplicates: args.drop_duplicates,
     };
     let by: Vec<String> = args.by.into_iter().filter(|b| !b.is_empty()).collect();
     let shown = display_path(&args.input);
     let frame = read_table(&args.input)?;
     let mut report = if let Some(ks) = &args.top_k {
-        top_k_report(&frame, &shown, &by, ks, args.vote, args.seed)?
+        top_k_report(&frame, &shown, &by, ks, args.vote, args.seed, checks)?
     } else if args.localise {
-        localisation_report(&frame, &shown, &by, args.skip, &thresholds)?
+        localisation_report(&frame, &shown, &by, args.skip, &thresholds, checks)?
     } else if args.correlation {
-        correlation_report(&frame, &shown, &by, &[0.2, 0.4, 0.6, 0.8])?
+        correlation_report(&frame, &shown, &by, &[0.2, 0.4, 0.6, 0.8], checks)?
     } else {
         let options = FilterOptions {
             skip: args.skip,
@@ -122,7 +162,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             vote: args.vote,
             seed: args.seed,
         };
-        filter_report(&frame, &shown, &by, &options, &thresholds)?
+        filter_report(&frame, &shown, &by, &options, &thresholds, checks)?
     };
     if let Some(path) = &args.plot {
         qrm::plot::filter_sweep_figure(&report, path)

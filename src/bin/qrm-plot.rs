@@ -2,6 +2,10 @@
 //! response's tokens coloured by Q-value (the paper's Figure 4). The output extension picks the
 //! format: `.png` or `.svg` for charts, `.html` or `.svg` for tokens.
 //!
+//! `tokens` checks the drawn row's `q_values` with the rule qrm-auroc and qrm-filter follow
+//! (`qrm::metrics::checks`): a NaN or ±inf fails naming the file, row and column, unless
+//! `--drop-nan` draws those tokens uncoloured and counts them on stderr.
+//!
 //! `qrm-score scores.parquet ... | qrm-auroc --percentiles 0.25,0.5,1 | qrm-plot auroc - -o auroc.png`
 
 use std::path::PathBuf;
@@ -66,6 +70,11 @@ enum Figure {
         /// The sample of --question-id to draw.
         #[arg(long, requires = "question_id")]
         sample: Option<String>,
+        /// Draw a row whose `q_values` hold NaN or ±inf, those tokens uncoloured (counted on
+        /// stderr); without it such a row is an error naming it, as in qrm-auroc and
+        /// qrm-filter.
+        #[arg(long)]
+        drop_nan: bool,
         /// Page to write (.html or .svg).
         #[arg(short, long, value_name = "PATH")]
         output: PathBuf,
@@ -97,6 +106,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             row,
             question_id,
             sample,
+            drop_nan,
             output,
         } => {
             let selector = match (row, question_id, sample) {
@@ -111,6 +121,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 &read_table(&scores)?,
                 &display_path(&scores),
                 &selector,
+                drop_nan,
                 &output,
             )?;
             output

@@ -205,8 +205,11 @@ pub struct FilterSummary {
     pub proportion_correct_filtered: f64,
     /// Mean over questions of dropped / all samples, in percent (0 for fallback questions).
     pub filtered_pct: f64,
-    /// Mean over questions of saved / scored tokens (tokens after `skip`), in percent.
+    /// The released rule: Σ saved / Σ scored tokens (tokens after `skip`) over all questions,
+    /// in percent. A fallback question saves nothing but its tokens count.
     pub tokens_saved_pct: f64,
+    /// Mean over questions of saved / scored tokens, in percent (0 for fallback questions).
+    pub tokens_saved_per_question_pct: f64,
     /// `scipy.stats.ttest_ind(proportion_correct_filtered, proportion_correct)` p, per question
     /// (the reference's test); `None` when undefined.
     pub p_unpaired: Option<f64>,
@@ -222,6 +225,9 @@ pub struct FilterSummary {
 /// filtering. Tokens saved for a dropped sample = its tokens after `skip` from the first Q-value
 /// below the threshold to the end. A question whose samples are all dropped falls back to all
 /// of them and saves nothing. `None` when there are no questions.
+///
+/// Non-finite Q-values must be rejected or dropped before (see [`crate::metrics::finite`]):
+/// a NaN compares false, so a sample of NaNs would never be dropped.
 pub fn filter_summary(questions: &[Vec<Sample>], options: &FilterOptions) -> Option<FilterSummary> {
     if questions.is_empty() {
         return None;
@@ -230,6 +236,7 @@ pub fn filter_summary(questions: &[Vec<Sample>], options: &FilterOptions) -> Opt
     let (mut samples, mut correct_votes, mut correct_votes_filtered) = (0usize, 0usize, 0usize);
     let (mut filtered_fraction, mut saved_fraction) = (0.0, 0.0);
     let (mut ties, mut fallbacks) = (0usize, 0usize);
+    let (mut all_scored_tokens, mut all_saved_tokens) = (0usize, 0usize);
     let mut proportions = Vec::with_capacity(questions.len());
     let mut proportions_filtered = Vec::with_capacity(questions.len());
     let mut kept: Vec<Sample> = Vec::new();
@@ -240,6 +247,7 @@ pub fn filter_summary(questions: &[Vec<Sample>], options: &FilterOptions) -> Opt
         for sample in question {
             let scored = sample.q_values.len().saturating_sub(options.skip);
             scored_tokens += scored;
+            all_scored_tokens += scored;
             match first_below(sample.q_values, options.skip, options.threshold) {
                 Some(index) => saved_tokens += scored - index,
                 None => kept.push(*sample),
@@ -251,6 +259,7 @@ pub fn filter_summary(questions: &[Vec<Sample>], options: &FilterOptions) -> Opt
             kept.extend_from_slice(question);
         } else {
             filtered_fraction += (question.len() - kept.len()) as f64 / question.len() as f64;
+            all_saved_tokens += saved_tokens;
             if scored_tokens > 0 {
                 saved_fraction += saved_tokens as f64 / scored_tokens as f64;
             }
@@ -276,7 +285,12 @@ pub fn filter_summary(questions: &[Vec<Sample>], options: &FilterOptions) -> Opt
         proportion_correct: mean(&proportions),
         proportion_correct_filtered: mean(&proportions_filtered),
         filtered_pct: 100.0 * filtered_fraction / count,
-        tokens_saved_pct: 100.0 * saved_fraction / count,
+        tokens_saved_pct: if all_scored_tokens > 0 {
+            100.0 * all_saved_tokens as f64 / all_scored_tokens as f64
+        } else {
+            0.0
+        },
+        tokens_saved_per_question_pct: 100.0 * saved_fraction / count,
         p_unpaired: ttest_ind(&proportions_filtered, &proportions)
             .map(|t| t.p_value)
             .filter(|p| p.is_finite()),
@@ -453,7 +467,10 @@ mod tests {
         assert!((summary.proportion_correct - (1.0 / 3.0) / 2.0).abs() < 1e-15);
         assert_eq!(summary.proportion_correct_filtered, 0.25);
         assert!((summary.filtered_pct - 100.0 * (1.0 / 3.0) / 2.0).abs() < 1e-12);
-        assert_eq!(summary.tokens_saved_pct, 12.5);
+        // Per question: (25 % + 0 %) / 2 = 12.5 %. Released totals: B's scored tokens
+        // (1 + 1) count, its saved ones do not: 2 / (8 + 2) = 20 %.
+        assert_eq!(summary.tokens_saved_per_question_pct, 12.5);
+        assert_eq!(summary.tokens_saved_pct, 20.0);
         assert_eq!(summary.fallback_questions, 1);
         assert_eq!(summary.ties_broken, 2);
     }

@@ -1,5 +1,6 @@
 //! Statistics over plain slices: AUROC, confidence intervals, filtering, majority voting.
 pub mod auroc;
+pub mod checks;
 pub mod filter;
 pub mod localisation;
 pub mod report;

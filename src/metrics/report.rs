@@ -10,6 +10,7 @@ use polars::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::metrics::auroc::{auroc, bootstrap_interval, delong, delong_paired};
+use crate::metrics::checks::{check_rows, list_rows, sample_keys, RowChecks};
 use crate::metrics::filter::{
     filter_summary, prefix_index, top_k_summary, FilterOptions, Sample, VoteRule,
 };
@@ -62,6 +63,8 @@ pub struct AurocOptions {
     pub compare: Option<(String, String)>,
     /// Drop rows with a missing or non-finite score instead of failing.
     pub drop_nan: bool,
+    /// Keep the first of rows sharing (`question_id`, `sample`, `rm`) instead of failing.
+    pub drop_duplicates: bool,
 }
 
 impl Default for AurocOptions {
@@ -76,15 +79,20 @@ impl Default for AurocOptions {
             level: 0.95,
             compare: None,
             drop_nan: false,
+            drop_duplicates: false,
         }
     }
 }
 
-/// A report and the number of input rows dropped for missing or non-finite scores.
+/// A report and the number of input rows dropped (each drop is also logged).
 #[derive(Debug)]
 pub struct Report {
     pub frame: DataFrame,
+    /// Rows dropped for a missing or non-finite score (`drop_nan`).
     pub dropped_rows: usize,
+    /// Rows dropped as repeats of an earlier (`question_id`, `sample`, `rm`)
+    /// (`drop_duplicates`).
+    pub dropped_duplicates: usize,
 }
 
 /// The text of each `by` column, row by row (null → "null").
@@ -142,11 +150,6 @@ fn score_values(
     let q_based = score == "q_min" || score == "q_last";
     if !q_based && percentile.is_none() {
         return Ok(columns.f64(score)?.iter().collect());
-    }
-    if !q_based && score != REWARD {
-        return Err(Error::Usage(format!(
-            "--percentiles needs --score reward, q_min or q_last, not `{score}`"
-        )));
     }
     let list_name = if q_based { Q_VALUES } else { TOKEN_REWARDS };
     if !lists.contains_key(list_name) {
@@ -323,22 +326,30 @@ fn per_sample_set(
     result.note = Some(note);
 }
 
-/// Rows whose score is missing or non-finite, as a message listing up to ten 1-based rows.
+/// Rows whose score has no value (an empty response), as a message listing the rows.
 fn describe_bad_rows(path: &Path, score: &str, rows: &[usize]) -> Error {
-    let listed: Vec<String> = rows.iter().take(10).map(|r| (r + 1).to_string()).collect();
-    let more = if rows.len() > 10 {
-        format!(" and {} more", rows.len() - 10)
-    } else {
-        String::new()
-    };
     Error::Format {
         path: path.to_owned(),
         message: format!(
-            "score `{score}` is missing or not finite in {} row(s): {}{more} \
+            "score `{score}` is missing (empty response) in {} row(s): {} \
              (use --drop-nan to drop them)",
             rows.len(),
-            listed.join(", ")
+            list_rows(rows)
         ),
+    }
+}
+
+/// The input column a score reads: `q_values` for `q_min`/`q_last`, `token_rewards` for
+/// `reward` at percentiles, otherwise the score column itself (which percentiles cannot cut:
+/// a usage error).
+fn score_source(score: &str, percentiles: bool) -> Result<&str> {
+    match score {
+        "q_min" | "q_last" => Ok(Q_VALUES),
+        REWARD if percentiles => Ok(TOKEN_REWARDS),
+        other if percentiles => Err(Error::Usage(format!(
+            "--percentiles needs --score reward, q_min or q_last, not `{other}`"
+        ))),
+        other => Ok(other),
     }
 }
 
@@ -349,8 +360,22 @@ fn describe_bad_rows(path: &Path, score: &str, rows: &[usize]) -> Error {
 /// `percentile` (null = whole response), `n`, `n_pos`, `auroc`, `ci_low`, `ci_high`,
 /// `ci_method`, `note`; with `compare` also `auroc_b`, `delta`, `delta_ci_low`,
 /// `delta_ci_high`, `p_value` (DeLong's paired test on the group's rows).
+///
+/// Rows go through [`check_rows`] first (the score's input column, model identity,
+/// duplicates). With `compare`, a name that is not an `rm` of the table is a usage error, and
+/// generations are matched by (`question_id`, sample key; see [`sample_keys`]).
 pub fn auroc_report(frame: &DataFrame, path: &Path, options: &AurocOptions) -> Result<Report> {
     let columns = Columns::new(frame, path);
+    let source = score_source(&options.score, options.percentiles.is_some())?;
+    let checked = check_rows(
+        frame,
+        path,
+        &[source],
+        RowChecks {
+            drop_nan: options.drop_nan,
+            drop_duplicates: options.drop_duplicates,
+        },
+    )?;
     let labels: Vec<bool> = columns
         .bool_not_null(IS_CORRECT)?
         .iter()
@@ -372,17 +397,30 @@ pub fn auroc_report(frame: &DataFrame, path: &Path, options: &AurocOptions) -> R
     };
     let mut lists = BTreeMap::new();
     let mut all_scores = Vec::with_capacity(percentiles.len());
-    let mut bad_rows = vec![false; frame.height()];
+    let mut bad_rows: Vec<bool> = checked.keep.iter().map(|keep| !keep).collect();
+    // Left after the check: rows whose score has no value (an empty response).
+    let mut empty = vec![false; frame.height()];
     for &percentile in &percentiles {
         let values = score_values(&columns, &options.score, percentile, &mut lists)?;
-        for (bad, value) in bad_rows.iter_mut().zip(&values) {
-            *bad |= !value.is_some_and(f64::is_finite);
+        for ((bad, empty), value) in bad_rows.iter().zip(empty.iter_mut()).zip(&values) {
+            *empty |= !bad && !value.is_some_and(f64::is_finite);
         }
         all_scores.push(values);
     }
-    let bad: Vec<usize> = (0..frame.height()).filter(|&i| bad_rows[i]).collect();
-    if !bad.is_empty() && !options.drop_nan {
-        return Err(describe_bad_rows(path, &options.score, &bad));
+    let empty: Vec<usize> = (0..frame.height()).filter(|&i| empty[i]).collect();
+    if !empty.is_empty() {
+        if !options.drop_nan {
+            return Err(describe_bad_rows(path, &options.score, &empty));
+        }
+        tracing::warn!(
+            "{}: dropped {} row(s) whose score `{}` is missing (--drop-nan)",
+            path.display(),
+            empty.len(),
+            options.score
+        );
+        for &row in &empty {
+            bad_rows[row] = true;
+        }
     }
     let valid = |row: &usize| !bad_rows[*row];
 
@@ -410,7 +448,23 @@ pub fn auroc_report(frame: &DataFrame, path: &Path, options: &AurocOptions) -> R
         }
         Some((rm_a, rm_b)) => {
             let rm_index = by.iter().position(|b| b == RM).unwrap_or(0);
+            let present: std::collections::BTreeSet<&str> = (0..frame.height())
+                .filter(valid)
+                .map(|row| keys[row][rm_index].as_str())
+                .collect();
+            if let Some(unknown) = [rm_a, rm_b]
+                .into_iter()
+                .find(|name| !present.contains(name.as_str()))
+            {
+                let present: Vec<&str> = present.into_iter().collect();
+                return Err(Error::Usage(format!(
+                    "--compare: {}: no `{RM}` named `{unknown}` (present: {})",
+                    path.display(),
+                    present.join(", ")
+                )));
+            }
             let question_ids = columns.str_not_null(QUESTION_ID)?;
+            let item_samples = sample_keys(frame, path, &checked.keep)?;
             // Group key without rm → item key (question_id, sample) → (row of A, row of B).
             type Pairs = BTreeMap<(String, String), (Option<usize>, Option<usize>)>;
             let mut groups: BTreeMap<Vec<String>, Pairs> = BTreeMap::new();
@@ -424,10 +478,7 @@ pub fn auroc_report(frame: &DataFrame, path: &Path, options: &AurocOptions) -> R
                 group.remove(rm_index);
                 let item = (
                     question_ids.get(row).unwrap_or_default().to_owned(),
-                    sample_text
-                        .as_ref()
-                        .map(|t| t[row][0].clone())
-                        .unwrap_or_default(),
+                    item_samples[row].clone(),
                 );
                 let slot = groups.entry(group).or_default().entry(item).or_default();
                 let target = if is_a { &mut slot.0 } else { &mut slot.1 };
@@ -494,7 +545,8 @@ pub fn auroc_report(frame: &DataFrame, path: &Path, options: &AurocOptions) -> R
     let frame = output.into_frame(&by, options)?;
     Ok(Report {
         frame,
-        dropped_rows: bad.len(),
+        dropped_rows: checked.dropped_nan + empty.len(),
+        dropped_duplicates: checked.dropped_duplicates,
     })
 }
 
@@ -582,8 +634,9 @@ fn key_columns(by: &[String], keys: &[Vec<String>]) -> Vec<Column> {
 
 // ---------------------------------------------------------------- filtering
 
-/// Per-row data that filtering, top-K and correlation read.
+/// Per-row data that filtering and top-K read, and which rows passed [`check_rows`].
 struct FilterInput {
+    keep: Vec<bool>,
     keys: Vec<Vec<String>>,
     question_ids: Vec<String>,
     labels: Vec<bool>,
@@ -593,7 +646,16 @@ struct FilterInput {
 }
 
 impl FilterInput {
-    fn read(frame: &DataFrame, path: &Path, by: &[String], need_q: bool) -> Result<Self> {
+    /// Reads the rows; `value_columns` are checked for non-finite values (after a null
+    /// `q_values` list, when `need_q`, has failed with its own hint).
+    fn read(
+        frame: &DataFrame,
+        path: &Path,
+        by: &[String],
+        need_q: bool,
+        value_columns: &[&str],
+        checks: RowChecks,
+    ) -> Result<Self> {
         let columns = Columns::new(frame, path);
         let labels = columns
             .bool_not_null(IS_CORRECT)?
@@ -637,7 +699,9 @@ impl FilterInput {
         } else {
             vec![Vec::new(); frame.height()]
         };
+        let keep = check_rows(frame, path, value_columns, checks)?.keep;
         Ok(Self {
+            keep,
             keys: group_keys(frame, path, by)?,
             question_ids,
             labels,
@@ -650,7 +714,7 @@ impl FilterInput {
     /// Samples grouped by `by` key, then by question.
     fn questions(&self) -> BTreeMap<&[String], Vec<Vec<Sample<'_>>>> {
         let mut grouped: BTreeMap<&[String], BTreeMap<&str, Vec<Sample>>> = BTreeMap::new();
-        for row in 0..self.labels.len() {
+        for row in (0..self.labels.len()).filter(|&row| self.keep[row]) {
             grouped
                 .entry(&self.keys[row])
                 .or_default()
@@ -676,15 +740,18 @@ impl FilterInput {
 /// `accuracy`, `accuracy_filtered`, `proportion_correct`, `proportion_correct_filtered`
 /// (fractions), `filtered_pct`, `tokens_saved_pct` (percent), `p_unpaired` (ttest_ind over
 /// per-question proportions, filtered vs not, as the reference), `p_paired` (ttest_rel),
-/// `vote`, `ties_broken`, `fallback_questions`.
+/// `vote`, `ties_broken`, `fallback_questions`. `tokens_saved_pct` is the released rule
+/// (Σ saved / Σ scored tokens), `tokens_saved_per_question_pct` the mean of each question's
+/// ratio; both in either vote mode. Rows are checked first ([`check_rows`] on `q_values`).
 pub fn filter_report(
     frame: &DataFrame,
     path: &Path,
     by: &[String],
     options: &FilterOptions,
     thresholds: &[f64],
+    checks: RowChecks,
 ) -> Result<DataFrame> {
-    let input = FilterInput::read(frame, path, by, true)?;
+    let input = FilterInput::read(frame, path, by, true, &[Q_VALUES], checks)?;
     let mut keys = Vec::new();
     let mut rows = Vec::new();
     for (key, questions) in input.questions() {
@@ -729,6 +796,9 @@ pub fn filter_report(
     }));
     columns.push(float("filtered_pct", &|s| s.filtered_pct));
     columns.push(float("tokens_saved_pct", &|s| s.tokens_saved_pct));
+    columns.push(float("tokens_saved_per_question_pct", &|s| {
+        s.tokens_saved_per_question_pct
+    }));
     columns.push(Column::new(
         "p_unpaired".into(),
         rows.iter().map(|(_, s)| s.p_unpaired).collect::<Vec<_>>(),
@@ -759,7 +829,7 @@ pub fn filter_report(
 /// Table 11: majority vote within each question's top K samples by `reward`.
 ///
 /// Output columns: the `by` columns, `top_k`, `questions`, `accuracy`, `proportion_correct`,
-/// `vote`, `ties_broken`.
+/// `vote`, `ties_broken`. Rows are checked first ([`check_rows`] on `reward`).
 pub fn top_k_report(
     frame: &DataFrame,
     path: &Path,
@@ -767,13 +837,9 @@ pub fn top_k_report(
     ks: &[usize],
     vote: VoteRule,
     seed: u64,
+    checks: RowChecks,
 ) -> Result<DataFrame> {
-    let columns = Columns::new(frame, path);
-    let rewards = columns.f64(REWARD)?;
-    if let Some(row) = rewards.iter().position(|v| !v.is_some_and(f64::is_finite)) {
-        return Err(Error::bad_value(path, row, REWARD, "missing or not finite"));
-    }
-    let input = FilterInput::read(frame, path, by, false)?;
+    let input = FilterInput::read(frame, path, by, false, &[REWARD], checks)?;
     let mut keys = Vec::new();
     let mut rows = Vec::new();
     for (key, questions) in input.questions() {
@@ -815,8 +881,9 @@ pub fn top_k_report(
 
 /// Table 13: Pearson and Spearman correlation, across the group's responses, between the
 /// Q-value and the token reward at the token ending each prefix fraction
-/// (index `max(floor(n·fraction) − 1, 0)`). Rows without both lists, or with a non-finite
-/// value at that token, are left out of that fraction.
+/// (index `max(floor(n·fraction) − 1, 0)`). Rows are checked first ([`check_rows`] on both
+/// lists: a null list or a non-finite value fails, or is dropped under `drop_nan`); empty
+/// responses are left out.
 ///
 /// Output columns: the `by` columns, `fraction`, `n`, `pearson`, `spearman`.
 pub fn correlation_report(
@@ -824,13 +891,15 @@ pub fn correlation_report(
     path: &Path,
     by: &[String],
     fractions: &[f64],
+    checks: RowChecks,
 ) -> Result<DataFrame> {
     let columns = Columns::new(frame, path);
+    let keep = check_rows(frame, path, &[Q_VALUES, TOKEN_REWARDS], checks)?.keep;
     let q_values = float_lists(&columns, Q_VALUES)?;
     let token_rewards = float_lists(&columns, TOKEN_REWARDS)?;
     let keys = group_keys(frame, path, by)?;
     let mut groups: BTreeMap<&[String], Vec<usize>> = BTreeMap::new();
-    for (row, key) in keys.iter().enumerate() {
+    for (row, key) in keys.iter().enumerate().filter(|(row, _)| keep[*row]) {
         groups.entry(key).or_default().push(row);
     }
     let (mut out_keys, mut out_fraction, mut out_n, mut out_pearson, mut out_spearman) =
@@ -846,10 +915,8 @@ pub fn correlation_report(
                 let Some(index) = prefix_index(length, fraction) else {
                     continue;
                 };
-                if q[index].is_finite() && r[index].is_finite() {
-                    xs.push(q[index]);
-                    ys.push(r[index]);
-                }
+                xs.push(q[index]);
+                ys.push(r[index]);
             }
             out_keys.push(key.to_vec());
             out_fraction.push(fraction);
@@ -873,13 +940,15 @@ pub fn correlation_report(
 ///
 /// Output columns: the `by` columns, `threshold`, `skip`, `wrong_samples`, `wrong_dropped_pct`,
 /// `at_or_after_error_pct`, `median_tokens_after`, `median_tokens_before`, `median_error_token`,
-/// `correct_samples`, `correct_dropped_pct`.
+/// `correct_samples`, `correct_dropped_pct`. Rows are checked first ([`check_rows`] on
+/// `q_values`, after a null list has failed with its own hint).
 pub fn localisation_report(
     frame: &DataFrame,
     path: &Path,
     by: &[String],
     skip: usize,
     thresholds: &[f64],
+    checks: RowChecks,
 ) -> Result<DataFrame> {
     let columns = Columns::new(frame, path);
     for name in [FIRST_ERROR_CHAR, TOKEN_OFFSETS] {
@@ -907,14 +976,18 @@ pub fn localisation_report(
     let offsets = float_lists(&columns, TOKEN_OFFSETS)?;
     let mut samples_by_key: BTreeMap<&[String], Vec<(usize, Vec<u32>)>> = BTreeMap::new();
     let keys = group_keys(frame, path, by)?;
-    for (row, key) in keys.iter().enumerate() {
+    if let Some(row) = q_values.iter().position(Option::is_none) {
+        return Err(Error::bad_value(
+            path,
+            row,
+            Q_VALUES,
+            "null (score with a goal state)",
+        ));
+    }
+    let keep = check_rows(frame, path, &[Q_VALUES], checks)?.keep;
+    for (row, key) in keys.iter().enumerate().filter(|(row, _)| keep[*row]) {
         let Some(q) = &q_values[row] else {
-            return Err(Error::bad_value(
-                path,
-                row,
-                Q_VALUES,
-                "null (score with a goal state)",
-            ));
+            continue;
         };
         let Some(row_offsets) = &offsets[row] else {
             return Err(Error::bad_value(path, row, TOKEN_OFFSETS, "null"));
@@ -985,24 +1058,91 @@ pub fn localisation_report(
     DataFrame::new(rows.len(), columns).map_err(|e| Error::table("<localisation report>", e))
 }
 
-/// Parses `from:to:step` into thresholds from `from` to `to` inclusive, rounded to 1e-9 so
-/// that `0:0.3:0.1` gives 0, 0.1, 0.2, 0.3.
+// ---------------------------------------------------------------- flag values
+
+/// The most values one `from:to:step` may give.
+pub const MAX_SWEEP_VALUES: usize = 10_000;
+
+/// Parses `from:to:step` into values from `from` to `to` inclusive, rounded to 1e-9 so that
+/// `0:0.3:0.1` gives 0, 0.1, 0.2, 0.3. Usage errors: not three finite numbers, `step` ≤ 0,
+/// `from` > `to`, more than [`MAX_SWEEP_VALUES`] values.
 pub fn parse_sweep(text: &str) -> Result<Vec<f64>> {
-    let usage = || Error::Usage(format!("--sweep expects from:to:step, got `{text}`"));
+    let usage = |why: String| Error::Usage(format!("`{text}`: {why}"));
     let parts: Vec<f64> = text
         .split(':')
-        .map(|part| part.trim().parse::<f64>().map_err(|_| usage()))
-        .collect::<Result<_>>()?;
+        .map(|part| part.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| usage("expected from:to:step, three numbers".to_owned()))?;
     let [from, to, step] = parts[..] else {
-        return Err(usage());
+        return Err(usage("expected from:to:step, three numbers".to_owned()));
     };
-    if !step.is_finite() || step <= 0.0 || to < from || !from.is_finite() || !to.is_finite() {
-        return Err(usage());
+    if !(from.is_finite() && to.is_finite() && step.is_finite()) {
+        return Err(usage("from, to and step must be finite".to_owned()));
     }
-    let steps = ((to - from) / step + 1e-9).floor() as usize;
-    Ok((0..=steps)
+    if step <= 0.0 {
+        return Err(usage(format!("step must be above 0, got {step}")));
+    }
+    if from > to {
+        return Err(usage(format!("from ({from}) is above to ({to})")));
+    }
+    let steps = ((to - from) / step + 1e-9).floor();
+    if steps + 1.0 > MAX_SWEEP_VALUES as f64 {
+        return Err(usage(format!(
+            "gives {} values, more than {MAX_SWEEP_VALUES}; use a larger step",
+            steps + 1.0
+        )));
+    }
+    Ok((0..=steps as usize)
         .map(|i| ((from + i as f64 * step) * 1e9).round() / 1e9)
         .collect())
+}
+
+/// Prefix fractions: `0,0.5,1` or `from:to:step`, every value in [0, 1].
+pub fn parse_fractions(text: &str) -> Result<Vec<f64>> {
+    let values = if text.contains(':') {
+        parse_sweep(text)?
+    } else {
+        text.split(',')
+            .map(|v| v.trim().parse::<f64>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| Error::Usage(format!("`{text}` is not a list of numbers")))?
+    };
+    if let Some(bad) = values.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+        return Err(Error::Usage(format!(
+            "{bad} is outside [0, 1] (fractions of a response)"
+        )));
+    }
+    Ok(values)
+}
+
+/// An interval level strictly between 0 and 1 (`0.95`).
+pub fn parse_level(text: &str) -> Result<f64> {
+    match text.trim().parse::<f64>() {
+        Ok(level) if level > 0.0 && level < 1.0 => Ok(level),
+        _ => Err(Error::Usage(format!(
+            "`{text}`: the level must be a number strictly between 0 and 1, e.g. 0.95"
+        ))),
+    }
+}
+
+/// A finite number (a threshold).
+pub fn parse_finite(text: &str) -> Result<f64> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() => Ok(value),
+        _ => Err(Error::Usage(format!("`{text}` is not a finite number"))),
+    }
+}
+
+/// Two different, non-empty `rm` names: `rmA,rmB`.
+pub fn parse_compare(text: &str) -> Result<(String, String)> {
+    match text.split_once(',') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(',') && a != b => {
+            Ok((a.to_owned(), b.to_owned()))
+        }
+        _ => Err(Error::Usage(format!(
+            "expected two different rm names, `rmA,rmB`, got `{text}`"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -1107,6 +1247,140 @@ mod tests {
         assert_eq!((report.frame.height(), report.dropped_rows), (0, 4));
     }
 
+    /// `frame` with `q_values` replaced, and `question_id`/`sample` columns.
+    fn frame_with_q(q_values: [&[f32]; 4]) -> DataFrame {
+        let mut frame = frame([0.1, 0.2, 0.3, 0.4]);
+        frame.with_column(list(Q_VALUES, &q_values)).unwrap();
+        frame
+            .with_column(Column::new(QUESTION_ID.into(), ["q0", "q0", "q1", "q1"]))
+            .unwrap();
+        frame
+            .with_column(Column::new(SAMPLE.into(), ["s0", "s1", "s0", "s1"]))
+            .unwrap();
+        frame
+    }
+
+    #[test]
+    fn q_min_fails_on_a_nan_inside_a_response() {
+        // Row 2 has a NaN after its first token; f64::min used to skip it silently.
+        let frame = frame_with_q([&[0.5, -0.2], &[0.1, f32::NAN, -0.5], &[0.6], &[-0.1, 0.9]]);
+        let options = AurocOptions {
+            score: "q_min".to_owned(),
+            ci: CiMethod::None,
+            ..AurocOptions::default()
+        };
+        let error = auroc_report(&frame, Path::new("t"), &options).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("`q_values` is missing or not finite in 1 row(s): 2"),
+            "{error}"
+        );
+        let options = AurocOptions {
+            drop_nan: true,
+            ..options
+        };
+        let report = auroc_report(&frame, Path::new("t"), &options).unwrap();
+        assert_eq!(report.dropped_rows, 1);
+        // Left: positives −0.2, 0.6 against the negative −0.1 → 1 of 2.
+        assert_eq!(
+            report.frame.column("auroc").unwrap().f64().unwrap().get(0),
+            Some(0.5)
+        );
+    }
+
+    #[test]
+    fn compare_with_an_unknown_rm_is_a_usage_error_listing_the_names() {
+        let frame = frame_with_q([&[0.5], &[0.1], &[0.6], &[-0.1]]);
+        let options = AurocOptions {
+            compare: Some(("a".to_owned(), "bt".to_owned())),
+            ..AurocOptions::default()
+        };
+        match auroc_report(&frame, Path::new("t"), &options) {
+            Err(Error::Usage(text)) => {
+                assert!(text.contains("no `rm` named `bt` (present: a)"), "{text}")
+            }
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn filtering_fails_on_an_all_nan_sample_unless_dropped() {
+        // Row 3 is all NaN: NaN < 0 is false, so it was never dropped and counted as kept.
+        let nan: &[f32] = &[f32::NAN, f32::NAN];
+        let frame = frame_with_q([&[0.5, 0.5], &[0.5, -0.5], nan, &[0.5, 0.5]]);
+        let options = FilterOptions {
+            skip: 0,
+            ..FilterOptions::default()
+        };
+        let by = [RM.to_owned()];
+        let error = filter_report(
+            &frame,
+            Path::new("t"),
+            &by,
+            &options,
+            &[0.0],
+            RowChecks::default(),
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("`q_values` is missing or not finite in 1 row(s): 3"),
+            "{error}"
+        );
+        let checks = RowChecks {
+            drop_nan: true,
+            ..RowChecks::default()
+        };
+        let report = filter_report(&frame, Path::new("t"), &by, &options, &[0.0], checks).unwrap();
+        // q0: row 2 dropped (1 of 2 → 50 %); q1: only row 4 left, kept (0 %) → mean 25 %.
+        let filtered = report.column("filtered_pct").unwrap().f64().unwrap();
+        assert_eq!(filtered.get(0), Some(25.0));
+    }
+
+    #[test]
+    fn duplicated_samples_fail_unless_the_first_is_kept() {
+        let mut frame = frame_with_q([&[0.5], &[0.1], &[0.6], &[-0.1]]);
+        frame
+            .with_column(Column::new(SAMPLE.into(), ["s0", "s1", "s0", "s0"]))
+            .unwrap();
+        let by = [RM.to_owned()];
+        let options = FilterOptions::default();
+        let error = filter_report(
+            &frame,
+            Path::new("t"),
+            &by,
+            &options,
+            &[0.0],
+            RowChecks::default(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("row 4 repeats row 3"), "{error}");
+        let checks = RowChecks {
+            drop_duplicates: true,
+            ..RowChecks::default()
+        };
+        let report = filter_report(&frame, Path::new("t"), &by, &options, &[0.0], checks).unwrap();
+        // 3 samples over 2 questions remain.
+        let per_question = report
+            .column("samples_per_question")
+            .unwrap()
+            .f64()
+            .unwrap();
+        assert_eq!(per_question.get(0), Some(1.5));
+        let auroc = AurocOptions {
+            drop_duplicates: true,
+            ..AurocOptions::default()
+        };
+        assert_eq!(
+            auroc_report(&frame, Path::new("t"), &auroc)
+                .unwrap()
+                .dropped_duplicates,
+            1
+        );
+    }
+
     #[test]
     fn empty_group_has_a_note_and_no_auroc() {
         let result = one_group(&[], None, &[], None, &AurocOptions::default());
@@ -1140,5 +1414,35 @@ mod tests {
         assert_eq!(parse_sweep("-0.2:0:0.1").unwrap(), vec![-0.2, -0.1, 0.0]);
         assert!(parse_sweep("0:1").is_err());
         assert!(parse_sweep("0:1:0").is_err());
+    }
+
+    fn usage_text(result: Result<impl std::fmt::Debug>) -> String {
+        match result {
+            Err(Error::Usage(text)) => text,
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_flag_values_are_usage_errors_saying_what_is_wrong() {
+        assert!(usage_text(parse_sweep("1:0:0.1")).contains("from (1) is above to (0)"));
+        assert!(usage_text(parse_sweep("0:1:-0.1")).contains("step must be above 0"));
+        assert!(usage_text(parse_sweep("0:1:nan")).contains("finite"));
+        // (1 − 0) / 1e-5 + 1 = 100 001 values > 10 000.
+        assert!(usage_text(parse_sweep("0:1:0.00001")).contains("100001 values"));
+        assert_eq!(parse_sweep("0:9999:1").unwrap().len(), MAX_SWEEP_VALUES);
+        assert!(usage_text(parse_fractions("0,2")).contains("2 is outside [0, 1]"));
+        assert!(usage_text(parse_fractions("0,x")).contains("not a list"));
+        assert_eq!(parse_fractions("0:1:0.5").unwrap(), vec![0.0, 0.5, 1.0]);
+        assert!(usage_text(parse_level("1.5")).contains("between 0 and 1"));
+        assert!(usage_text(parse_level("0")).contains("between 0 and 1"));
+        assert_eq!(parse_level("0.9").unwrap(), 0.9);
+        assert!(usage_text(parse_finite("NaN")).contains("finite"));
+        assert!(usage_text(parse_compare("a,a")).contains("two different"));
+        assert!(usage_text(parse_compare("a")).contains("two different"));
+        assert_eq!(
+            parse_compare("a,b").unwrap(),
+            ("a".to_owned(), "b".to_owned())
+        );
     }
 }

@@ -11,6 +11,7 @@ use polars::prelude::*;
 
 use super::{register_fonts, write_text, FONT};
 use crate::error::{Error, Result};
+use crate::metrics::checks::check_finite;
 use crate::pipeline::schema::{Columns, IS_CORRECT, QUESTION_ID, Q_VALUES, REWARD, RM, SAMPLE};
 
 /// The optional scores column holding each response token's text (`qrm-score --emit-tokens`).
@@ -296,7 +297,16 @@ pub struct TokenRow {
 /// Finds the row `selector` names in a scores table read from `path` and returns its readable
 /// tokens (see [`readable_tokens`]), its `q_values` and a title naming the question, sample,
 /// reward model, reward and correctness where the table has them.
-pub fn token_row(scores: &DataFrame, path: &Path, selector: &RowSelector) -> Result<TokenRow> {
+///
+/// A NaN or ±inf among the row's `q_values` is the error of [`check_finite`] (file, row,
+/// column), as in qrm-auroc and qrm-filter; under `drop_nan` those values are drawn
+/// uncoloured ([`MISSING_COLOR`]) and counted on stderr.
+pub fn token_row(
+    scores: &DataFrame,
+    path: &Path,
+    selector: &RowSelector,
+    drop_nan: bool,
+) -> Result<TokenRow> {
     let columns = Columns::new(scores, path);
     let index = match selector {
         RowSelector::Number(number) => {
@@ -389,6 +399,20 @@ pub fn token_row(scores: &DataFrame, path: &Path, selector: &RowSelector) -> Res
         .iter()
         .map(|v| v.map_or(f32::NAN, |v| v as f32))
         .collect();
+    let non_finite = q_values.iter().filter(|v| !v.is_finite()).count();
+    if non_finite > 0 {
+        if !drop_nan {
+            let mut only = vec![false; scores.height()];
+            only[index] = true;
+            check_finite(scores, path, &[Q_VALUES], false, &mut only)?;
+        }
+        tracing::warn!(
+            "{}: row {}: {non_finite} non-finite `{Q_VALUES}` value(s) drawn uncoloured \
+             (--drop-nan)",
+            path.display(),
+            index + 1
+        );
+    }
     if tokens.len() != q_values.len() {
         return Err(Error::bad_value(
             path,
@@ -513,6 +537,7 @@ pub fn tokens_figure(
     scores: &DataFrame,
     input: &Path,
     selector: &RowSelector,
+    drop_nan: bool,
     output: &Path,
 ) -> Result<()> {
     let extension = output
@@ -529,7 +554,7 @@ pub fn tokens_figure(
             )))
         }
     };
-    let row = token_row(scores, input, selector)?;
+    let row = token_row(scores, input, selector, drop_nan)?;
     write_text(output, &render(&row.tokens, &row.q_values, &row.title))
 }
 
@@ -716,7 +741,7 @@ mod tests {
     #[test]
     fn rows_are_found_by_number_or_sample() {
         let path = Path::new("scores.parquet");
-        let row = token_row(&scores(), path, &RowSelector::Number(1)).unwrap();
+        let row = token_row(&scores(), path, &RowSelector::Number(1), false).unwrap();
         assert_eq!(row.tokens, strings(&[" Yes", "\n"]));
         assert_eq!(row.q_values, vec![0.5, -0.5]);
         assert_eq!(row.title, "q1 · sample 0 · qrm · reward +1.500 · correct");
@@ -724,7 +749,7 @@ mod tests {
             question_id: "q1".into(),
             sample: "1".into(),
         };
-        let row = token_row(&scores(), path, &selector).unwrap();
+        let row = token_row(&scores(), path, &selector, false).unwrap();
         assert_eq!(row.tokens, strings(&["a", "b", "c"]));
         assert!(row.title.ends_with("incorrect"));
     }
@@ -732,17 +757,41 @@ mod tests {
     #[test]
     fn bad_selections_and_missing_tokens_are_explained() {
         let path = Path::new("scores.parquet");
-        let error = token_row(&scores(), path, &RowSelector::Number(3)).unwrap_err();
+        let error = token_row(&scores(), path, &RowSelector::Number(3), false).unwrap_err();
         assert!(error.to_string().contains("numbered 1 to 2"), "{error}");
         let selector = RowSelector::Sample {
             question_id: "q9".into(),
             sample: "0".into(),
         };
-        let error = token_row(&scores(), path, &selector).unwrap_err();
+        let error = token_row(&scores(), path, &selector, false).unwrap_err();
         assert!(error.to_string().contains("no row has"), "{error}");
         let without = scores().drop("tokens").unwrap();
-        let error = token_row(&without, path, &RowSelector::Number(1)).unwrap_err();
+        let error = token_row(&without, path, &RowSelector::Number(1), false).unwrap_err();
         assert!(error.to_string().contains("--emit-tokens"), "{error}");
+    }
+
+    #[test]
+    fn non_finite_q_values_fail_naming_the_row_unless_drop_nan() {
+        let mut frame = scores();
+        let q_values = Series::new(
+            "q_values".into(),
+            [
+                Series::new("".into(), [0.5f32, -0.5]),
+                Series::new("".into(), [0.1f32, f32::NAN, 0.3]),
+            ],
+        );
+        frame.with_column(q_values.into_column()).unwrap();
+        let path = Path::new("s.parquet");
+        // Row 1 is finite and draws as before.
+        token_row(&frame, path, &RowSelector::Number(1), false).unwrap();
+        let error = token_row(&frame, path, &RowSelector::Number(2), false).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("`q_values` is missing or not finite in 1 row(s): 2"),
+            "{text}"
+        );
+        let row = token_row(&frame, path, &RowSelector::Number(2), true).unwrap();
+        assert!(row.q_values[1].is_nan());
     }
 
     #[test]
@@ -756,7 +805,13 @@ mod tests {
             ],
         );
         frame.with_column(q_values.into_column()).unwrap();
-        let error = token_row(&frame, Path::new("s.parquet"), &RowSelector::Number(1)).unwrap_err();
+        let error = token_row(
+            &frame,
+            Path::new("s.parquet"),
+            &RowSelector::Number(1),
+            false,
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("row 1"), "{error}");
         assert!(
             error.to_string().contains("2 tokens but 1 values"),
@@ -769,17 +824,18 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let input = Path::new("scores.parquet");
         let html = directory.path().join("t.html");
-        tokens_figure(&scores(), input, &RowSelector::Number(2), &html).unwrap();
+        tokens_figure(&scores(), input, &RowSelector::Number(2), false, &html).unwrap();
         assert!(std::fs::read_to_string(&html)
             .unwrap()
             .starts_with("<!DOCTYPE html>"));
         let svg = directory.path().join("t.svg");
-        tokens_figure(&scores(), input, &RowSelector::Number(2), &svg).unwrap();
+        tokens_figure(&scores(), input, &RowSelector::Number(2), false, &svg).unwrap();
         assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
         let error = tokens_figure(
             &scores(),
             input,
             &RowSelector::Number(2),
+            false,
             &directory.path().join("t.png"),
         )
         .unwrap_err();
