@@ -17,11 +17,8 @@ use std::path::Path;
 use polars::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::pipeline::schema::{Columns, QUESTION_ID, RM, SAMPLE};
 
-/// Utf8, written by `qrm-score` right after `rm`: `"{rm}@{12 hex}"`, the model's identity
-/// (weights, tokenizer and goal). Absent from tables scored by older qrm.
-pub const RM_ID: &str = "rm_id";
+use crate::pipeline::schema::{Columns, QUESTION_ID, RM, RM_ID, SAMPLE};
 
 /// How many rows an error message lists before it says "and N more".
 const LISTED_ROWS: usize = 10;

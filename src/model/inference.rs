@@ -25,8 +25,7 @@ use crate::model::train::STATE_DIR;
 use crate::model::trunk::{file_sha256, key_of, model_sha256};
 use crate::model::{Checkpoint, DeviceChoice, HeadKind, RewardModel};
 
-/// The training record `qrm-train` writes into its output directory once training is done.
-pub const TRAINING_RECORD: &str = "train_config.json";
+use crate::model::fit::TRAINING_RECORD;
 
 /// `--max-len` when not given: this, or the model's context when that is shorter.
 pub const DEFAULT_MAX_LEN: usize = 1024;

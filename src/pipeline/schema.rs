@@ -369,7 +369,7 @@ mod tests {
     use std::io::Cursor;
 
     use super::*;
-    use crate::model::scoring::{score_columns, RowScore};
+    use crate::model::scoring::{score_columns, RowScore, ScoreOptions};
     use crate::pipeline::io::{encode, Format};
 
     /// The Arrow type as docs/schemas.md spells it: `Utf8View`, `LargeList<Float32>`, ...
@@ -452,7 +452,14 @@ mod tests {
             tokens: Some(vec!["2".into(), "</s>".into()]),
             token_offsets: Some(vec![0, 1]),
         };
-        let scores = DataFrame::new(1, score_columns(&[score], "bt", true).unwrap()).unwrap();
+        let options = ScoreOptions {
+            rm_name: "bt".into(),
+            rm_id: "bt@0123456789ab".into(),
+            batch_tokens: 2048,
+            goal: None,
+            emit_tokens: true,
+        };
+        let scores = DataFrame::new(1, score_columns(&[score], &options).unwrap()).unwrap();
         let written = [
             ("generations", generations_frame(&[generation]).unwrap()),
             ("pairs", pairs_frame(&[pair]).unwrap()),
