@@ -29,7 +29,7 @@ use qrm::model::goal::GoalState;
 use qrm::model::inference::{self, EncodingArgs, ModelArgs};
 use qrm::model::scoring::{self, Provenance, RunOptions, ScoreOptions, Shard};
 use qrm::model::trunk::file_sha256;
-use qrm::pipeline::io::read_table;
+use qrm::pipeline::io::read_table_hashed;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -145,7 +145,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let frame = read_table(&args.input)?;
+    let (frame, input_sha256) = read_table_hashed(&args.input)?;
     let rm_name = args.rm_name.clone().unwrap_or_else(|| loaded.name.clone());
     let options = ScoreOptions {
         rm_id: loaded.identity.rm_id(&rm_name, goal_sha256.as_deref()),
@@ -163,6 +163,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             model: loaded.identity.clone(),
             goal_sha256,
             device: loaded.device.to_string(),
+            input_sha256: Some(input_sha256),
         },
     };
     let progress = qrm::cli::progress_bar(frame.height() as u64, "scoring", args.quiet);

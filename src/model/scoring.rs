@@ -37,7 +37,7 @@ use crate::model::batching::{run_batches, TokenModel};
 use crate::model::goal::cosine_with_goal;
 use crate::model::inference::{short_hash, ModelIdentity};
 use crate::model::template::{Encoded, Encoder, Template, TruncationCounts};
-use crate::model::trunk::{file_sha256, key_of};
+use crate::model::trunk::key_of;
 use crate::pipeline::io::{display_path, encode, read_table, write_atomic, Format, Output};
 use crate::pipeline::schema::{
     Columns, QUESTION, Q_VALUES, RESPONSE, RESPONSE_TOKENS, REWARD, RM, RM_ID, ROW_INDEX, TOKENS,
@@ -348,6 +348,10 @@ pub struct Provenance {
     /// sha256 of the `--goal` file.
     pub goal_sha256: Option<String>,
     pub device: String,
+    /// sha256 of the bytes the input table was read from
+    /// ([`crate::pipeline::io::read_table_hashed`]: works for stdin too); `None` for a frame
+    /// made in memory, which is hashed through its Arrow IPC encoding.
+    pub input_sha256: Option<String>,
 }
 
 /// What a partial output was made from (`OUTPUT.partial/manifest.json`): every input and
@@ -355,7 +359,7 @@ pub struct Provenance {
 /// equals the run's. Batch and chunk sizes are not in it: they do not change the scores.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunManifest {
-    /// Of the input file's bytes, or of the table's Arrow IPC encoding when read from stdin.
+    /// Of the bytes the input was read from (a file or stdin).
     pub input_sha256: String,
     pub model_sha256: String,
     pub tokenizer_sha256: String,
@@ -388,14 +392,10 @@ impl std::io::Write for HashWriter {
     }
 }
 
-/// The sha256 of an input: of the file, or for stdin (`-`) of the table's Arrow IPC encoding.
-pub fn input_sha256(path: &Path, frame: &DataFrame) -> Result<String> {
-    if path != Path::new("-") {
-        return file_sha256(path);
-    }
+/// The sha256 of a frame that was not read from bytes: of its Arrow IPC stream encoding.
+fn frame_sha256(frame: &DataFrame, shown: &Path) -> Result<String> {
     let mut writer = HashWriter(Sha256::new());
-    let shown = display_path(path);
-    encode(&mut frame.clone(), Format::Stream, &mut writer, &shown)?;
+    encode(&mut frame.clone(), Format::Stream, &mut writer, shown)?;
     Ok(format!("{:x}", writer.0.finalize()))
 }
 
@@ -663,7 +663,10 @@ pub fn score_table(
     let partial = file.map(partial_dir);
     let manifest = match partial {
         Some(_) => Some(RunManifest::new(
-            input_sha256(input_path, &frame)?,
+            match &run.provenance.input_sha256 {
+                Some(sha256) => sha256.clone(),
+                None => frame_sha256(&frame, &input_shown)?,
+            },
             encoder,
             options,
             run,
@@ -1206,6 +1209,7 @@ pub(crate) mod tests {
             },
             goal_sha256: Some("d".repeat(64)),
             device: "cpu".into(),
+            input_sha256: None,
         }
     }
 
