@@ -26,8 +26,8 @@ pub enum Error {
     #[error("{path}: the input is empty")]
     EmptyInput { path: PathBuf },
 
-    #[error("{path}: the input has columns but no rows")]
-    NoRows { path: PathBuf },
+    #[error("{path}: the input has columns ({columns}) but no rows")]
+    NoRows { path: PathBuf, columns: String },
 
     #[error("{path}: missing column `{column}` (columns present: {available})")]
     MissingColumn {

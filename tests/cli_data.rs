@@ -1053,7 +1053,9 @@ fn a_header_only_input_is_an_error_for_qrm_cat() {
         .args(["-o", "-", "--format", "jsonl"])
         .assert()
         .code(1)
-        .stderr(contains("header.csv: the input has columns but no rows"));
+        .stderr(contains(
+            "header.csv: the input has columns (question_id, question, response) but no rows",
+        ));
 }
 
 #[test]

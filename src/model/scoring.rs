@@ -38,7 +38,9 @@ use crate::model::goal::cosine_with_goal;
 use crate::model::inference::{short_hash, ModelIdentity};
 use crate::model::template::{Encoded, Encoder, Template, TruncationCounts};
 use crate::model::trunk::key_of;
-use crate::pipeline::io::{display_path, encode, read_table, write_atomic, Format, Output};
+use crate::pipeline::io::{
+    display_path, encode, read_table, require_rows, write_atomic, Format, Output,
+};
 use crate::pipeline::schema::{
     Columns, QUESTION, Q_VALUES, RESPONSE, RESPONSE_TOKENS, REWARD, RM, RM_ID, ROW_INDEX, TOKENS,
     TOKEN_OFFSETS, TOKEN_REWARDS,
@@ -611,20 +613,7 @@ fn open_partial(
 /// Checks what scoring needs before anything is written: rows, and `question` and `response`
 /// as strings without nulls.
 fn check_input(frame: &DataFrame, path: &Path) -> Result<()> {
-    if frame.height() == 0 {
-        return Err(Error::Format {
-            path: path.to_owned(),
-            message: format!(
-                "the table has its columns ({}) but no rows: nothing to score",
-                frame
-                    .get_column_names()
-                    .iter()
-                    .map(|c| c.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        });
-    }
+    require_rows(frame, path)?;
     let columns = Columns::new(frame, path);
     columns.str_not_null(QUESTION)?;
     columns.str_not_null(RESPONSE)?;

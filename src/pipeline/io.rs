@@ -115,8 +115,14 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 /// writing an empty result with exit 0.
 pub fn require_rows(frame: &DataFrame, path: &Path) -> Result<()> {
     if frame.height() == 0 {
+        let names: Vec<&str> = frame
+            .get_column_names()
+            .iter()
+            .map(|name| name.as_str())
+            .collect();
         return Err(Error::NoRows {
             path: display_path(path),
+            columns: names.join(", "),
         });
     }
     Ok(())
@@ -607,7 +613,7 @@ mod tests {
         assert_eq!(frame.height(), 0);
         let error = require_rows(&frame, &path).unwrap_err().to_string();
         assert!(
-            error.contains("header.csv: the input has columns but no rows"),
+            error.contains("header.csv: the input has columns (question, response) but no rows"),
             "{error}"
         );
     }
