@@ -185,14 +185,18 @@ fn trim_sentence(text: &str) -> String {
     text[..end].to_owned()
 }
 
-/// Strips what surrounds an answer without changing it: spaces, markdown bold, math `$`
-/// delimiters and a final period.
+/// Strips what surrounds an answer without changing it: spaces, markdown bold and code
+/// backticks, math `$` delimiters, a final period and a stray final backslash (`67\`, left by
+/// almost-JSON).
 fn clean_answer(answer: &str) -> String {
     let mut text = answer.trim();
     loop {
         let before = text;
-        text = text.trim_matches('*').trim();
+        text = text.trim_matches(['*', '`']).trim();
         text = text.strip_suffix('.').unwrap_or(text).trim();
+        if text.ends_with('\\') && !text.ends_with("\\\\") {
+            text = text[..text.len() - 1].trim();
+        }
         if let Some(inner) = text
             .strip_prefix("\\(")
             .and_then(|t| t.strip_suffix("\\)"))
@@ -367,7 +371,7 @@ const DECIMAL: &str =
 /// `\frac12`, `a/b` or a decimal, then an optional `%` and unit words.
 static EXACT: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(&format!(
-        r"^(?:[A-Za-z]\s*=\s*)?(?:\$|€|£|¥)?\s*(?:(?P<fneg>-)?\s*\\frac\s*\{{\s*(?P<fnum>{DECIMAL})\s*\}}\s*\{{\s*(?P<fden>{DECIMAL})\s*\}}|(?P<gneg>-)?\\frac(?P<gnum>[0-9])(?P<gden>[0-9])|(?P<snum>{DECIMAL})\s*/\s*(?P<sden>{DECIMAL})|(?P<plain>{DECIMAL}))(?:\s*%)?(?P<gap>\s*)(?P<unit>\p{{L}}[\p{{L}}\s./]*)?$"
+        r"^(?:[A-Za-z]\s*=\s*)?(?:\$|€|£|¥)?\s*(?:(?P<fneg>-)?\s*\\frac\s*\{{\s*(?P<fnum>{DECIMAL})\s*\}}\s*\{{\s*(?P<fden>{DECIMAL})\s*\}}|(?P<gneg>-)?\\frac(?P<gnum>[0-9])(?P<gden>[0-9])|(?P<snum>{DECIMAL})\s*/\s*(?P<sden>{DECIMAL})|(?P<plain>{DECIMAL}))(?:\s*%)?(?P<gap>\s*)(?P<unit>/?\s*\p{{L}}[\p{{L}}\s./]*)?$"
     ))
     .ok()
 });
@@ -375,17 +379,18 @@ static EXACT: LazyLock<Option<Regex>> = LazyLock::new(|| {
 /// The answer as an exact rational when it is one number: an integer (`1,234`: a comma
 /// directly followed by three digits groups thousands), a finite decimal, `a/b`,
 /// `\frac{a}{b}`, with an optional `x =` before it, a currency sign before it, and `%` or unit
-/// words (`5 kg`, `18 dollars`) after it. The percent sign is dropped (`50\%` is 50). A single
-/// letter glued to the number (`5x`) is a variable, not a unit, and `3\sqrt{5}`, `2\pi`, `x^2`
-/// are not numbers.
+/// words (`5 kg`, `18 dollars`, `25000/year`) after it. The percent sign is dropped (`50\%` is
+/// 50). A single letter glued to the number (`5x`) is a variable, not a unit, except the unit
+/// symbols g, m, s, l, k, F, C (`48g`); `3\sqrt{5}`, `2\pi`, `x^2` are not numbers.
 pub fn parse_exact(answer: &str) -> Option<Rational> {
     let text = prepare(answer);
     let captures = EXACT.as_ref()?.captures(&text)?;
     if let Some(unit) = captures.name("unit") {
         let unit = unit.as_str().trim().to_lowercase();
         let glued = captures.name("gap").is_none_or(|g| g.as_str().is_empty());
-        let letters = unit.chars().filter(|c| c.is_alphabetic()).count();
-        if (letters == 1 && glued) || unit.starts_with("sqrt") || unit == "pi" || unit == "i" {
+        // One glued letter is a variable (`5x`) unless it is a unit symbol (`48g`, `-10°F`).
+        let variable = glued && unit.chars().count() == 1 && !"gmslkfc".contains(unit.as_str());
+        if variable || unit.starts_with("sqrt") || unit == "pi" || unit == "i" {
             return None;
         }
     }
@@ -419,7 +424,7 @@ pub fn parse_number(answer: &str) -> Option<f64> {
 
 /// The number a worded answer starts with (`"4 (3 onions and 1 potato)"` → 4, `"2:00 pm"` →
 /// 2), or `None` when the answer is mathematics rather than words: LaTeX (`\\`, `{`), a number
-/// glued to anything but `:` or `)` (a list, a ratio or a variable: `"3, 5, 7"`, `"9/19"`,
+/// glued to anything but `:`, `)` or a full stop (a list, a ratio or a variable: `"3, 5, 7"`, `"9/19"`,
 /// `"2x"`, `"x^2"`), or followed by an operator, a root or π (`"24 + sqrt(193)"`,
 /// `"10 - 2 = 8"`).
 pub fn first_number(answer: &str) -> Option<Rational> {
@@ -434,7 +439,14 @@ pub fn first_number(answer: &str) -> Option<Rational> {
         return None;
     }
     let rest = &text[found.end()..];
-    if !(rest.is_empty() || rest.starts_with(|c: char| c.is_whitespace() || ":)".contains(c))) {
+    // A sentence may end right after it ("... is 160. The blue car ...").
+    let sentence_end = rest
+        .strip_prefix(['.', '!', '?'])
+        .is_some_and(|r| r.is_empty() || r.starts_with(char::is_whitespace));
+    if !(rest.is_empty()
+        || sentence_end
+        || rest.starts_with(|c: char| c.is_whitespace() || ":)".contains(c)))
+    {
         return None;
     }
     let after = rest.trim_start().to_lowercase();
@@ -704,6 +716,11 @@ mod tests {
         (A("45^\\circ"), "45", true),
         (A("\\text{12 cm}"), "12", true),
         (A("5x"), "5", false),
+        (A("48g"), "48", true),
+        (A("25000/year"), "25000", true),
+        (A("-10°F"), "-10", true),
+        (A("67\\"), "67", true),
+        (A("`26`"), "26", true),
         (A("x = 5"), "5", true),
         // Surds and other symbols are not their leading number.
         (A("3\\sqrt{5}"), "3", false),
@@ -753,6 +770,9 @@ mod tests {
         // expression.
         (A("6 pizzas (3 cheese and 3 pepperoni)"), "6", true),
         (A("10 - 2 = 8"), "8", false),
+        (A("The total is 160. The blue car costs 100."), "160", true),
+        // Float noise is not the integer without a tolerance (opt-in, see below).
+        (A("499.99999999999994"), "500", false),
     ];
 
     #[test]
