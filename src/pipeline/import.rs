@@ -129,7 +129,7 @@ impl std::str::FromStr for LabelValues {
 }
 
 /// How to import.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
     /// Force a format instead of detecting it from the columns.
     pub from: Option<SourceFormat>,
@@ -142,19 +142,6 @@ pub struct ImportOptions {
     /// Skip bad lines and rows (counted) instead of failing.
     pub skip_bad: bool,
     pub mapping: ColumnMapping,
-}
-
-impl Default for ImportOptions {
-    fn default() -> Self {
-        Self {
-            from: None,
-            benchmark: None,
-            grade: false,
-            tolerance: None,
-            skip_bad: false,
-            mapping: ColumnMapping::default(),
-        }
-    }
 }
 
 /// What an import read, wrote and skipped.
