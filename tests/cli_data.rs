@@ -1446,3 +1446,34 @@ fn prm800k_steps_through_the_generic_mapping_match_the_prm800k_importer() {
     }
     assert!(ours.iter().any(|g| g.first_error_char.is_some()));
 }
+
+#[test]
+fn a_missing_model_object_is_an_error_or_a_counted_skip() {
+    let directory = tempfile::tempdir().unwrap();
+    let rows = "{\"question\": \"q1\", \"a\": {\"is_correct\": true, \"solution\": \"x\"}, \
+                \"b\": {\"is_correct\": false, \"solution\": \"y\"}}\n\
+                {\"question\": \"q2\", \"a\": {\"is_correct\": true, \"solution\": \"z\"}, \"b\": null}\n";
+    let input = write(directory.path(), "g.jsonl", rows.as_bytes());
+    let mapping = ["--sample-cols", "a,b", "--response-col", "solution"];
+    import()
+        .arg(&input)
+        .args(mapping)
+        .assert()
+        .code(1)
+        .stderr(contains("row 2, column `b.solution`: null value"));
+    let out = directory.path().join("g.parquet");
+    import()
+        .arg(&input)
+        .args(mapping)
+        .arg("--skip-bad")
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains(
+            "1 rows with a null required value or label skipped",
+        ));
+    let frame = read_table(&out).unwrap();
+    assert_eq!(strings(&frame, "sample"), ["a", "b", "a"]);
+    assert_eq!(strings(&frame, "response"), ["x", "y", "z"]);
+}

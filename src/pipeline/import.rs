@@ -1716,6 +1716,37 @@ mod tests {
     }
 
     #[test]
+    fn label_values_parse_two_different_words() {
+        let values: LabelValues = " correct , wrong ".parse().unwrap();
+        assert_eq!(
+            (values.correct.as_str(), values.incorrect.as_str()),
+            ("correct", "wrong")
+        );
+        for bad in ["correct", "a,a", ",b", "a,", "a,b,c"] {
+            assert!(bad.parse::<LabelValues>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn steps_benchmarks_and_id_prefixes() {
+        // "a\n" is 2 characters, "é\n" 2 more (é is one character).
+        assert_eq!(line_starts("a\né\nccc"), [0, 2, 4]);
+        assert_eq!(line_starts(""), [0]);
+        assert_eq!(id_prefix("gsm8k-main-test-#0"), Some("gsm8k"));
+        assert_eq!(id_prefix("0"), None);
+        assert_eq!(id_prefix("-1"), None);
+        assert_eq!(id_prefix("12-3"), None);
+        assert_eq!(
+            benchmark_from_file_name(Path::new("r/math-l5_test_40models.jsonl.gz")).as_deref(),
+            Some("math-l5")
+        );
+        assert_eq!(
+            benchmark_from_file_name(Path::new("gpt-4o.json")).as_deref(),
+            Some("gpt-4o")
+        );
+    }
+
+    #[test]
     fn stable_id_is_sha256_prefix() {
         // sha256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
         assert_eq!(stable_id("abc"), "ba7816bf8f01cfea");
