@@ -1235,11 +1235,22 @@ fn steps_list_is_joined_and_first_error_step_becomes_its_char_offset() {
         .arg(&out)
         .assert()
         .success();
-    let rows = generations_from_frame(&read_table(&out).unwrap(), &out).unwrap();
+    let frame = read_table(&out).unwrap();
+    let rows = generations_from_frame(&frame, &out).unwrap();
     assert_eq!(
         rows[0].response,
         "3*4 = 12.\n2 + 12 = 15.\nSo the answer is 15."
     );
+    // The step boundaries are kept: 0, 9 + 1 = 10, 10 + 12 + 1 = 23; 0, 10 + 1 = 11.
+    let starts: Vec<Vec<u32>> = frame
+        .column("step_starts")
+        .unwrap()
+        .list()
+        .unwrap()
+        .amortized_iter()
+        .map(|s| s.unwrap().as_ref().u32().unwrap().into_no_null_iter().collect())
+        .collect();
+    assert_eq!(starts, [vec![0, 10, 23], vec![0, 11]]);
     // Step 1 starts after "3*4 = 12." (9 characters) and its newline: offset 10.
     assert_eq!(rows[0].first_error_char, Some(10));
     assert_eq!(rows[1].first_error_char, None);
@@ -1257,8 +1268,10 @@ fn steps_list_is_joined_and_first_error_step_becomes_its_char_offset() {
         .arg(&out)
         .assert()
         .success();
-    let rows = generations_from_frame(&read_table(&out).unwrap(), &out).unwrap();
+    let frame = read_table(&out).unwrap();
+    let rows = generations_from_frame(&frame, &out).unwrap();
     assert_eq!(rows[0].first_error_char, Some(5));
+    assert!(frame.column("step_starts").is_err(), "only list responses");
     import()
         .arg(&input)
         .args(["--first-error-step-col", "step"])

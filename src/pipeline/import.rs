@@ -412,6 +412,10 @@ enum Responses {
     Steps(ListChunked),
 }
 
+/// Output column of the generic mapping for list-of-steps responses: where each step starts in
+/// `response`, in characters (List<UInt32>).
+pub const STEP_STARTS: &str = "step_starts";
+
 /// Where each line of `text` starts, in characters: the steps of a text response.
 fn line_starts(text: &str) -> Vec<usize> {
     let mut starts = vec![0];
@@ -1079,6 +1083,11 @@ impl Context<'_> {
         };
         let mut occurrences: HashMap<String, usize> = HashMap::new();
         let mut drafts = Vec::with_capacity(self.frame.height() * loaded.len());
+        // Where each step of a list-of-steps response starts, aligned with `drafts`.
+        let any_steps = loaded
+            .iter()
+            .any(|s| matches!(s.responses, Responses::Steps(_)));
+        let mut starts_column: Vec<Option<Series>> = Vec::new();
         for row in 0..self.frame.height() {
             let Some(question_text) = self.required(question.get(row), row, &question_column)?
             else {
@@ -1142,6 +1151,14 @@ impl Context<'_> {
                         }
                     },
                 };
+                if any_steps {
+                    starts_column.push(matches!(source.responses, Responses::Steps(_)).then(
+                        || {
+                            let starts: Vec<u32> = step_starts.iter().map(|&s| s as u32).collect();
+                            Series::new("".into(), starts)
+                        },
+                    ));
+                }
                 drafts.push(Draft {
                     generation: Generation {
                         question_id: question_id.clone(),
@@ -1168,7 +1185,17 @@ impl Context<'_> {
             }
         }
         let consumed: Vec<&str> = consumed.iter().map(String::as_str).collect();
-        self.finish_generations(drafts, &label_name, &consumed, Vec::new())
+        let mut extras = Vec::new();
+        if any_steps {
+            let starts: ListChunked = starts_column.into_iter().collect();
+            extras.push(
+                starts
+                    .with_name(STEP_STARTS.into())
+                    .into_series()
+                    .into_column(),
+            );
+        }
+        self.finish_generations(drafts, &label_name, &consumed, extras)
     }
 
     fn prm800k(&mut self) -> Result<DataFrame> {
