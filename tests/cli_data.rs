@@ -1248,7 +1248,14 @@ fn steps_list_is_joined_and_first_error_step_becomes_its_char_offset() {
         .list()
         .unwrap()
         .amortized_iter()
-        .map(|s| s.unwrap().as_ref().u32().unwrap().into_no_null_iter().collect())
+        .map(|s| {
+            s.unwrap()
+                .as_ref()
+                .u32()
+                .unwrap()
+                .into_no_null_iter()
+                .collect()
+        })
         .collect();
     assert_eq!(starts, [vec![0, 10, 23], vec![0, 11]]);
     // Step 1 starts after "3*4 = 12." (9 characters) and its newline: offset 10.
