@@ -476,9 +476,10 @@ fn split_requires_holdout_and_a_fraction_in_range() {
         .args(["--split-questions", "1.5", "--holdout"])
         .arg(directory.path().join("h.parquet"))
         .assert()
-        .code(1)
+        .code(2)
         .stderr(contains("fraction in [0, 1]"));
-    // An unknown extension is refused before any work, and nothing is written.
+    // An unknown extension (a bad flag value: exit 2) is refused before any work, and nothing
+    // is written.
     pairs()
         .arg(&generations)
         .args(["--split-questions", "0.5", "--holdout"])
@@ -486,7 +487,7 @@ fn split_requires_holdout_and_a_fraction_in_range() {
         .arg("-o")
         .arg(directory.path().join("p.parquet"))
         .assert()
-        .code(1)
+        .code(2)
         .stderr(contains("unknown output extension"));
     assert!(!directory.path().join("p.parquet").exists());
     import()
@@ -494,7 +495,7 @@ fn split_requires_holdout_and_a_fraction_in_range() {
         .arg("-o")
         .arg(directory.path().join("g.xyz"))
         .assert()
-        .code(1)
+        .code(2)
         .stderr(contains("unknown output extension"));
 }
 
