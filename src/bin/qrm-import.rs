@@ -2,19 +2,46 @@
 //!
 //! Detects ZeroEval results, NeMo-Skills / OpenMathInstruct predictions, OpenMathInstruct
 //! preference rows, HH-RLHF dialogues and PRM800K step ratings from their columns (`--from`
-//! forces one); anything else goes through the generic column mapping. `--grade` computes
-//! `is_correct` from the predicted (or extracted) and expected answers.
+//! forces one); anything else goes through the generic column mapping, which reaches fields
+//! of struct columns (`--response-col 6b_finetuning.solution`), turns several per-model
+//! columns into rows (`--sample-cols`), maps string labels (`--label-values correct,wrong`) and
+//! joins a list of steps into one response (`--first-error-step-col` then sets
+//! `first_error_char`). `--grade` computes `is_correct` from the predicted (or extracted) and
+//! expected answers: numbers compare exactly unless `--tolerance` is given. Which rule labels
+//! the rows of each `--from` is listed in `docs/grading.md`.
 //!
 //! ```text
 //! qrm-import zeroeval/gsm8k_test_42models.jsonl.gz | qrm-pairs --seed 1 -o pairs.parquet
+//! qrm-import example_model_solutions.jsonl --question-col question --expected-col ground_truth \
+//!     --sample-cols 6b_finetuning,6b_verification,175b_finetuning,175b_verification \
+//!     --response-col solution -o gsm8k_examples.parquet
 //! ```
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use qrm::pipeline::grading::DEFAULT_TOLERANCE;
-use qrm::pipeline::import::{import_paths, ColumnMapping, ImportOptions, SourceFormat};
+use qrm::pipeline::grading::Tolerance;
+use qrm::pipeline::import::{
+    import_paths, ColumnMapping, ImportOptions, LabelValues, SourceFormat,
+};
+
+/// How `--tolerance` compares numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ToleranceKind {
+    /// `|predicted - expected| <= TOL`.
+    Absolute,
+    /// `|predicted - expected| <= TOL · |expected|`.
+    Relative,
+}
+
+/// A tolerance: a finite number >= 0.
+fn parse_tolerance(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
+        _ => Err(format!("expected a finite number >= 0, got `{text}`")),
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,13 +65,33 @@ struct Args {
     #[arg(long, value_name = "COLUMN")]
     question_col: Option<String>,
 
-    /// Generic mapping: column holding the response text [default: response].
+    /// Generic mapping: column holding the response text, or a list of steps joined with
+    /// newlines; `a.b` reaches field `b` of struct column `a` [default: response].
     #[arg(long, value_name = "COLUMN")]
     response_col: Option<String>,
 
-    /// Generic mapping: Boolean or 0/1 correctness column [default: is_correct].
+    /// Generic mapping: correctness column: Boolean, 0/1, or strings with --label-values
+    /// [default: is_correct].
     #[arg(long, value_name = "COLUMN")]
     label_col: Option<String>,
+
+    /// Generic mapping: string labels, the value meaning correct then the one meaning
+    /// incorrect (e.g. `correct,wrong`); other values are errors.
+    #[arg(long, value_name = "CORRECT,INCORRECT")]
+    label_values: Option<LabelValues>,
+
+    /// Generic mapping: columns that each hold one sample (a model's solution): each input
+    /// row gives one row per column, `sample` = the column name. In struct columns
+    /// (`{is_correct, solution}`), --response-col, --label-col and --first-error-step-col
+    /// name fields inside each.
+    #[arg(long, value_name = "COLUMN,...", value_delimiter = ',')]
+    sample_cols: Vec<String>,
+
+    /// Generic mapping: 0-based index of the response's first wrong step (negative or null:
+    /// none); `first_error_char` becomes the offset where that step starts. The steps are the
+    /// list items of a list response, or the lines of a text one.
+    #[arg(long, value_name = "COLUMN")]
+    first_error_step_col: Option<String>,
 
     /// Generic mapping: question id column [default: question_id, else a hash of the question].
     #[arg(long, value_name = "COLUMN")]
@@ -59,9 +106,14 @@ struct Args {
     #[arg(long)]
     grade: bool,
 
-    /// Relative tolerance for numeric answers when grading.
-    #[arg(long, default_value_t = DEFAULT_TOLERANCE, requires = "grade")]
-    tolerance: f64,
+    /// Grading: let numbers that are not both integers differ by up to TOL (absolute unless
+    /// --tolerance-kind relative). Without it numbers compare exactly, as rationals.
+    #[arg(long, value_name = "TOL", value_parser = parse_tolerance, requires = "grade")]
+    tolerance: Option<f64>,
+
+    /// Grading: how --tolerance compares.
+    #[arg(long, value_enum, default_value_t = ToleranceKind::Absolute, requires = "tolerance")]
+    tolerance_kind: ToleranceKind,
 
     /// Skip malformed lines and bad rows (counted on stderr) instead of failing.
     #[arg(long)]
@@ -82,17 +134,15 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    if !(args.tolerance >= 0.0 && args.tolerance.is_finite()) {
-        anyhow::bail!(
-            "--tolerance must be a non-negative number, got {}",
-            args.tolerance
-        );
-    }
+    let tolerance = args.tolerance.map(|value| match args.tolerance_kind {
+        ToleranceKind::Absolute => Tolerance::Absolute(value),
+        ToleranceKind::Relative => Tolerance::Relative(value),
+    });
     let options = ImportOptions {
         from: args.from,
         benchmark: args.benchmark,
         grade: args.grade,
-        tolerance: args.tolerance,
+        tolerance,
         skip_bad: args.skip_bad,
         mapping: ColumnMapping {
             question: args.question_col,
@@ -100,6 +150,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             label: args.label_col,
             id: args.id_col,
             expected: args.expected_col,
+            samples: args.sample_cols,
+            first_error_step: args.first_error_step_col,
+            label_values: args.label_values,
         },
     };
     // Refuse an unknown output extension before reading anything.

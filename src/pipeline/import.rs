@@ -20,7 +20,7 @@ use polars::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::pipeline::grading::{grade, DEFAULT_TOLERANCE};
+use crate::pipeline::grading::{grade, Tolerance};
 use crate::pipeline::io::{concat_tables, display_path, read_table_with, ReadOptions};
 use crate::pipeline::pairs::unique_samples;
 use crate::pipeline::schema::{
@@ -82,16 +82,54 @@ pub struct ColumnMapping {
     pub question: Option<String>,
     /// Response text (default `response`).
     pub response: Option<String>,
-    /// Boolean or 0/1 correctness label (default `is_correct`).
+    /// Correctness label (default `is_correct`): Boolean, 0/1 integers, or strings mapped by
+    /// [`ColumnMapping::label_values`].
     pub label: Option<String>,
     /// Question id (default `question_id`; without it, a hash of the question text).
     pub id: Option<String>,
     /// Reference answer (default `expected_answer`, optional).
     pub expected: Option<String>,
+    /// Columns that each hold one sample (one model's solution): every input row gives one
+    /// row per column, with the column name as `sample`. In a struct column, `response`,
+    /// `label` and `first_error_step` name fields inside it (`{is_correct, solution}`).
+    pub samples: Vec<String>,
+    /// 0-based index of the first wrong step of the response (negative or null: none); it
+    /// becomes `first_error_char`, the offset where that step starts.
+    pub first_error_step: Option<String>,
+    /// String labels: the value meaning correct and the one meaning incorrect.
+    pub label_values: Option<LabelValues>,
+}
+
+/// The two words of a string label column (`--label-values correct,wrong`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelValues {
+    pub correct: String,
+    pub incorrect: String,
+}
+
+impl std::str::FromStr for LabelValues {
+    type Err = String;
+
+    /// `CORRECT,INCORRECT`, two different non-empty values.
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let usage = || format!("expected CORRECT,INCORRECT (e.g. `correct,wrong`), got `{text}`");
+        let (correct, incorrect) = text.split_once(',').ok_or_else(usage)?;
+        let (correct, incorrect) = (correct.trim(), incorrect.trim());
+        if correct.is_empty() || incorrect.is_empty() || incorrect.contains(',') {
+            return Err(usage());
+        }
+        if correct == incorrect {
+            return Err(format!("both label values are `{correct}`"));
+        }
+        Ok(Self {
+            correct: correct.to_owned(),
+            incorrect: incorrect.to_owned(),
+        })
+    }
 }
 
 /// How to import.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
     /// Force a format instead of detecting it from the columns.
     pub from: Option<SourceFormat>,
@@ -99,24 +137,11 @@ pub struct ImportOptions {
     pub benchmark: Option<String>,
     /// Compute `is_correct` from the predicted (or extracted) and expected answers.
     pub grade: bool,
-    /// Relative tolerance for numeric answers when grading.
-    pub tolerance: f64,
+    /// Tolerance for numeric answers when grading; `None` compares numbers exactly.
+    pub tolerance: Option<Tolerance>,
     /// Skip bad lines and rows (counted) instead of failing.
     pub skip_bad: bool,
     pub mapping: ColumnMapping,
-}
-
-impl Default for ImportOptions {
-    fn default() -> Self {
-        Self {
-            from: None,
-            benchmark: None,
-            grade: false,
-            tolerance: DEFAULT_TOLERANCE,
-            skip_bad: false,
-            mapping: ColumnMapping::default(),
-        }
-    }
 }
 
 /// What an import read, wrote and skipped.
@@ -375,6 +400,46 @@ struct Draft {
     generation: Generation,
     label: Option<bool>,
     source_row: usize,
+    /// The label's column when it differs from the format's one (generic sample columns).
+    label_column: Option<String>,
+}
+
+/// A response column: text, or a list of steps (joined with newlines).
+enum Responses {
+    Text(StringChunked),
+    Steps(ListChunked),
+}
+
+/// Output column of the generic mapping for list-of-steps responses: where each step starts in
+/// `response`, in characters (List<UInt32>).
+pub const STEP_STARTS: &str = "step_starts";
+
+/// Where each line of `text` starts, in characters: the steps of a text response.
+fn line_starts(text: &str) -> Vec<usize> {
+    let mut starts = vec![0];
+    starts.extend(
+        text.chars()
+            .enumerate()
+            .filter(|(_, c)| *c == '\n')
+            .map(|(index, _)| index + 1),
+    );
+    starts
+}
+
+/// A ZeroEval id's benchmark prefix (`gsm8k` of `gsm8k-main-test-#0`); `None` for integer
+/// ids (MATH level 5 files count from 0).
+fn id_prefix(id: &str) -> Option<&str> {
+    id.split_once('-')
+        .map(|(prefix, _)| prefix)
+        .filter(|p| !p.is_empty() && !p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A benchmark name from a file name: up to the first `_` or `.`
+/// (`math-l5_test_40models.jsonl.gz` → `math-l5`).
+fn benchmark_from_file_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.split(['_', '.']).next()?;
+    (!stem.is_empty()).then(|| stem.to_owned())
 }
 
 impl Context<'_> {
@@ -396,9 +461,82 @@ impl Context<'_> {
         self.frame.column(name).is_ok()
     }
 
-    /// A text column; numbers are written as text, an all-null column reads as nulls.
+    /// A column by name, or a field inside a struct column by a dotted path
+    /// (`6b_finetuning.solution`; an exact column name wins), with the input column it comes
+    /// from. Rows where a struct is null read as null fields.
+    fn lookup(&self, path: &str) -> Result<(Column, String)> {
+        if let Ok(column) = self.frame.column(path) {
+            return Ok((column.clone(), path.to_owned()));
+        }
+        for (at, _) in path.match_indices('.') {
+            let Ok(column) = self.frame.column(&path[..at]) else {
+                continue;
+            };
+            let mut current = column.clone();
+            let mut reached = path[..at].to_owned();
+            for field in path[at + 1..].split('.') {
+                current = self.struct_field(&current, &reached, field, path)?;
+                reached = format!("{reached}.{field}");
+            }
+            return Ok((current, path[..at].to_owned()));
+        }
+        Err(self.missing(path))
+    }
+
+    /// The field `field` of the struct column `reached` (on the way to `path`).
+    fn struct_field(
+        &self,
+        column: &Column,
+        reached: &str,
+        field: &str,
+        path: &str,
+    ) -> Result<Column> {
+        let DataType::Struct(fields) = column.dtype() else {
+            return Err(Error::ColumnType {
+                path: self.path.to_owned(),
+                column: reached.to_owned(),
+                expected: format!("Struct (to reach `{path}`)"),
+                found: column.dtype().to_string(),
+            });
+        };
+        if !fields.iter().any(|f| f.name().as_str() == field) {
+            return Err(Error::MissingColumn {
+                path: self.path.to_owned(),
+                column: path.to_owned(),
+                available: format!(
+                    "`{reached}` has fields {}",
+                    fields
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        let table = |e| Error::table(self.path, e);
+        let series = column
+            .struct_()
+            .map_err(table)?
+            .field_by_name(field)
+            .map_err(table)?;
+        if column.null_count() == 0 {
+            return Ok(series.into_column());
+        }
+        let rows: IdxCa = IdxCa::from_iter_options(
+            "index".into(),
+            column
+                .is_null()
+                .iter()
+                .enumerate()
+                .map(|(row, null)| (null != Some(true)).then_some(row as IdxSize)),
+        );
+        Ok(series.take(&rows).map_err(table)?.into_column())
+    }
+
+    /// A text column (or struct field); numbers are written as text, an all-null column reads
+    /// as nulls.
     fn text(&self, name: &str) -> Result<StringChunked> {
-        let column = self.frame.column(name).map_err(|_| self.missing(name))?;
+        let (column, _) = self.lookup(name)?;
         let dtype = column.dtype();
         if dtype == &DataType::String {
             return Ok(column
@@ -420,6 +558,79 @@ impl Context<'_> {
         })
     }
 
+    /// A response column (or struct field): text, or a list of steps.
+    fn responses(&self, name: &str) -> Result<Responses> {
+        let (column, _) = self.lookup(name)?;
+        if let DataType::List(_) = column.dtype() {
+            let steps = column
+                .cast(&DataType::List(Box::new(DataType::String)))
+                .map_err(|e| Error::table(self.path, e))?;
+            return Ok(Responses::Steps(
+                steps
+                    .list()
+                    .map_err(|e| Error::table(self.path, e))?
+                    .clone(),
+            ));
+        }
+        self.text(name).map(Responses::Text)
+    }
+
+    /// One response and where each of its steps starts (in characters): a list of steps is
+    /// joined with `"\n"`; a text's steps are its lines.
+    fn response_cell(
+        &self,
+        responses: &Responses,
+        row: usize,
+    ) -> Result<Option<(String, Vec<usize>)>> {
+        match responses {
+            Responses::Text(text) => Ok(text.get(row).map(|t| (t.to_owned(), line_starts(t)))),
+            Responses::Steps(lists) => {
+                let Some(steps) = lists.get_as_series(row) else {
+                    return Ok(None);
+                };
+                let steps = steps.str().map_err(|e| Error::table(self.path, e))?;
+                let mut text = String::new();
+                let mut starts = Vec::with_capacity(steps.len());
+                let mut length = 0;
+                for (index, step) in steps.iter().enumerate() {
+                    if index > 0 {
+                        text.push('\n');
+                        length += 1;
+                    }
+                    starts.push(length);
+                    let step = step.unwrap_or_default();
+                    text.push_str(step);
+                    length += step.chars().count();
+                }
+                Ok(Some((text, starts)))
+            }
+        }
+    }
+
+    /// A step index column (or struct field): integers, nulls allowed.
+    fn step_indices(&self, name: &str) -> Result<Vec<Option<i64>>> {
+        let (column, _) = self.lookup(name)?;
+        match column.dtype() {
+            DataType::Null => Ok(vec![None; column.len()]),
+            dtype if dtype.is_integer() => {
+                let cast = column
+                    .cast(&DataType::Int64)
+                    .map_err(|e| Error::table(self.path, e))?;
+                Ok(cast
+                    .i64()
+                    .map_err(|e| Error::table(self.path, e))?
+                    .iter()
+                    .collect())
+            }
+            other => Err(Error::ColumnType {
+                path: self.path.to_owned(),
+                column: name.to_owned(),
+                expected: "integer step index".to_owned(),
+                found: other.to_string(),
+            }),
+        }
+    }
+
     fn optional_text(&self, name: &str) -> Result<Option<StringChunked>> {
         if self.has(name) {
             self.text(name).map(Some)
@@ -439,16 +650,47 @@ impl Context<'_> {
         self.labels(name)
     }
 
-    /// A correctness label column: Boolean, or integers that are all 0 or 1.
+    /// A correctness label column (or struct field): Boolean, integers that are all 0 or 1,
+    /// or strings mapped by `--label-values`.
     fn labels(&self, name: &str) -> Result<Vec<Option<bool>>> {
-        let column = self.frame.column(name).map_err(|_| {
-            let mut error = self.missing(name);
+        let (column, _) = self.lookup(name).map_err(|mut error| {
             if let Error::MissingColumn { available, .. } = &mut error {
                 available.push_str("; use --grade to compute labels from answers");
             }
             error
         })?;
         match column.dtype() {
+            DataType::String => {
+                let Some(values) = &self.options.mapping.label_values else {
+                    return Err(Error::ColumnType {
+                        path: self.path.to_owned(),
+                        column: name.to_owned(),
+                        expected: "Boolean or 0/1 integers (for string labels, name them with \
+                                   --label-values CORRECT,INCORRECT)"
+                            .to_owned(),
+                        found: DataType::String.to_string(),
+                    });
+                };
+                let strings = column.str().map_err(|e| Error::table(self.path, e))?;
+                strings
+                    .iter()
+                    .enumerate()
+                    .map(|(row, value)| match value.map(str::trim) {
+                        None => Ok(None),
+                        Some(v) if v == values.correct => Ok(Some(true)),
+                        Some(v) if v == values.incorrect => Ok(Some(false)),
+                        Some(other) => Err(Error::bad_value(
+                            self.path,
+                            row,
+                            name,
+                            format!(
+                                "label `{other}` is neither `{}` nor `{}` (--label-values)",
+                                values.correct, values.incorrect
+                            ),
+                        )),
+                    })
+                    .collect()
+            }
             DataType::Boolean => Ok(column
                 .bool()
                 .map_err(|e| Error::table(self.path, e))?
@@ -537,6 +779,8 @@ impl Context<'_> {
         let output = self.text("output")?;
         let pred = self.optional_text("pred")?;
         let labels = self.input_labels(IS_CORRECT)?;
+        let dataset = self.optional_text("dataset")?;
+        let file_benchmark = self.zeroeval_file_benchmark(&id, dataset.as_ref())?;
         let mut drafts = Vec::with_capacity(self.frame.height());
         for row in 0..self.frame.height() {
             let (Some(question_id), Some(question), Some(model), Some(output)) = (
@@ -548,9 +792,10 @@ impl Context<'_> {
                 continue;
             };
             let benchmark = self.benchmark_or(|| {
-                question_id
-                    .split_once('-')
-                    .map_or("zeroeval", |(prefix, _)| prefix)
+                id_prefix(question_id)
+                    .or_else(|| dataset.as_ref().and_then(|d| d.get(row)))
+                    .or(file_benchmark.as_deref())
+                    .unwrap_or_default()
                     .to_owned()
             });
             drafts.push(Draft {
@@ -567,12 +812,49 @@ impl Context<'_> {
                 },
                 label: labels.get(row).copied().flatten(),
                 source_row: row,
+                label_column: None,
             });
         }
         let consumed = [
             "id", QUESTION, "gold", "model", "output", "pred", IS_CORRECT,
         ];
         self.finish_generations(drafts, IS_CORRECT, &consumed, Vec::new())
+    }
+
+    /// The benchmark of ZeroEval rows whose id names none (integer ids, as in MATH level 5
+    /// files) and that have no `dataset`: the file name up to its first `_` or `.`, logged.
+    /// `None` when `--benchmark` is given or every id has a prefix; an error on stdin.
+    fn zeroeval_file_benchmark(
+        &self,
+        ids: &StringChunked,
+        dataset: Option<&StringChunked>,
+    ) -> Result<Option<String>> {
+        if self.options.benchmark.is_some() {
+            return Ok(None);
+        }
+        let unnamed = ids.iter().enumerate().find(|(row, id)| {
+            id.is_some_and(|id| id_prefix(id).is_none())
+                && dataset.and_then(|d| d.get(*row)).is_none()
+        });
+        let Some((_, Some(example))) = unnamed else {
+            return Ok(None);
+        };
+        let Some(benchmark) = (self.path != Path::new("<stdin>"))
+            .then(|| benchmark_from_file_name(self.path))
+            .flatten()
+        else {
+            return Err(Error::Usage(format!(
+                "{}: ZeroEval ids such as `{example}` name no benchmark and there is no file \
+                 name to take one from; pass --benchmark",
+                self.path.display()
+            )));
+        };
+        tracing::info!(
+            "{}: ids such as `{example}` name no benchmark; using `{benchmark}` from the file \
+             name (--benchmark sets it)",
+            self.path.display()
+        );
+        Ok(Some(benchmark))
     }
 
     fn nemo(&mut self, source: &Path) -> Result<DataFrame> {
@@ -668,6 +950,7 @@ impl Context<'_> {
                 },
                 label: labels.get(row).copied().flatten(),
                 source_row: row,
+                label_column: None,
             });
         }
         let mut consumed = vec![
@@ -682,54 +965,130 @@ impl Context<'_> {
     }
 
     fn generic(&mut self) -> Result<DataFrame> {
-        let mapping = &self.options.mapping;
-        let question_column = mapping
-            .question
-            .clone()
-            .unwrap_or_else(|| QUESTION.to_owned());
-        let response_column = mapping
-            .response
-            .clone()
-            .unwrap_or_else(|| RESPONSE.to_owned());
-        let label_column = mapping
-            .label
-            .clone()
-            .unwrap_or_else(|| IS_CORRECT.to_owned());
+        let mapping = self.options.mapping.clone();
+        let question_column = mapping.question.unwrap_or_else(|| QUESTION.to_owned());
+        let response_name = mapping.response.unwrap_or_else(|| RESPONSE.to_owned());
+        let label_name = mapping.label.unwrap_or_else(|| IS_CORRECT.to_owned());
+        let explicit_expected = mapping.expected.is_some();
         let expected_column = mapping
             .expected
-            .clone()
             .unwrap_or_else(|| EXPECTED_ANSWER.to_owned());
-        let id_column = match &mapping.id {
-            Some(name) => Some(name.clone()),
+        let id_column = match mapping.id {
+            Some(name) => Some(name),
             None => self.has(QUESTION_ID).then(|| QUESTION_ID.to_owned()),
         };
+        let mut consumed: Vec<String> = [PREDICTED_ANSWER, BENCHMARK, SAMPLE, FIRST_ERROR_CHAR]
+            .map(str::to_owned)
+            .to_vec();
+        let (_, question_top) = self.lookup(&question_column)?;
+        consumed.push(question_top);
         let question = self.text(&question_column)?;
-        let response = self.text(&response_column)?;
         let ids = id_column.as_deref().map(|c| self.text(c)).transpose()?;
-        let expected = if mapping.expected.is_some() {
+        consumed.extend(id_column.clone());
+        let expected = if explicit_expected || self.has(&expected_column) {
+            consumed.push(self.lookup(&expected_column)?.1);
             Some(self.text(&expected_column)?)
         } else {
-            self.optional_text(&expected_column)?
+            None
         };
-        let predicted = self.optional_text(PREDICTED_ANSWER)?;
         let benchmark_column = self.optional_text(BENCHMARK)?;
         let sample_column = self.optional_text(SAMPLE)?;
+
+        // Where each output row's response, label, predicted answer and first error come
+        // from: the row itself, or one struct (or text) column per sample.
+        let mut sources = Vec::new();
+        if mapping.samples.is_empty() {
+            sources.push((
+                None,
+                response_name.clone(),
+                label_name.clone(),
+                self.has(PREDICTED_ANSWER)
+                    .then(|| PREDICTED_ANSWER.to_owned()),
+                mapping.first_error_step.clone(),
+            ));
+        } else {
+            for sample in &mapping.samples {
+                let (column, _) = self.lookup(sample)?;
+                let inside = |field: &str| format!("{sample}.{field}");
+                if let DataType::Struct(fields) = column.dtype() {
+                    let predicted = fields
+                        .iter()
+                        .any(|f| f.name().as_str() == PREDICTED_ANSWER)
+                        .then(|| inside(PREDICTED_ANSWER));
+                    sources.push((
+                        Some(sample.clone()),
+                        inside(&response_name),
+                        inside(&label_name),
+                        predicted,
+                        mapping.first_error_step.as_deref().map(inside),
+                    ));
+                } else {
+                    // A text (or steps) column is the response itself; labels need --grade.
+                    sources.push((
+                        Some(sample.clone()),
+                        sample.clone(),
+                        inside(&label_name),
+                        None,
+                        None,
+                    ));
+                }
+            }
+        }
+        struct Source {
+            sample: Option<String>,
+            responses: Responses,
+            response_column: String,
+            labels: Vec<Option<bool>>,
+            label_column: String,
+            predicted: Option<StringChunked>,
+            first_error: Option<(String, Vec<Option<i64>>)>,
+        }
+        let mut loaded = Vec::with_capacity(sources.len());
+        for (sample, response, label, predicted, first_error) in sources {
+            consumed.push(self.lookup(&response)?.1);
+            if let Ok((_, top)) = self.lookup(&label) {
+                consumed.push(top);
+            }
+            let first_error = match first_error {
+                Some(column) => {
+                    consumed.push(self.lookup(&column)?.1);
+                    let steps = self.step_indices(&column)?;
+                    Some((column, steps))
+                }
+                None => None,
+            };
+            loaded.push(Source {
+                sample,
+                responses: self.responses(&response)?,
+                response_column: response,
+                labels: self.input_labels(&label)?,
+                label_column: label,
+                predicted: predicted.map(|p| self.text(&p)).transpose()?,
+                first_error,
+            });
+        }
         // An all-null column read from JSON Lines has the Null type: no offsets.
-        let first_error = match self.frame.column(FIRST_ERROR_CHAR) {
-            Ok(column) if column.dtype() != &DataType::Null => Some(
-                crate::pipeline::schema::Columns::new(self.frame, self.path)
-                    .f64(FIRST_ERROR_CHAR)?,
-            ),
+        let canonical_first_error = match self.frame.column(FIRST_ERROR_CHAR) {
+            Ok(column)
+                if column.dtype() != &DataType::Null && mapping.first_error_step.is_none() =>
+            {
+                Some(
+                    crate::pipeline::schema::Columns::new(self.frame, self.path)
+                        .f64(FIRST_ERROR_CHAR)?,
+                )
+            }
             _ => None,
         };
-        let labels = self.input_labels(&label_column)?;
         let mut occurrences: HashMap<String, usize> = HashMap::new();
-        let mut drafts = Vec::with_capacity(self.frame.height());
+        let mut drafts = Vec::with_capacity(self.frame.height() * loaded.len());
+        // Where each step of a list-of-steps response starts, aligned with `drafts`.
+        let any_steps = loaded
+            .iter()
+            .any(|s| matches!(s.responses, Responses::Steps(_)));
+        let mut starts_column: Vec<Option<Series>> = Vec::new();
         for row in 0..self.frame.height() {
-            let (Some(question_text), Some(response_text)) = (
-                self.required(question.get(row), row, &question_column)?,
-                self.required(response.get(row), row, &response_column)?,
-            ) else {
+            let Some(question_text) = self.required(question.get(row), row, &question_column)?
+            else {
                 continue;
             };
             let benchmark = self.benchmark_or(|| {
@@ -746,57 +1105,95 @@ impl Context<'_> {
                 },
                 _ => format!("{benchmark}-{}", stable_id(question_text)),
             };
-            let sample = match sample_column.as_ref().and_then(|s| s.get(row)) {
-                Some(sample) => sample.to_owned(),
-                None => {
-                    let count = occurrences.entry(question_id.clone()).or_default();
-                    *count += 1;
-                    (*count - 1).to_string()
-                }
-            };
-            drafts.push(Draft {
-                generation: Generation {
-                    question_id,
-                    question: question_text.to_owned(),
-                    response: response_text.to_owned(),
-                    is_correct: false,
-                    predicted_answer: predicted
-                        .as_ref()
-                        .and_then(|p| p.get(row))
-                        .map(str::to_owned),
-                    expected_answer: expected
-                        .as_ref()
-                        .and_then(|e| e.get(row))
-                        .map(str::to_owned),
-                    benchmark,
-                    sample,
-                    first_error_char: first_error
+            for source in &loaded {
+                let Some((response_text, step_starts)) =
+                    self.response_cell(&source.responses, row)?
+                else {
+                    self.required(None, row, &source.response_column)?;
+                    continue;
+                };
+                let first_error_char = match &source.first_error {
+                    Some((column, steps)) => match steps[row] {
+                        Some(step) if step >= 0 => {
+                            match usize::try_from(step).ok().and_then(|s| step_starts.get(s)) {
+                                Some(&start) => Some(start as i32),
+                                None => {
+                                    self.bad(
+                                        row,
+                                        column,
+                                        format!(
+                                            "first error step {step}, but the response has {} \
+                                             steps (0-based)",
+                                            step_starts.len()
+                                        ),
+                                    )?;
+                                    continue;
+                                }
+                            }
+                        }
+                        _ => None,
+                    },
+                    None => canonical_first_error
                         .as_ref()
                         .and_then(|f| f.get(row))
                         .map(|v| v as i32),
-                },
-                label: labels.get(row).copied().flatten(),
-                source_row: row,
-            });
+                };
+                let sample = match &source.sample {
+                    Some(name) => name.clone(),
+                    None => match sample_column.as_ref().and_then(|s| s.get(row)) {
+                        Some(sample) => sample.to_owned(),
+                        None => {
+                            let count = occurrences.entry(question_id.clone()).or_default();
+                            *count += 1;
+                            (*count - 1).to_string()
+                        }
+                    },
+                };
+                if any_steps {
+                    starts_column.push(matches!(source.responses, Responses::Steps(_)).then(
+                        || {
+                            let starts: Vec<u32> = step_starts.iter().map(|&s| s as u32).collect();
+                            Series::new("".into(), starts)
+                        },
+                    ));
+                }
+                drafts.push(Draft {
+                    generation: Generation {
+                        question_id: question_id.clone(),
+                        question: question_text.to_owned(),
+                        response: response_text,
+                        is_correct: false,
+                        predicted_answer: source
+                            .predicted
+                            .as_ref()
+                            .and_then(|p| p.get(row))
+                            .map(str::to_owned),
+                        expected_answer: expected
+                            .as_ref()
+                            .and_then(|e| e.get(row))
+                            .map(str::to_owned),
+                        benchmark: benchmark.clone(),
+                        sample,
+                        first_error_char,
+                    },
+                    label: source.labels.get(row).copied().flatten(),
+                    source_row: row,
+                    label_column: Some(source.label_column.clone()),
+                });
+            }
         }
-        let mut consumed: Vec<&str> = vec![
-            &question_column,
-            &response_column,
-            &label_column,
-            PREDICTED_ANSWER,
-            BENCHMARK,
-            SAMPLE,
-            FIRST_ERROR_CHAR,
-        ];
-        if expected.is_some() {
-            consumed.push(&expected_column);
-        }
-        if let Some(id) = id_column.as_deref() {
-            consumed.push(id);
-        }
-        let consumed: Vec<String> = consumed.into_iter().map(str::to_owned).collect();
         let consumed: Vec<&str> = consumed.iter().map(String::as_str).collect();
-        self.finish_generations(drafts, &label_column, &consumed, Vec::new())
+        let mut extras = Vec::new();
+        if any_steps {
+            let starts: ListChunked = starts_column.into_iter().collect();
+            extras.push(
+                starts
+                    .with_name(STEP_STARTS.into())
+                    .into_series()
+                    .into_column(),
+            );
+        }
+        self.finish_generations(drafts, &label_name, &consumed, extras)
     }
 
     fn prm800k(&mut self) -> Result<DataFrame> {
@@ -877,6 +1274,7 @@ impl Context<'_> {
                 },
                 label: Some(rating != -1),
                 source_row: row,
+                label_column: None,
             });
         }
         let extras = vec![
@@ -935,7 +1333,7 @@ impl Context<'_> {
                         return Err(Error::bad_value(
                             self.path,
                             draft.source_row,
-                            label_column,
+                            draft.label_column.as_deref().unwrap_or(label_column),
                             "null label (use --skip-bad to skip such rows, or --grade to compute labels)",
                         ));
                     }
@@ -1340,6 +1738,37 @@ mod tests {
         }
         assert_eq!(SourceFormat::HhRlhf.table(), TableKind::Pairs);
         assert_eq!(SourceFormat::Prm800k.table(), TableKind::Generations);
+    }
+
+    #[test]
+    fn label_values_parse_two_different_words() {
+        let values: LabelValues = " correct , wrong ".parse().unwrap();
+        assert_eq!(
+            (values.correct.as_str(), values.incorrect.as_str()),
+            ("correct", "wrong")
+        );
+        for bad in ["correct", "a,a", ",b", "a,", "a,b,c"] {
+            assert!(bad.parse::<LabelValues>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn steps_benchmarks_and_id_prefixes() {
+        // "a\n" is 2 characters, "é\n" 2 more (é is one character).
+        assert_eq!(line_starts("a\né\nccc"), [0, 2, 4]);
+        assert_eq!(line_starts(""), [0]);
+        assert_eq!(id_prefix("gsm8k-main-test-#0"), Some("gsm8k"));
+        assert_eq!(id_prefix("0"), None);
+        assert_eq!(id_prefix("-1"), None);
+        assert_eq!(id_prefix("12-3"), None);
+        assert_eq!(
+            benchmark_from_file_name(Path::new("r/math-l5_test_40models.jsonl.gz")).as_deref(),
+            Some("math-l5")
+        );
+        assert_eq!(
+            benchmark_from_file_name(Path::new("gpt-4o.json")).as_deref(),
+            Some("gpt-4o")
+        );
     }
 
     #[test]
