@@ -1,8 +1,10 @@
 //! qrm: goal-conditioned ("Q-function") reward models as composable tools over Parquet.
 //!
 //! The library holds everything the `qrm-*` binaries do: [`pipeline`] (data in and out),
-//! [`model`] (transformer, heads, losses, training), [`metrics`] (statistics), [`cli`] (what the
-//! binaries share) and [`testing`] (what the test suites share).
+//! [`model`] (transformer, heads, loading, encoding, batching), [`train`] (losses, sampling,
+//! optimiser, the training loop), [`score`] (scoring tables, goal states), [`metrics`]
+//! (statistics), [`plot`] (figures), [`cli`] (what the binaries share) and [`testing`] (what the
+//! test suites share).
 
 pub mod cli;
 pub mod error;
@@ -10,7 +12,9 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod plot;
+pub mod score;
 #[doc(hidden)]
 pub mod testing;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -88,3 +88,29 @@ pub fn seeded_normal(dims: &[usize], std: f32, seed: u64) -> candle_core::Tensor
     candle_core::Tensor::from_vec(values, dims, &candle_core::Device::Cpu)
         .expect("as many values as the shape holds")
 }
+
+/// The tiny llama reward-model fixture (tests/fixtures/tiny-llama: 2 layers, hidden 32,
+/// vocabulary 100, MLP head) on the CPU in f32.
+pub fn tiny_llama() -> crate::model::RewardModel {
+    let path = project_root().join("tests/fixtures/tiny-llama");
+    crate::model::RewardModel::load(path, &candle_core::Device::Cpu, candle_core::DType::F32)
+        .expect("the tiny llama fixture loads")
+}
+
+/// An encoder over the character-level fixture tokenizer
+/// (tests/fixtures/make_tiny_tokenizer.py): chatml template, EOS appended, left-prompt
+/// truncation, no length limit.
+pub fn tiny_encoder() -> crate::model::template::Encoder {
+    use crate::model::template::{find_eos_id, Encoder, EosPolicy, Template, Truncation};
+    let path = project_root().join("tests/fixtures/tiny-tokenizer/tokenizer.json");
+    let tokenizer = tokenizers::Tokenizer::from_file(path).expect("the fixture tokenizer loads");
+    let eos_id = find_eos_id(&tokenizer, None).expect("the fixture tokenizer has an EOS");
+    Encoder {
+        tokenizer,
+        template: Template::ChatMl,
+        eos: EosPolicy::Append,
+        eos_id,
+        max_len: None,
+        truncation: Truncation::LeftPrompt,
+    }
+}

@@ -159,11 +159,11 @@ fn embed_then_score_through_a_pipe() {
         .arg(&goal)
         .assert()
         .success();
-    let stored = qrm::model::goal::GoalState::load(&goal).unwrap();
+    let stored = qrm::score::goal::GoalState::load(&goal).unwrap();
     assert_eq!(stored.vector.len(), 32);
-    assert_eq!(stored.metadata["count"], "12");
-    assert_eq!(stored.metadata["template"], "chatml");
-    assert_eq!(stored.metadata["eos"], "append");
+    assert_eq!(stored.provenance.count, Some(12));
+    assert_eq!(stored.provenance.template.as_deref(), Some("chatml"));
+    assert_eq!(stored.provenance.eos.as_deref(), Some("append"));
 
     let bytes = std::fs::read(&input).unwrap();
     let output = tool("qrm-score", "chatml")

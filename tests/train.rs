@@ -292,13 +292,16 @@ fn pairs_can_come_from_stdin() {
     // The hash is of what was read, the same as the file's.
     assert_eq!(
         record["pairs_sha256"].as_str().unwrap(),
-        qrm::model::trunk::file_sha256(&pairs).unwrap()
+        qrm::pipeline::io::file_sha256(&pairs).unwrap()
     );
     // The record reads back as its typed struct; the candle version is the one Cargo.lock pins.
-    let typed = qrm::model::fit::TrainingRecord::load(&output).unwrap();
+    let typed = qrm::train::run::TrainingRecord::load(&output).unwrap();
     assert_eq!(typed.pairs, PathBuf::from("<stdin>"));
     assert_eq!(
-        (typed.template.as_str(), typed.eos.as_str()),
+        (
+            typed.encoding.template.as_str(),
+            typed.encoding.eos.as_str()
+        ),
         ("raw", "append")
     );
     let lock =

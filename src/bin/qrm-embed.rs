@@ -9,15 +9,14 @@
 //! The provenance records the model's `rm_sha256` (its weights) and `tokenizer_sha256`;
 //! `qrm-score --goal` refuses a goal whose `rm_sha256` is not the scoring model's.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use qrm::model::goal::{embed_goal, EmbedOptions, GoalState, GoalToken};
-use qrm::model::inference::{self, EncodingArgs, ModelArgs};
+use qrm::model::loading::{self, EncodingArgs, ModelArgs};
 use qrm::pipeline::io::{display_path, read_table};
 use qrm::pipeline::schema::{Columns, CHOSEN, QUESTION};
+use qrm::score::goal::{embed_goal, EmbedOptions, GoalProvenance, GoalState, GoalToken};
 use rand::seq::index::sample;
 use rand::SeedableRng;
 
@@ -65,7 +64,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let loaded = inference::load(&args.model)?;
+    let loaded = loading::load(&args.model)?;
     let encoder = loaded.encoder(&args.encoding)?;
     let frame = read_table(&args.input)?;
     let shown = display_path(&args.input);
@@ -105,28 +104,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     let vector = accumulator
         .mean()
         .context("no chosen response could be embedded (all skipped by truncation?)")?;
-    let metadata = HashMap::from([
-        ("rm".to_owned(), loaded.name.clone()),
-        ("count".to_owned(), accumulator.count().to_string()),
-        ("template".to_owned(), encoder.template.name()),
-        ("token".to_owned(), args.token.name().to_owned()),
-        ("eos".to_owned(), encoder.eos.name().to_owned()),
-        (
-            "max_len".to_owned(),
-            encoder.max_len.unwrap_or_default().to_string(),
-        ),
-        (
-            inference::GOAL_RM_SHA256.to_owned(),
-            loaded.identity.weights_sha256.clone(),
-        ),
-        (
-            "tokenizer_sha256".to_owned(),
-            loaded.identity.tokenizer_sha256.clone(),
-        ),
-        ("seed".to_owned(), args.model.seed.to_string()),
-        ("source".to_owned(), shown.display().to_string()),
-    ]);
-    GoalState { vector, metadata }.save(&args.output)?;
+    let provenance = GoalProvenance {
+        rm: Some(loaded.name.clone()),
+        count: Some(accumulator.count()),
+        template: Some(encoder.template.name()),
+        token: Some(args.token.name().to_owned()),
+        eos: Some(encoder.eos.name().to_owned()),
+        max_len: encoder.max_len,
+        rm_sha256: Some(loaded.identity.weights_sha256.clone()),
+        tokenizer_sha256: Some(loaded.identity.tokenizer_sha256.clone()),
+        seed: Some(args.model.seed),
+        source: Some(shown.display().to_string()),
+    };
+    GoalState { vector, provenance }.save(&args.output)?;
     tracing::info!(
         "goal state of {} chosen responses → {}; {truncation}",
         accumulator.count(),

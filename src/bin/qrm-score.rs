@@ -25,11 +25,11 @@ use anyhow::Context;
 use clap::builder::{NonEmptyStringValueParser, RangedU64ValueParser};
 use clap::{Parser, Subcommand};
 use qrm::cli::OutputArgs;
-use qrm::model::goal::GoalState;
-use qrm::model::inference::{self, EncodingArgs, ModelArgs};
-use qrm::model::scoring::{self, Provenance, RunOptions, ScoreOptions, Shard};
-use qrm::model::trunk::file_sha256;
+use qrm::model::loading::{self, EncodingArgs, ModelArgs};
+use qrm::pipeline::io::file_sha256;
 use qrm::pipeline::io::read_table_hashed;
+use qrm::score::goal::GoalState;
+use qrm::score::scoring::{self, Provenance, RunOptions, ScoreOptions, Shard};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -131,12 +131,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         return Ok(output.output().write(&mut merged)?);
     }
     let model_args = args.model.context("--rm is required")?;
-    let loaded = inference::load(&model_args)?;
+    let loaded = loading::load(&model_args)?;
     let encoder = loaded.encoder(&args.encoding)?;
     let (goal, goal_sha256) = match &args.goal {
         Some(path) => {
             let goal = GoalState::load(path)?;
-            inference::check_goal_matches(&goal, path, &loaded, &encoder)?;
+            goal.check_matches(path, &loaded, &encoder)?;
             let device = loaded.model.device();
             (
                 Some(candle_core::Tensor::new(goal.vector.as_slice(), device)?),

@@ -8,11 +8,11 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use qrm::model::fit::{fit, FitRequest};
 use qrm::model::head::HeadKind;
 use qrm::model::template::EosPolicy;
-use qrm::model::train::TrainConfig;
 use qrm::model::DeviceChoice;
+use qrm::train::run::{fit, FitRequest};
+use qrm::train::trainer::TrainConfig;
 
 #[derive(Debug, Parser)]
 #[command(version, about)]

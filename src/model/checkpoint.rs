@@ -12,6 +12,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 
 use crate::model::config::ModelConfig;
 use crate::model::head::{HeadKind, HeadLayout, ValueHead};
+use crate::pipeline::io::{file_sha256, key_of};
 use crate::{Error, Result};
 
 /// Where `scripts/install-model.sh` puts the default model (SmolLM2-135M-Instruct, Q4_1 GGUF),
@@ -378,4 +379,28 @@ impl safetensors::View for F32View {
     fn data_len(&self) -> usize {
         self.bytes.len()
     }
+}
+
+/// Hex sha256 identifying a model: of the file itself, or for a directory of its `config.json`
+/// and `*.safetensors` files' hashes, in name order.
+pub fn model_sha256(path: &Path) -> Result<String> {
+    if !path.is_dir() {
+        return file_sha256(path);
+    }
+    let mut names: Vec<PathBuf> = fs_err::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|file| {
+            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name == "config.json" || name.ends_with(".safetensors")
+        })
+        .collect();
+    names.sort();
+    let hashes = names
+        .iter()
+        .map(|file| file_sha256(file))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(key_of(
+        &hashes.iter().map(String::as_str).collect::<Vec<_>>(),
+    ))
 }

@@ -1,4 +1,6 @@
-//! The reward model: transformer backbone, heads, losses and training.
+//! The reward model: transformer backbone, heads, checkpoint loading, prompt encoding and
+//! batching — what training ([`crate::train`]) and scoring ([`crate::score`]) share. Nothing
+//! here depends on either.
 //!
 //! - [`Checkpoint::load`] reads a Hugging Face model directory (`config.json`, `*.safetensors`,
 //!   sharded or not) or a llama.cpp `.gguf` (dequantised, Q/K permutation undone) into named
@@ -28,20 +30,13 @@ pub mod checkpoint;
 pub mod config;
 pub mod cpu_kernels;
 pub mod device;
-pub mod fit;
 pub mod gguf;
-pub mod goal;
 pub mod head;
-pub mod inference;
-pub mod loss;
-pub mod optim;
+pub mod loading;
+pub mod record;
 pub mod reward_model;
-pub mod sampling;
-pub mod scoring;
 pub mod template;
-pub mod train;
 pub mod transformer;
-pub mod trunk;
 
 pub use checkpoint::Checkpoint;
 pub use config::{Family, ModelConfig};

@@ -308,6 +308,16 @@ fn tokenize_with_offsets(tokenizer: &Tokenizer, text: &str) -> Result<(Vec<u32>,
 }
 
 impl Encoder {
+    /// Encodes every (question, response) pair, in parallel, in order.
+    pub fn encode_rows(&self, questions: &[&str], responses: &[&str]) -> Result<Vec<Encoded>> {
+        use rayon::prelude::*;
+        questions
+            .par_iter()
+            .zip(responses.par_iter())
+            .map(|(question, response)| self.encode(question, response))
+            .collect()
+    }
+
     /// Encodes `template(question) ++ response ++ [eos]`, truncated to `max_len` by the policy.
     pub fn encode(&self, question: &str, response: &str) -> Result<Encoded> {
         let mut prompt = tokenize(&self.tokenizer, &self.template.prompt(question))?;

@@ -11,6 +11,7 @@ use std::io::{Cursor, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
@@ -143,11 +144,35 @@ pub fn read_table_with(path: &Path, options: &ReadOptions) -> Result<(DataFrame,
 /// that record what they read (`qrm-train`'s training record, resume checks) and must also take
 /// `-`, which cannot be read twice.
 pub fn read_table_hashed(path: &Path) -> Result<(DataFrame, String)> {
-    use sha2::{Digest, Sha256};
     let bytes = read_bytes(path)?;
     let digest = format!("{:x}", Sha256::digest(&bytes));
     let (frame, _) = parse_table(bytes, path, &ReadOptions::default())?;
     Ok((frame, digest))
+}
+
+/// Hex sha256 of a file's bytes (streamed).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut file = fs_err::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Hex sha256 of the parts joined by NUL bytes.
+pub fn key_of(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    format!("{:x}", hasher.finalize())
 }
 
 /// Parses the bytes of a table read from `path` (named in errors), detecting the format.

@@ -369,8 +369,8 @@ mod tests {
     use std::io::Cursor;
 
     use super::*;
-    use crate::model::scoring::{score_columns, RowScore, ScoreOptions};
     use crate::pipeline::io::{encode, Format};
+    use crate::score::scoring::{score_columns, RowScore, ScoreOptions};
 
     /// The Arrow type as docs/schemas.md spells it: `Utf8View`, `LargeList<Float32>`, ...
     fn arrow_type_name(dtype: &ArrowDataType) -> String {

@@ -28,16 +28,14 @@ use candle_core::{DType, Tensor};
 use clap::ValueEnum;
 use indicatif::ProgressBar;
 use polars::prelude::*;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::model::batching::{run_batches, TokenModel};
-use crate::model::goal::cosine_with_goal;
-use crate::model::inference::{short_hash, ModelIdentity};
+use crate::model::loading::{short_hash, ModelIdentity};
 use crate::model::template::{Encoded, Encoder, Template, TruncationCounts};
-use crate::model::trunk::key_of;
+use crate::pipeline::io::key_of;
 use crate::pipeline::io::{
     display_path, encode, read_table, require_rows, write_atomic, Format, Output,
 };
@@ -45,6 +43,7 @@ use crate::pipeline::schema::{
     Columns, QUESTION, Q_VALUES, RESPONSE, RESPONSE_TOKENS, REWARD, RM, RM_ID, ROW_INDEX, TOKENS,
     TOKEN_OFFSETS, TOKEN_REWARDS,
 };
+use crate::score::goal::cosine_with_goal;
 
 /// What to compute for each row.
 #[derive(Debug, Clone)]
@@ -86,18 +85,6 @@ pub struct ScoreSummary {
     pub truncation: TruncationCounts,
 }
 
-/// Encodes every (question, response) pair, in parallel.
-pub fn encode_rows(
-    encoder: &Encoder,
-    questions: &[&str],
-    responses: &[&str],
-) -> Result<Vec<Encoded>> {
-    questions
-        .par_iter()
-        .zip(responses.par_iter())
-        .map(|(question, response)| encoder.encode(question, response))
-        .collect()
-}
 
 /// Scores encoded rows; the result is in the order of `encoded`.
 pub fn score_encoded(
@@ -255,7 +242,7 @@ pub fn score_frame(
         .iter()
         .map(Option::unwrap_or_default)
         .collect();
-    let encoded = encode_rows(encoder, &questions, &responses)?;
+    let encoded = encoder.encode_rows(&questions, &responses)?;
     let mut summary = ScoreSummary {
         rows: frame.height(),
         scored: frame.height(),
@@ -879,31 +866,10 @@ pub fn merge_shards(parts: &[PathBuf]) -> Result<DataFrame> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::template::{EosPolicy, Template, Truncation};
+    use crate::model::template::{EosPolicy, Truncation};
     use candle_core::Device;
-    use tokenizers::Tokenizer;
 
-    /// The tiny llama fixture (2 layers, hidden 32, vocab 100, MLP head) on the CPU in f32.
-    pub(crate) fn tiny_llama() -> crate::model::RewardModel {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
-        crate::model::RewardModel::load(path, &Device::Cpu, DType::F32).unwrap()
-    }
-
-    /// The character-level fixture tokenizer (tests/fixtures/make_tiny_tokenizer.py).
-    pub(crate) fn tiny_encoder() -> Encoder {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/tiny-tokenizer/tokenizer.json");
-        let tokenizer = Tokenizer::from_file(path).unwrap();
-        let eos_id = crate::model::template::find_eos_id(&tokenizer, None).unwrap();
-        Encoder {
-            tokenizer,
-            template: Template::ChatMl,
-            eos: EosPolicy::Append,
-            eos_id,
-            max_len: None,
-            truncation: Truncation::LeftPrompt,
-        }
-    }
+    use crate::testing::{tiny_encoder, tiny_llama};
 
     fn generations(rows: usize) -> DataFrame {
         let questions: Vec<String> = (0..rows)

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
 use crate::model::batching::{run_batches, TokenModel};
-use crate::model::scoring::encode_rows;
+use crate::model::loading::{short_hash, LoadedModel};
 use crate::model::template::{Encoder, TruncationCounts};
 use crate::pipeline::io::write_atomic;
 
@@ -41,15 +41,142 @@ impl GoalToken {
     }
 }
 
+/// Where a goal state came from, kept as string metadata in its safetensors header. Every
+/// field is optional on reading: goal files from older qrm or other tools record less.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GoalProvenance {
+    /// The reward model's name (`rm`).
+    pub rm: Option<String>,
+    /// How many chosen responses were averaged.
+    pub count: Option<usize>,
+    pub template: Option<String>,
+    /// `last` or `random` ([`GoalToken`]).
+    pub token: Option<String>,
+    pub eos: Option<String>,
+    pub max_len: Option<usize>,
+    /// sha256 of the model's weights and of its tokenizer (`ModelIdentity`).
+    pub rm_sha256: Option<String>,
+    pub tokenizer_sha256: Option<String>,
+    pub seed: Option<u64>,
+    /// The pairs table the chosen responses came from.
+    pub source: Option<String>,
+}
+
+impl GoalProvenance {
+    /// The header metadata: one string per recorded field, under the field's name.
+    pub fn to_metadata(&self) -> HashMap<String, String> {
+        let numbers = [
+            ("count", self.count.map(|v| v.to_string())),
+            ("max_len", self.max_len.map(|v| v.to_string())),
+            ("seed", self.seed.map(|v| v.to_string())),
+        ];
+        let texts = [
+            ("rm", &self.rm),
+            ("template", &self.template),
+            ("token", &self.token),
+            ("eos", &self.eos),
+            ("rm_sha256", &self.rm_sha256),
+            ("tokenizer_sha256", &self.tokenizer_sha256),
+            ("source", &self.source),
+        ];
+        numbers
+            .into_iter()
+            .chain(texts.into_iter().map(|(key, value)| (key, value.clone())))
+            .filter_map(|(key, value)| Some((key.to_owned(), value?)))
+            .collect()
+    }
+
+    /// Reads the fields back from header metadata; a number that does not parse is an error
+    /// naming the file and key.
+    pub fn from_metadata(metadata: &HashMap<String, String>, path: &Path) -> Result<Self> {
+        let text = |key: &str| metadata.get(key).cloned();
+        fn number<T: std::str::FromStr>(
+            metadata: &HashMap<String, String>,
+            key: &str,
+            path: &Path,
+        ) -> Result<Option<T>> {
+            metadata
+                .get(key)
+                .map(|value| {
+                    value.parse().map_err(|_| Error::Format {
+                        path: path.to_owned(),
+                        message: format!("goal metadata `{key}` is `{value}`, not a number"),
+                    })
+                })
+                .transpose()
+        }
+        Ok(GoalProvenance {
+            rm: text("rm"),
+            count: number(metadata, "count", path)?,
+            template: text("template"),
+            token: text("token"),
+            eos: text("eos"),
+            max_len: number(metadata, "max_len", path)?,
+            rm_sha256: text("rm_sha256"),
+            tokenizer_sha256: text("tokenizer_sha256"),
+            seed: number(metadata, "seed", path)?,
+            source: text("source"),
+        })
+    }
+}
+
 /// A goal state and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GoalState {
     pub vector: Vec<f32>,
-    /// Provenance: `rm`, `count`, `template`, `token`, `eos`, and anything else worth keeping.
-    pub metadata: HashMap<String, String>,
+    pub provenance: GoalProvenance,
 }
 
 impl GoalState {
+    /// Refuses a goal state made with another model (hidden size, or weights when the goal
+    /// records their sha256), template or EOS policy than the scoring run's: the cosine only
+    /// means something when both come from the same model and encoding.
+    pub fn check_matches(
+        &self,
+        path: &Path,
+        loaded: &LoadedModel,
+        encoder: &Encoder,
+    ) -> Result<()> {
+        let mismatch = |message: String| Error::Format {
+            path: path.to_owned(),
+            message,
+        };
+        if self.vector.len() != loaded.hidden_size {
+            return Err(mismatch(format!(
+                "the goal state has {} values but the model's hidden size is {}: it was made with \
+                 another model",
+                self.vector.len(),
+                loaded.hidden_size
+            )));
+        }
+        if let Some(then) = &self.provenance.rm_sha256 {
+            if *then != loaded.identity.weights_sha256 {
+                return Err(mismatch(format!(
+                    "the goal state was made with another model (weights sha256 {}, this model's {})",
+                    short_hash(then),
+                    short_hash(&loaded.identity.weights_sha256)
+                )));
+            }
+        }
+        for (key, then, now) in [
+            (
+                "template",
+                &self.provenance.template,
+                encoder.template.name(),
+            ),
+            ("eos", &self.provenance.eos, encoder.eos.name().to_owned()),
+        ] {
+            if let Some(then) = then {
+                if *then != now {
+                    return Err(mismatch(format!(
+                        "the goal state was made with --{key} {then}, this run uses {now}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `goal_state` (hidden,) F32 and the metadata, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let format = |e: safetensors::SafeTensorError| Error::Format {
@@ -63,8 +190,9 @@ impl GoalState {
             &data,
         )
         .map_err(format)?;
-        let bytes = safetensors::serialize([(GOAL_TENSOR, view)], Some(self.metadata.clone()))
-            .map_err(format)?;
+        let metadata = self.provenance.to_metadata();
+        let bytes =
+            safetensors::serialize([(GOAL_TENSOR, view)], Some(metadata)).map_err(format)?;
         write_atomic(path, |writer| {
             std::io::Write::write_all(writer, &bytes).map_err(|e| Error::io(path, e))
         })
@@ -95,7 +223,8 @@ impl GoalState {
                 tensor.dims()
             )));
         }
-        Ok(GoalState { vector, metadata })
+        let provenance = GoalProvenance::from_metadata(&metadata, path)?;
+        Ok(GoalState { vector, provenance })
     }
 }
 
@@ -180,7 +309,7 @@ pub fn embed_goal(
     options: &EmbedOptions,
     mut on_rows: impl FnMut(usize),
 ) -> Result<(GoalAccumulator, TruncationCounts)> {
-    let encoded = encode_rows(encoder, questions, chosen)?;
+    let encoded = encoder.encode_rows(questions, chosen)?;
     let mut truncation = TruncationCounts::default();
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let positions: Vec<Option<usize>> = encoded
@@ -247,7 +376,7 @@ mod tests {
 
     #[test]
     fn embed_goal_averages_each_rows_final_hidden_state() {
-        use crate::model::scoring::tests::{tiny_encoder, tiny_llama};
+        use crate::testing::{tiny_encoder, tiny_llama};
         let (model, encoder) = (tiny_llama(), tiny_encoder());
         let questions = ["What is 1 + 1?", "Name a colour.", "2 * 3?"];
         let chosen = ["2", "Blue, like the sky.", "2 * 3 = 6, so the answer is 6."];
@@ -303,12 +432,16 @@ mod tests {
         let path = dir.path().join("goal.safetensors");
         let goal = GoalState {
             vector: vec![0.5, -1.25, 3.0],
-            metadata: HashMap::from([
-                ("rm".to_owned(), "tiny".to_owned()),
-                ("count".to_owned(), "2".to_owned()),
-            ]),
+            provenance: GoalProvenance {
+                rm: Some("tiny".into()),
+                count: Some(2),
+                rm_sha256: Some("a".repeat(64)),
+                ..GoalProvenance::default()
+            },
         };
         goal.save(&path).unwrap();
         assert_eq!(GoalState::load(&path).unwrap(), goal);
+        // Only the recorded fields are written.
+        assert_eq!(goal.provenance.to_metadata().len(), 3);
     }
 }

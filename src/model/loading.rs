@@ -17,15 +17,14 @@ use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
 use crate::model::batching::TokenModel;
+use crate::model::checkpoint::model_sha256;
 use crate::model::device::parse_device;
 use crate::model::gguf::tokenizer_from_gguf;
-use crate::model::goal::GoalState;
 use crate::model::template::{find_eos_id, Encoder, EosPolicy, Template, Truncation};
-use crate::model::train::STATE_DIR;
-use crate::model::trunk::{file_sha256, key_of, model_sha256};
 use crate::model::{Checkpoint, DeviceChoice, HeadKind, RewardModel};
+use crate::pipeline::io::{file_sha256, key_of};
 
-use crate::model::fit::TRAINING_RECORD;
+use crate::model::record::{STATE_DIR, TRAINING_RECORD};
 
 /// `--max-len` when not given: this, or the model's context when that is shorter.
 pub const DEFAULT_MAX_LEN: usize = 1024;
@@ -327,54 +326,6 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
         device: choice,
         identity,
     })
-}
-
-/// Goal-state metadata key: [`ModelIdentity::weights_sha256`] of the model that made it.
-pub const GOAL_RM_SHA256: &str = "rm_sha256";
-
-/// Refuses a goal state made with another model (hidden size, or weights when the goal records
-/// their sha256), template or EOS policy than the scoring run's: the cosine only means something
-/// when both come from the same model and encoding.
-pub fn check_goal_matches(
-    goal: &GoalState,
-    path: &Path,
-    loaded: &LoadedModel,
-    encoder: &Encoder,
-) -> Result<()> {
-    let mismatch = |message: String| Error::Format {
-        path: path.to_owned(),
-        message,
-    };
-    if goal.vector.len() != loaded.hidden_size {
-        return Err(mismatch(format!(
-            "the goal state has {} values but the model's hidden size is {}: it was made with \
-             another model",
-            goal.vector.len(),
-            loaded.hidden_size
-        )));
-    }
-    if let Some(then) = goal.metadata.get(GOAL_RM_SHA256) {
-        if *then != loaded.identity.weights_sha256 {
-            return Err(mismatch(format!(
-                "the goal state was made with another model (weights sha256 {}, this model's {})",
-                short_hash(then),
-                short_hash(&loaded.identity.weights_sha256)
-            )));
-        }
-    }
-    for (key, now) in [
-        ("template", encoder.template.name()),
-        ("eos", encoder.eos.name().to_owned()),
-    ] {
-        if let Some(then) = goal.metadata.get(key) {
-            if *then != now {
-                return Err(mismatch(format!(
-                    "the goal state was made with --{key} {then}, this run uses {now}"
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The first 12 hex chars of a sha256 and an ellipsis, for messages.

@@ -28,9 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::metrics::stats::{proportion, Proportion};
-use crate::model::loss;
-use crate::model::optim::{clip_gradient_norm, AdamW, AdamWConfig, CosineSchedule};
-use crate::model::sampling::{
+use crate::train::loss;
+use crate::train::optim::{clip_gradient_norm, AdamW, AdamWConfig, CosineSchedule};
+use crate::train::sampling::{
     sample_paper, sample_reference, ContrastivePositions, ResponseSpan, SamplingConfig, Window,
 };
 
@@ -327,8 +327,7 @@ pub struct TrainSummary {
     pub eval: Option<EvalMetrics>,
 }
 
-/// Where a run keeps its resumable state, under the output directory.
-pub const STATE_DIR: &str = "state";
+pub use crate::model::record::STATE_DIR;
 const STATE_WEIGHTS: &str = "trainable.safetensors";
 const STATE_OPTIMISER: &str = "optimizer.safetensors";
 const STATE_JSON: &str = "state.json";
@@ -628,7 +627,7 @@ pub fn gradient_norms(
         .map(|(name, var)| {
             let norm = match store.get(&var) {
                 Some(gradient) => {
-                    crate::model::optim::gradient_norm(std::slice::from_ref(gradient))?
+                    crate::train::optim::gradient_norm(std::slice::from_ref(gradient))?
                 }
                 None => 0.0,
             };

@@ -1,7 +1,7 @@
 //! `qrm-train` end to end: pairs file → tokenised pairs → (cached frozen trunk) → [`train`] →
 //! checkpoint directory.
 //!
-//! [`train`]: crate::model::train::train
+//! [`train`]: crate::train::trainer::train
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -13,9 +13,12 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::model::record::{EncodingRecord, TRAINING_RECORD};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
+use crate::model::checkpoint::model_sha256;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::device::DeviceChoice;
 use crate::model::head::HeadKind;
@@ -23,14 +26,15 @@ use crate::model::reward_model::RewardModel;
 use crate::model::template::{
     find_eos_id, Encoded, Encoder, EosPolicy, Template, Truncated, Truncation, TruncationCounts,
 };
-use crate::model::train::{
+use crate::model::transformer::{Kernels, Transformer};
+use crate::pipeline::io::key_of;
+use crate::pipeline::io::{display_path, read_table_hashed, write_atomic};
+use crate::pipeline::schema::{pairs_from_frame, Pair};
+use crate::train::trainer::{
     state_directory, train, BatchInput, EncodedPair, EncodedResponse, EvalMetrics, RunOptions,
     TrainConfig, TrainData, TrainSummary, TrainableRewardModel,
 };
-use crate::model::transformer::{Kernels, Transformer};
-use crate::model::trunk::{key_of, model_sha256, TrunkCache, TRUNK_CACHE_FORMAT};
-use crate::pipeline::io::{display_path, read_table_hashed, write_atomic};
-use crate::pipeline::schema::{pairs_from_frame, Pair};
+use crate::train::trunk::{TrunkCache, TRUNK_CACHE_FORMAT};
 
 fn response(encoded: Encoded) -> EncodedResponse {
     EncodedResponse {
@@ -308,9 +312,8 @@ pub struct TrainingRecord {
     pub train_layers: Option<usize>,
     pub head: String,
     /// The prompt template, EOS policy and longest sequence the model was trained with.
-    pub template: String,
-    pub eos: String,
-    pub max_len: usize,
+    #[serde(flatten)]
+    pub encoding: EncodingRecord,
     pub device: String,
     pub steps: usize,
     pub eval: Option<EvalMetrics>,
@@ -329,9 +332,6 @@ pub struct AccuracyInterval {
     pub high: f64,
     pub p_value_against_half: f64,
 }
-
-/// The training record's file name inside a checkpoint directory.
-pub const TRAINING_RECORD: &str = "train_config.json";
 
 impl TrainingRecord {
     /// Reads `train_config.json` from a checkpoint directory.
@@ -495,9 +495,11 @@ fn training_record(
         model_sha256: model_hash.to_owned(),
         train_layers: request.train_layers,
         head: request.head.to_string(),
-        template: template.name(),
-        eos: request.eos.name().to_owned(),
-        max_len: request.max_len,
+        encoding: EncodingRecord {
+            template: template.name(),
+            eos: request.eos.name().to_owned(),
+            max_len: request.max_len,
+        },
         device: request.device.to_string(),
         steps: summary.steps,
         eval: summary.eval,
@@ -716,7 +718,7 @@ mod tests {
         assert_ne!(ids(3), ids(4));
     }
 
-    use crate::model::train::{gradient_norms, ContrastiveForm, GoalStrategy, LogRow, Objective};
+    use crate::train::trainer::{gradient_norms, ContrastiveForm, GoalStrategy, LogRow, Objective};
     use rand::Rng;
 
     fn tiny(name: &str) -> Checkpoint {
@@ -825,7 +827,7 @@ mod tests {
             TopLayers::new(&checkpoint, HeadKind::Linear, Some(1), 0, &Device::Cpu).unwrap();
         let pairs = random_pairs(4, 2);
         let config = tiny_config(Objective::Q);
-        let plain = crate::model::train::evaluate(
+        let plain = crate::train::trainer::evaluate(
             &model,
             &TrainData {
                 pairs: pairs.clone(),
@@ -835,7 +837,7 @@ mod tests {
         )
         .unwrap();
         let cached =
-            crate::model::train::evaluate(&model, &trunk_data(&model, pairs), &config).unwrap();
+            crate::train::trainer::evaluate(&model, &trunk_data(&model, pairs), &config).unwrap();
         assert!(
             (plain.loss_bt - cached.loss_bt).abs() < 1e-5,
             "{plain:?} {cached:?}"

@@ -2,7 +2,7 @@
 //!
 //! Every function here is a pure function of its tensors, composed only of candle operations that
 //! have a backward pass (no fused kernels), so gradients reach every input. Position sampling is
-//! separate ([`crate::model::sampling`]); these functions receive hidden states already gathered
+//! separate ([`crate::train::sampling`]); these functions receive hidden states already gathered
 //! at the sampled positions ([`gather_positions`]).
 //!
 //! The contrastive loss comes in two forms:
@@ -199,7 +199,7 @@ pub fn pair_accuracy(chosen: &Tensor, rejected: &Tensor) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::sampling::{reference_positions_from_draws, ResponseSpan, Window};
+    use crate::train::sampling::{reference_positions_from_draws, ResponseSpan, Window};
     use candle_core::{Device, Var};
     use serde_json::Value;
 
@@ -362,7 +362,7 @@ mod tests {
                 Window::FULL,
             ));
         }
-        let column = |pick: fn(&crate::model::sampling::ContrastivePositions) -> &Vec<u32>| {
+        let column = |pick: fn(&crate::train::sampling::ContrastivePositions) -> &Vec<u32>| {
             positions
                 .iter()
                 .map(|p| pick(p).clone())

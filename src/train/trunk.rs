@@ -8,67 +8,18 @@
 //! one computation.
 
 use std::collections::HashMap;
-use std::io::Read;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::model::train::{save_tensors, EncodedPair, EncodedResponse};
+
+use crate::train::trainer::{save_tensors, EncodedPair, EncodedResponse};
 
 /// Part of every cache key: bumped when the cache file's layout changes, so an old cache is
 /// recomputed rather than misread.
 pub const TRUNK_CACHE_FORMAT: &str = "trunk-v2-distinct-responses";
-
-/// Hex sha256 of a file's bytes (streamed).
-pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file = fs_err::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
-    Ok(format!("{:x}", hasher.finalize()))
-}
-
-/// Hex sha256 identifying a model: of the file itself, or for a directory of its `config.json`
-/// and `*.safetensors` files' hashes, in name order.
-pub fn model_sha256(path: &Path) -> Result<String> {
-    if !path.is_dir() {
-        return file_sha256(path);
-    }
-    let mut names: Vec<PathBuf> = fs_err::read_dir(path)
-        .map_err(|e| Error::io(path, e))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|file| {
-            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name == "config.json" || name.ends_with(".safetensors")
-        })
-        .collect();
-    names.sort();
-    let hashes = names
-        .iter()
-        .map(|file| file_sha256(file))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(key_of(
-        &hashes.iter().map(String::as_str).collect::<Vec<_>>(),
-    ))
-}
-
-/// Hex sha256 of the parts joined by NUL bytes.
-pub fn key_of(parts: &[&str]) -> String {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part.as_bytes());
-        hasher.update([0u8]);
-    }
-    format!("{:x}", hasher.finalize())
-}
 
 /// The frozen-trunk cache of one (model, template, EOS policy, K, data) combination.
 pub struct TrunkCache {
@@ -171,6 +122,7 @@ impl TrunkCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::io::key_of;
 
     #[test]
     fn trunk_cache_computes_once_then_loads() {
