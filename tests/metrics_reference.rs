@@ -44,6 +44,23 @@ fn bools(value: &Value) -> Vec<bool> {
         .collect()
 }
 
+/// The fixture's array `name`; an empty or missing array fails, since a reference loop over
+/// nothing would pass without checking anything.
+fn cases(name: &str) -> Vec<Value> {
+    non_empty(&fixture()[name], name).to_vec()
+}
+
+fn non_empty<'a>(value: &'a Value, name: &str) -> &'a Vec<Value> {
+    let cases = value
+        .as_array()
+        .unwrap_or_else(|| panic!("metrics_reference.json: `{name}` is not an array"));
+    assert!(
+        !cases.is_empty(),
+        "metrics_reference.json: `{name}` is empty"
+    );
+    cases
+}
+
 fn close(actual: f64, expected: f64, tolerance: f64, what: &str) {
     assert!(
         (actual - expected).abs() <= tolerance,
@@ -54,7 +71,7 @@ fn close(actual: f64, expected: f64, tolerance: f64, what: &str) {
 
 #[test]
 fn auroc_equals_sklearn_roc_auc_score() {
-    for case in fixture()["auroc"].as_array().unwrap() {
+    for case in cases("auroc") {
         let name = case["name"].as_str().unwrap();
         let scores = floats(&case["scores"]);
         let labels = bools(&case["labels"]);
@@ -65,7 +82,7 @@ fn auroc_equals_sklearn_roc_auc_score() {
 
 #[test]
 fn delong_variance_equals_fast_delong_reference() {
-    for case in fixture()["auroc"].as_array().unwrap() {
+    for case in cases("auroc") {
         let name = case["name"].as_str().unwrap();
         let result = delong(&floats(&case["scores"]), &bools(&case["labels"])).unwrap();
         close(
@@ -85,7 +102,7 @@ fn delong_variance_equals_fast_delong_reference() {
 
 #[test]
 fn paired_delong_equals_fast_delong_reference() {
-    for case in fixture()["delong_paired"].as_array().unwrap() {
+    for case in cases("delong_paired") {
         let name = case["name"].as_str().unwrap();
         let paired = delong_paired(
             &floats(&case["scores_a"]),
@@ -134,7 +151,7 @@ fn paired_delong_equals_fast_delong_reference() {
 
 #[test]
 fn t_tests_equal_scipy() {
-    for case in fixture()["ttest"].as_array().unwrap() {
+    for case in cases("ttest") {
         let name = case["name"].as_str().unwrap();
         let (a, b) = (floats(&case["a"]), floats(&case["b"]));
         let independent = ttest_ind(&a, &b).unwrap();
@@ -165,7 +182,7 @@ fn t_tests_equal_scipy() {
 
 #[test]
 fn correlations_equal_scipy() {
-    for case in fixture()["correlation"].as_array().unwrap() {
+    for case in cases("correlation") {
         let name = case["name"].as_str().unwrap();
         let (x, y) = (floats(&case["x"]), floats(&case["y"]));
         close(
@@ -185,7 +202,7 @@ fn correlations_equal_scipy() {
 
 #[test]
 fn t_interval_equals_scipy() {
-    for case in fixture()["t_interval"].as_array().unwrap() {
+    for case in cases("t_interval") {
         let name = case["name"].as_str().unwrap();
         let interval = mean_t_interval(&floats(&case["values"]), 0.95).unwrap();
         close(interval.mean, case["mean"].as_f64().unwrap(), 1e-12, name);
@@ -231,7 +248,7 @@ fn reference_vote_filtering_equals_the_released_logic() {
                 .collect()
         })
         .collect();
-    for expected in filter["results"].as_array().unwrap() {
+    for expected in non_empty(&filter["results"], "filter.results") {
         let threshold = expected["threshold"].as_f64().unwrap();
         let options = FilterOptions {
             skip: filter["skip"].as_u64().unwrap() as usize,

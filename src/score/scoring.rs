@@ -85,7 +85,6 @@ pub struct ScoreSummary {
     pub truncation: TruncationCounts,
 }
 
-
 /// Scores encoded rows; the result is in the order of `encoded`.
 pub fn score_encoded(
     model: &dyn TokenModel,
