@@ -307,6 +307,46 @@ fn a_saved_reward_model_loads_back_with_the_same_rewards() {
     }
 }
 
+/// `qrm-score --head linear --seed S` and `qrm-train`'s new head (`with_new_head(…, S)`) come
+/// from one initialiser, so a seed names one head: the loaded model's rewards equal
+/// `with_new_head`'s exactly (same backbone, so equal rewards mean equal heads), and another
+/// seed gives other rewards.
+#[test]
+fn the_head_qrm_score_adds_for_a_seed_is_with_new_heads() {
+    let golden = golden("qwen2");
+    let (ids, mask) = batch(&golden);
+    let checkpoint =
+        Checkpoint::load(fixtures().join("tiny-qwen2"), &Device::Cpu, DType::F32).unwrap();
+    let mut tensors = checkpoint.tensors.clone();
+    tensors.remove("score.weight");
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    candle_core::safetensors::save(&tensors, base.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        fixtures().join("tiny-qwen2/config.json"),
+        base.join("config.json"),
+    )
+    .unwrap();
+    let bare = Checkpoint::from_tensors(checkpoint.config.clone(), tensors, "bare").unwrap();
+    let scored = |seed| {
+        let args = qrm::model::loading::ModelArgs {
+            rm: base.clone(),
+            tokenizer: Some(fixtures().join("tiny-tokenizer/tokenizer.json")),
+            device: qrm::model::DeviceChoice::Cpu,
+            head: Some(HeadKind::Linear),
+            seed,
+        };
+        let loaded = qrm::model::loading::load(&args).unwrap();
+        loaded.model.forward(&ids, &mask).unwrap().token_rewards
+    };
+    let varmap = VarMap::new();
+    let trained_from = RewardModel::with_new_head(&bare, HeadKind::Linear, &varmap, 0).unwrap();
+    let expected = trained_from.forward(&ids, &mask).unwrap().token_rewards;
+    assert_eq!(max_abs_diff(&scored(0), &expected), 0.0);
+    assert!(max_abs_diff(&scored(1), &expected) > 0.0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // SmolLM2-135M-Instruct from its GGUF (installed by scripts/install-model.sh).
 

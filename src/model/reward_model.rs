@@ -8,6 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarMap;
 
+use crate::model::batching::TokenModel;
 use crate::model::checkpoint::{save_reward_model, Checkpoint};
 use crate::model::config::ModelConfig;
 use crate::model::head::{seed_new_head, HeadKind, ValueHead};
@@ -154,6 +155,16 @@ impl RewardModel {
         let backbone: HashMap<String, Tensor> =
             self.transformer.named_tensors().into_iter().collect();
         save_reward_model(dir, &self.config, &backbone, &self.head)
+    }
+}
+
+impl TokenModel for RewardModel {
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<RewardOutput> {
+        RewardModel::forward(self, input_ids, attention_mask)
+    }
+
+    fn device(&self) -> &Device {
+        self.transformer.device()
     }
 }
 

@@ -85,7 +85,6 @@ pub struct ScoreSummary {
     pub truncation: TruncationCounts,
 }
 
-
 /// Scores encoded rows; the result is in the order of `encoded`.
 pub fn score_encoded(
     model: &dyn TokenModel,
@@ -100,7 +99,6 @@ pub fn score_encoded(
         model,
         encoded,
         batch_tokens,
-        encoder.eos_id,
         |indices, hidden, token_rewards| {
             let rewards = token_rewards.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             let cosines = match &options.goal {
