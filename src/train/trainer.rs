@@ -11,9 +11,11 @@
 //! the contrastive positions of micro-batch m from (seed, m), so a resumed run needs only the
 //! step.
 //!
-//! The model is anything that implements [`TrainableRewardModel`]: hidden states after the
-//! final norm and per-token values for a right-padded batch of token ids, or of cached
-//! hidden states of a frozen trunk ([`BatchInput::trunk_hidden`]).
+//! The model is anything that implements [`TrainableRewardModel`] (a [`TokenModel`] with
+//! trainable weights): a [`RewardOutput`] (hidden states after the final norm, per-token values)
+//! for a batch right-padded by [`pad_right`], from its token ids or from the cached hidden
+//! states of a frozen trunk ([`BatchInput::trunk_hidden`]). Rewards are read at each row's last
+//! real token ([`last_token_values`]), as scoring reads them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -1075,7 +1077,7 @@ mod tests {
     }
 
     impl Toy {
-        fn from_embedded(&self, embedded: &Tensor) -> Result<RewardOutput> {
+        fn after_embedding(&self, embedded: &Tensor) -> Result<RewardOutput> {
             let (_, seq_len, _) = embedded.dims3()?; // (B, L, 8)
             let counts = Tensor::arange(1f32, seq_len as f32 + 1.0, &self.device)?
                 .reshape((1, seq_len, 1))?;
@@ -1097,7 +1099,7 @@ mod tests {
                 .as_tensor()
                 .index_select(&input_ids.flatten_all()?, 0)?
                 .reshape((batch, seq_len, 8))?; // (B, L, 8)
-            self.from_embedded(&embedded)
+            self.after_embedding(&embedded)
         }
 
         fn device(&self) -> &Device {
@@ -1108,7 +1110,7 @@ mod tests {
     impl TrainableRewardModel for Toy {
         fn forward_batch(&self, input: &BatchInput) -> Result<RewardOutput> {
             match &input.trunk_hidden {
-                Some(hidden) => self.from_embedded(hidden),
+                Some(hidden) => self.after_embedding(hidden),
                 None => self.forward(&input.input_ids, &input.attention_mask),
             }
         }
