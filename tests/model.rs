@@ -142,6 +142,45 @@ fn tiny_qwen2_for_sequence_classification_matches_transformers() {
     check_golden("qwen2", "tiny-qwen2");
 }
 
+/// One pad rule for scoring and training: `pad_right` pads with `PAD_ID` (0) and a u32 mask.
+/// The old paths padded with the EOS (scoring) or 0 with a u8 mask (training); padding is
+/// masked, so all three give the same outputs at real positions and the same sequence rewards.
+#[test]
+fn the_pad_id_and_mask_dtype_do_not_change_real_outputs() {
+    use qrm::model::batching::{pad_right, PAD_ID};
+    use qrm::model::template::Encoded;
+    let model = RewardModel::load(fixtures().join("tiny-llama"), &Device::Cpu, DType::F32).unwrap();
+    let encoded = |input_ids: Vec<u32>| Encoded {
+        input_ids,
+        ..Encoded::default()
+    };
+    let (long, short) = (encoded(vec![5, 9, 17, 3, 2]), encoded(vec![7, 11, 2]));
+    let (ids, mask) = pad_right(&[&long, &short], &Device::Cpu).unwrap();
+    assert_eq!(PAD_ID, 0);
+    assert_eq!(
+        ids.to_vec2::<u32>().unwrap(),
+        vec![vec![5, 9, 17, 3, 2], vec![7, 11, 2, 0, 0]]
+    );
+    assert_eq!(mask.dtype(), DType::U32);
+    let eos_padded = Tensor::new(&[[5u32, 9, 17, 3, 2], [7, 11, 2, 2, 2]], &Device::Cpu).unwrap();
+    let mask_u8 = mask.to_dtype(DType::U8).unwrap();
+    let now = model.forward(&ids, &mask).unwrap();
+    let real = |t: &Tensor| t.narrow(0, 1, 1).unwrap().narrow(1, 0, 3).unwrap();
+    for (name, out) in [
+        ("EOS padding", model.forward(&eos_padded, &mask).unwrap()),
+        ("u8 mask", model.forward(&ids, &mask_u8).unwrap()),
+    ] {
+        assert_eq!(
+            max_abs_diff(&real(&now.hidden), &real(&out.hidden)),
+            0.0,
+            "{name}"
+        );
+        let a = last_token_values(&now.token_rewards, &mask).unwrap();
+        let b = last_token_values(&out.token_rewards, &mask).unwrap();
+        assert_eq!(max_abs_diff(&a, &b), 0.0, "{name}");
+    }
+}
+
 #[test]
 fn a_row_alone_equals_the_same_row_in_a_padded_batch() {
     let golden = golden("llama");
@@ -305,6 +344,46 @@ fn a_saved_reward_model_loads_back_with_the_same_rewards() {
         let diff = max_abs_diff(&a, &b);
         assert_eq!(diff, 0.0, "{kind}");
     }
+}
+
+/// `qrm-score --head linear --seed S` and `qrm-train`'s new head (`with_new_head(…, S)`) come
+/// from one initialiser, so a seed names one head: the loaded model's rewards equal
+/// `with_new_head`'s exactly (same backbone, so equal rewards mean equal heads), and another
+/// seed gives other rewards.
+#[test]
+fn the_head_qrm_score_adds_for_a_seed_is_with_new_heads() {
+    let golden = golden("qwen2");
+    let (ids, mask) = batch(&golden);
+    let checkpoint =
+        Checkpoint::load(fixtures().join("tiny-qwen2"), &Device::Cpu, DType::F32).unwrap();
+    let mut tensors = checkpoint.tensors.clone();
+    tensors.remove("score.weight");
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    candle_core::safetensors::save(&tensors, base.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        fixtures().join("tiny-qwen2/config.json"),
+        base.join("config.json"),
+    )
+    .unwrap();
+    let bare = Checkpoint::from_tensors(checkpoint.config.clone(), tensors, "bare").unwrap();
+    let scored = |seed| {
+        let args = qrm::model::loading::ModelArgs {
+            rm: base.clone(),
+            tokenizer: Some(fixtures().join("tiny-tokenizer/tokenizer.json")),
+            device: qrm::model::DeviceChoice::Cpu,
+            head: Some(HeadKind::Linear),
+            seed,
+        };
+        let loaded = qrm::model::loading::load(&args).unwrap();
+        loaded.model.forward(&ids, &mask).unwrap().token_rewards
+    };
+    let varmap = VarMap::new();
+    let trained_from = RewardModel::with_new_head(&bare, HeadKind::Linear, &varmap, 0).unwrap();
+    let expected = trained_from.forward(&ids, &mask).unwrap().token_rewards;
+    assert_eq!(max_abs_diff(&scored(0), &expected), 0.0);
+    assert!(max_abs_diff(&scored(1), &expected) > 0.0);
 }
 
 // ---------------------------------------------------------------------------------------------

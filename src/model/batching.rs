@@ -5,18 +5,26 @@
 //! and handed back batch by batch with the input indices so callers can scatter the results to
 //! input order. With right padding and causal attention, the outputs at real positions do not
 //! depend on the batch or on the padding (a test in `scoring` checks it).
+//!
+//! [`pad_right`] is the one padding rule of the crate (scoring, goal states and training):
+//! token id [`PAD_ID`] and a u32 mask with 0 at padding positions, which the model masks.
 
 use candle_core::{Device, Tensor};
 
 use crate::error::Result;
+use crate::model::reward_model::RewardOutput;
 use crate::model::template::Encoded;
+
+/// The token id at padding positions. Any id would do (padding is masked, so outputs at real
+/// positions do not depend on it); 0 is in every vocabulary.
+pub const PAD_ID: u32 = 0;
 
 /// A model that maps token ids to per-token hidden states and rewards.
 pub trait TokenModel {
     /// # Shapes
     /// `input_ids`: (batch, seq_len) u32, `attention_mask`: (batch, seq_len) u32 with 1 on real
-    /// tokens, right padding → (hidden (batch, seq_len, hidden), token_rewards (batch, seq_len)).
-    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// tokens, right padding → hidden (batch, seq_len, hidden), token_rewards (batch, seq_len).
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<RewardOutput>;
 
     /// Where the inputs must live.
     fn device(&self) -> &Device;
@@ -47,11 +55,12 @@ pub fn plan_batches(lengths: &[usize], batch_tokens: usize) -> Vec<Vec<usize>> {
     batches
 }
 
-/// Right-padded `(input_ids, attention_mask)` for some examples.
+/// Right-padded `(input_ids, attention_mask)` for some examples: ids padded with [`PAD_ID`],
+/// the mask 1 on real tokens and 0 on padding.
 ///
 /// # Shapes
 /// → (rows, longest) u32 each.
-pub fn pad_right(examples: &[&Encoded], pad_id: u32, device: &Device) -> Result<(Tensor, Tensor)> {
+pub fn pad_right(examples: &[&Encoded], device: &Device) -> Result<(Tensor, Tensor)> {
     let longest = examples
         .iter()
         .map(|e| e.input_ids.len())
@@ -62,7 +71,7 @@ pub fn pad_right(examples: &[&Encoded], pad_id: u32, device: &Device) -> Result<
     for example in examples {
         let padding = longest - example.input_ids.len();
         ids.extend_from_slice(&example.input_ids);
-        ids.extend(std::iter::repeat_n(pad_id, padding));
+        ids.extend(std::iter::repeat_n(PAD_ID, padding));
         mask.extend(std::iter::repeat_n(1u32, example.input_ids.len()));
         mask.extend(std::iter::repeat_n(0u32, padding));
     }
@@ -83,15 +92,14 @@ pub fn run_batches(
     model: &dyn TokenModel,
     examples: &[Encoded],
     batch_tokens: usize,
-    pad_id: u32,
     mut on_batch: impl FnMut(&[usize], &Tensor, &Tensor) -> Result<()>,
 ) -> Result<()> {
     let lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
     for indices in plan_batches(&lengths, batch_tokens) {
         let batch: Vec<&Encoded> = indices.iter().map(|&i| &examples[i]).collect();
-        let (input_ids, attention_mask) = pad_right(&batch, pad_id, model.device())?;
-        let (hidden, token_rewards) = model.forward(&input_ids, &attention_mask)?;
-        on_batch(&indices, &hidden, &token_rewards)?;
+        let (input_ids, attention_mask) = pad_right(&batch, model.device())?;
+        let output = model.forward(&input_ids, &attention_mask)?;
+        on_batch(&indices, &output.hidden, &output.token_rewards)?;
     }
     Ok(())
 }
@@ -126,7 +134,7 @@ mod tests {
             input_ids: vec![5],
             ..Encoded::default()
         };
-        let (ids, mask) = pad_right(&[&a, &b], 0, &Device::Cpu).unwrap();
+        let (ids, mask) = pad_right(&[&a, &b], &Device::Cpu).unwrap();
         assert_eq!(
             ids.to_vec2::<u32>().unwrap(),
             vec![vec![7, 8, 9], vec![5, 0, 0]]

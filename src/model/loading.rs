@@ -10,9 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use candle_nn::VarMap;
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -200,39 +198,6 @@ pub fn model_name(rm: &Path) -> String {
         .unwrap_or_else(|| rm.display().to_string())
 }
 
-impl TokenModel for RewardModel {
-    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)> {
-        let output = RewardModel::forward(self, input_ids, attention_mask)?;
-        Ok((output.hidden, output.token_rewards))
-    }
-
-    fn device(&self) -> &Device {
-        self.transformer.device()
-    }
-}
-
-/// A new linear value head `value_head.weight` (1, hidden) drawn from N(0, 1/(H+1)) — the
-/// paper's initialisation — with a seeded generator, so untrained-head runs repeat exactly
-/// (candle cannot seed its CPU generator).
-fn seeded_linear_head(hidden: usize, seed: u64, device: &Device, dtype: DType) -> Result<Tensor> {
-    let normal = rand_distr_normal(seed, hidden);
-    let std = 1.0 / (hidden as f64 + 1.0);
-    let values: Vec<f32> = normal.into_iter().map(|z| (z * std) as f32).collect();
-    Ok(Tensor::from_vec(values, (1, hidden), device)?.to_dtype(dtype)?)
-}
-
-/// `count` standard normal draws (Box–Muller over a seeded ChaCha8 stream).
-fn rand_distr_normal(seed: u64, count: usize) -> Vec<f64> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..count)
-        .map(|_| {
-            let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
-            let u2: f64 = rng.random::<f64>();
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        })
-        .collect()
-}
-
 /// Refuses a directory that looks like `qrm-train` output but lacks its [`TRAINING_RECORD`]: a
 /// failed, interrupted or still running training.
 pub fn check_training_record(rm: &Path) -> Result<()> {
@@ -290,7 +255,7 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
     let model = match &args.head {
         None => RewardModel::load(&args.rm, &device, dtype)?,
         Some(HeadKind::Linear) => {
-            let mut checkpoint = Checkpoint::load(&args.rm, &device, dtype)?;
+            let checkpoint = Checkpoint::load(&args.rm, &device, dtype)?;
             if let Some(layout) = checkpoint.head_layout() {
                 return Err(Error::Usage(format!(
                     "{}: the checkpoint already has a `{}` head; drop --head",
@@ -298,11 +263,9 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
                     layout.prefix
                 )));
             }
-            let hidden = checkpoint.config.hidden_size;
-            let head = seeded_linear_head(hidden, args.seed, &device, dtype)?;
-            checkpoint.tensors.insert("value_head.weight".into(), head);
-            checkpoint.config.value_head_prefix = Some("value_head".into());
-            RewardModel::from_checkpoint(&checkpoint)?
+            // The one seeded initialiser: the head `qrm-train` starts from for this seed.
+            let varmap = VarMap::new();
+            RewardModel::with_new_head(&checkpoint, HeadKind::Linear, &varmap, args.seed)?
         }
         Some(HeadKind::Mlp) => {
             return Err(Error::Usage(

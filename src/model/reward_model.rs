@@ -8,6 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarMap;
 
+use crate::model::batching::TokenModel;
 use crate::model::checkpoint::{save_reward_model, Checkpoint};
 use crate::model::config::ModelConfig;
 use crate::model::head::{seed_new_head, HeadKind, ValueHead};
@@ -157,6 +158,16 @@ impl RewardModel {
     }
 }
 
+impl TokenModel for RewardModel {
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<RewardOutput> {
+        RewardModel::forward(self, input_ids, attention_mask)
+    }
+
+    fn device(&self) -> &Device {
+        self.transformer.device()
+    }
+}
+
 /// The value at each row's last real token.
 ///
 /// # Shapes
@@ -179,4 +190,33 @@ pub fn last_token_hidden(hidden: &Tensor, attention_mask: &Tensor) -> Result<Ten
         .map(|(row, &n)| hidden.i((row, n - 1)))
         .collect::<candle_core::Result<Vec<_>>>()?;
     Ok(Tensor::stack(&rows, 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one last-token gather (scoring's and training's): the values at positions
+    /// `length − 1` of each row, and a gradient of 1 at exactly those positions.
+    #[test]
+    fn last_token_values_reads_each_rows_last_real_token_and_passes_gradients() {
+        let values = candle_core::Var::from_tensor(
+            &Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 1], [1, 0, 0]], &Device::Cpu).unwrap();
+        let last = last_token_values(values.as_tensor(), &mask).unwrap();
+        // Row 0 has 3 real tokens → position 2 (3.); row 1 has 1 → position 0 (4.).
+        assert_eq!(last.to_vec1::<f32>().unwrap(), vec![3., 4.]);
+        let grads = last.sum_all().unwrap().backward().unwrap();
+        let grad = grads.get(values.as_tensor()).unwrap();
+        assert_eq!(
+            grad.to_vec2::<f32>().unwrap(),
+            vec![vec![0., 0., 1.], vec![1., 0., 0.]]
+        );
+        // A u8 mask (the trainer's old dtype) reads the same rows.
+        let mask_u8 = mask.to_dtype(DType::U8).unwrap();
+        let again = last_token_values(values.as_tensor(), &mask_u8).unwrap();
+        assert_eq!(again.to_vec1::<f32>().unwrap(), vec![3., 4.]);
+    }
 }

@@ -329,7 +329,6 @@ pub fn embed_goal(
         model,
         &encoded,
         options.batch_tokens.max(1),
-        encoder.eos_id,
         |indices, hidden, _| {
             for (row, &index) in indices.iter().enumerate() {
                 if let Some(position) = positions[index] {

@@ -99,7 +99,6 @@ pub fn score_encoded(
         model,
         encoded,
         batch_tokens,
-        encoder.eos_id,
         |indices, hidden, token_rewards| {
             let rewards = token_rewards.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             let cosines = match &options.goal {

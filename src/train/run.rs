@@ -18,11 +18,12 @@ use crate::model::record::{EncodingRecord, TRAINING_RECORD};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
+use crate::model::batching::{pad_right, TokenModel};
 use crate::model::checkpoint::model_sha256;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::device::DeviceChoice;
 use crate::model::head::HeadKind;
-use crate::model::reward_model::RewardModel;
+use crate::model::reward_model::{last_token_values, RewardModel, RewardOutput};
 use crate::model::template::{
     find_eos_id, Encoded, Encoder, EosPolicy, Template, Truncated, Truncation, TruncationCounts,
 };
@@ -31,17 +32,10 @@ use crate::pipeline::io::key_of;
 use crate::pipeline::io::{display_path, read_table_hashed, write_atomic};
 use crate::pipeline::schema::{pairs_from_frame, Pair};
 use crate::train::trainer::{
-    state_directory, train, BatchInput, EncodedPair, EncodedResponse, EvalMetrics, RunOptions,
-    TrainConfig, TrainData, TrainSummary, TrainableRewardModel,
+    state_directory, train, BatchInput, EncodedPair, EvalMetrics, RunOptions, TrainConfig,
+    TrainData, TrainSummary, TrainableRewardModel,
 };
 use crate::train::trunk::{TrunkCache, TRUNK_CACHE_FORMAT};
-
-fn response(encoded: Encoded) -> EncodedResponse {
-    EncodedResponse {
-        input_ids: encoded.input_ids,
-        response_start: encoded.response_start,
-    }
-}
 
 /// Tokenises pairs with the shared template and EOS policy. A pair is dropped when either side
 /// is skipped by the truncation policy or has no token to read a reward at; the counts say how
@@ -60,8 +54,8 @@ pub fn encode_pairs(
         let usable = |e: &Encoded| e.truncated != Truncated::Skipped && e.scored_len() > 0;
         if usable(&chosen) && usable(&rejected) {
             encoded.push(EncodedPair {
-                chosen: response(chosen),
-                rejected: response(rejected),
+                chosen,
+                rejected,
                 margin: pair.margin,
             });
         }
@@ -177,37 +171,46 @@ impl TopLayers {
 
     /// The frozen trunk's output for one response: layers `0..first_layer` with the fused
     /// kernels, (len, H) on the CPU.
-    pub fn trunk(&self, fused: &Transformer, response: &EncodedResponse) -> Result<Tensor> {
-        let length = response.input_ids.len();
-        let ids = Tensor::from_slice(&response.input_ids, (1, length), &self.device)?;
-        let mask = Tensor::ones((1, length), DType::U32, &self.device)?;
+    pub fn trunk(&self, fused: &Transformer, response: &Encoded) -> Result<Tensor> {
+        let (ids, mask) = pad_right(&[response], &self.device)?; // (1, len) each
         let hidden = fused.embed(&ids)?;
         let hidden = fused.run_layers(&hidden, &mask, 0..self.first_layer)?; // (1, len, H)
         Ok(hidden.squeeze(0)?.to_device(&Device::Cpu)?)
     }
 }
 
-impl TrainableRewardModel for TopLayers {
-    fn forward(&self, input: &BatchInput) -> Result<(Tensor, Tensor)> {
-        let transformer = &self.model.transformer;
-        let hidden = match &input.trunk_hidden {
-            Some(trunk) => transformer.forward_from_layer(
-                &trunk.to_dtype(transformer.dtype())?,
-                &input.attention_mask,
-                self.first_layer,
-            )?,
-            None => transformer.forward(&input.input_ids, &input.attention_mask)?,
-        }; // (B, L, H)
-        let values = self.model.rewards_from_hidden(&hidden)?; // (B, L)
-        Ok((hidden, values))
-    }
-
-    fn trainable_variables(&self) -> Vec<(String, Var)> {
-        self.variables.clone()
+impl TokenModel for TopLayers {
+    /// The whole model from tokens.
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<RewardOutput> {
+        self.model.forward(input_ids, attention_mask)
     }
 
     fn device(&self) -> &Device {
         &self.device
+    }
+}
+
+impl TrainableRewardModel for TopLayers {
+    /// From the cached trunk output when the batch has one: layers `first_layer..` only.
+    fn forward_batch(&self, input: &BatchInput) -> Result<RewardOutput> {
+        let Some(trunk) = &input.trunk_hidden else {
+            return self.forward(&input.input_ids, &input.attention_mask);
+        };
+        let transformer = &self.model.transformer;
+        let hidden = transformer.forward_from_layer(
+            &trunk.to_dtype(transformer.dtype())?,
+            &input.attention_mask,
+            self.first_layer,
+        )?; // (B, L, H)
+        let token_rewards = self.model.rewards_from_hidden(&hidden)?; // (B, L)
+        Ok(RewardOutput {
+            hidden,
+            token_rewards,
+        })
+    }
+
+    fn trainable_variables(&self) -> Vec<(String, Var)> {
+        self.variables.clone()
     }
 }
 
@@ -517,6 +520,31 @@ fn training_record(
     }
 }
 
+/// The model `request` names on `device`, its top `--train-layers` layers (and a new head
+/// when it has none) trainable.
+fn load_top_layers(request: &FitRequest, device: &Device) -> Result<TopLayers> {
+    let config = &request.config;
+    let checkpoint = Checkpoint::load(&request.model, device, request.device.dtype())?;
+    let model = TopLayers::new(
+        &checkpoint,
+        request.head,
+        request.train_layers,
+        config.seed,
+        device,
+    )?;
+    tracing::info!(
+        "training {} tensors ({} parameters) from layer {}",
+        model.variables.len(),
+        model
+            .variables
+            .iter()
+            .map(|(_, v)| v.elem_count())
+            .sum::<usize>(),
+        model.first_layer
+    );
+    Ok(model)
+}
+
 /// Reads the pairs, tokenises them, trains, and writes the checkpoint directory.
 pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
     let config = &request.config;
@@ -549,24 +577,7 @@ pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
     );
 
     // 3. The model, its top layers trainable.
-    let checkpoint = Checkpoint::load(&request.model, &device, request.device.dtype())?;
-    let model = TopLayers::new(
-        &checkpoint,
-        request.head,
-        request.train_layers,
-        config.seed,
-        &device,
-    )?;
-    tracing::info!(
-        "training {} tensors ({} parameters) from layer {}",
-        model.variables.len(),
-        model
-            .variables
-            .iter()
-            .map(|(_, v)| v.elem_count())
-            .sum::<usize>(),
-        model.first_layer
-    );
+    let model = load_top_layers(request, &device)?;
     let model_hash = model_sha256(&request.model)?;
 
     // 4. The frozen trunk's outputs, computed once and cached, when only top layers train.
@@ -667,14 +678,11 @@ fn write_reward_check(model: &TopLayers, data: &TrainData, path: &Path) -> Resul
     let mut rows = Vec::new();
     for pair in data.pairs.iter().take(2) {
         for response in [&pair.chosen, &pair.rejected] {
-            let length = response.input_ids.len();
-            let ids = Tensor::from_slice(&response.input_ids, (1, length), model.device())?;
-            let mask = Tensor::ones((1, length), DType::U32, model.device())?;
+            let (ids, mask) = pad_right(&[response], model.device())?; // (1, L) each
             let hidden = transformer.forward(&ids, &mask)?;
             let values = model.model.head.forward(&hidden)?; // (1, L)
-            let reward = values
-                .squeeze(0)?
-                .get(length - 1)?
+            let reward = last_token_values(&values, &mask)?
+                .get(0)?
                 .to_dtype(DType::F64)?
                 .to_scalar::<f64>()?;
             rows.push(serde_json::json!({"input_ids": response.input_ids, "reward": reward}));
@@ -735,9 +743,10 @@ mod tests {
             let mut input_ids = prompt.to_vec();
             input_ids.extend((0..rng.random_range(4..10)).map(|_| rng.random_range(3..100)));
             input_ids.push(2);
-            EncodedResponse {
+            Encoded {
                 input_ids,
                 response_start: prompt.len(),
+                ..Encoded::default()
             }
         };
         (0..count)

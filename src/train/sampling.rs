@@ -23,6 +23,7 @@ use std::str::FromStr;
 use rand::Rng;
 
 use crate::error::{Error, Result};
+use crate::model::template::Encoded;
 
 /// The tokens of one response inside its (right-padded) row: `[start, end)`, `end − 1` the final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,14 @@ pub struct ResponseSpan {
 }
 
 impl ResponseSpan {
+    /// The response's span in a right-padded row of an encoded sequence.
+    pub fn of(encoded: &Encoded) -> ResponseSpan {
+        ResponseSpan {
+            start: encoded.response_start,
+            end: encoded.input_ids.len(),
+        }
+    }
+
     /// Number of response tokens, the final one included.
     pub fn len(&self) -> usize {
         self.end.saturating_sub(self.start)
@@ -255,6 +264,19 @@ pub fn sample_paper<R: Rng>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_span_of_an_encoding_is_its_scored_positions() {
+        let encoded = Encoded {
+            input_ids: vec![1, 2, 3, 4, 5],
+            response_start: 2,
+            ..Encoded::default()
+        };
+        let span = ResponseSpan::of(&encoded);
+        assert_eq!((span.start, span.end), (2, 5));
+        assert_eq!(span.len(), encoded.scored_len());
+        assert_eq!(Some(span.end - 1), encoded.final_position());
+    }
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

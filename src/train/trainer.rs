@@ -11,9 +11,11 @@
 //! the contrastive positions of micro-batch m from (seed, m), so a resumed run needs only the
 //! step.
 //!
-//! The model is anything that implements [`TrainableRewardModel`]: hidden states after the
-//! final norm and per-token values for a right-padded batch of token ids, or of cached
-//! hidden states of a frozen trunk ([`BatchInput::trunk_hidden`]).
+//! The model is anything that implements [`TrainableRewardModel`] (a [`TokenModel`] with
+//! trainable weights): a [`RewardOutput`] (hidden states after the final norm, per-token values)
+//! for a batch right-padded by [`pad_right`], from its token ids or from the cached hidden
+//! states of a frozen trunk ([`BatchInput::trunk_hidden`]). Rewards are read at each row's last
+//! real token ([`last_token_values`]), as scoring reads them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -28,6 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::metrics::stats::{proportion, Proportion};
+use crate::model::batching::{pad_right, TokenModel};
+use crate::model::reward_model::{last_token_values, RewardOutput};
+use crate::model::template::Encoded;
 use crate::train::loss;
 use crate::train::optim::{clip_gradient_norm, AdamW, AdamWConfig, CosineSchedule};
 use crate::train::sampling::{
@@ -211,54 +216,40 @@ impl TrainConfig {
     }
 }
 
-/// One tokenised response: `input_ids[response_start..]` is the response, its last token the
-/// one the reward is read at (EOS under qrm's template policy).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedResponse {
-    pub input_ids: Vec<u32>,
-    pub response_start: usize,
-}
-
-impl EncodedResponse {
-    /// The response's span in a right-padded row.
-    pub fn span(&self) -> ResponseSpan {
-        ResponseSpan {
-            start: self.response_start,
-            end: self.input_ids.len(),
-        }
-    }
-}
-
 /// One preference pair, tokenised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncodedPair {
-    pub chosen: EncodedResponse,
-    pub rejected: EncodedResponse,
+    /// Encoded as for scoring ([`Encoder::encode`]): `input_ids[response_start..]` is the
+    /// response, its last token the one the reward is read at (EOS under qrm's template policy).
+    ///
+    /// [`Encoder::encode`]: crate::model::template::Encoder::encode
+    pub chosen: Encoded,
+    pub rejected: Encoded,
     pub margin: Option<f32>,
 }
 
 /// A right-padded batch as the model sees it.
 #[derive(Debug, Clone)]
 pub struct BatchInput {
-    /// (B, L) u32, zero-padded on the right.
+    /// (B, L) u32, right-padded by [`pad_right`].
     pub input_ids: Tensor,
-    /// (B, L) u8, 1 for real tokens.
+    /// (B, L) u32, 1 for real tokens.
     pub attention_mask: Tensor,
     /// (B, L, H): the frozen trunk's output when the trunk is cached, zero-padded.
     pub trunk_hidden: Option<Tensor>,
 }
 
-/// What the loop needs from a reward model.
-pub trait TrainableRewardModel {
-    /// Last hidden states after the final norm (B, L, H) and per-token values (B, L), computed
-    /// with differentiable kernels, from `input.trunk_hidden` when it is set.
-    fn forward(&self, input: &BatchInput) -> Result<(Tensor, Tensor)>;
+/// What the loop needs from a reward model beyond a [`TokenModel`]'s forward (hidden states
+/// after the final norm and per-token values, with differentiable kernels).
+pub trait TrainableRewardModel: TokenModel {
+    /// The forward of a batch: from `input.trunk_hidden` when it is set and the model caches a
+    /// frozen trunk, otherwise from the tokens ([`TokenModel::forward`], the default).
+    fn forward_batch(&self, input: &BatchInput) -> Result<RewardOutput> {
+        self.forward(&input.input_ids, &input.attention_mask)
+    }
 
     /// The weights the optimiser updates, with stable names.
     fn trainable_variables(&self) -> Vec<(String, Var)>;
-
-    /// The device the model runs on.
-    fn device(&self) -> &Device;
 }
 
 /// Training data: pairs plus, when the trunk is frozen and cached, each response's trunk output
@@ -363,7 +354,7 @@ struct MicroBatch {
     random_negatives: Vec<(usize, usize)>,
 }
 
-fn response(data: &TrainData, pair: usize, side: usize) -> (&EncodedResponse, Option<&Tensor>) {
+fn response(data: &TrainData, pair: usize, side: usize) -> (&Encoded, Option<&Tensor>) {
     let encoded = &data.pairs[pair];
     let response = if side == 0 {
         &encoded.chosen
@@ -376,27 +367,12 @@ fn response(data: &TrainData, pair: usize, side: usize) -> (&EncodedResponse, Op
     )
 }
 
-/// Right-pads responses into one batch.
-fn batch_input(
-    rows: &[(&EncodedResponse, Option<&Tensor>)],
-    device: &Device,
-) -> Result<BatchInput> {
-    let max_len = rows
-        .iter()
-        .map(|(r, _)| r.input_ids.len())
-        .max()
-        .unwrap_or(0);
-    let mut ids = Vec::with_capacity(rows.len() * max_len);
-    let mut mask = Vec::with_capacity(rows.len() * max_len);
-    for (response, _) in rows {
-        let len = response.input_ids.len();
-        ids.extend_from_slice(&response.input_ids);
-        ids.extend(std::iter::repeat_n(0u32, max_len - len));
-        mask.extend(std::iter::repeat_n(1u8, len));
-        mask.extend(std::iter::repeat_n(0u8, max_len - len));
-    }
-    let input_ids = Tensor::from_vec(ids, (rows.len(), max_len), device)?;
-    let attention_mask = Tensor::from_vec(mask, (rows.len(), max_len), device)?;
+/// Right-pads responses into one batch ([`pad_right`]), with their cached trunk outputs
+/// zero-padded alike when every row has one.
+fn batch_input(rows: &[(&Encoded, Option<&Tensor>)], device: &Device) -> Result<BatchInput> {
+    let encoded: Vec<&Encoded> = rows.iter().map(|(response, _)| *response).collect();
+    let (input_ids, attention_mask) = pad_right(&encoded, device)?;
+    let (_, max_len) = input_ids.dims2()?;
     let trunk_hidden = if rows.iter().all(|(_, trunk)| trunk.is_some()) && !rows.is_empty() {
         let mut padded = Vec::with_capacity(rows.len());
         for (response, trunk) in rows {
@@ -414,21 +390,6 @@ fn batch_input(
         attention_mask,
         trunk_hidden,
     })
-}
-
-/// Rewards at each row's final token.
-///
-/// # Shapes
-/// values: (B, L), ends: B lengths → (B,).
-fn final_rewards(values: &Tensor, ends: &[usize]) -> Result<Tensor> {
-    let (_, seq_len) = values.dims2()?;
-    let flat: Vec<u32> = ends
-        .iter()
-        .enumerate()
-        .map(|(row, &end)| (row * seq_len + end - 1) as u32)
-        .collect();
-    let indices = Tensor::new(flat.as_slice(), values.device())?;
-    Ok(values.flatten_all()?.index_select(&indices, 0)?)
 }
 
 /// Loss parts of one micro-batch.
@@ -451,7 +412,7 @@ fn micro_batch_loss(
     rng: &mut ChaCha8Rng,
 ) -> Result<MicroLoss> {
     let count = micro.pairs.len();
-    let mut rows: Vec<(&EncodedResponse, Option<&Tensor>)> = Vec::with_capacity(3 * count);
+    let mut rows: Vec<(&Encoded, Option<&Tensor>)> = Vec::with_capacity(3 * count);
     rows.extend(micro.pairs.iter().map(|&pair| response(data, pair, 0)));
     rows.extend(micro.pairs.iter().map(|&pair| response(data, pair, 1)));
     rows.extend(
@@ -460,80 +421,26 @@ fn micro_batch_loss(
             .iter()
             .map(|&(pair, side)| response(data, pair, side)),
     );
-    let ends: Vec<usize> = rows.iter().map(|(r, _)| r.input_ids.len()).collect();
-    let tokens = ends.iter().sum();
+    let tokens = rows.iter().map(|(r, _)| r.input_ids.len()).sum();
     let input = batch_input(&rows, model.device())?;
-    let (hidden, values) = model.forward(&input)?; // (R, L, H), (R, L)
-    let rewards = final_rewards(&values.to_dtype(DType::F32)?, &ends)?; // (R,)
+    let output = model.forward_batch(&input)?; // hidden (R, L, H), token_rewards (R, L)
+    let token_rewards = output.token_rewards.to_dtype(DType::F32)?;
+    let rewards = last_token_values(&token_rewards, &input.attention_mask)?; // (R,)
     let chosen = rewards.narrow(0, 0, count)?; // (B,)
     let rejected = rewards.narrow(0, count, count)?; // (B,)
-    let margins: Option<Vec<f32>> = micro
-        .pairs
-        .iter()
-        .map(|&pair| data.pairs[pair].margin)
-        .collect();
-    let bt = match config.loss {
-        PreferenceLoss::Sigmoid => {
-            let margin = margins
-                .map(|m| Tensor::from_vec(m, count, rewards.device()))
-                .transpose()?;
-            loss::bradley_terry(&chosen, &rejected, margin.as_ref())?
-        }
-        PreferenceLoss::Logexp => loss::log_exp(&chosen, &rejected)?,
-    };
+    let bt = preference_loss(data, micro, config, &chosen, &rejected)?;
     let mut total = bt.clone();
     let mut contrastive_value = None;
     if config.objective == Objective::Q {
-        let hidden = hidden.to_dtype(DType::F32)?;
-        let mut positions: Vec<ContrastivePositions> = Vec::with_capacity(count);
-        for (index, &pair) in micro.pairs.iter().enumerate() {
-            let chosen_span = data.pairs[pair].chosen.span();
-            let negative_row = match config.goal_strategy {
-                GoalStrategy::Random => 2 * count + index,
-                _ => count + index,
-            };
-            let negative_span = rows[negative_row].0.span();
-            positions.push(match config.contrastive {
-                ContrastiveForm::Reference => {
-                    sample_reference(rng, chosen_span, negative_span, sampling)
-                }
-                ContrastiveForm::Paper => sample_paper(rng, chosen_span, negative_span, sampling),
-            });
-        }
-        let chosen_hidden = hidden.narrow(0, 0, count)?; // (B, L, H)
-        let negative_hidden = match config.goal_strategy {
-            GoalStrategy::Random => hidden.narrow(0, 2 * count, count)?,
-            _ => hidden.narrow(0, count, count)?,
-        }; // (B, L, H)
-        let column = |pick: fn(&ContrastivePositions) -> &Vec<u32>| -> Vec<Vec<u32>> {
-            positions.iter().map(|p| pick(p).clone()).collect()
-        };
-        let positive_sources =
-            loss::gather_positions(&chosen_hidden, &column(|p| &p.positive_sources))?;
-        let mut positive_goals =
-            loss::gather_positions(&chosen_hidden, &column(|p| &p.positive_goals))?;
-        let negative_sources =
-            loss::gather_positions(&chosen_hidden, &column(|p| &p.negative_sources))?;
-        let mut negative_goals =
-            loss::gather_positions(&negative_hidden, &column(|p| &p.negative_goals))?;
-        if config.goal_strategy == GoalStrategy::Avg {
-            positive_goals = loss::average_goals(&positive_goals)?; // (B, 1, H)
-            negative_goals = loss::average_goals(&negative_goals)?; // (B, 1, H)
-        }
-        let contrastive = match config.contrastive {
-            ContrastiveForm::Reference => loss::contrastive_reference(
-                &positive_sources,
-                &positive_goals,
-                &negative_sources,
-                &negative_goals,
-            )?,
-            ContrastiveForm::Paper => loss::contrastive_paper(
-                &positive_sources,
-                &positive_goals,
-                &negative_sources,
-                &negative_goals,
-            )?,
-        };
+        let negatives: Vec<&Encoded> = (0..count)
+            .map(|index| match config.goal_strategy {
+                GoalStrategy::Random => rows[2 * count + index].0,
+                _ => rows[count + index].0,
+            })
+            .collect();
+        let hidden = output.hidden.to_dtype(DType::F32)?;
+        let contrastive =
+            contrastive_loss(data, micro, &negatives, &hidden, config, sampling, rng)?;
         contrastive_value = Some(contrastive.to_scalar::<f32>()? as f64);
         total = (total + (contrastive * config.lambda)?)?;
     }
@@ -545,6 +452,90 @@ fn micro_batch_loss(
         rejected_rewards: rejected.to_vec1::<f32>()?,
         tokens,
     })
+}
+
+/// The preference term of a micro-batch from its chosen and rejected rewards, (B,) each.
+fn preference_loss(
+    data: &TrainData,
+    micro: &MicroBatch,
+    config: &TrainConfig,
+    chosen: &Tensor,
+    rejected: &Tensor,
+) -> Result<Tensor> {
+    let margins: Option<Vec<f32>> = micro
+        .pairs
+        .iter()
+        .map(|&pair| data.pairs[pair].margin)
+        .collect();
+    match config.loss {
+        PreferenceLoss::Sigmoid => {
+            let margin = margins
+                .map(|m| Tensor::from_vec(m, micro.pairs.len(), chosen.device()))
+                .transpose()?;
+            Ok(loss::bradley_terry(chosen, rejected, margin.as_ref())?)
+        }
+        PreferenceLoss::Logexp => Ok(loss::log_exp(chosen, rejected)?),
+    }
+}
+
+/// The contrastive term of a micro-batch: positions drawn from `rng` in each chosen response
+/// and its negative (`negatives[i]`, the row after the chosen ones in `hidden` that holds it:
+/// the rejected response, or the random one under [`GoalStrategy::Random`]).
+///
+/// # Shapes
+/// `hidden`: (R, L, H) f32, rows as [`micro_batch_loss`] lays them out → scalar.
+fn contrastive_loss(
+    data: &TrainData,
+    micro: &MicroBatch,
+    negatives: &[&Encoded],
+    hidden: &Tensor,
+    config: &TrainConfig,
+    sampling: &SamplingConfig,
+    rng: &mut ChaCha8Rng,
+) -> Result<Tensor> {
+    let count = micro.pairs.len();
+    let mut positions: Vec<ContrastivePositions> = Vec::with_capacity(count);
+    for (&pair, negative) in micro.pairs.iter().zip(negatives) {
+        let chosen_span = ResponseSpan::of(&data.pairs[pair].chosen);
+        let negative_span = ResponseSpan::of(negative);
+        positions.push(match config.contrastive {
+            ContrastiveForm::Reference => {
+                sample_reference(rng, chosen_span, negative_span, sampling)
+            }
+            ContrastiveForm::Paper => sample_paper(rng, chosen_span, negative_span, sampling),
+        });
+    }
+    let chosen_hidden = hidden.narrow(0, 0, count)?; // (B, L, H)
+    let negative_hidden = match config.goal_strategy {
+        GoalStrategy::Random => hidden.narrow(0, 2 * count, count)?,
+        _ => hidden.narrow(0, count, count)?,
+    }; // (B, L, H)
+    let column = |pick: fn(&ContrastivePositions) -> &Vec<u32>| -> Vec<Vec<u32>> {
+        positions.iter().map(|p| pick(p).clone()).collect()
+    };
+    let positive_sources =
+        loss::gather_positions(&chosen_hidden, &column(|p| &p.positive_sources))?;
+    let mut positive_goals =
+        loss::gather_positions(&chosen_hidden, &column(|p| &p.positive_goals))?;
+    let negative_sources =
+        loss::gather_positions(&chosen_hidden, &column(|p| &p.negative_sources))?;
+    let mut negative_goals =
+        loss::gather_positions(&negative_hidden, &column(|p| &p.negative_goals))?;
+    if config.goal_strategy == GoalStrategy::Avg {
+        positive_goals = loss::average_goals(&positive_goals)?; // (B, 1, H)
+        negative_goals = loss::average_goals(&negative_goals)?; // (B, 1, H)
+    }
+    let form: fn(&Tensor, &Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> =
+        match config.contrastive {
+            ContrastiveForm::Reference => loss::contrastive_reference,
+            ContrastiveForm::Paper => loss::contrastive_paper,
+        };
+    Ok(form(
+        &positive_sources,
+        &positive_goals,
+        &negative_sources,
+        &negative_goals,
+    )?)
 }
 
 /// The pair order of `epoch`: a permutation seeded by (seed, epoch).
@@ -917,6 +908,32 @@ impl StepLog {
     }
 }
 
+/// The optimiser over the model's trainable weights and the first step: 0, or with `resume`
+/// and a saved state in `state_directory`, the saved step with the saved weights and moments.
+fn resume_optimiser(
+    model: &dyn TrainableRewardModel,
+    config: &TrainConfig,
+    options: &RunOptions<'_>,
+    state_directory: &Path,
+    total_steps: usize,
+) -> Result<(AdamW, usize)> {
+    let mut optimiser = AdamW::new(
+        model.trainable_variables(),
+        AdamWConfig {
+            weight_decay: config.weight_decay,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let first_step = if options.resume && state_directory.join(STATE_JSON).exists() {
+        let step = load_state(state_directory, &mut optimiser, config, &options.identity)?;
+        tracing::info!("resuming at step {step} of {total_steps}");
+        step
+    } else {
+        0
+    };
+    Ok((optimiser, first_step))
+}
+
 /// Runs (or resumes) training; writes the resumable state under `options.output/state/`.
 pub fn train(
     model: &dyn TrainableRewardModel,
@@ -934,21 +951,9 @@ pub fn train(
     let total_steps = config.total_steps(train_data.pairs.len());
     let steps_per_epoch = (train_data.pairs.len() / config.batch_size).max(1);
     let schedule = CosineSchedule::new(config.learning_rate, total_steps, config.warmup_fraction);
-    let mut optimiser = AdamW::new(
-        model.trainable_variables(),
-        AdamWConfig {
-            weight_decay: config.weight_decay,
-            ..AdamWConfig::default()
-        },
-    )?;
     let state_directory = options.output.join(STATE_DIR);
-    let first_step = if options.resume && state_directory.join(STATE_JSON).exists() {
-        let step = load_state(&state_directory, &mut optimiser, config, &options.identity)?;
-        tracing::info!("resuming at step {step} of {total_steps}");
-        step
-    } else {
-        0
-    };
+    let (mut optimiser, first_step) =
+        resume_optimiser(model, config, &options, &state_directory, total_steps)?;
     let mut log = options
         .log
         .map(|path| StepLog::open(path, options.resume))
@@ -1071,23 +1076,43 @@ mod tests {
         }
     }
 
-    impl TrainableRewardModel for Toy {
-        fn forward(&self, input: &BatchInput) -> Result<(Tensor, Tensor)> {
-            let (batch, seq_len) = input.input_ids.dims2()?;
-            let embedded = match &input.trunk_hidden {
-                Some(hidden) => hidden.clone(),
-                None => self
-                    .embedding
-                    .as_tensor()
-                    .index_select(&input.input_ids.flatten_all()?, 0)?
-                    .reshape((batch, seq_len, 8))?,
-            }; // (B, L, 8)
+    impl Toy {
+        fn after_embedding(&self, embedded: &Tensor) -> Result<RewardOutput> {
+            let (_, seq_len, _) = embedded.dims3()?; // (B, L, 8)
             let counts = Tensor::arange(1f32, seq_len as f32 + 1.0, &self.device)?
                 .reshape((1, seq_len, 1))?;
             let mean = embedded.cumsum(1)?.broadcast_div(&counts)?; // (B, L, 8)
             let hidden = mean.broadcast_matmul(self.mix.as_tensor())?.tanh()?; // (B, L, 8)
-            let values = hidden.broadcast_matmul(self.head.as_tensor())?.squeeze(2)?; // (B, L)
-            Ok((hidden, values))
+            let token_rewards = hidden.broadcast_matmul(self.head.as_tensor())?.squeeze(2)?; // (B, L)
+            Ok(RewardOutput {
+                hidden,
+                token_rewards,
+            })
+        }
+    }
+
+    impl TokenModel for Toy {
+        fn forward(&self, input_ids: &Tensor, _attention_mask: &Tensor) -> Result<RewardOutput> {
+            let (batch, seq_len) = input_ids.dims2()?;
+            let embedded = self
+                .embedding
+                .as_tensor()
+                .index_select(&input_ids.flatten_all()?, 0)?
+                .reshape((batch, seq_len, 8))?; // (B, L, 8)
+            self.after_embedding(&embedded)
+        }
+
+        fn device(&self) -> &Device {
+            &self.device
+        }
+    }
+
+    impl TrainableRewardModel for Toy {
+        fn forward_batch(&self, input: &BatchInput) -> Result<RewardOutput> {
+            match &input.trunk_hidden {
+                Some(hidden) => self.after_embedding(hidden),
+                None => self.forward(&input.input_ids, &input.attention_mask),
+            }
         }
 
         fn trainable_variables(&self) -> Vec<(String, Var)> {
@@ -1096,10 +1121,6 @@ mod tests {
                 ("mix.weight".into(), self.mix.clone()),
                 ("head.weight".into(), self.head.clone()),
             ]
-        }
-
-        fn device(&self) -> &Device {
-            &self.device
         }
     }
 
@@ -1118,9 +1139,10 @@ mod tests {
                 });
             }
             ids.push(2);
-            EncodedResponse {
+            Encoded {
                 input_ids: ids,
                 response_start: prompt.len(),
+                ..Encoded::default()
             }
         };
         (0..count)
@@ -1312,6 +1334,58 @@ mod tests {
                 .steps,
             4
         );
+    }
+
+    /// The trainer pads with the crate's one rule (`pad_right`: id 0, u32 mask, as the old
+    /// trainer padded ids and scoring masked) and zero-pads the cached trunk rows alike.
+    #[test]
+    fn a_training_batch_is_padded_by_pad_right() {
+        let model = Toy::new(3);
+        let encoded = |input_ids: Vec<u32>| Encoded {
+            input_ids,
+            ..Encoded::default()
+        };
+        let (long, short) = (encoded(vec![7, 8, 9]), encoded(vec![5]));
+        let (trunk_long, trunk_short) =
+            (model.trunk(&long.input_ids), model.trunk(&short.input_ids));
+        let rows = [(&long, Some(&trunk_long)), (&short, Some(&trunk_short))];
+        let input = batch_input(&rows, &Device::Cpu).unwrap();
+        assert_eq!(
+            input.input_ids.to_vec2::<u32>().unwrap(),
+            vec![vec![7, 8, 9], vec![5, 0, 0]]
+        );
+        assert_eq!(
+            input.attention_mask.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 1, 1], vec![1, 0, 0]]
+        );
+        let trunk = input.trunk_hidden.clone().unwrap(); // (2, 3, 8)
+        assert_eq!(trunk.dims(), &[2, 3, 8]);
+        let padding = trunk.narrow(0, 1, 1).unwrap().narrow(1, 1, 2).unwrap();
+        assert_eq!(
+            padding
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+        // The rewards are read at each row's last real token: row 1 at position 0.
+        let output = model.forward_batch(&input).unwrap();
+        let rewards = last_token_values(&output.token_rewards, &input.attention_mask).unwrap();
+        let alone = model
+            .forward(
+                &Tensor::new(&[[5u32]], &Device::Cpu).unwrap(),
+                &Tensor::new(&[[1u32]], &Device::Cpu).unwrap(),
+            )
+            .unwrap()
+            .token_rewards
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(rewards.to_vec1::<f32>().unwrap()[1], alone[0]);
     }
 
     #[test]

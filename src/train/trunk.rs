@@ -15,7 +15,8 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 
-use crate::train::trainer::{save_tensors, EncodedPair, EncodedResponse};
+use crate::model::template::Encoded;
+use crate::train::trainer::{save_tensors, EncodedPair};
 
 /// Part of every cache key: bumped when the cache file's layout changes, so an old cache is
 /// recomputed rather than misread.
@@ -47,10 +48,10 @@ impl TrunkCache {
         pairs: &[EncodedPair],
         device: &Device,
         progress: &indicatif::ProgressBar,
-        mut compute: impl FnMut(&EncodedResponse) -> Result<Tensor>,
+        mut compute: impl FnMut(&Encoded) -> Result<Tensor>,
     ) -> Result<Vec<[Tensor; 2]>> {
         // Distinct responses in first-seen order; `slots[i]` = (chosen, rejected) of pair i.
-        let mut distinct: Vec<&EncodedResponse> = Vec::new();
+        let mut distinct: Vec<&Encoded> = Vec::new();
         let mut index_of: HashMap<&[u32], usize> = HashMap::new();
         let mut slots: Vec<[usize; 2]> = Vec::with_capacity(pairs.len());
         for pair in pairs {
@@ -127,9 +128,10 @@ mod tests {
     #[test]
     fn trunk_cache_computes_once_then_loads() {
         let directory = tempfile::tempdir().unwrap();
-        let response = |ids: Vec<u32>| EncodedResponse {
+        let response = |ids: Vec<u32>| Encoded {
             input_ids: ids,
             response_start: 1,
+            ..Encoded::default()
         };
         // The second pair reuses the first pair's chosen response.
         let pairs = vec![
@@ -147,7 +149,7 @@ mod tests {
         let cache = TrunkCache::new(directory.path(), &key_of(&["model", "template", "1"]));
         let progress = indicatif::ProgressBar::hidden();
         let mut calls = 0;
-        let mut compute = |r: &EncodedResponse| {
+        let mut compute = |r: &Encoded| {
             calls += 1;
             let values: Vec<f32> = r
                 .input_ids
