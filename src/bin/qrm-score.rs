@@ -8,6 +8,10 @@
 //! `{rm}@{12 hex}` from the sha256 of the weights, the tokenizer and the goal file, so scores of
 //! two different models named alike are not pooled downstream.
 //!
+//! `--template`, `--eos` and `--max-len` default to what a qrm-train checkpoint's
+//! `train_config.json` records (else chatml, append, 1024); a value given that differs from the
+//! record's is used, with a warning.
+//!
 //! Long runs: `--resume` continues an interrupted `-o` file run from `OUTPUT.partial/`, whose
 //! `manifest.json` records the sha256 of the input, weights, tokenizer and goal and every option
 //! that changes a score; a mismatch is refused, naming what changed (delete `OUTPUT.partial/`

@@ -6,7 +6,9 @@
 //! directory or `reward_check.json`) but has no `train_config.json`, the training record
 //! qrm-train writes when it finishes, is refused: its training failed or is still running.
 //! Plain transformers/OpenRLHF/TRL reward models, base models with `--head linear` and GGUF
-//! files load as they are.
+//! files load as they are. The encoding flags left out are taken from the training record
+//! ([`resolve_encoding`]), so a checkpoint is scored with the template, EOS policy and length
+//! it was trained with unless asked otherwise.
 
 use std::path::{Path, PathBuf};
 
