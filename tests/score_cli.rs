@@ -587,6 +587,144 @@ fn an_unfinished_qrm_training_directory_is_refused() {
         .assert()
         .code(1)
         .stderr(predicates::str::contains("no train_config.json"));
-    std::fs::write(rm.join("train_config.json"), "{}").unwrap();
+    let record = r#"{"template": "chatml", "eos": "append", "max_len": 64}"#;
+    std::fs::write(rm.join("train_config.json"), record).unwrap();
     score_with(&rm).arg(&input).assert().success();
+}
+
+/// A model directory for qrm-train (as in tests/train.rs): the tiny llama's weights and config,
+/// a word-level tokenizer over `w3 … w99` (`<unk>` 0, `<s>` 1, `</s>` 2 = EOS) and a
+/// tokenizer_config naming the EOS.
+fn tiny_model_dir(root: &Path) -> PathBuf {
+    let dir = model_copy("tiny-llama", root, "tiny-llama");
+    let mut vocab = serde_json::Map::new();
+    for (id, token) in ["<unk>", "<s>", "</s>"].iter().enumerate() {
+        vocab.insert((*token).into(), id.into());
+    }
+    for id in 3..100 {
+        vocab.insert(format!("w{id}"), id.into());
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"eos_token": "</s>"}"#,
+    )
+    .unwrap();
+    dir
+}
+
+/// Six questions with two pairs each in `w` words, as `pairs.jsonl` (question, chosen,
+/// rejected) and `generations.jsonl` (question, response: every chosen and rejected one).
+fn word_tables(root: &Path) -> (PathBuf, PathBuf) {
+    let (mut pairs, mut generations) = (Vec::new(), Vec::new());
+    for question in 0..6 {
+        for pair in 0..2 {
+            let text = format!("w{} w{}", 20 + question, 30 + pair);
+            let filler = format!("w{} w{}", 10 + question, 40 + pair);
+            let chosen = format!("{filler} w5 w7");
+            let rejected = format!("{filler} w6 w7 w8");
+            pairs.push(
+                serde_json::json!({
+                    "pair_id": format!("{question}-{pair}"), "question_id": format!("q{question}"),
+                    "question": text, "chosen": chosen, "rejected": rejected,
+                })
+                .to_string(),
+            );
+            for response in [chosen, rejected] {
+                generations
+                    .push(serde_json::json!({"question": text, "response": response}).to_string());
+            }
+        }
+    }
+    let paths = (root.join("pairs.jsonl"), root.join("generations.jsonl"));
+    std::fs::write(&paths.0, pairs.join("\n")).unwrap();
+    std::fs::write(&paths.1, generations.join("\n")).unwrap();
+    paths
+}
+
+/// The `reward` column of qrm-score's stdout (Arrow IPC stream).
+fn rewards(output: &assert_cmd::assert::Assert) -> Vec<Option<f32>> {
+    let stdout = output.get_output().stdout.clone();
+    let frame = IpcStreamReader::new(std::io::Cursor::new(stdout))
+        .finish()
+        .unwrap();
+    frame
+        .column("reward")
+        .unwrap()
+        .f32()
+        .unwrap()
+        .iter()
+        .collect()
+}
+
+#[test]
+fn a_checkpoint_trained_with_raw_scores_and_embeds_with_its_recorded_encoding() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(root.path());
+    let (pairs, generations) = word_tables(root.path());
+    let ckpt = root.path().join("ckpt");
+    Command::cargo_bin("qrm-train")
+        .unwrap()
+        .arg(&pairs)
+        .arg("--model")
+        .arg(&model)
+        .args(["--template", "raw", "--eos", "none", "--max-len", "48"])
+        .args([
+            "--batch-size",
+            "4",
+            "--micro-batch",
+            "2",
+            "--max-steps",
+            "1",
+        ])
+        .args(["--eval-fraction", "0.25", "-q", "--cache"])
+        .arg(root.path().join("cache"))
+        .arg("-o")
+        .arg(&ckpt)
+        .assert()
+        .success();
+
+    // qrm-embed records the encoding it used: the training record's, not chatml/append/1024.
+    let goal = root.path().join("goal.safetensors");
+    Command::cargo_bin("qrm-embed")
+        .unwrap()
+        .arg(&pairs)
+        .arg("--rm")
+        .arg(&ckpt)
+        .args(["-q", "-o"])
+        .arg(&goal)
+        .assert()
+        .success();
+    let stored = qrm::score::goal::GoalState::load(&goal).unwrap();
+    assert_eq!(stored.provenance.template.as_deref(), Some("raw"));
+    assert_eq!(stored.provenance.eos.as_deref(), Some("none"));
+    assert_eq!(stored.provenance.max_len, Some(48));
+
+    let score = |flags: &[&str]| {
+        let mut command = Command::cargo_bin("qrm-score").unwrap();
+        command
+            .arg(&generations)
+            .arg("--rm")
+            .arg(&ckpt)
+            .arg("-q")
+            .args(flags);
+        command.assert().success()
+    };
+    let by_default = score(&[]);
+    assert_eq!(by_default.get_output().stderr, b"", "no warning");
+    let explicit = score(&["--template", "raw", "--eos", "none", "--max-len", "48"]);
+    assert_eq!(explicit.get_output().stderr, b"", "no warning");
+    assert_eq!(rewards(&by_default), rewards(&explicit));
+
+    // Another template is used as asked, with a warning naming the recorded one.
+    let chatml = score(&["--template", "chatml"]).stderr(predicates::str::contains(
+        "--template chatml, but the model was trained with raw",
+    ));
+    assert_ne!(rewards(&by_default), rewards(&chatml));
 }

@@ -6,6 +6,10 @@
 //! `--token random` averages a random response token instead (App. C ablation); `--limit N`
 //! uses a seeded random sample of N pairs (App. C sample-size ablation).
 //!
+//! `--template`, `--eos` and `--max-len` default to what a qrm-train checkpoint's
+//! `train_config.json` records (else chatml, append, 1024), as in qrm-score; the values used are
+//! stored in the goal's provenance.
+//!
 //! The provenance records the model's `rm_sha256` (its weights) and `tokenizer_sha256`;
 //! `qrm-score --goal` refuses a goal whose `rm_sha256` is not the scoring model's.
 

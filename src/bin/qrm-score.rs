@@ -8,6 +8,10 @@
 //! `{rm}@{12 hex}` from the sha256 of the weights, the tokenizer and the goal file, so scores of
 //! two different models named alike are not pooled downstream.
 //!
+//! `--template`, `--eos` and `--max-len` default to what a qrm-train checkpoint's
+//! `train_config.json` records (else chatml, append, 1024); a value given that differs from the
+//! record's is used, with a warning.
+//!
 //! Long runs: `--resume` continues an interrupted `-o` file run from `OUTPUT.partial/`, whose
 //! `manifest.json` records the sha256 of the input, weights, tokenizer and goal and every option
 //! that changes a score; a mismatch is refused, naming what changed (delete `OUTPUT.partial/`
@@ -29,7 +33,7 @@ use qrm::model::loading::{self, EncodingArgs, ModelArgs};
 use qrm::pipeline::io::file_sha256;
 use qrm::pipeline::io::read_table_hashed;
 use qrm::score::goal::GoalState;
-use qrm::score::scoring::{self, Provenance, RunOptions, ScoreOptions, Shard};
+use qrm::score::scoring::{self, Provenance, RunOptions, ScoreOptions, Scorer, Shard};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -169,16 +173,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let progress = qrm::cli::progress_bar(frame.height() as u64, "scoring", args.quiet);
     let started = std::time::Instant::now();
     let output = args.output.output();
-    let summary = scoring::score_table(
-        loaded.model.as_ref(),
-        &encoder,
-        frame,
-        &args.input,
-        &output,
-        &options,
-        &run,
-        &progress,
-    )?;
+    let scorer = Scorer {
+        model: loaded.model.as_ref(),
+        encoder: &encoder,
+        options,
+    };
+    let summary = scorer.score_table(frame, &args.input, &output, &run, &progress)?;
     progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -187,7 +187,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         summary.scored,
         summary.resumed,
         summary.rows,
-        options.rm_id,
+        scorer.options.rm_id,
         summary.tokens,
         summary.tokens as f64 / seconds.max(1e-9),
         encoder.template.name(),

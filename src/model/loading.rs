@@ -6,11 +6,14 @@
 //! directory or `reward_check.json`) but has no `train_config.json`, the training record
 //! qrm-train writes when it finishes, is refused: its training failed or is still running.
 //! Plain transformers/OpenRLHF/TRL reward models, base models with `--head linear` and GGUF
-//! files load as they are.
+//! files load as they are. The encoding flags left out are taken from the training record
+//! ([`resolve_encoding`]), so a checkpoint is scored with the template, EOS policy and length
+//! it was trained with unless asked otherwise.
 
 use std::path::{Path, PathBuf};
 
 use candle_nn::VarMap;
+use clap::ValueEnum;
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -22,7 +25,7 @@ use crate::model::template::{find_eos_id, Encoder, EosPolicy, Template, Truncati
 use crate::model::{Checkpoint, DeviceChoice, HeadKind, RewardModel};
 use crate::pipeline::io::{file_sha256, key_of};
 
-use crate::model::record::{STATE_DIR, TRAINING_RECORD};
+use crate::model::record::{EncodingRecord, STATE_DIR, TRAINING_RECORD};
 
 /// `--max-len` when not given: this, or the model's context when that is shorter.
 pub const DEFAULT_MAX_LEN: usize = 1024;
@@ -57,24 +60,32 @@ pub struct ModelArgs {
     pub seed: u64,
 }
 
-/// `--template`, `--eos`, `--max-len`, `--truncate`.
+/// `--template` when neither given nor in the model's training record.
+pub const DEFAULT_TEMPLATE: &str = "chatml";
+
+/// `--template`, `--eos`, `--max-len`, `--truncate`. The first three default to what the
+/// model's training record (`train_config.json`, [`EncodingRecord`]) says it was trained with;
+/// a value given that differs from the record's is used, with a warning.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EncodingArgs {
     /// Prompt template: chatml (SmolLM2-Instruct; qrm-train's default too), nemo (the paper's,
     /// clean), nemo-release (the released code's indented string), raw, or a file holding
-    /// `{question}` once. Use the template the reward model was trained with.
-    #[arg(long, default_value = "chatml", value_name = "NAME|PATH")]
-    pub template: String,
+    /// `{question}` once. Default: the template in the model's train_config.json (as qrm-train
+    /// writes it), else chatml; one that differs from the recorded one is used with a warning.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub template: Option<String>,
 
     /// append: an EOS token closes the response and the reward is read there (as in
-    /// training); none: the reward is read at the last response token.
-    #[arg(long, value_enum, default_value_t = EosPolicy::Append)]
-    pub eos: EosPolicy,
+    /// training); none: the reward is read at the last response token. Default: the model's
+    /// train_config.json, else append.
+    #[arg(long, value_enum)]
+    pub eos: Option<EosPolicy>,
 
     /// Longest sequence in tokens (prompt + response + EOS); longer rows are truncated.
-    /// Default: 1024, or the model's context (config `max_position_embeddings`) when shorter.
-    /// At most the model's context and at least 16 (a chat template and the EOS alone take
-    /// ~10 tokens, so below 16 a row keeps next to nothing of its response).
+    /// Default: the model's train_config.json, else 1024, or the model's context (config
+    /// `max_position_embeddings`) when shorter. At most the model's context and at least 16
+    /// (a chat template and the EOS alone take ~10 tokens, so below 16 a row keeps next to
+    /// nothing of its response).
     #[arg(long, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(MIN_MAX_LEN as u64..))]
     pub max_len: Option<usize>,
@@ -93,7 +104,9 @@ pub struct ModelIdentity {
     pub weights_sha256: String,
     /// Of the tokenizer.json used; a GGUF's embedded tokenizer is covered by `weights_sha256`.
     pub tokenizer_sha256: String,
-    /// `linear seed=N` for an untrained head (`--head`), else `None`.
+    /// `linear seed=N init=with_new_head` for an untrained head (`--head`), else `None`. The
+    /// `init` part names the initialiser: the hand-written one before it drew other heads for
+    /// the same seed, so a `--resume` of such a run is refused instead of mixing two heads.
     pub untrained_head: Option<String>,
 }
 
@@ -133,28 +146,116 @@ pub struct LoadedModel {
     pub max_positions: usize,
     pub device: DeviceChoice,
     pub identity: ModelIdentity,
+    /// The encoding in the model's training record and that record's path; `None` for a
+    /// model not trained by qrm-train.
+    pub record: Option<(PathBuf, EncodingRecord)>,
+}
+
+/// The encoding flags resolved against a training record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedEncoding {
+    pub template: Template,
+    pub eos: EosPolicy,
+    pub max_len: usize,
+    /// One phrase per flag given with another value than the record's.
+    pub differences: Vec<String>,
+}
+
+/// `args` with what they leave out taken from `record` (the encoding a model was trained
+/// with, read from `record_path`), else the defaults ([`DEFAULT_TEMPLATE`], `append`,
+/// [`DEFAULT_MAX_LEN`] or the model's context `max_positions` when shorter). `--max-len` above
+/// the model's context is a usage error; a recorded template file that cannot be read or an
+/// unknown recorded EOS policy is an error naming the record.
+pub fn resolve_encoding(
+    args: &EncodingArgs,
+    record: Option<(&Path, &EncodingRecord)>,
+    max_positions: usize,
+) -> Result<ResolvedEncoding> {
+    if let Some(max_len) = args.max_len.filter(|&max_len| max_len > max_positions) {
+        return Err(Error::Usage(format!(
+            "--max-len {max_len} is longer than the model's context \
+             (max_position_embeddings {max_positions}); pass at most that"
+        )));
+    }
+    let mut differences = Vec::new();
+    let mut differs = |flag: &str, given: String, recorded: &str| {
+        if given != recorded {
+            differences.push(format!(
+                "{flag} {given}, but the model was trained with {recorded}"
+            ));
+        }
+    };
+    let Some((path, record)) = record else {
+        return Ok(ResolvedEncoding {
+            template: Template::parse(args.template.as_deref().unwrap_or(DEFAULT_TEMPLATE))?,
+            eos: args.eos.unwrap_or_default(),
+            max_len: args
+                .max_len
+                .unwrap_or_else(|| DEFAULT_MAX_LEN.min(max_positions)),
+            differences,
+        });
+    };
+    let recorded = |message: String| Error::Format {
+        path: path.to_owned(),
+        message,
+    };
+    let template = match &args.template {
+        Some(given) => {
+            let template = Template::parse(given)?;
+            differs("--template", template.name(), &record.template);
+            template
+        }
+        None => Template::parse(&record.template).map_err(|e| {
+            recorded(format!(
+                "the recorded template `{}` cannot be used ({e}); pass --template",
+                record.template
+            ))
+        })?,
+    };
+    let eos = match args.eos {
+        Some(given) => {
+            differs("--eos", given.name().to_owned(), &record.eos);
+            given
+        }
+        None => EosPolicy::from_str(&record.eos, false)
+            .map_err(|e| recorded(format!("the recorded eos `{}` is unknown: {e}", record.eos)))?,
+    };
+    let max_len = match args.max_len {
+        Some(given) => {
+            differs("--max-len", given.to_string(), &record.max_len.to_string());
+            given
+        }
+        None => record.max_len.min(max_positions),
+    };
+    Ok(ResolvedEncoding {
+        template,
+        eos,
+        max_len,
+        differences,
+    })
 }
 
 impl LoadedModel {
-    /// The encoder for these flags. `--max-len` above the model's context is a usage error.
+    /// The encoder for these flags, resolved against the model's training record
+    /// ([`resolve_encoding`]); a flag that differs from the record is warned about and used.
     pub fn encoder(&self, args: &EncodingArgs) -> Result<Encoder> {
-        let max_len = match args.max_len {
-            Some(max_len) if max_len > self.max_positions => {
-                return Err(Error::Usage(format!(
-                    "--max-len {max_len} is longer than the model's context \
-                     (max_position_embeddings {}); pass at most that",
-                    self.max_positions
-                )))
-            }
-            Some(max_len) => max_len,
-            None => DEFAULT_MAX_LEN.min(self.max_positions),
-        };
+        let record = self
+            .record
+            .as_ref()
+            .map(|(path, record)| (path.as_path(), record));
+        let resolved = resolve_encoding(args, record, self.max_positions)?;
+        for difference in &resolved.differences {
+            tracing::warn!(
+                "{difference} ({}): using the value given",
+                record.map_or_else(String::new, |(path, _)| path.display().to_string())
+            );
+        }
         Ok(Encoder {
             tokenizer: self.tokenizer.clone(),
-            template: Template::parse(&args.template)?,
-            eos: args.eos,
+            template: resolved.template,
+            eos: resolved.eos,
             eos_id: find_eos_id(&self.tokenizer, self.model_dir.as_deref())?,
-            max_len: Some(max_len),
+            max_len: Some(resolved.max_len),
             truncation: args.truncation,
         })
     }
@@ -276,7 +377,9 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
     let identity = ModelIdentity {
         weights_sha256: model_sha256(&args.rm)?,
         tokenizer_sha256: tokenizer_sha256(args)?,
-        untrained_head: args.head.map(|kind| format!("{kind} seed={}", args.seed)),
+        untrained_head: args
+            .head
+            .map(|kind| format!("{kind} seed={} init=with_new_head", args.seed)),
     };
     Ok(LoadedModel {
         hidden_size: model.config.hidden_size,
@@ -288,6 +391,8 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
         untrained_head: args.head.is_some(),
         device: choice,
         identity,
+        record: EncodingRecord::read(&args.rm)?
+            .map(|record| (args.rm.join(TRAINING_RECORD), record)),
     })
 }
 
@@ -319,6 +424,72 @@ mod tests {
             ..identity.clone()
         };
         assert_ne!(seeded.rm_id("bt", None), identity.rm_id("bt", None));
+    }
+
+    fn encoding_args(template: Option<&str>, eos: Option<EosPolicy>) -> EncodingArgs {
+        EncodingArgs {
+            template: template.map(str::to_owned),
+            eos,
+            max_len: None,
+            truncation: Truncation::LeftPrompt,
+        }
+    }
+
+    #[test]
+    fn encoding_flags_default_to_the_training_record_then_to_chatml_append_1024() {
+        let record = EncodingRecord {
+            template: "raw".into(),
+            eos: "none".into(),
+            max_len: 64,
+        };
+        let path = Path::new("ckpt/train_config.json");
+        let resolved =
+            resolve_encoding(&encoding_args(None, None), Some((path, &record)), 2048).unwrap();
+        assert_eq!(
+            (resolved.template, resolved.eos, resolved.max_len),
+            (Template::Raw, EosPolicy::None, 64)
+        );
+        assert!(resolved.differences.is_empty());
+
+        // Without a record: chatml, append, 1024 or the context when shorter.
+        let plain = resolve_encoding(&encoding_args(None, None), None, 2048).unwrap();
+        assert_eq!(
+            (plain.template, plain.eos, plain.max_len),
+            (Template::ChatMl, EosPolicy::Append, DEFAULT_MAX_LEN)
+        );
+        let short = resolve_encoding(&encoding_args(None, None), None, 512).unwrap();
+        assert_eq!(short.max_len, 512);
+
+        // Given and different: used, and each difference named.
+        let mut args = encoding_args(Some("chatml"), Some(EosPolicy::None));
+        args.max_len = Some(128);
+        let given = resolve_encoding(&args, Some((path, &record)), 2048).unwrap();
+        assert_eq!(
+            (given.template, given.eos, given.max_len),
+            (Template::ChatMl, EosPolicy::None, 128)
+        );
+        assert_eq!(
+            given.differences,
+            [
+                "--template chatml, but the model was trained with raw",
+                "--max-len 128, but the model was trained with 64",
+            ]
+        );
+        args.max_len = Some(4096);
+        let error = resolve_encoding(&args, Some((path, &record)), 2048).unwrap_err();
+        assert!(matches!(error, Error::Usage(_)), "{error}");
+
+        let unknown = EncodingRecord {
+            eos: "always".into(),
+            ..record
+        };
+        let error =
+            resolve_encoding(&encoding_args(None, None), Some((path, &unknown)), 2048).unwrap_err();
+        assert!(
+            error.to_string().contains("ckpt/train_config.json")
+                && error.to_string().contains("`always`"),
+            "{error}"
+        );
     }
 
     /// A copy of the tiny llama fixture with `edit` applied to its config.json.
