@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use qrm::model::head::HeadKind;
-use qrm::model::template::EosPolicy;
-use qrm::model::DeviceChoice;
+use qrm::cli::DeviceArgs;
+use qrm::model::template::{parse_template_arg, EosPolicy};
 use qrm::train::run::{fit, FitRequest};
 use qrm::train::trainer::TrainConfig;
 
@@ -48,8 +48,9 @@ struct Args {
     #[arg(long, value_enum, default_value = "linear")]
     head: HeadKind,
 
-    /// Prompt template (as in qrm-score).
-    #[arg(long, default_value = "chatml")]
+    /// Prompt template: chatml, nemo, nemo-release, raw, or a file holding `{question}` once
+    /// (as in qrm-score, which must use the same one).
+    #[arg(long, default_value = "chatml", value_name = "NAME|PATH", value_parser = parse_template_arg)]
     template: String,
 
     /// append: an EOS closes every response and the reward is read there; none: read at the
@@ -74,22 +75,18 @@ struct Args {
     #[arg(long, default_value = ".cache/trunk")]
     cache: PathBuf,
 
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    device: DeviceArgs,
 
     #[command(flatten)]
     config: TrainConfig,
 
-    /// Only warnings and errors on stderr; no progress bar.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    common: qrm::cli::CommonArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    qrm::cli::init_logging(args.quiet);
-    qrm::cli::finish(run(args))
+    qrm::cli::main(run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -104,11 +101,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         template: args.template,
         eos: args.eos,
         max_len: args.max_len,
-        device: args.device,
+        device: args.device.device,
         resume: args.resume,
         log: args.log,
         cache: args.cache,
-        quiet: args.quiet,
+        quiet: args.common.quiet,
         config: args.config,
     };
     let summary = fit(&request)?;

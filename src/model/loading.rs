@@ -20,7 +20,9 @@ use crate::model::batching::TokenModel;
 use crate::model::checkpoint::model_sha256;
 use crate::model::device::parse_device;
 use crate::model::gguf::tokenizer_from_gguf;
-use crate::model::template::{find_eos_id, Encoder, EosPolicy, Template, Truncation};
+use crate::model::template::{
+    find_eos_id, parse_template_arg, Encoder, EosPolicy, Template, Truncation,
+};
 use crate::model::{Checkpoint, DeviceChoice, HeadKind, RewardModel};
 use crate::pipeline::io::{file_sha256, key_of};
 
@@ -33,7 +35,16 @@ pub const DEFAULT_MAX_LEN: usize = 1024;
 /// row keeps next to nothing of its response.
 pub const MIN_MAX_LEN: usize = 16;
 
-/// `--rm`, `--tokenizer`, `--device`, `--head`, `--seed`.
+/// `--device`, one definition for every tool that runs a model (qrm-embed, qrm-score,
+/// qrm-train); a bad name is rejected at parse time (exit 2).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct DeviceArgs {
+    /// cpu, cuda or cuda:N (gpu means cuda:0).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceChoice,
+}
+
+/// `--rm`, `--tokenizer`, `--device` ([`DeviceArgs`]), `--head`, `--seed`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
     /// Reward model: a directory with config.json, safetensors weights and a value head
@@ -45,9 +56,8 @@ pub struct ModelArgs {
     #[arg(long, value_name = "PATH")]
     pub tokenizer: Option<PathBuf>,
 
-    /// cpu, cuda or cuda:N (gpu means cuda:0).
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 
     /// Add an untrained value head to a base model (`linear`, seeded by --seed); its rewards
     /// mean nothing, only the hidden states (and so the Q-values) do.
@@ -65,7 +75,7 @@ pub struct EncodingArgs {
     /// Prompt template: chatml (SmolLM2-Instruct; qrm-train's default too), nemo (the paper's,
     /// clean), nemo-release (the released code's indented string), raw, or a file holding
     /// `{question}` once. Use the template the reward model was trained with.
-    #[arg(long, default_value = "chatml", value_name = "NAME|PATH")]
+    #[arg(long, default_value = "chatml", value_name = "NAME|PATH", value_parser = parse_template_arg)]
     pub template: String,
 
     /// append: an EOS token closes the response and the reward is read there (as in
@@ -282,7 +292,7 @@ fn tokenizer_sha256(args: &ModelArgs) -> Result<String> {
 
 /// Loads the reward model and tokenizer the flags name.
 pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
-    let choice = args.device;
+    let choice = args.device.device;
     let device = choice.device()?;
     let dtype = choice.dtype();
     check_training_record(&args.rm)?;
