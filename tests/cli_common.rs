@@ -66,11 +66,37 @@ fn quiet_keeps_info_logs_off_stderr() {
 
 #[test]
 fn a_template_that_is_neither_a_name_nor_a_file_is_a_usage_error() {
-    let neither = "is neither a template name (nemo, nemo-release, chatml, raw) nor an existing file";
+    let neither =
+        "is neither a template name (nemo, nemo-release, chatml, raw) nor an existing file";
     for (name, args) in [
-        ("qrm-score", &["x.parquet", "--rm", "rm", "--template", "chatm"][..]),
-        ("qrm-embed", &["x.parquet", "--rm", "rm", "-o", "g.st", "--template", "chatm"][..]),
-        ("qrm-train", &["x.parquet", "--model", "m", "-o", "ckpt", "--template", "no/file"][..]),
+        (
+            "qrm-score",
+            &["x.parquet", "--rm", "rm", "--template", "chatm"][..],
+        ),
+        (
+            "qrm-embed",
+            &[
+                "x.parquet",
+                "--rm",
+                "rm",
+                "-o",
+                "g.st",
+                "--template",
+                "chatm",
+            ][..],
+        ),
+        (
+            "qrm-train",
+            &[
+                "x.parquet",
+                "--model",
+                "m",
+                "-o",
+                "ckpt",
+                "--template",
+                "no/file",
+            ][..],
+        ),
     ] {
         tool(name)
             .args(args)
@@ -94,8 +120,14 @@ fn a_template_that_is_neither_a_name_nor_a_file_is_a_usage_error() {
 fn a_bad_device_is_a_usage_error_in_every_model_tool() {
     for (name, args) in [
         ("qrm-score", &["x.parquet", "--rm", "rm"][..]),
-        ("qrm-embed", &["x.parquet", "--rm", "rm", "-o", "g.safetensors"][..]),
-        ("qrm-train", &["x.parquet", "--model", "m", "-o", "ckpt"][..]),
+        (
+            "qrm-embed",
+            &["x.parquet", "--rm", "rm", "-o", "g.safetensors"][..],
+        ),
+        (
+            "qrm-train",
+            &["x.parquet", "--model", "m", "-o", "ckpt"][..],
+        ),
     ] {
         tool(name)
             .args(args)

@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use qrm::model::head::HeadKind;
 use qrm::cli::DeviceArgs;
+use qrm::model::head::HeadKind;
 use qrm::model::template::{parse_template_arg, EosPolicy};
 use qrm::train::run::{fit, FitRequest};
 use qrm::train::trainer::TrainConfig;

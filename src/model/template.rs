@@ -404,7 +404,10 @@ mod tests {
     #[test]
     fn templates_parse_as_names_or_existing_files() {
         assert_eq!(parse_template_arg("chatml").as_deref(), Ok("chatml"));
-        assert_eq!(parse_template_arg("nemo-release").as_deref(), Ok("nemo-release"));
+        assert_eq!(
+            parse_template_arg("nemo-release").as_deref(),
+            Ok("nemo-release")
+        );
         let missing = parse_template_arg("chatm").unwrap_err();
         assert!(missing.contains("neither a template name"), "{missing}");
         let dir = tempfile::tempdir().unwrap();

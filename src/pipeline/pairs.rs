@@ -554,8 +554,17 @@ mod tests {
             "read 20 generations over 5 questions; using 4 (--max-questions), 3 of them with \
              both labels"
         );
-        assert_eq!(lines[1], (true, "2 rows repeating a (question_id, sample) skipped".into()));
-        assert_eq!(text(2), "held out 1 questions (5 generations) -> held.parquet");
+        assert_eq!(
+            lines[1],
+            (
+                true,
+                "2 rows repeating a (question_id, sample) skipped".into()
+            )
+        );
+        assert_eq!(
+            text(2),
+            "held out 1 questions (5 generations) -> held.parquet"
+        );
         assert_eq!(
             text(3),
             "skipped 1 single-label questions (1 all correct, 0 all incorrect)"
