@@ -376,178 +376,277 @@ pub fn auroc_report(frame: &DataFrame, path: &Path, options: &AurocOptions) -> R
             drop_duplicates: options.drop_duplicates,
         },
     )?;
-    let labels: Vec<bool> = columns
-        .bool_not_null(IS_CORRECT)?
-        .iter()
-        .map(|v| v.unwrap_or(false))
-        .collect();
     let mut by = options.by.clone();
     if options.compare.is_some() && !by.iter().any(|b| b == RM) {
         by.insert(0, RM.to_owned());
     }
-    let keys = group_keys(frame, path, &by)?;
-    let sample_text = if columns.has(SAMPLE) {
-        Some(group_keys(frame, path, &[SAMPLE.to_owned()])?)
-    } else {
-        None
-    };
-    let percentiles: Vec<Option<f64>> = match &options.percentiles {
-        Some(values) => values.iter().copied().map(Some).collect(),
-        None => vec![None],
-    };
-    let mut lists = BTreeMap::new();
-    let mut all_scores = Vec::with_capacity(percentiles.len());
-    let mut bad_rows: Vec<bool> = checked.keep.iter().map(|keep| !keep).collect();
-    // Left after the check: rows whose score has no value (an empty response).
-    let mut empty = vec![false; frame.height()];
-    for &percentile in &percentiles {
-        let values = score_values(&columns, &options.score, percentile, &mut lists)?;
-        for ((bad, empty), value) in bad_rows.iter().zip(empty.iter_mut()).zip(&values) {
-            *empty |= !bad && !value.is_some_and(f64::is_finite);
-        }
-        all_scores.push(values);
-    }
-    let empty: Vec<usize> = (0..frame.height()).filter(|&i| empty[i]).collect();
-    if !empty.is_empty() {
-        if !options.drop_nan {
-            return Err(describe_bad_rows(path, &options.score, &empty));
-        }
-        tracing::warn!(
-            "{}: dropped {} row(s) whose score `{}` is missing (--drop-nan)",
-            path.display(),
-            empty.len(),
-            options.score
-        );
-        for &row in &empty {
-            bad_rows[row] = true;
-        }
-    }
-    let valid = |row: &usize| !bad_rows[*row];
-
-    let mut output = OutputRows::default();
-    match &options.compare {
-        None => {
-            let mut groups: BTreeMap<&[String], Vec<usize>> = BTreeMap::new();
-            for row in (0..frame.height()).filter(valid) {
-                groups.entry(&keys[row]).or_default().push(row);
-            }
-            for (key, rows) in groups {
-                let group_labels: Vec<bool> = rows.iter().map(|&r| labels[r]).collect();
-                let sets: Option<Vec<&str>> = sample_text
-                    .as_ref()
-                    .map(|text| rows.iter().map(|&r| text[r][0].as_str()).collect());
-                for (percentile, values) in percentiles.iter().zip(&all_scores) {
-                    let scores: Vec<f64> = rows
-                        .iter()
-                        .map(|&r| values[r].unwrap_or(f64::NAN))
-                        .collect();
-                    let result = one_group(&scores, None, &group_labels, sets.as_deref(), options);
-                    output.push(key.to_vec(), None, *percentile, result);
-                }
-            }
-        }
+    let scored = Scored::read(frame, path, &by, &checked.keep, options)?;
+    let output = match &options.compare {
+        None => whole_groups(&scored, options),
         Some((rm_a, rm_b)) => {
             let rm_index = by.iter().position(|b| b == RM).unwrap_or(0);
-            let present: std::collections::BTreeSet<&str> = (0..frame.height())
-                .filter(valid)
-                .map(|row| keys[row][rm_index].as_str())
-                .collect();
-            if let Some(unknown) = [rm_a, rm_b]
-                .into_iter()
-                .find(|name| !present.contains(name.as_str()))
-            {
-                let present: Vec<&str> = present.into_iter().collect();
-                return Err(Error::Usage(format!(
-                    "--compare: {}: no `{RM}` named `{unknown}` (present: {})",
-                    path.display(),
-                    present.join(", ")
-                )));
-            }
+            // The names first: a wrong name is a usage error whatever else the table lacks.
+            check_compared_names(&scored, rm_index, [rm_a, rm_b])?;
             let question_ids = columns.str_not_null(QUESTION_ID)?;
+            let question_ids: Vec<&str> =
+                question_ids.iter().map(Option::unwrap_or_default).collect();
             let item_samples = sample_keys(frame, path, &checked.keep)?;
-            // Group key without rm → item key (question_id, sample) → (row of A, row of B).
-            type Pairs = BTreeMap<(String, String), (Option<usize>, Option<usize>)>;
-            let mut groups: BTreeMap<Vec<String>, Pairs> = BTreeMap::new();
-            for row in (0..frame.height()).filter(valid) {
-                let rm = &keys[row][rm_index];
-                let is_a = rm == rm_a;
-                if !is_a && rm != rm_b {
-                    continue;
-                }
-                let mut group = keys[row].clone();
-                group.remove(rm_index);
-                let item = (
-                    question_ids.get(row).unwrap_or_default().to_owned(),
-                    item_samples[row].clone(),
-                );
-                let slot = groups.entry(group).or_default().entry(item).or_default();
-                let target = if is_a { &mut slot.0 } else { &mut slot.1 };
-                if target.replace(row).is_some() {
-                    return Err(Error::bad_value(
-                        path,
-                        row,
-                        QUESTION_ID,
-                        format!("duplicate ({QUESTION_ID}, {SAMPLE}) for rm `{rm}`"),
-                    ));
-                }
-            }
-            let mut unmatched = 0usize;
-            for (group, items) in groups {
-                let mut matched = Vec::with_capacity(items.len());
-                for (row_a, row_b) in items.into_values() {
-                    match (row_a, row_b) {
-                        (Some(a), Some(b)) => {
-                            if labels[a] != labels[b] {
-                                return Err(Error::bad_value(
-                                    path,
-                                    b,
-                                    IS_CORRECT,
-                                    format!("differs from row {} of the same generation", a + 1),
-                                ));
-                            }
-                            matched.push((a, b));
-                        }
-                        _ => unmatched += 1,
-                    }
-                }
-                let group_labels: Vec<bool> = matched.iter().map(|&(a, _)| labels[a]).collect();
-                let sets: Option<Vec<&str>> = sample_text
-                    .as_ref()
-                    .map(|text| matched.iter().map(|&(a, _)| text[a][0].as_str()).collect());
-                let mut key = group;
-                key.insert(rm_index, rm_a.clone());
-                for (percentile, values) in percentiles.iter().zip(&all_scores) {
-                    let pick = |side: fn(&(usize, usize)) -> usize| -> Vec<f64> {
-                        matched
-                            .iter()
-                            .map(|pair| values[side(pair)].unwrap_or(f64::NAN))
-                            .collect()
-                    };
-                    let scores_a = pick(|pair| pair.0);
-                    let scores_b = pick(|pair| pair.1);
-                    let result = one_group(
-                        &scores_a,
-                        Some(&scores_b),
-                        &group_labels,
-                        sets.as_deref(),
-                        options,
-                    );
-                    output.push(key.clone(), Some(rm_b.clone()), *percentile, result);
-                }
-            }
-            if unmatched > 0 {
-                tracing::warn!(
-                    "{unmatched} generation(s) scored by only one of {rm_a}, {rm_b}: left out"
-                );
-            }
+            let items = CompareItems {
+                question_ids: &question_ids,
+                samples: &item_samples,
+                rm_index,
+            };
+            compared_groups(&scored, &items, (rm_a, rm_b), options)?
         }
-    }
+    };
     let frame = output.into_frame(&by, options)?;
     Ok(Report {
         frame,
-        dropped_rows: checked.dropped_nan + empty.len(),
+        dropped_rows: checked.dropped_nan + scored.empty,
         dropped_duplicates: checked.dropped_duplicates,
     })
+}
+
+/// What both kinds of report read, row by row: the labels, the group keys, the sample sets and
+/// each percentile's scores, and which rows are left out (failed the checks, or no score).
+struct Scored<'a> {
+    path: &'a Path,
+    labels: Vec<bool>,
+    keys: Vec<Vec<String>>,
+    sample_text: Option<Vec<Vec<String>>>,
+    percentiles: Vec<Option<f64>>,
+    scores: Vec<Vec<Option<f64>>>,
+    left_out: Vec<bool>,
+    /// Rows left out because their score has no value (an empty response), under `drop_nan`.
+    empty: usize,
+}
+
+impl<'a> Scored<'a> {
+    /// Reads the rows `keep` (from [`check_rows`]) passed; a row whose score has no value fails
+    /// naming it, unless `drop_nan` leaves it out (logged).
+    fn read(
+        frame: &DataFrame,
+        path: &'a Path,
+        by: &[String],
+        keep: &[bool],
+        options: &AurocOptions,
+    ) -> Result<Self> {
+        let columns = Columns::new(frame, path);
+        let labels: Vec<bool> = columns
+            .bool_not_null(IS_CORRECT)?
+            .iter()
+            .map(|v| v.unwrap_or(false))
+            .collect();
+        let keys = group_keys(frame, path, by)?;
+        let sample_text = if columns.has(SAMPLE) {
+            Some(group_keys(frame, path, &[SAMPLE.to_owned()])?)
+        } else {
+            None
+        };
+        let percentiles: Vec<Option<f64>> = match &options.percentiles {
+            Some(values) => values.iter().copied().map(Some).collect(),
+            None => vec![None],
+        };
+        let mut lists = BTreeMap::new();
+        let mut scores = Vec::with_capacity(percentiles.len());
+        let mut left_out: Vec<bool> = keep.iter().map(|keep| !keep).collect();
+        // Left after the check: rows whose score has no value (an empty response).
+        let mut empty = vec![false; frame.height()];
+        for &percentile in &percentiles {
+            let values = score_values(&columns, &options.score, percentile, &mut lists)?;
+            for ((bad, empty), value) in left_out.iter().zip(empty.iter_mut()).zip(&values) {
+                *empty |= !bad && !value.is_some_and(f64::is_finite);
+            }
+            scores.push(values);
+        }
+        let empty: Vec<usize> = (0..frame.height()).filter(|&i| empty[i]).collect();
+        if !empty.is_empty() {
+            if !options.drop_nan {
+                return Err(describe_bad_rows(path, &options.score, &empty));
+            }
+            tracing::warn!(
+                "{}: dropped {} row(s) whose score `{}` is missing (--drop-nan)",
+                path.display(),
+                empty.len(),
+                options.score
+            );
+            for &row in &empty {
+                left_out[row] = true;
+            }
+        }
+        Ok(Scored {
+            path,
+            labels,
+            keys,
+            sample_text,
+            percentiles,
+            scores,
+            left_out,
+            empty: empty.len(),
+        })
+    }
+
+    /// The rows that enter the report, in order.
+    fn rows(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.labels.len()).filter(|&row| !self.left_out[row])
+    }
+
+    /// The sample set of each row (when the table has `sample`).
+    fn sets(&self, rows: impl Iterator<Item = usize>) -> Option<Vec<&str>> {
+        self.sample_text
+            .as_ref()
+            .map(|text| rows.map(|r| text[r][0].as_str()).collect())
+    }
+}
+
+/// One report row per group and percentile.
+fn whole_groups(scored: &Scored, options: &AurocOptions) -> OutputRows {
+    let mut output = OutputRows::default();
+    let mut groups: BTreeMap<&[String], Vec<usize>> = BTreeMap::new();
+    for row in scored.rows() {
+        groups.entry(&scored.keys[row]).or_default().push(row);
+    }
+    for (key, rows) in groups {
+        let group_labels: Vec<bool> = rows.iter().map(|&r| scored.labels[r]).collect();
+        let sets = scored.sets(rows.iter().copied());
+        for (percentile, values) in scored.percentiles.iter().zip(&scored.scores) {
+            let scores: Vec<f64> = rows
+                .iter()
+                .map(|&r| values[r].unwrap_or(f64::NAN))
+                .collect();
+            let result = one_group(&scores, None, &group_labels, sets.as_deref(), options);
+            output.push(key.to_vec(), None, *percentile, result);
+        }
+    }
+    output
+}
+
+/// How `--compare` matches generations: by (`question_id`, sample key) within a group whose
+/// key, without its `rm` at `rm_index`, is the same.
+struct CompareItems<'a> {
+    question_ids: &'a [&'a str],
+    samples: &'a [String],
+    rm_index: usize,
+}
+
+/// Group key without rm → item key (question_id, sample) → (row of A, row of B).
+type ComparedRows =
+    BTreeMap<Vec<String>, BTreeMap<(String, String), (Option<usize>, Option<usize>)>>;
+
+/// `--compare A,B` (names checked by [`check_compared_names`]): one report row per group (keyed
+/// by A) and percentile, AUROCs of both models on the generations both scored and DeLong's
+/// paired test. A generation scored twice by one model, or labelled differently for the two,
+/// is bad data.
+fn compared_groups(
+    scored: &Scored,
+    items: &CompareItems,
+    (rm_a, rm_b): (&String, &String),
+    options: &AurocOptions,
+) -> Result<OutputRows> {
+    let groups = pair_generations(scored, items, (rm_a, rm_b))?;
+    let mut output = OutputRows::default();
+    let mut unmatched = 0usize;
+    for (group, pairs) in groups {
+        let mut matched = Vec::with_capacity(pairs.len());
+        for (row_a, row_b) in pairs.into_values() {
+            match (row_a, row_b) {
+                (Some(a), Some(b)) => {
+                    if scored.labels[a] != scored.labels[b] {
+                        return Err(Error::bad_value(
+                            scored.path,
+                            b,
+                            IS_CORRECT,
+                            format!("differs from row {} of the same generation", a + 1),
+                        ));
+                    }
+                    matched.push((a, b));
+                }
+                _ => unmatched += 1,
+            }
+        }
+        let group_labels: Vec<bool> = matched.iter().map(|&(a, _)| scored.labels[a]).collect();
+        let sets = scored.sets(matched.iter().map(|&(a, _)| a));
+        let mut key = group;
+        key.insert(items.rm_index, rm_a.clone());
+        for (percentile, values) in scored.percentiles.iter().zip(&scored.scores) {
+            let pick = |side: fn(&(usize, usize)) -> usize| -> Vec<f64> {
+                matched
+                    .iter()
+                    .map(|pair| values[side(pair)].unwrap_or(f64::NAN))
+                    .collect()
+            };
+            let scores_a = pick(|pair| pair.0);
+            let scores_b = pick(|pair| pair.1);
+            let result = one_group(
+                &scores_a,
+                Some(&scores_b),
+                &group_labels,
+                sets.as_deref(),
+                options,
+            );
+            output.push(key.clone(), Some(rm_b.clone()), *percentile, result);
+        }
+    }
+    if unmatched > 0 {
+        tracing::warn!("{unmatched} generation(s) scored by only one of {rm_a}, {rm_b}: left out");
+    }
+    Ok(output)
+}
+
+/// A usage error when a `--compare` name is not an `rm` of the rows, listing those present.
+fn check_compared_names(scored: &Scored, rm_index: usize, names: [&String; 2]) -> Result<()> {
+    let present: std::collections::BTreeSet<&str> = scored
+        .rows()
+        .map(|row| scored.keys[row][rm_index].as_str())
+        .collect();
+    match names
+        .into_iter()
+        .find(|name| !present.contains(name.as_str()))
+    {
+        Some(unknown) => {
+            let present: Vec<&str> = present.into_iter().collect();
+            Err(Error::Usage(format!(
+                "--compare: {}: no `{RM}` named `{unknown}` (present: {})",
+                scored.path.display(),
+                present.join(", ")
+            )))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The rows of A and B of each generation, per group; a generation scored twice by one model
+/// is bad data.
+fn pair_generations(
+    scored: &Scored,
+    items: &CompareItems,
+    (rm_a, rm_b): (&String, &String),
+) -> Result<ComparedRows> {
+    let mut groups = ComparedRows::new();
+    for row in scored.rows() {
+        let rm = &scored.keys[row][items.rm_index];
+        let is_a = rm == rm_a;
+        if !is_a && rm != rm_b {
+            continue;
+        }
+        let mut group = scored.keys[row].clone();
+        group.remove(items.rm_index);
+        let item = (
+            items.question_ids[row].to_owned(),
+            items.samples[row].clone(),
+        );
+        let slot = groups.entry(group).or_default().entry(item).or_default();
+        let target = if is_a { &mut slot.0 } else { &mut slot.1 };
+        if target.replace(row).is_some() {
+            return Err(Error::bad_value(
+                scored.path,
+                row,
+                QUESTION_ID,
+                format!("duplicate ({QUESTION_ID}, {SAMPLE}) for rm `{rm}`"),
+            ));
+        }
+    }
+    Ok(groups)
 }
 
 /// Accumulates report rows column by column.
