@@ -31,9 +31,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use qrm::metrics::report::{
-    auroc_report, parse_compare, parse_fractions, parse_level, AurocOptions, CiMethod,
-};
+use qrm::metrics::report::auroc::{auroc_report, AurocOptions, CiMethod};
+use qrm::metrics::report::{parse_compare, parse_fractions, parse_level};
 use qrm::pipeline::io::{display_path, read_table};
 
 #[derive(Debug, Parser)]

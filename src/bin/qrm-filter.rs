@@ -40,9 +40,10 @@ use anyhow::Context;
 use clap::Parser;
 use qrm::metrics::checks::RowChecks;
 use qrm::metrics::filter::{FilterOptions, VoteRule};
-use qrm::metrics::report::{
-    correlation_report, filter_report, localisation_report, parse_finite, parse_sweep, top_k_report,
+use qrm::metrics::report::filter::{
+    correlation_report, filter_report, localisation_report, top_k_report,
 };
+use qrm::metrics::report::{parse_finite, parse_sweep};
 use qrm::pipeline::io::{display_path, read_table};
 
 #[derive(Debug, Parser)]
