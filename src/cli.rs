@@ -1,6 +1,7 @@
-//! What every `qrm-*` binary shares: the common flags (`-q`, and `--device` where a model runs:
-//! [`DeviceArgs`]), output flags, `--batch-tokens`, logging, progress bars, exit codes, and [`main`], which runs a
-//! tool (parse → logging → run → exit code).
+//! What every `qrm-*` binary shares: the common flags (`-q`; `--device` is in
+//! [`crate::model::loading::ModelArgs`], and [`DeviceArgs`] for qrm-train), output flags,
+//! `--batch-tokens`, logging, progress bars, exit codes, and [`main`], which runs a tool
+//! (parse → logging → run → exit code).
 //!
 //! Exit codes: 0 ok (a closed output pipe counts as ok), 1 runtime error, 2 usage error (clap's,
 //! and the library's [`crate::Error::Usage`]: a flag value or flag combination that cannot work,

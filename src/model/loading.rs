@@ -35,8 +35,8 @@ pub const DEFAULT_MAX_LEN: usize = 1024;
 /// row keeps next to nothing of its response.
 pub const MIN_MAX_LEN: usize = 16;
 
-/// `--device`, one definition for every tool that runs a model (qrm-embed, qrm-score,
-/// qrm-train); a bad name is rejected at parse time (exit 2).
+/// `--device` for a tool that runs a model without [`ModelArgs`] (qrm-train), spelled, parsed
+/// and documented as ModelArgs' own; a bad name is rejected at parse time (exit 2).
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct DeviceArgs {
     /// cpu, cuda or cuda:N (gpu means cuda:0).
@@ -44,7 +44,7 @@ pub struct DeviceArgs {
     pub device: DeviceChoice,
 }
 
-/// `--rm`, `--tokenizer`, `--device` ([`DeviceArgs`]), `--head`, `--seed`.
+/// `--rm`, `--tokenizer`, `--device`, `--head`, `--seed`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
     /// Reward model: a directory with config.json, safetensors weights and a value head
@@ -56,8 +56,11 @@ pub struct ModelArgs {
     #[arg(long, value_name = "PATH")]
     pub tokenizer: Option<PathBuf>,
 
-    #[command(flatten)]
-    pub device: DeviceArgs,
+    /// cpu, cuda or cuda:N (gpu means cuda:0).
+    // Not a flattened DeviceArgs: a nested flatten leaves ModelArgs' arg group empty, and
+    // qrm-score's `Option<ModelArgs>` would then never see `--rm`.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceChoice,
 
     /// Add an untrained value head to a base model (`linear`, seeded by --seed); its rewards
     /// mean nothing, only the hidden states (and so the Q-values) do.
@@ -292,7 +295,7 @@ fn tokenizer_sha256(args: &ModelArgs) -> Result<String> {
 
 /// Loads the reward model and tokenizer the flags name.
 pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
-    let choice = args.device.device;
+    let choice = args.device;
     let device = choice.device()?;
     let dtype = choice.dtype();
     check_training_record(&args.rm)?;
