@@ -16,8 +16,8 @@
 //!
 //! A header-only input (columns, no rows) is an error, and so is a model directory that looks
 //! like an unfinished `qrm-train` run (no `train_config.json`). Exit codes: 0 ok, 1 bad data or
-//! model, 2 bad flags (`--device gpu0`, `--batch-tokens 0`, `--max-len` beyond the context,
-//! `--resume` over another run's partial output).
+//! model, 2 bad flags (`--device gpu0`, `--template chatm`, `--batch-tokens 0`, `--max-len`
+//! beyond the context, `--resume` over another run's partial output).
 
 use std::path::PathBuf;
 
