@@ -1,6 +1,7 @@
 //! What every `qrm-*` tool shares (`qrm::cli`): each takes `-q`/`--quiet` (also after a
-//! subcommand), an unknown flag is a usage error (exit 2), and `--template` / `--device` values
-//! that cannot work are rejected at parse time (exit 2) with one message in every tool.
+//! subcommand), an unknown flag is a usage error (exit 2), and `--template`, `--device` and
+//! fraction values that cannot work are rejected at parse time (exit 2) with one message in
+//! every tool.
 
 use assert_cmd::Command;
 use predicates::prelude::*;
@@ -138,4 +139,27 @@ fn a_bad_device_is_a_usage_error_in_every_model_tool() {
                 "unknown device `gpu0`: expected cpu, cuda or cuda:N",
             ));
     }
+}
+
+#[test]
+fn fractions_outside_zero_one_are_usage_errors_at_parse_time() {
+    // qrm-train used to accept --eval-fraction 1.5 and fail later on the missing pairs file.
+    tool("qrm-train")
+        .args([
+            "missing.parquet",
+            "--model",
+            "m",
+            "-o",
+            "ckpt",
+            "--eval-fraction",
+            "1.5",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("1.5 is not a fraction in [0, 1]"));
+    tool("qrm-synth")
+        .args(["--error-rate", "1.5", "--questions", "2"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("1.5 is not a fraction in [0, 1]"));
 }

@@ -21,8 +21,8 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     samples: usize,
 
-    /// Mean share of wrong samples; the per-question share varies around it.
-    #[arg(long, default_value_t = 0.5)]
+    /// Mean share of wrong samples, in [0, 1]; the per-question share varies around it.
+    #[arg(long, default_value_t = 0.5, value_parser = qrm::cli::parse_fraction)]
     error_rate: f64,
 
     /// `id`: 2–3 steps, small numbers (benchmark `synth-id`); `ood`: 4–6 steps, larger numbers,

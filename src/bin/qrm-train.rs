@@ -35,8 +35,8 @@ struct Args {
     #[arg(long)]
     eval_pairs: Option<PathBuf>,
 
-    /// Fraction of questions held out for eval when no `--eval-pairs` is given.
-    #[arg(long, default_value_t = 0.1)]
+    /// Fraction of questions held out for eval when no `--eval-pairs` is given, in [0, 1].
+    #[arg(long, default_value_t = 0.1, value_parser = qrm::cli::parse_fraction)]
     eval_fraction: f64,
 
     /// Train only the top K layers, the final norm and the head; the frozen trunk's outputs
