@@ -1,4 +1,7 @@
-//! What every `qrm-*` binary shares: output flags, logging, progress bars and exit codes.
+//! What every `qrm-*` binary shares: the common flags (`-q`; `--device` is in
+//! [`crate::model::loading::ModelArgs`], and [`DeviceArgs`] for qrm-train), output flags,
+//! `--batch-tokens`, logging, progress bars, exit codes, and [`main`], which runs a tool
+//! (parse → logging → run → exit code).
 //!
 //! Exit codes: 0 ok (a closed output pipe counts as ok), 1 runtime error, 2 usage error (clap's,
 //! and the library's [`crate::Error::Usage`]: a flag value or flag combination that cannot work,
@@ -8,9 +11,57 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::RangedU64ValueParser;
+use clap::FromArgMatches;
 use indicatif::{ProgressBar, ProgressStyle};
 
+pub use crate::model::loading::DeviceArgs;
 use crate::pipeline::io::{Format, Output};
+
+/// The flags every tool has, flattened into each (global, so a subcommand takes them too:
+/// `qrm-score merge -q`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// Only warnings and errors on stderr; no progress bar.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// A binary's whole `main`: parses the flags (clap's errors exit 2), starts logging (`-q` of
+/// the tool's flattened [`CommonArgs`]), runs the tool and turns its result into the exit code
+/// ([`finish`]). Every tool flattens [`CommonArgs`] into its top-level flags; the CLI tests
+/// check each one takes `-q`.
+pub fn main<T: clap::Parser>(run: impl FnOnce(T) -> anyhow::Result<()>) -> ExitCode {
+    let (common, args) = parse::<T>();
+    init_logging(common.quiet);
+    finish(run(args))
+}
+
+/// Parses the command line into the tool's flags and the common group, or exits as clap does.
+fn parse<T: clap::Parser>() -> (CommonArgs, T) {
+    parse_from(std::env::args_os()).unwrap_or_else(|error| error.exit())
+}
+
+fn parse_from<T: clap::Parser>(
+    argv: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+) -> Result<(CommonArgs, T), clap::Error> {
+    let matches = T::command().try_get_matches_from(argv)?;
+    let format = |error: clap::Error| error.format(&mut T::command());
+    let common = CommonArgs::from_arg_matches(&matches).map_err(format)?;
+    let args = T::from_arg_matches(&matches).map_err(format)?;
+    Ok((common, args))
+}
+
+/// `--batch-tokens`, one definition for qrm-embed and qrm-score. How the default was chosen
+/// (CPU timings) is in `docs/cuda.md`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatchArgs {
+    /// Padded tokens per forward pass (rows × longest row). The default suits a CPU; raise it
+    /// on a GPU.
+    #[arg(long, default_value_t = 2048, value_name = "N",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub batch_tokens: usize,
+}
 
 /// `-o/--output` and `--format`, flattened into every tool that writes a table.
 #[derive(Debug, Clone, clap::Args)]
@@ -158,6 +209,33 @@ mod tests {
         assert!(parse_fraction("-0.1").is_err());
         assert!(parse_fraction("NaN").is_err());
         assert!(parse_fraction("x").unwrap_err().contains("not a number"));
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Demo {
+        #[command(subcommand)]
+        command: Option<DemoCommand>,
+        #[arg(long)]
+        flag: bool,
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum DemoCommand {
+        Sub,
+    }
+
+    #[test]
+    fn the_common_group_parses_before_and_after_a_subcommand() {
+        let (common, demo) = parse_from::<Demo>(["demo", "--flag", "-q"]).unwrap();
+        assert!(common.quiet && demo.common.quiet && demo.flag);
+        let (common, demo) = parse_from::<Demo>(["demo", "sub", "--quiet"]).unwrap();
+        assert!(common.quiet && matches!(demo.command, Some(DemoCommand::Sub)));
+        let (common, _) = parse_from::<Demo>(["demo"]).unwrap();
+        assert!(!common.quiet);
+        let error = parse_from::<Demo>(["demo", "--nope"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
     }
 
     #[test]

@@ -31,9 +31,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use qrm::metrics::report::{
-    auroc_report, parse_compare, parse_fractions, parse_level, AurocOptions, CiMethod,
-};
+use qrm::metrics::report::auroc::{auroc_report, AurocOptions, CiMethod};
+use qrm::metrics::report::{parse_compare, parse_fractions, parse_level};
 use qrm::pipeline::io::{display_path, read_table};
 
 #[derive(Debug, Parser)]
@@ -97,15 +96,12 @@ struct Args {
     #[command(flatten)]
     output: qrm::cli::OutputArgs,
 
-    /// Only warnings and errors on stderr.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    common: qrm::cli::CommonArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    qrm::cli::init_logging(args.quiet);
-    qrm::cli::finish(run(args))
+    qrm::cli::main(run)
 }
 
 /// `--percentiles` values (a newtype, so that clap takes the list as one value).

@@ -21,15 +21,12 @@ struct Args {
     #[command(flatten)]
     output: OutputArgs,
 
-    /// Only print warnings and errors.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    common: qrm::cli::CommonArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    qrm::cli::init_logging(args.quiet);
-    qrm::cli::finish(run(args))
+    qrm::cli::main(run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

@@ -46,25 +46,19 @@ struct Args {
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
 
-    /// Padded tokens per forward pass (rows × longest row). The default suits a CPU: on 2 cores,
-    /// 96 synth generations scored in 44–46 s at 2,048 or 512 and 64–71 s at 8,192 (bigger
-    /// batches lose more to padding and cache misses than they gain); raise it on a GPU.
-    #[arg(long, default_value_t = 2048, value_name = "N")]
-    batch_tokens: usize,
+    #[command(flatten)]
+    batch: qrm::cli::BatchArgs,
 
     /// The goal-state file to write (safetensors).
     #[arg(short, long, value_name = "PATH")]
     output: PathBuf,
 
-    /// Only warnings and errors on stderr, no progress bar.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    common: qrm::cli::CommonArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    qrm::cli::init_logging(args.quiet);
-    qrm::cli::finish(run(args))
+    qrm::cli::main(run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -90,11 +84,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map(|&row| chosen.get(row).unwrap_or_default())
         .collect();
 
-    let progress = qrm::cli::progress_bar(rows.len() as u64, "embedding", args.quiet);
+    let progress = qrm::cli::progress_bar(rows.len() as u64, "embedding", args.common.quiet);
     let options = EmbedOptions {
         token: args.token,
         seed: args.model.seed,
-        batch_tokens: args.batch_tokens,
+        batch_tokens: args.batch.batch_tokens,
     };
     let (accumulator, truncation) = embed_goal(
         loaded.model.as_ref(),

@@ -40,9 +40,10 @@ use anyhow::Context;
 use clap::Parser;
 use qrm::metrics::checks::RowChecks;
 use qrm::metrics::filter::{FilterOptions, VoteRule};
-use qrm::metrics::report::{
-    correlation_report, filter_report, localisation_report, parse_finite, parse_sweep, top_k_report,
+use qrm::metrics::report::filter::{
+    correlation_report, filter_report, localisation_report, top_k_report,
 };
+use qrm::metrics::report::{parse_finite, parse_sweep};
 use qrm::pipeline::io::{display_path, read_table};
 
 #[derive(Debug, Parser)]
@@ -114,15 +115,12 @@ struct Args {
     #[command(flatten)]
     output: qrm::cli::OutputArgs,
 
-    /// Only warnings and errors on stderr.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    common: qrm::cli::CommonArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    qrm::cli::init_logging(args.quiet);
-    qrm::cli::finish(run(args))
+    qrm::cli::main(run)
 }
 
 /// `--sweep` values (a newtype, so that clap takes the list as one value).

@@ -119,18 +119,15 @@ struct Args {
     #[arg(long)]
     skip_bad: bool,
 
-    /// Only warnings and errors on stderr.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    common: qrm::cli::CommonArgs,
 
     #[command(flatten)]
     output: qrm::cli::OutputArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    qrm::cli::init_logging(args.quiet);
-    qrm::cli::finish(run(args))
+    qrm::cli::main(run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

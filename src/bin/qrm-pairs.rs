@@ -59,18 +59,15 @@ struct Args {
     #[arg(long)]
     skip_bad: bool,
 
-    /// Only warnings and errors on stderr.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    common: qrm::cli::CommonArgs,
 
     #[command(flatten)]
     output: qrm::cli::OutputArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    qrm::cli::init_logging(args.quiet);
-    qrm::cli::finish(run(args))
+    qrm::cli::main(run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -104,55 +101,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         skip_bad: args.skip_bad,
     };
     let mut pairs = build_pairs(&frame, &display_path(&args.input), &options)?;
-    let summary = &pairs.summary;
-    if summary.questions_left_out > 0 {
-        tracing::info!(
-            "read {} generations over {} questions; using {} (--max-questions), {} of them with \
-             both labels",
-            summary.generations,
-            summary.questions + summary.questions_left_out,
-            summary.questions,
-            summary.questions_with_both_labels
-        );
-    } else {
-        tracing::info!(
-            "read {} generations over {} questions; {} questions with both labels",
-            summary.generations,
-            summary.questions,
-            summary.questions_with_both_labels
-        );
-    }
-    if summary.duplicate_rows_skipped > 0 {
-        tracing::warn!(
-            "{} rows repeating a (question_id, sample) skipped",
-            summary.duplicate_rows_skipped
-        );
-    }
+    // `--holdout` requires `--split-questions`, so a holdout path means a held-out table.
+    pairs.summary.log(args.holdout.as_deref());
     if let (Some(mut holdout), Some(target)) = (pairs.holdout.take(), holdout_output) {
-        tracing::info!(
-            "held out {} questions ({} generations) -> {}",
-            summary.held_out_questions,
-            summary.held_out_generations,
-            args.holdout
-                .as_deref()
-                .unwrap_or(std::path::Path::new("-"))
-                .display()
-        );
         target
             .write(&mut holdout)
             .context("writing the held-out generations")?;
     }
-    tracing::info!(
-        "skipped {} single-label questions ({} all correct, {} all incorrect)",
-        summary.skipped_all_correct + summary.skipped_all_incorrect,
-        summary.skipped_all_correct,
-        summary.skipped_all_incorrect
-    );
-    tracing::info!(
-        "wrote {} pairs over {} questions",
-        summary.pairs,
-        summary.paired_questions
-    );
     output
         .write(&mut pairs.pairs)
         .context("writing the pairs")?;

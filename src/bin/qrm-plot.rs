@@ -23,9 +23,8 @@ struct Args {
     #[command(subcommand)]
     figure: Figure,
 
-    /// Only print warnings and errors.
-    #[arg(short, long, global = true)]
-    quiet: bool,
+    #[command(flatten)]
+    common: qrm::cli::CommonArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,9 +81,7 @@ enum Figure {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    qrm::cli::init_logging(args.quiet);
-    qrm::cli::finish(run(args))
+    qrm::cli::main(run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

@@ -20,15 +20,15 @@
 //!
 //! A header-only input (columns, no rows) is an error, and so is a model directory that looks
 //! like an unfinished `qrm-train` run (no `train_config.json`). Exit codes: 0 ok, 1 bad data or
-//! model, 2 bad flags (`--device gpu0`, `--batch-tokens 0`, `--max-len` beyond the context,
-//! `--resume` over another run's partial output).
+//! model, 2 bad flags (`--device gpu0`, `--template chatm`, `--batch-tokens 0`, `--max-len`
+//! beyond the context, `--resume` over another run's partial output).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::builder::{NonEmptyStringValueParser, RangedU64ValueParser};
 use clap::{Parser, Subcommand};
-use qrm::cli::OutputArgs;
+use qrm::cli::{BatchArgs, OutputArgs};
 use qrm::model::loading::{self, EncodingArgs, ModelArgs};
 use qrm::pipeline::io::file_sha256;
 use qrm::pipeline::io::read_table_hashed;
@@ -65,12 +65,8 @@ struct Args {
     #[arg(long, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
     rm_name: Option<String>,
 
-    /// Padded tokens per forward pass (rows × longest row). The default suits a CPU: on 2 cores,
-    /// 96 synth generations scored in 44–46 s at 2,048 or 512 and 64–71 s at 8,192 (bigger
-    /// batches lose more to padding and cache misses than they gain); raise it on a GPU.
-    #[arg(long, default_value_t = 2048, value_name = "N",
-          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
-    batch_tokens: usize,
+    #[command(flatten)]
+    batch: BatchArgs,
 
     /// Rows scored and written at a time (one Parquet row group each).
     #[arg(long, default_value_t = 4096, value_name = "N",
@@ -99,9 +95,8 @@ struct Args {
     #[command(flatten)]
     output: OutputArgs,
 
-    /// Only warnings and errors on stderr, no progress bar.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    common: qrm::cli::CommonArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,19 +108,11 @@ enum Command {
         parts: Vec<PathBuf>,
         #[command(flatten)]
         output: OutputArgs,
-        #[arg(short, long)]
-        quiet: bool,
     },
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let quiet = match &args.command {
-        Some(Command::Merge { quiet, .. }) => *quiet,
-        None => args.quiet,
-    };
-    qrm::cli::init_logging(quiet);
-    qrm::cli::finish(run(args))
+    qrm::cli::main(run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -154,7 +141,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let options = ScoreOptions {
         rm_id: loaded.identity.rm_id(&rm_name, goal_sha256.as_deref()),
         rm_name,
-        batch_tokens: args.batch_tokens,
+        batch_tokens: args.batch.batch_tokens,
         goal,
         emit_tokens: args.emit_tokens,
     };
@@ -170,7 +157,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             input_sha256: Some(input_sha256),
         },
     };
-    let progress = qrm::cli::progress_bar(frame.height() as u64, "scoring", args.quiet);
+    let progress = qrm::cli::progress_bar(frame.height() as u64, "scoring", args.common.quiet);
     let started = std::time::Instant::now();
     let output = args.output.output();
     let scorer = Scorer {

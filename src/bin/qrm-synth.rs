@@ -21,8 +21,8 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     samples: usize,
 
-    /// Mean share of wrong samples; the per-question share varies around it.
-    #[arg(long, default_value_t = 0.5)]
+    /// Mean share of wrong samples, in [0, 1]; the per-question share varies around it.
+    #[arg(long, default_value_t = 0.5, value_parser = qrm::cli::parse_fraction)]
     error_rate: f64,
 
     /// `id`: 2–3 steps, small numbers (benchmark `synth-id`); `ood`: 4–6 steps, larger numbers,
@@ -43,15 +43,12 @@ struct Args {
     #[command(flatten)]
     output: qrm::cli::OutputArgs,
 
-    /// Only warnings and errors on stderr.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    common: qrm::cli::CommonArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    qrm::cli::init_logging(args.quiet);
-    qrm::cli::finish(run(args))
+    qrm::cli::main(run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use qrm::cli::DeviceArgs;
 use qrm::model::head::HeadKind;
-use qrm::model::template::EosPolicy;
-use qrm::model::DeviceChoice;
+use qrm::model::template::{parse_template_arg, EosPolicy};
 use qrm::train::run::{fit, FitRequest};
 use qrm::train::trainer::TrainConfig;
 
@@ -35,8 +35,8 @@ struct Args {
     #[arg(long)]
     eval_pairs: Option<PathBuf>,
 
-    /// Fraction of questions held out for eval when no `--eval-pairs` is given.
-    #[arg(long, default_value_t = 0.1)]
+    /// Fraction of questions held out for eval when no `--eval-pairs` is given, in [0, 1].
+    #[arg(long, default_value_t = 0.1, value_parser = qrm::cli::parse_fraction)]
     eval_fraction: f64,
 
     /// Train only the top K layers, the final norm and the head; the frozen trunk's outputs
@@ -48,8 +48,9 @@ struct Args {
     #[arg(long, value_enum, default_value = "linear")]
     head: HeadKind,
 
-    /// Prompt template (as in qrm-score).
-    #[arg(long, default_value = "chatml")]
+    /// Prompt template: chatml, nemo, nemo-release, raw, or a file holding `{question}` once
+    /// (as in qrm-score, which must use the same one).
+    #[arg(long, default_value = "chatml", value_name = "NAME|PATH", value_parser = parse_template_arg)]
     template: String,
 
     /// append: an EOS closes every response and the reward is read there; none: read at the
@@ -74,22 +75,18 @@ struct Args {
     #[arg(long, default_value = ".cache/trunk")]
     cache: PathBuf,
 
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    device: DeviceArgs,
 
     #[command(flatten)]
     config: TrainConfig,
 
-    /// Only warnings and errors on stderr; no progress bar.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    common: qrm::cli::CommonArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    qrm::cli::init_logging(args.quiet);
-    qrm::cli::finish(run(args))
+    qrm::cli::main(run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -104,11 +101,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         template: args.template,
         eos: args.eos,
         max_len: args.max_len,
-        device: args.device,
+        device: args.device.device,
         resume: args.resume,
         log: args.log,
         cache: args.cache,
-        quiet: args.quiet,
+        quiet: args.common.quiet,
         config: args.config,
     };
     let summary = fit(&request)?;

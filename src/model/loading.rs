@@ -21,7 +21,9 @@ use crate::model::batching::TokenModel;
 use crate::model::checkpoint::model_sha256;
 use crate::model::device::parse_device;
 use crate::model::gguf::tokenizer_from_gguf;
-use crate::model::template::{find_eos_id, Encoder, EosPolicy, Template, Truncation};
+use crate::model::template::{
+    find_eos_id, parse_template_arg, Encoder, EosPolicy, Template, Truncation,
+};
 use crate::model::{Checkpoint, DeviceChoice, HeadKind, RewardModel};
 use crate::pipeline::io::{file_sha256, key_of};
 
@@ -33,6 +35,15 @@ pub const DEFAULT_MAX_LEN: usize = 1024;
 /// The shortest `--max-len`: a chat template and the EOS alone take ~10 tokens, so below 16 a
 /// row keeps next to nothing of its response.
 pub const MIN_MAX_LEN: usize = 16;
+
+/// `--device` for a tool that runs a model without [`ModelArgs`] (qrm-train), spelled, parsed
+/// and documented as ModelArgs' own; a bad name is rejected at parse time (exit 2).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct DeviceArgs {
+    /// cpu, cuda or cuda:N (gpu means cuda:0).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceChoice,
+}
 
 /// `--rm`, `--tokenizer`, `--device`, `--head`, `--seed`.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,6 +58,8 @@ pub struct ModelArgs {
     pub tokenizer: Option<PathBuf>,
 
     /// cpu, cuda or cuda:N (gpu means cuda:0).
+    // Not a flattened DeviceArgs: a nested flatten leaves ModelArgs' arg group empty, and
+    // qrm-score's `Option<ModelArgs>` would then never see `--rm`.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: DeviceChoice,
 
@@ -72,7 +85,7 @@ pub struct EncodingArgs {
     /// clean), nemo-release (the released code's indented string), raw, or a file holding
     /// `{question}` once. Default: the template in the model's train_config.json (as qrm-train
     /// writes it), else chatml; one that differs from the recorded one is used with a warning.
-    #[arg(long, value_name = "NAME|PATH")]
+    #[arg(long, value_name = "NAME|PATH", value_parser = parse_template_arg)]
     pub template: Option<String>,
 
     /// append: an EOS token closes the response and the reward is read there (as in

@@ -109,6 +109,20 @@ impl Template {
     }
 }
 
+/// Clap value parser for `--template`: a known name (nemo, nemo-release, chatml, raw) or an
+/// existing file holding `{question}` once; anything else is a usage error at parse time. The
+/// text is kept as given (the tools parse it again into a [`Template`]).
+pub fn parse_template_arg(text: &str) -> std::result::Result<String, String> {
+    match Template::parse(text) {
+        Ok(_) => Ok(text.to_owned()),
+        Err(error) if std::path::Path::new(text).exists() => Err(error.to_string()),
+        Err(_) => Err(format!(
+            "`{text}` is neither a template name (nemo, nemo-release, chatml, raw) nor an \
+             existing file"
+        )),
+    }
+}
+
 /// Whether an EOS token closes the response.
 ///
 /// `Append` (the default of every tool) appends the tokenizer's EOS token after the response:
@@ -386,6 +400,26 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_parse_as_names_or_existing_files() {
+        assert_eq!(parse_template_arg("chatml").as_deref(), Ok("chatml"));
+        assert_eq!(
+            parse_template_arg("nemo-release").as_deref(),
+            Ok("nemo-release")
+        );
+        let missing = parse_template_arg("chatm").unwrap_err();
+        assert!(missing.contains("neither a template name"), "{missing}");
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("t.txt");
+        std::fs::write(&good, "Q: {question}\nA: ").unwrap();
+        let good = good.to_str().unwrap();
+        assert_eq!(parse_template_arg(good).as_deref(), Ok(good));
+        let bad = dir.path().join("bad.txt");
+        std::fs::write(&bad, "no placeholder").unwrap();
+        let bad = parse_template_arg(bad.to_str().unwrap()).unwrap_err();
+        assert!(bad.contains("exactly once"), "{bad}");
+    }
 
     fn smollm_tokenizer() -> Option<(Tokenizer, PathBuf)> {
         let dir = crate::testing::shared_file("models/smollm2-135m-instruct")?;

@@ -80,6 +80,81 @@ pub struct PairSummary {
     pub pairs: usize,
 }
 
+impl PairSummary {
+    /// Logs the summary to stderr, as `qrm-pairs` prints it: what was read and used, the held
+    /// out questions (written to `holdout`, when a split was asked for), the skipped
+    /// single-label questions and the pairs written (info); repeated rows skipped (warn).
+    pub fn log(&self, holdout: Option<&Path>) {
+        for (warning, line) in self.lines(holdout) {
+            if warning {
+                tracing::warn!("{line}");
+            } else {
+                tracing::info!("{line}");
+            }
+        }
+    }
+
+    /// The lines [`PairSummary::log`] prints, each with whether it is a warning.
+    pub fn lines(&self, holdout: Option<&Path>) -> Vec<(bool, String)> {
+        let mut lines = Vec::new();
+        lines.push((
+            false,
+            if self.questions_left_out > 0 {
+                format!(
+                    "read {} generations over {} questions; using {} (--max-questions), {} of \
+                     them with both labels",
+                    self.generations,
+                    self.questions + self.questions_left_out,
+                    self.questions,
+                    self.questions_with_both_labels
+                )
+            } else {
+                format!(
+                    "read {} generations over {} questions; {} questions with both labels",
+                    self.generations, self.questions, self.questions_with_both_labels
+                )
+            },
+        ));
+        if self.duplicate_rows_skipped > 0 {
+            lines.push((
+                true,
+                format!(
+                    "{} rows repeating a (question_id, sample) skipped",
+                    self.duplicate_rows_skipped
+                ),
+            ));
+        }
+        if let Some(path) = holdout {
+            lines.push((
+                false,
+                format!(
+                    "held out {} questions ({} generations) -> {}",
+                    self.held_out_questions,
+                    self.held_out_generations,
+                    path.display()
+                ),
+            ));
+        }
+        lines.push((
+            false,
+            format!(
+                "skipped {} single-label questions ({} all correct, {} all incorrect)",
+                self.skipped_all_correct + self.skipped_all_incorrect,
+                self.skipped_all_correct,
+                self.skipped_all_incorrect
+            ),
+        ));
+        lines.push((
+            false,
+            format!(
+                "wrote {} pairs over {} questions",
+                self.pairs, self.paired_questions
+            ),
+        ));
+        lines
+    }
+}
+
 /// A pair as indices into the generation rows it was made from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PairIndex {
@@ -454,6 +529,59 @@ mod tests {
         rows.push(generation("q3", "b", true));
         rows.push(generation("q4", "a", false));
         rows
+    }
+
+    #[test]
+    fn the_summary_logs_reads_holdout_skips_and_pairs() {
+        let summary = PairSummary {
+            generations: 20,
+            questions: 4,
+            questions_left_out: 1,
+            questions_with_both_labels: 3,
+            duplicate_rows_skipped: 2,
+            held_out_questions: 1,
+            held_out_generations: 5,
+            paired_questions: 2,
+            skipped_all_correct: 1,
+            skipped_all_incorrect: 0,
+            pairs: 6,
+        };
+        let lines = summary.lines(Some(Path::new("held.parquet")));
+        let text = |i: usize| lines[i].1.as_str();
+        // 4 used + 1 left out = 5 questions read.
+        assert_eq!(
+            text(0),
+            "read 20 generations over 5 questions; using 4 (--max-questions), 3 of them with \
+             both labels"
+        );
+        assert_eq!(
+            lines[1],
+            (
+                true,
+                "2 rows repeating a (question_id, sample) skipped".into()
+            )
+        );
+        assert_eq!(
+            text(2),
+            "held out 1 questions (5 generations) -> held.parquet"
+        );
+        assert_eq!(
+            text(3),
+            "skipped 1 single-label questions (1 all correct, 0 all incorrect)"
+        );
+        assert_eq!(text(4), "wrote 6 pairs over 2 questions");
+        // Nothing left out, no duplicates, no split: three lines.
+        let plain = PairSummary {
+            questions_left_out: 0,
+            duplicate_rows_skipped: 0,
+            ..summary
+        };
+        let lines = plain.lines(None);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            lines[0].1,
+            "read 20 generations over 4 questions; 3 questions with both labels"
+        );
     }
 
     fn pair_keys(rows: &[Generation], indices: &[PairIndex]) -> Vec<(String, String)> {
