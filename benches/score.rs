@@ -45,7 +45,7 @@ struct Options {
 /// then a smoke pass (2 short texts, one repeat, qrm only) checks that the bench still runs
 /// without spending CI minutes on a measurement. The PyTorch peer never runs under `cargo test`:
 /// the test suite must pass on a machine without torch, and SmolLM2's parity with transformers
-/// is pinned by `tests/model.rs` against the committed `tests/fixtures/smollm2_reference.json`.
+/// is pinned by `tests/cli/model.rs` against the committed `tests/fixtures/smollm2_reference.json`.
 fn parse_options() -> Result<Options> {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let mut options = if arguments.iter().any(|a| a == "--bench") {

@@ -236,7 +236,7 @@ fi
 
 # ---------------------------------------------------------------- a short training run
 if want train; then
-    # the tiny llama with a word-level tokenizer (as tests/train.rs builds it)
+    # the tiny llama with a word-level tokenizer (as tests/cli/support.rs builds it)
     M="$WORK/tiny-llama-word"; mkdir -p "$M"
     cp "$FIX/tiny-llama/config.json" "$FIX/tiny-llama/model.safetensors" "$M/"
     {

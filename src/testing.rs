@@ -114,3 +114,12 @@ pub fn tiny_encoder() -> crate::model::template::Encoder {
         truncation: Truncation::LeftPrompt,
     }
 }
+
+/// max |a − b| over all elements of two f32 tensors of one shape.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("two f32 tensors of one shape")
+}

@@ -477,19 +477,8 @@ pub fn silu(xs: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::model::transformer::additive_mask;
-    use crate::testing::seeded_normal;
+    use crate::testing::{max_abs_diff, seeded_normal};
     use candle_core::{DType, Device, D};
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn exp_is_within_two_ulp_of_std_exp_over_the_range_softmax_and_silu_use() {

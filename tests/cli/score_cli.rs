@@ -1,5 +1,6 @@
 //! CLI tests of `qrm-score` and `qrm-embed`.
 
+use crate::support::tiny_model_dir;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -590,33 +591,6 @@ fn an_unfinished_qrm_training_directory_is_refused() {
     let record = r#"{"template": "chatml", "eos": "append", "max_len": 64}"#;
     std::fs::write(rm.join("train_config.json"), record).unwrap();
     score_with(&rm).arg(&input).assert().success();
-}
-
-/// A model directory for qrm-train (as in tests/train.rs): the tiny llama's weights and config,
-/// a word-level tokenizer over `w3 … w99` (`<unk>` 0, `<s>` 1, `</s>` 2 = EOS) and a
-/// tokenizer_config naming the EOS.
-fn tiny_model_dir(root: &Path) -> PathBuf {
-    let dir = model_copy("tiny-llama", root, "tiny-llama");
-    let mut vocab = serde_json::Map::new();
-    for (id, token) in ["<unk>", "<s>", "</s>"].iter().enumerate() {
-        vocab.insert((*token).into(), id.into());
-    }
-    for id in 3..100 {
-        vocab.insert(format!("w{id}"), id.into());
-    }
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        r#"{"eos_token": "</s>"}"#,
-    )
-    .unwrap();
-    dir
 }
 
 /// Six questions with two pairs each in `w` words, as `pairs.jsonl` (question, chosen,

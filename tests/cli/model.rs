@@ -2,6 +2,7 @@
 //! whose expected outputs transformers computed (tests/fixtures/make_tiny_models.py), kernel
 //! agreement, gradients, padding invariance, checkpoint round trips, and SmolLM2 from GGUF.
 
+use qrm::testing::max_abs_diff;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
@@ -70,18 +71,6 @@ fn max_abs_diff_real(actual: &Tensor, expected: &[Vec<Vec<f64>>], mask: &[Vec<u3
         "the golden fixture holds no real token to compare"
     );
     worst
-}
-
-/// max |a − b| over all elements of two f32 tensors of one shape.
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn assert_close(name: &str, max_diff: f64, tolerance: f64) {
