@@ -10,3 +10,5 @@ pub mod rows;
 pub mod run;
 pub mod scoring;
 pub mod shards;
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -516,8 +516,8 @@ fn join_chunks(chunks: &[(PathBuf, usize)], path: &Path, format: Format) -> Resu
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::score::rows::tests::{assert_frames_close, generations, options};
     use crate::score::shards::merge_shards;
+    use crate::score::test_support::{assert_frames_close, generations, options};
     use candle_core::{Device, Tensor};
 
     use crate::testing::{tiny_encoder, tiny_llama};
