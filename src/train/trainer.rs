@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::metrics::stats::{proportion, Proportion};
 use crate::model::batching::{pad_right, TokenModel};
+use crate::model::loading::short_hash;
 use crate::model::reward_model::{last_token_values, RewardOutput};
 use crate::model::template::Encoded;
 use crate::train::loss;
@@ -722,7 +723,7 @@ fn identity_changes(
                 let show = |value: Option<&String>| {
                     value.map_or("none".to_owned(), |v| {
                         if v.len() == 64 {
-                            format!("{}…", &v[..12])
+                            short_hash(v)
                         } else {
                             v.clone()
                         }
