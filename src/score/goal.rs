@@ -392,14 +392,7 @@ mod tests {
         for (question, response) in questions.iter().zip(chosen) {
             let encoded = encoder.encode(question, response).unwrap();
             assert_eq!(encoded.input_ids.last(), Some(&encoder.eos_id));
-            let ids = Tensor::new(encoded.input_ids.as_slice(), &Device::Cpu)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-            let hidden = model
-                .forward(&ids, &ids.ones_like().unwrap())
-                .unwrap()
-                .hidden;
+            let hidden = crate::score::test_support::hidden_alone(&model, &encoded.input_ids);
             let last = hidden.i((0, encoded.input_ids.len() - 1)).unwrap();
             for (total, value) in expected.iter_mut().zip(last.to_vec1::<f32>().unwrap()) {
                 *total += f64::from(value) / 3.0;

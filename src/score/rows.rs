@@ -365,14 +365,7 @@ mod tests {
                 "2 + 14 = 16. Check. Check. ",
             )
             .unwrap();
-        let ids = Tensor::new(encoded.input_ids.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let hidden = model
-            .forward(&ids, &ids.ones_like().unwrap())
-            .unwrap()
-            .hidden;
+        let hidden = crate::score::test_support::hidden_alone(&model, &encoded.input_ids);
         let hidden = hidden.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
         let goal = options.goal.unwrap().to_vec1::<f32>().unwrap();
         let expected: Vec<f64> = hidden[encoded.response_start..]

@@ -74,3 +74,16 @@ pub fn assert_frames_close(a: &DataFrame, b: &DataFrame, tolerance: f32) {
         assert_eq!(a.column(name).unwrap(), b.column(name).unwrap(), "{name}");
     }
 }
+
+/// The final hidden states, (1, seq_len, hidden), of one sequence run alone (no padding): the
+/// by-hand reference the batched paths are checked against.
+pub fn hidden_alone(model: &crate::model::RewardModel, input_ids: &[u32]) -> Tensor {
+    let ids = Tensor::new(input_ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model
+        .forward(&ids, &ids.ones_like().unwrap())
+        .unwrap()
+        .hidden
+}
