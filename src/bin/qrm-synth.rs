@@ -36,7 +36,9 @@ struct Args {
 
     /// `subtle`: realistic slips (off by a little, wrong operand, misread number, skipped or
     /// repeated step); `obvious`: arithmetic results far from the truth, which a small LM notices;
-    /// `answer`: right work, but the last line states another answer.
+    /// `answer`: right work, but the last line states another answer; `copy`: a number copied
+    /// wrongly from the question; `carry`: a result carried wrongly into a later computation;
+    /// `span`: `copy` and `carry` at equal rates (found by comparing spans, mid-solution).
     #[arg(long, value_enum, default_value_t = Mistakes::Subtle)]
     mistakes: Mistakes,
 

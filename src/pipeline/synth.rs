@@ -15,6 +15,11 @@
 //! arithmetic tells them apart. `first_error_char` is the char offset of the first line whose
 //! stated value differs from the reference solution (or whose arithmetic is wrong).
 //!
+//! Two more kinds sit mid-solution and are found by comparing spans rather than by redoing
+//! arithmetic (`--mistakes copy|carry|span`): a number copied wrongly from the question, and a
+//! result carried wrongly into a later computation. Every computation stays right given its
+//! operands, so the mistake is the mismatch between two spans, carried on to a wrong answer.
+//!
 //! Wrong samples of one question often share a mistake (each question keeps a small pool of
 //! "common" mistakes), so wrong answers cluster as they do for sampled LMs and majority voting
 //! has something to beat. The per-question error rate varies around the configured mean
@@ -93,6 +98,17 @@ pub enum Mistakes {
     /// away from the result just computed): found by comparing two lines, not by redoing any
     /// arithmetic, so a reward model reading its final token can learn it from few pairs.
     Answer,
+    /// A number copied wrongly from the question (a neighbouring or look-alike digit, swapped
+    /// digits, ten off; never a number the question states) and used throughout: found by
+    /// comparing the solution's number with the question's, mid-solution.
+    Copy,
+    /// A result carried wrongly into a later computation (the running total, or a group total
+    /// within its line, written with a neighbouring or look-alike digit, swapped digits, or ten
+    /// off): found by comparing two spans of the solution, mid-solution.
+    Carry,
+    /// `copy` and `carry` at equal rates: every mistake is found by comparing two spans, none
+    /// by redoing arithmetic, and each sits mid-solution with the rest consistent with it.
+    Span,
 }
 
 /// What to generate.
@@ -881,6 +897,58 @@ fn obvious_result(computation: &Computation, limit: i64, rng: &mut ChaCha8Rng) -
     options.choose(rng).copied()
 }
 
+/// A number of the question copied wrongly ([`corrupt_number`], in its slot's range) and
+/// used throughout; the copy is never a number the question states, so comparing the two
+/// spans finds it.
+fn copy_mistake(
+    problem: &Problem,
+    slots: &[(Slot, i64)],
+    rng: &mut ChaCha8Rng,
+) -> Option<Mistake> {
+    let &(slot, value) = slots.choose(rng)?;
+    let copied = corrupt_number(value, problem.range(slot), rng)?;
+    if slots.iter().any(|&(_, stated)| stated == copied) {
+        return None;
+    }
+    Some(Mistake::Misread {
+        slot,
+        value: copied,
+    })
+}
+
+/// A result carried wrongly ([`corrupt_number`] of the true value, in range) into the
+/// computation that uses it: the running total as the left operand of a later operation, or a
+/// group total (`g * e = t`) as the right operand of its own `x ± t`.
+fn carry_mistake(
+    problem: &Problem,
+    reference: &Solution,
+    before: &[i64],
+    rng: &mut ChaCha8Rng,
+) -> Option<Mistake> {
+    let limit = problem.setting.ranges().limit;
+    let mut carried: Vec<(usize, usize, Side, i64)> = Vec::new();
+    for step in &reference.steps {
+        let operation = step.operation;
+        for (position, computation) in step.computations.iter().enumerate() {
+            let last = position + 1 == step.computations.len();
+            if operation > 0 && last && computation.left == before[operation] {
+                carried.push((operation, position, Side::Left, computation.left));
+            }
+            if position == 1 {
+                carried.push((operation, position, Side::Right, computation.right));
+            }
+        }
+    }
+    let &(operation, position, side, true_value) = carried.choose(rng)?;
+    let value = corrupt_number(true_value, (1, limit), rng)?;
+    Some(Mistake::Operand {
+        operation,
+        position,
+        side,
+        value,
+    })
+}
+
 fn draw_mistake(
     problem: &Problem,
     reference: &Solution,
@@ -920,7 +988,22 @@ fn draw_mistake(
         .collect();
     for _ in 0..64 {
         let choice = rng.random::<f64>();
-        let mistake = if mistakes == Mistakes::Answer {
+        let copy = match mistakes {
+            Mistakes::Copy => true,
+            Mistakes::Carry => false,
+            _ => choice < 0.5,
+        };
+        let mistake = if matches!(mistakes, Mistakes::Copy | Mistakes::Carry | Mistakes::Span) {
+            let drawn = if copy {
+                copy_mistake(problem, &slots, rng)
+            } else {
+                carry_mistake(problem, reference, &before, rng)
+            };
+            let Some(mistake) = drawn else {
+                continue;
+            };
+            mistake
+        } else if mistakes == Mistakes::Answer {
             let last = reference.computations().last()?;
             let limit = problem.setting.ranges().limit;
             let Some(value) = obvious_result(last, limit, rng) else {
@@ -1543,6 +1626,65 @@ mod tests {
             assert_eq!(first_wrong_line(&lines, &reference), Some(lines.len() - 1));
         }
         assert!(drawn > 150, "{drawn} of 200 problems got an answer mistake");
+    }
+
+    #[test]
+    fn span_mistakes_keep_every_computation_right_and_sit_mid_solution() {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        for mistakes in [Mistakes::Copy, Mistakes::Carry, Mistakes::Span] {
+            let (mut copies, mut carries) = (0, 0);
+            for _ in 0..300 {
+                let problem = Problem::draw(Setting::InDistribution, &mut rng);
+                let reference = solve(&problem, None).unwrap();
+                let Some(mistake) = draw_mistake(&problem, &reference, mistakes, &mut rng) else {
+                    continue;
+                };
+                let wrong = solve(&problem, Some(mistake)).unwrap();
+                assert_ne!(wrong.answer, reference.answer);
+                // Found only by comparing spans: each computation is right for its operands.
+                assert!(wrong
+                    .computations()
+                    .all(|c| c.sign.apply(c.left, c.right) == Some(c.result)));
+                match mistake {
+                    Mistake::Misread { value, .. } => {
+                        copies += 1;
+                        // The copy is a number the question never states.
+                        assert!(problem.slots().iter().all(|&(_, stated)| stated != value));
+                    }
+                    Mistake::Operand {
+                        operation,
+                        position,
+                        side,
+                        value,
+                    } => {
+                        carries += 1;
+                        // The operand replaced is a value computed earlier, not a given.
+                        let step = reference
+                            .steps
+                            .iter()
+                            .find(|s| s.operation == operation)
+                            .unwrap();
+                        let true_value = match side {
+                            Side::Left => step.computations[position].left,
+                            Side::Right => step.computations[position].right,
+                        };
+                        assert_ne!(value, true_value);
+                        let computed: Vec<i64> = reference.computations().map(|c| c.result).collect();
+                        assert!(computed.contains(&true_value), "{mistake:?}");
+                    }
+                    other => panic!("{mistakes:?} drew {other:?}"),
+                }
+                // Mid-solution: the first wrong line is a computation, never the answer line.
+                let lines = render(&problem, &wrong, &mut rng);
+                let line = first_wrong_line(&lines, &reference).unwrap();
+                assert!(line < lines.len() - 1, "{mistake:?}");
+            }
+            match mistakes {
+                Mistakes::Copy => assert!(copies > 150 && carries == 0, "{copies} {carries}"),
+                Mistakes::Carry => assert!(carries > 150 && copies == 0, "{copies} {carries}"),
+                _ => assert!(copies > 60 && carries > 60, "{copies} {carries}"),
+            }
+        }
     }
 
     #[test]
