@@ -39,9 +39,11 @@
 //! wrong_drop_low, wrong_drop_high` (rates are fractions of the samples under a threshold,
 //! with 95 % Wilson intervals), then Table 1's `questions … fallback_questions`; with
 //! `--localise` also `located_wrong_samples, at_or_after_error_pct, median_tokens_after,
-//! median_tokens_before, median_error_token`. `rm` must be a `--by` column (exit 2), and so
-//! must α be in (0, 1); an RM without a correct calibration sample fails naming the file and
-//! the RM (exit 1).
+//! median_tokens_before, median_error_token`. Exit 2: `rm` not among `--by`, α outside
+//! (0, 1), `--max-false-drop`/`--sweep-alpha` without a calibration source or the reverse,
+//! calibration combined with `--threshold`, `--sweep`, `--top-k`, `--correlation` or
+//! `--warmup`. Exit 1: an RM without a correct calibration sample (naming the file and the
+//! RM), or one whose `rm_id` differs between INPUT and the calibration file.
 //!
 //! Rows are checked first (`qrm::metrics::checks`, shared with qrm-auroc and qrm-plot): a
 //! missing or non-finite value in a column read (`q_values`; `reward` for `--top-k`; `q_values`
@@ -77,7 +79,8 @@ use qrm::pipeline::io::{display_path, read_table};
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Q-value filtering for majority voting, top-K and correlations"
+    about = "Q-value filtering for majority voting (fixed or calibrated thresholds), top-K and \
+             correlations"
 )]
 #[command(group(ArgGroup::new("source").args(["calibrate", "calibrate_fraction"]).requires("alphas")))]
 #[command(group(
@@ -152,7 +155,8 @@ struct Args {
     plot: Option<PathBuf>,
 
     /// Calibrate θ per RM on this scores table (same columns; e.g. scores of held-out questions
-    /// not in INPUT) for --max-false-drop or --sweep-alpha.
+    /// not in INPUT) for --max-false-drop or --sweep-alpha. The guarantee assumes its correct
+    /// samples are exchangeable with INPUT's.
     #[arg(long, value_name = "FILE")]
     calibrate: Option<PathBuf>,
 
