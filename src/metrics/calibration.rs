@@ -16,7 +16,10 @@
 //! ≤ k/(n + 1). Ties only make the strict "<" rarer. Without ties P(s < θ) = k/(n + 1)
 //! exactly, which is ≥ α − 1/(n + 1): the rule is tight, not merely safe. k ≤ n since α < 1.
 //! The guarantee is marginal (on average over calibration sets) and for correct samples only;
-//! how many wrong samples are dropped is measured, not promised. k is computed as
+//! how many wrong samples are dropped is measured, not promised. Samples of one question are
+//! correlated: a question-disjoint split makes questions, not samples, exchangeable, so the
+//! statement is exact with one correct sample per question and approximate with several
+//! (the realised rate is reported so that it can be checked). k is computed as
 //! ⌊α(n + 1) + 10⁻⁹⌋ so that a decimal α such as 0.29 with n + 1 = 100 gives 29, not 28.
 //!
 //! **Warm-up θ** ([`warmup_thresholds`]), for use while generating (like DeepConf's offline

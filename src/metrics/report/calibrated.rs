@@ -12,11 +12,11 @@
 //! covers every question, the false-drop and wrong-drop rates the samples after the warm-up.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
-use super::filter::{summary_columns, FilterInput, LocatedColumns};
+use super::filter::{summary_columns, FilterInput, LocatedColumns, QuestionRows};
 use super::key_columns;
 use crate::error::{Error, Result};
 use crate::metrics::calibration::{
@@ -148,81 +148,19 @@ pub fn calibrated_report(
     };
     let groups = input.question_rows();
 
-    // Calibration: the scores per RM and the questions left out of the report.
-    let mut calibration: BTreeMap<String, RmCalibration> = BTreeMap::new();
-    let mut held: HashSet<String> = HashSet::new();
-    let mut source_text = String::new();
-    let mut source_path = path;
-    if let Calibration::Conformal { source, .. } = &options.calibration {
-        match *source {
-            CalibrationSource::Split { fraction } => {
-                let ids: Vec<&str> = (0..input.keep.len())
-                    .filter(|&row| input.keep[row])
-                    .map(|row| input.question_ids[row].as_str())
-                    .collect();
-                held = split_questions(&ids, fraction, options.filter.seed)?;
-                source_text = format!(
-                    "among the calibration questions, --calibrate-fraction {fraction} --seed {}",
-                    options.filter.seed
-                );
-                for (key, questions) in &groups {
-                    let entry = calibration.entry(key[rm_index].clone()).or_default();
-                    for (_, rows) in questions.iter().filter(|(id, _)| held.contains(*id)) {
-                        entry.questions += 1;
-                        add_scores(&mut entry.scores, &input, rows, skip);
-                    }
-                }
-            }
-            CalibrationSource::File {
-                frame: calibration_frame,
-                path: calibration_path,
-            } => {
-                let by_rm = [RM.to_owned()];
-                let source = FilterInput::read(
-                    calibration_frame,
-                    calibration_path,
-                    &by_rm,
-                    true,
-                    &[Q_VALUES],
-                    options.checks,
-                )?;
-                check_same_models(
-                    frame,
-                    path,
-                    &input,
-                    calibration_frame,
-                    calibration_path,
-                    &source,
-                )?;
-                source_text = calibration_path.display().to_string();
-                source_path = calibration_path;
-                let mut calibration_ids: HashSet<&str> = HashSet::new();
-                for (key, questions) in source.question_rows() {
-                    let entry = calibration.entry(key[0].clone()).or_default();
-                    for (id, rows) in &questions {
-                        calibration_ids.insert(id);
-                        entry.questions += 1;
-                        add_scores(&mut entry.scores, &source, rows, skip);
-                    }
-                }
-                let shared: HashSet<&str> = (0..input.keep.len())
-                    .filter(|&row| input.keep[row])
-                    .map(|row| input.question_ids[row].as_str())
-                    .filter(|id| calibration_ids.contains(id))
-                    .collect();
-                if !shared.is_empty() {
-                    tracing::warn!(
-                        "{} question(s) of {} are also in the calibration file {}: the \
-                         guarantee assumes calibration and test samples are exchangeable, \
-                         a question-disjoint calibration set is the usual choice",
-                        shared.len(),
-                        path.display(),
-                        calibration_path.display()
-                    );
-                }
-            }
+    let pools = match &options.calibration {
+        Calibration::Conformal { source, .. } => {
+            calibration_pools(frame, path, &input, &groups, rm_index, *source, options)?
         }
-    }
+        Calibration::Warmup { .. } => Pools::default(),
+    };
+    let Pools {
+        by_rm: calibration,
+        held,
+        source_text,
+        source_path,
+    } = pools;
+    let source_path = source_path.unwrap_or_else(|| path.to_owned());
 
     // θ per RM and α, logged once.
     let mut chosen_by_rm: BTreeMap<&str, Vec<ConformalThreshold>> = BTreeMap::new();
@@ -282,11 +220,11 @@ pub fn calibrated_report(
                 let Some(all_chosen) = chosen_by_rm.get(rm.as_str()) else {
                     let known: Vec<&str> = chosen_by_rm.keys().copied().collect();
                     return Err(Error::Format {
-                        path: source_path.to_owned(),
+                        path: source_path,
                         message: format!(
                             "no correct sample of `{RM}` `{rm}` to calibrate its threshold on \
-                             ({source_text}; {} question(s) of it there; RMs with correct \
-                             samples: {})",
+                             ({source_text}: {} question(s) of `{rm}`, none with a correct \
+                             sample; RMs with correct samples: {})",
                             calibration.get(rm.as_str()).map_or(0, |c| c.questions),
                             if known.is_empty() {
                                 "none".to_owned()
@@ -335,6 +273,101 @@ pub fn calibrated_report(
         }
     }
     build_frame(by, &rows, options)
+}
+
+/// The calibration samples of every RM, and the input's questions they took.
+#[derive(Default)]
+struct Pools {
+    by_rm: BTreeMap<String, RmCalibration>,
+    /// Input questions used for calibration (`--calibrate-fraction`), left out of the report.
+    held: HashSet<String>,
+    /// Where the samples came from, for messages.
+    source_text: String,
+    /// The calibration file (`None`: the input).
+    source_path: Option<PathBuf>,
+}
+
+/// Collects the correct calibration samples' running minima per RM from `source`.
+fn calibration_pools(
+    frame: &DataFrame,
+    path: &Path,
+    input: &FilterInput,
+    groups: &QuestionRows,
+    rm_index: usize,
+    source: CalibrationSource,
+    options: &CalibratedOptions,
+) -> Result<Pools> {
+    let skip = options.filter.skip;
+    let mut pools = Pools::default();
+    let input_ids = || {
+        (0..input.keep.len())
+            .filter(|&row| input.keep[row])
+            .map(|row| input.question_ids[row].as_str())
+    };
+    match source {
+        CalibrationSource::Split { fraction } => {
+            let ids: Vec<&str> = input_ids().collect();
+            pools.held = split_questions(&ids, fraction, options.filter.seed)?;
+            pools.source_text = format!(
+                "among the calibration questions, --calibrate-fraction {fraction} --seed {}",
+                options.filter.seed
+            );
+            for (key, questions) in groups {
+                let entry = pools.by_rm.entry(key[rm_index].clone()).or_default();
+                for (_, rows) in questions.iter().filter(|(id, _)| pools.held.contains(*id)) {
+                    entry.questions += 1;
+                    add_scores(&mut entry.scores, input, rows, skip);
+                }
+            }
+        }
+        CalibrationSource::File {
+            frame: calibration_frame,
+            path: calibration_path,
+        } => {
+            let by_rm = [RM.to_owned()];
+            let calibration = FilterInput::read(
+                calibration_frame,
+                calibration_path,
+                &by_rm,
+                true,
+                &[Q_VALUES],
+                options.checks,
+            )?;
+            check_same_models(
+                frame,
+                path,
+                input,
+                calibration_frame,
+                calibration_path,
+                &calibration,
+            )?;
+            pools.source_text = calibration_path.display().to_string();
+            pools.source_path = Some(calibration_path.to_owned());
+            let mut calibration_ids: HashSet<&str> = HashSet::new();
+            for (key, questions) in calibration.question_rows() {
+                let entry = pools.by_rm.entry(key[0].clone()).or_default();
+                for (id, rows) in &questions {
+                    calibration_ids.insert(id);
+                    entry.questions += 1;
+                    add_scores(&mut entry.scores, &calibration, rows, skip);
+                }
+            }
+            let shared: HashSet<&str> = input_ids()
+                .filter(|id| calibration_ids.contains(id))
+                .collect();
+            if !shared.is_empty() {
+                tracing::warn!(
+                    "{} question(s) of {} are also in the calibration file {}: the guarantee \
+                     assumes calibration and test samples are exchangeable, a question-disjoint \
+                     calibration set is the usual choice",
+                    shared.len(),
+                    path.display(),
+                    calibration_path.display()
+                );
+            }
+        }
+    }
+    Ok(pools)
 }
 
 /// Appends the running minima of the correct samples among `rows` of `input`.

@@ -20,6 +20,9 @@ use crate::pipeline::schema::{
     TOKEN_OFFSETS, TOKEN_REWARDS,
 };
 
+/// Kept rows by `by` key, then by question id (sorted), in row order within a question.
+pub(super) type QuestionRows<'a> = BTreeMap<&'a [String], Vec<(&'a str, Vec<usize>)>>;
+
 /// Per-row data that filtering and top-K read, and which rows passed [`check_rows`].
 pub(super) struct FilterInput {
     pub(super) keep: Vec<bool>,
@@ -99,7 +102,7 @@ impl FilterInput {
 
     /// Kept rows grouped by `by` key, then by question (sorted by id), in row order within a
     /// question.
-    pub(super) fn question_rows(&self) -> BTreeMap<&[String], Vec<(&str, Vec<usize>)>> {
+    pub(super) fn question_rows(&self) -> QuestionRows<'_> {
         let mut grouped: BTreeMap<&[String], BTreeMap<&str, Vec<usize>>> = BTreeMap::new();
         for row in (0..self.labels.len()).filter(|&row| self.keep[row]) {
             grouped
