@@ -32,6 +32,8 @@ EMBED_LIMIT ?= 96
 PAIRS_FLAGS = --max-questions $(MAX_QUESTIONS) --holdout-samples $(HOLDOUT_SAMPLES) --max-per-question $(PER_QUESTION)
 W := .cache/gsm8k
 D := reports/gsm8k
+# No first error is known in real data: the calibrated table has no localisation columns.
+CALIBRATED_FLAGS :=
 else
 # ---- the demo's sizes (chosen to fit ~15 minutes on a 2-core CPU; reports/demo states them):
 # QUESTIONS in-distribution questions, HOLDOUT of them held out, the rest paired for training;
@@ -52,6 +54,7 @@ EMBED_LIMIT ?= 64
 PAIRS_FLAGS = --reuse --max-per-question $(PER_QUESTION)
 W := .cache/demo
 D := reports/demo
+CALIBRATED_FLAGS := --localise
 endif
 
 .PHONY: test build demo repro-gsm8k learning cuda-dist report model clean-demo clean-gsm8k clean-learning
@@ -136,9 +139,19 @@ $(D)/filter-reference.md: $(W)/scores.parquet
 	@mkdir -p $(D)
 	$(call timed,filter-reference,$(BIN)/qrm-filter $< --vote reference --format markdown -o $@)
 
+# Calibrated thresholds: θ per RM from half of the held-out questions (question-disjoint,
+# seeded), reported on the other half.
+$(D)/calibrated.md: $(W)/scores.parquet
+	@mkdir -p $(D)
+	$(call timed,calibrated,$(BIN)/qrm-filter $< --calibrate-fraction 0.5 --seed $(SEED) --max-false-drop 0.1 $(CALIBRATED_FLAGS) --format markdown -o $@)
+
 $(D)/sweep.md: $(W)/scores.parquet
 	@mkdir -p $(D)
-	$(call timed,sweep,$(BIN)/qrm-filter $< --sweep=-0.3:0.5:0.1 --plot $(D)/sweep.png --format markdown -o $@)
+	$(call timed,sweep,$(BIN)/qrm-filter $< --calibrate-fraction 0.5 --seed $(SEED) --sweep-alpha 0.05:0.5:0.05 --plot $(D)/sweep.png --format markdown -o $@)
+
+$(D)/sweep-threshold.md: $(W)/scores.parquet
+	@mkdir -p $(D)
+	$(call timed,sweep-threshold,$(BIN)/qrm-filter $< --sweep=-0.3:0.5:0.1 --plot $(D)/sweep-threshold.png --format markdown -o $@)
 
 $(D)/topk.md: $(W)/scores.parquet
 	@mkdir -p $(D)
@@ -161,7 +174,8 @@ $(D)/tokens.svg: $(W)/scores-q.parquet
 	@mkdir -p $(D)
 	$(call timed,plot-tokens,$(BIN)/qrm-plot tokens $< --row 1 -o $@)
 
-DEMO_PARTS := $(D)/auroc.md $(D)/partial.md $(D)/filter.md $(D)/filter-reference.md $(D)/sweep.md \
+DEMO_PARTS := $(D)/auroc.md $(D)/partial.md $(D)/filter.md $(D)/filter-reference.md $(D)/calibrated.md \
+	$(D)/sweep.md $(D)/sweep-threshold.md \
 	$(D)/topk.md $(D)/correlation.md $(D)/training.png $(D)/tokens.svg
 ifneq ($(TASK),gsm8k)
 DEMO_PARTS += $(D)/localisation.md

@@ -77,10 +77,29 @@ echo "Vote rule \`reference\` (the released code: correct answers pooled, ties c
 echo
 include filter-reference.md
 
-section "Threshold sweep: accuracy and tokens saved against the Q-value threshold"
-echo '![threshold sweep](sweep.png)'
+section "Table 1 at a calibrated threshold: at most 10% of correct samples dropped (split conformal)"
+cat <<'TEXT'
+A raw cosine threshold means something different for every model. Here each RM's θ is chosen on
+half of the held-out questions (question-disjoint, seeded; `--calibrate-fraction 0.5`): with n
+correct calibration samples, θ is the ⌊α(n + 1)⌋-th smallest running minimum of their Q-values
+(after the first 5 tokens), so that a new correct sample is dropped with probability at most
+α = 0.1. The table reports on the other half: the realised false-drop rate of correct samples
+(`false_drop_rate`, 95% Wilson interval), the share of wrong samples dropped (`wrong_drop_rate`),
+Table 1 at that θ and, where the first error is known, the share of drops at or after it
+(`at_or_after_error_pct`).
+TEXT
+echo
+include calibrated.md
+
+section "α sweep: accuracy and tokens saved against the maximum false-drop rate (calibrated)"
+echo '![alpha sweep](sweep.png)'
 echo
 include sweep.md
+
+section "Threshold sweep: accuracy and tokens saved against the raw Q-value threshold"
+echo '![threshold sweep](sweep-threshold.png)'
+echo
+include sweep-threshold.md
 
 section "Table 11: majority vote within the top-K samples ranked by reward"
 include topk.md

@@ -1,5 +1,7 @@
-//! Statistics over plain slices: AUROC, confidence intervals, filtering, majority voting.
+//! Statistics over plain slices: AUROC, confidence intervals, filtering, majority voting,
+//! calibrated filtering thresholds.
 pub mod auroc;
+pub mod calibration;
 pub mod checks;
 pub mod filter;
 pub mod localisation;
