@@ -41,13 +41,18 @@ else
 QUESTIONS ?= 100
 OOD_QUESTIONS ?= 30
 SAMPLES ?= 8
-MISTAKES ?= obvious
+# Mistakes found by comparing spans, mid-solution (a number copied wrongly from the question, a
+# result carried wrongly), with a question's samples sharing one phrasing: reports/learning
+# measures why (SmolLM2-135M learns neither realistic slips nor per-sample phrasings from a
+# laptop-sized run).
+MISTAKES ?= span
+PHRASING ?= question
 HOLDOUT ?= 0.3
 PER_QUESTION ?= 8
 BATCH ?= 8
 MICRO_BATCH ?= 8
-STEPS ?= 40
-LR ?= 1e-3
+STEPS ?= 60
+LR ?= 2e-3
 EMBED_LIMIT ?= 64
 # Every correct × incorrect combination (up to PER_QUESTION a question): more pairs from the
 # same responses, and the frozen trunk is computed once per distinct response.
@@ -84,11 +89,11 @@ $(W)/generations.parquet: | build
 ifeq ($(TASK),gsm8k)
 	$(call timed,import,$(BIN)/qrm-import $(ZEROEVAL) -o $@)
 else
-	$(call timed,synth,$(BIN)/qrm-synth --questions $(QUESTIONS) --samples $(SAMPLES) --split id --mistakes $(MISTAKES) --seed $(SEED) -o $@)
+	$(call timed,synth,$(BIN)/qrm-synth --questions $(QUESTIONS) --samples $(SAMPLES) --split id --mistakes $(MISTAKES) --phrasing $(PHRASING) --seed $(SEED) -o $@)
 
 # As in the paper, out-of-distribution questions are for evaluation only.
 $(W)/ood.parquet: | build
-	$(call timed,synth-ood,$(BIN)/qrm-synth --questions $(OOD_QUESTIONS) --samples $(SAMPLES) --split ood --mistakes $(MISTAKES) --seed $(SEED) -o $@)
+	$(call timed,synth-ood,$(BIN)/qrm-synth --questions $(OOD_QUESTIONS) --samples $(SAMPLES) --split ood --mistakes $(MISTAKES) --phrasing $(PHRASING) --seed $(SEED) -o $@)
 endif
 
 $(W)/pairs.parquet $(W)/held-id.parquet &: $(W)/generations.parquet
@@ -130,6 +135,13 @@ $(D)/auroc.md: $(W)/scores.parquet
 $(D)/partial.md: $(W)/scores.parquet
 	@mkdir -p $(D)
 	$(call timed,partial,$(BIN)/qrm-auroc $< --percentiles $(PERCENTILES) --ci samples --plot $(D)/partial.png --format markdown -o $@)
+
+# The Q-value itself along the response: at each tenth, the Q-value there (`q_last`) and its
+# running minimum (`q_min`, what Q-filtering thresholds).
+$(D)/partial-q.md: $(W)/scores.parquet
+	@mkdir -p $(D)
+	$(call timed,partial-q,$(BIN)/qrm-auroc $< --score q_last --percentiles $(PERCENTILES) --ci samples --format markdown -o $@)
+	$(call timed,partial-qmin,$(BIN)/qrm-auroc $< --score q_min --percentiles $(PERCENTILES) --ci samples --plot $(D)/partial-qmin.png --format markdown -o $(D)/partial-qmin.md)
 
 $(D)/filter.md: $(W)/scores.parquet
 	@mkdir -p $(D)
@@ -174,7 +186,7 @@ $(D)/tokens.svg: $(W)/scores-q.parquet
 	@mkdir -p $(D)
 	$(call timed,plot-tokens,$(BIN)/qrm-plot tokens $< --row 1 -o $@)
 
-DEMO_PARTS := $(D)/auroc.md $(D)/partial.md $(D)/filter.md $(D)/filter-reference.md $(D)/calibrated.md \
+DEMO_PARTS := $(D)/auroc.md $(D)/partial.md $(D)/partial-q.md $(D)/filter.md $(D)/filter-reference.md $(D)/calibrated.md \
 	$(D)/sweep.md $(D)/sweep-threshold.md \
 	$(D)/topk.md $(D)/correlation.md $(D)/training.png $(D)/tokens.svg
 ifneq ($(TASK),gsm8k)
@@ -182,7 +194,7 @@ DEMO_PARTS += $(D)/localisation.md
 endif
 
 $(D)/README.md: $(DEMO_PARTS) scripts/demo-report.sh
-	TASK=$(TASK) QUESTIONS=$(QUESTIONS) OOD_QUESTIONS=$(OOD_QUESTIONS) SAMPLES=$(SAMPLES) MISTAKES=$(MISTAKES) HOLDOUT=$(HOLDOUT) \
+	TASK=$(TASK) QUESTIONS=$(QUESTIONS) OOD_QUESTIONS=$(OOD_QUESTIONS) SAMPLES=$(SAMPLES) MISTAKES=$(MISTAKES) PHRASING=$(PHRASING) HOLDOUT=$(HOLDOUT) \
 	STEPS=$(STEPS) BATCH=$(BATCH) MICRO_BATCH=$(MICRO_BATCH) LR=$(LR) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) MODEL=$(MODEL) \
 	EMBED_LIMIT=$(EMBED_LIMIT) ZEROEVAL=$(ZEROEVAL) MAX_QUESTIONS=$(MAX_QUESTIONS) \
 	HOLDOUT_SAMPLES=$(HOLDOUT_SAMPLES) PER_QUESTION=$(PER_QUESTION) \
@@ -199,13 +211,18 @@ repro-gsm8k:
 		{ echo "no ZeroEval data at $(or $(ZEROEVAL),../shared/data/zeroeval/gsm8k_test_42models.jsonl.gz); set ZEROEVAL=" >&2; exit 1; }
 	@$(MAKE) --no-print-directory TASK=gsm8k report
 
-# ---- does training learn? Both objectives on synthetic pairs, one pair per question so the eval
-# pairs (qrm-train --eval-fraction of the questions, question-disjoint) are independent; the
-# report gives eval accuracy with its Wilson interval and binomial p-value. One run per
-# mistake kind in LEARN_MISTAKES and objective; ~15 minutes each on 2 cores.
-LEARN_QUESTIONS ?= 500
-LEARN_MISTAKES ?= answer obvious
-LEARN_STEPS ?= 80
+# ---- does training learn? Detectability of each kind of synthetic mistake: a linear probe on
+# the frozen model's final states (`--train-layers 0`: only the head and the final norm train)
+# and a short training run of the top TRAIN_LAYERS layers, with both objectives. One pair per
+# question so the eval pairs (qrm-train --eval-fraction of the questions, question-disjoint)
+# are independent; the report gives eval accuracy with its Wilson interval and binomial
+# p-value. ~6 minutes per kind for its trunk and ~2 per run on 2 idle cores. LEARN_RUNS adds
+# `probe` (--train-layers 0) and `q` runs.
+# Each entry is a `qrm-synth --mistakes` kind, phrased per question (minimal pairs, as in the
+# demo), or KIND-sample for per-sample phrasing.
+LEARN_QUESTIONS ?= 300
+LEARN_MISTAKES ?= subtle copy carry copy-sample carry-sample
+LEARN_STEPS ?= 40
 LEARN_EVAL ?= 0.25
 LW := .cache/learning
 LD := reports/learning
@@ -215,21 +232,24 @@ $(LW)/%: W = $(LW)
 define learning_pairs
 $(LW)/$(1)/pairs.parquet: | build
 	@mkdir -p $(LW)/$(1)
-	$$(call timed,synth-$(1),$(BIN)/qrm-synth --questions $(LEARN_QUESTIONS) --samples 8 --split id --mistakes $(1) --seed $(SEED) -o $(LW)/$(1)/generations.parquet)
+	$$(call timed,synth-$(1),$(BIN)/qrm-synth --questions $(LEARN_QUESTIONS) --samples 8 --split id --mistakes $(firstword $(subst -, ,$(1))) --phrasing $(if $(findstring -sample,$(1)),sample,question) --seed $(SEED) -o $(LW)/$(1)/generations.parquet)
 	$$(call timed,pairs-$(1),$(BIN)/qrm-pairs $(LW)/$(1)/generations.parquet --max-per-question 1 --seed $(SEED) -o $$@)
 endef
 
+# $(1) mistakes, $(2) objective, $(3) run name, $(4) trained layers (0: a probe on frozen states)
 define learning_run
-$(LW)/$(1)/$(2)/train_config.json: $(LW)/$(1)/pairs.parquet $(MODEL)
-	$$(call timed,train-$(1)-$(2),$(BIN)/qrm-train $$< --objective $(2) --model $(MODEL) --train-layers $(TRAIN_LAYERS) --batch-size 8 --micro-batch 8 --max-steps $(LEARN_STEPS) --lr 1e-3 --seed $(SEED) --cache $(LW)/trunk --eval-every 20 --eval-fraction $(LEARN_EVAL) --log $(LW)/$(1)/train-$(2).jsonl -o $(LW)/$(1)/$(2))
+$(LW)/$(1)/$(3)/train_config.json: $(LW)/$(1)/pairs.parquet $(MODEL)
+	$$(call timed,train-$(1)-$(3),$(BIN)/qrm-train $$< --objective $(2) --model $(MODEL) --train-layers $(4) --batch-size 8 --micro-batch 8 --max-steps $(LEARN_STEPS) --lr 1e-3 --seed $(SEED) --cache $(LW)/trunk-$(4) --eval-every 10 --eval-fraction $(LEARN_EVAL) --log $(LW)/$(1)/train-$(3).jsonl -o $(LW)/$(1)/$(3))
 endef
 
+LEARN_RUNS ?= bt
 $(foreach m,$(LEARN_MISTAKES),$(eval $(call learning_pairs,$(m))))
-$(foreach m,$(LEARN_MISTAKES),$(foreach o,bt q,$(eval $(call learning_run,$(m),$(o)))))
+$(foreach m,$(LEARN_MISTAKES),$(eval $(call learning_run,$(m),bt,probe,0)))
+$(foreach m,$(LEARN_MISTAKES),$(foreach o,bt q,$(eval $(call learning_run,$(m),$(o),$(o),$(TRAIN_LAYERS)))))
 
-$(LD)/README.md: $(foreach m,$(LEARN_MISTAKES),$(LW)/$(m)/bt/train_config.json $(LW)/$(m)/q/train_config.json) scripts/learning-report.sh
+$(LD)/README.md: $(foreach m,$(LEARN_MISTAKES),$(foreach r,$(LEARN_RUNS),$(LW)/$(m)/$(r)/train_config.json)) scripts/learning-report.sh
 	@mkdir -p $(LD)
-	LEARN_MISTAKES='$(LEARN_MISTAKES)' LEARN_QUESTIONS=$(LEARN_QUESTIONS) LEARN_STEPS=$(LEARN_STEPS) \
+	LEARN_MISTAKES='$(LEARN_MISTAKES)' LEARN_RUNS='$(LEARN_RUNS)' LEARN_QUESTIONS=$(LEARN_QUESTIONS) LEARN_STEPS=$(LEARN_STEPS) \
 	LEARN_EVAL=$(LEARN_EVAL) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) \
 	bash scripts/learning-report.sh $(LW) $(LD) > $@.tmp && mv $@.tmp $@
 

@@ -50,11 +50,21 @@ Everything below comes from this run; rerun \`make demo\` to regenerate it.
 **What ran.** \`qrm-synth\` wrote ${QUESTIONS} in-distribution arithmetic word problems
 (\`synth-id\`, 2–3 steps) and ${OOD_QUESTIONS} out-of-distribution ones (\`synth-ood\`, 4–6 steps,
 larger numbers, new phrasings) with ${SAMPLES} sampled solutions each, some with an injected
-error at a known step (\`--mistakes ${MISTAKES}\`). \`qrm-pairs\` held out a fraction ${HOLDOUT} of
+error at a known step (\`--mistakes ${MISTAKES} --phrasing ${PHRASING}\`). \`qrm-pairs\` held out a fraction ${HOLDOUT} of
 the in-distribution questions and paired correct with incorrect solutions of the rest (every
 combination, at most ${PER_QUESTION} a question); as in the paper, the out-of-distribution
 questions are evaluation only.
 ${common}
+
+**Why these mistakes.** \`--mistakes span\` injects, at equal rates, a number copied wrongly from
+the question (\`copy\`) and a result carried wrongly into a later computation (\`carry\`); every
+computation is right for its operands and the rest of the solution follows from the mistake to
+a wrong final answer. Both sit mid-solution and are found by comparing two spans rather than by
+redoing arithmetic, which SmolLM2-135M cannot do; with \`--phrasing question\` a question's
+samples share one phrasing, so a training pair differs only from the mistake on.
+\`reports/learning\` measures each kind's detectability (a probe on frozen states and a short
+training run): realistic slips (\`--mistakes subtle\`, \`qrm-synth\`'s default) and per-sample
+phrasings are not learnable at this budget.
 HEADER
 fi
 
@@ -67,6 +77,19 @@ section "Figure 3: AUROC on partial generations (reward at each tenth of the res
 echo '![partial AUROC](partial.png)'
 echo
 include partial.md
+
+if [ -s "$report/partial-q.md" ]; then
+section "Figure 3, Q-values: AUROC of the Q-value at each tenth of the response (95% t-interval over sample sets)"
+echo "The Q-value at the prefix's last token (\`q_last\`):"
+echo
+include partial-q.md
+echo
+echo "Its running minimum (\`q_min\`, the score Q-filtering thresholds):"
+echo
+echo '![partial AUROC of the running-minimum Q](partial-qmin.png)'
+echo
+include partial-qmin.md
+fi
 
 section "Table 1: majority vote with and without Q-value filtering (threshold 0, first 5 tokens skipped)"
 echo "Vote rule \`answer\` (bucket by normalised answer, seeded tie-break):"

@@ -5,7 +5,7 @@
 //! Example: `qrm-synth --questions 2000 --split id -o train.parquet && qrm-pairs train.parquet`
 
 use clap::Parser;
-use qrm::pipeline::synth::{generate_frame, Mistakes, Split, SynthConfig};
+use qrm::pipeline::synth::{generate_frame, Mistakes, Phrasing, Split, SynthConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +42,12 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Mistakes::Subtle)]
     mistakes: Mistakes,
 
+    /// `sample`: every sample phrases its lines its own way; `question`: a question's samples
+    /// share one phrasing, so right and wrong samples differ only from the mistake on (minimal
+    /// pairs for training).
+    #[arg(long, value_enum, default_value_t = Phrasing::Sample)]
+    phrasing: Phrasing,
+
     #[command(flatten)]
     output: qrm::cli::OutputArgs,
 
@@ -61,6 +67,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         split: args.split,
         seed: args.seed,
         mistakes: args.mistakes,
+        phrasing: args.phrasing,
     };
     let started = std::time::Instant::now();
     let mut frame = generate_frame(&config)?;

@@ -126,6 +126,20 @@ pub struct SynthConfig {
     pub seed: u64,
     /// Which mistakes wrong samples carry.
     pub mistakes: Mistakes,
+    /// Whether each sample draws its own phrasing or a question's samples share one.
+    pub phrasing: Phrasing,
+}
+
+/// How solutions are phrased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Phrasing {
+    /// Each sample draws its own phrasing of every line, as sampled LMs vary theirs.
+    #[default]
+    Sample,
+    /// A question's samples share one phrasing, so a wrong sample differs from a right one only
+    /// in its numbers (from the mistake on): minimal pairs, which teach a reward model where
+    /// the mistake is rather than which phrasing came with it.
+    Question,
 }
 
 impl Default for SynthConfig {
@@ -137,6 +151,7 @@ impl Default for SynthConfig {
             split: Split::Both,
             seed: 0,
             mistakes: Mistakes::Subtle,
+            phrasing: Phrasing::Sample,
         }
     }
 }
@@ -174,6 +189,10 @@ impl SynthConfig {
 
 /// Sample streams are numbered below 2^16 inside a question's stream block.
 const MAX_SAMPLES: usize = (1 << 16) - 2;
+
+/// The stream a question's shared phrasing draws from ([`Phrasing::Question`]): past every
+/// sample's.
+const PHRASING_STREAM: usize = (1 << 16) - 1;
 
 /// Generates the generations table rows: questions in order, samples `s0..` within each.
 pub fn generate(config: &SynthConfig) -> Result<Vec<Generation>> {
@@ -1298,7 +1317,11 @@ fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Ge
         let mut rng = stream(config, setting, index, sample + 1);
         let wrong = rng.random::<f64>() < rate;
         let (Some(reference), true) = (&reference, wrong) else {
-            rows.push(render_row(&problem, reference.as_ref(), None, &mut rng));
+            let mut phrasing = match config.phrasing {
+                Phrasing::Sample => rng,
+                Phrasing::Question => stream(config, setting, index, PHRASING_STREAM),
+            };
+            rows.push(render_row(&problem, reference.as_ref(), None, &mut phrasing));
             continue;
         };
         let pick = rng.random::<f64>();
@@ -1309,7 +1332,11 @@ fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Ge
                 .or(pool.first().copied()),
         };
         let solution = mistake.and_then(|m| solve(&problem, Some(m)));
-        rows.push(render_row(&problem, Some(reference), solution, &mut rng));
+        let mut phrasing = match config.phrasing {
+            Phrasing::Sample => rng,
+            Phrasing::Question => stream(config, setting, index, PHRASING_STREAM),
+        };
+        rows.push(render_row(&problem, Some(reference), solution, &mut phrasing));
     }
     for (sample, row) in rows.iter_mut().enumerate() {
         row.question_id = question_id.clone();
@@ -1375,6 +1402,7 @@ mod tests {
             split,
             seed: 11,
             mistakes: Mistakes::Subtle,
+            phrasing: Phrasing::Sample,
         }
     }
 
@@ -1685,6 +1713,61 @@ mod tests {
                 _ => assert!(copies > 60 && carries > 60, "{copies} {carries}"),
             }
         }
+    }
+
+    #[test]
+    fn question_phrasing_makes_minimal_pairs() {
+        let rows = generate(&SynthConfig {
+            phrasing: Phrasing::Question,
+            mistakes: Mistakes::Span,
+            ..config(Split::Both, 40, 8)
+        })
+        .unwrap();
+        let mut compared = 0;
+        for samples in by_question(&rows).values() {
+            let Some(right) = samples.iter().find(|row| row.is_correct) else {
+                continue;
+            };
+            for row in samples {
+                if row.is_correct {
+                    // Right samples of a question are one text.
+                    assert_eq!(row.response, right.response);
+                    continue;
+                }
+                // A wrong one is the right text up to its first error, and its lines keep the
+                // right one's words: only numbers differ.
+                let error = row.first_error_char.unwrap() as usize;
+                let prefix: String = row.response.chars().take(error).collect();
+                assert!(right.response.starts_with(&prefix), "{prefix:?}");
+                let words = |text: &str| -> Vec<String> {
+                    text.split(|c: char| c.is_ascii_digit())
+                        .map(str::to_owned)
+                        .collect()
+                };
+                if row.response.lines().count() == right.response.lines().count() {
+                    compared += 1;
+                    for (wrong, right) in row.response.lines().zip(right.response.lines()) {
+                        let strip = |t: &str| words(t).concat();
+                        assert_eq!(strip(wrong), strip(right));
+                    }
+                }
+            }
+        }
+        assert!(compared > 40, "{compared}");
+        // Per-sample phrasing (the default) varies the right samples' texts.
+        let varied = generate(&config(Split::Id, 40, 8)).unwrap();
+        let distinct = by_question(&varied)
+            .values()
+            .filter(|samples| {
+                let texts: std::collections::BTreeSet<&str> = samples
+                    .iter()
+                    .filter(|row| row.is_correct)
+                    .map(|row| row.response.as_str())
+                    .collect();
+                texts.len() > 1
+            })
+            .count();
+        assert!(distinct > 10, "{distinct}");
     }
 
     #[test]
