@@ -61,7 +61,11 @@ the question (\`copy\`) and a result carried wrongly into a later computation (\
 computation is right for its operands and the rest of the solution follows from the mistake to
 a wrong final answer. Both sit mid-solution and are found by comparing two spans rather than by
 redoing arithmetic, which SmolLM2-135M cannot do; with \`--phrasing question\` a question's
-samples share one phrasing, so a training pair differs only from the mistake on.
+samples share one phrasing, so a training pair differs only from the mistake on. One
+consequence to read the intervals by: a question's correct samples are one text (and wrong
+samples that share a common mistake are one text), so the DeLong intervals, which treat rows as
+independent, are narrower than the data warrant; the t-intervals over sample sets (Figure 3)
+and the per-question tables do not have this problem.
 \`reports/learning\` measures each kind's detectability (a probe on frozen states and a short
 training run): realistic slips (\`--mistakes subtle\`, \`qrm-synth\`'s default) and per-sample
 phrasings are not learnable at this budget.
