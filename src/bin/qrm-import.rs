@@ -23,7 +23,7 @@ use anyhow::Context;
 use clap::Parser;
 use qrm::pipeline::grading::Tolerance;
 use qrm::pipeline::import::{
-    import_paths, ColumnMapping, ImportOptions, LabelValues, SourceFormat,
+    import_paths, ColumnMapping, ImportOptions, LabelValues, NeutralRating, SourceFormat,
 };
 
 /// How `--tolerance` compares numbers.
@@ -115,6 +115,12 @@ struct Args {
     #[arg(long, value_enum, default_value_t = ToleranceKind::Absolute, requires = "tolerance")]
     tolerance_kind: ToleranceKind,
 
+    /// PRM800K: what a neutral step (rating 0) becomes: correct ("no error so far"),
+    /// incorrect (an error at that step), or dropped (counted).
+    /// [default: correct]
+    #[arg(long, value_enum)]
+    neutral: Option<NeutralRating>,
+
     /// Skip malformed lines and bad rows (counted on stderr) instead of failing.
     #[arg(long)]
     skip_bad: bool,
@@ -141,6 +147,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         grade: args.grade,
         tolerance,
         skip_bad: args.skip_bad,
+        neutral: args.neutral,
         mapping: ColumnMapping {
             question: args.question_col,
             response: args.response_col,

@@ -5,3 +5,4 @@ pub mod filter;
 pub mod localisation;
 pub mod report;
 pub mod stats;
+pub mod steps;
