@@ -10,8 +10,16 @@
 //! expected answers: numbers compare exactly unless `--tolerance` is given. Which rule labels
 //! the rows of each `--from` is listed in `docs/grading.md`.
 //!
+//! PRM800K rows become one generation per rated step: the earlier steps and the rated one
+//! joined with newlines (`step_starts` marks each; the rated step is last), `step_rating`,
+//! `prefix_id` (the prefix the step continues, for `qrm-pairs --group-col prefix_id`) and
+//! `first_error_char` at the rated step when it is rated −1. `--neutral` says what a rating
+//! of 0 becomes (default: correct); unrated rows are dropped and counted.
+//!
 //! ```text
 //! qrm-import zeroeval/gsm8k_test_42models.jsonl.gz | qrm-pairs --seed 1 -o pairs.parquet
+//! qrm-import prm800k/phase1_train_plus.stepwise-critic.parquet --neutral drop \
+//!     | qrm-pairs --group-col prefix_id --reuse -o prm-pairs.parquet
 //! qrm-import example_model_solutions.jsonl --question-col question --expected-col ground_truth \
 //!     --sample-cols 6b_finetuning,6b_verification,175b_finetuning,175b_verification \
 //!     --response-col solution -o gsm8k_examples.parquet
