@@ -226,19 +226,21 @@ learning: $(LD)/README.md
 # ---- PRM800K phase 1 (human step ratings): pairs are a good (+1) and a bad (-1) next step of
 # one solution prefix from train_plus (question-disjoint from test); a seeded subset of the
 # test rows (PRM_TEST_PER_QUESTION rated prefixes per question) is scored, then step-level
-# AUROC and error localisation against the human labels. Defaults sized to ~25 minutes on
-# 2 cores. Rows longer than PRM_MAX_LEN tokens are skipped (counted in the report), not cut.
+# AUROC and error localisation against the human labels. The defaults took ~35 minutes on 2
+# cores shared with two other training jobs (each model: ~10 min training, 2 min goal, 5 min
+# scoring 98 rows; reports/prm800k has the stage times). Rows longer than PRM_MAX_LEN tokens
+# are skipped (counted in the report), not cut.
 PRM_TRAIN ?= ../shared/data/prm800k/phase1_train_plus.stepwise-critic.parquet
 PRM_TEST ?= ../shared/data/prm800k/phase1_test.stepwise-critic.parquet
 PRM_TRAIN_QUESTIONS ?= 150
 PRM_PER_QUESTION ?= 2
-PRM_TEST_PER_QUESTION ?= 3
-PRM_STEPS ?= 30
+PRM_TEST_PER_QUESTION ?= 1
+PRM_STEPS ?= 20
 PRM_BATCH ?= 8
 PRM_MICRO_BATCH ?= 4
 PRM_LR ?= 1e-3
 PRM_MAX_LEN ?= 768
-PRM_EMBED_LIMIT ?= 64
+PRM_EMBED_LIMIT ?= 32
 PW := .cache/prm800k
 PD := reports/prm800k
 # The stage timer and command list write to the PRM800K work directory.

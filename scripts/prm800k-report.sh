@@ -87,15 +87,18 @@ TEXT
 echo
 include "$report/localisation.md"
 
-section "Training (last log line of each run)"
-echo '```'
+section "Training (the last evaluation of each run, on the question-disjoint eval pairs)"
+echo '| rm | step | train loss | train accuracy | eval accuracy | eval wins / pairs |'
+echo '|---|---|---|---|---|---|'
+field() { grep -o "\"$1\":[^,}]*" | head -1 | cut -d: -f2; }
 for objective in bt q; do
-    if [ -s "$work/train-$objective.jsonl" ]; then
-        printf '%s: ' "$objective"
-        grep '"eval' "$work/train-$objective.jsonl" | tail -1 || tail -1 "$work/train-$objective.jsonl"
+    line="$(grep -v '"eval_accuracy":null' "$work/train-$objective.jsonl" 2>/dev/null | tail -1 || true)"
+    if [ -n "$line" ]; then
+        printf '| %s | %s | %.4f | %.3f | %.3f | %s / %s |\n' "$objective" \
+            "$(field step <<<"$line")" "$(field loss <<<"$line")" "$(field accuracy <<<"$line")" \
+            "$(field eval_accuracy <<<"$line")" "$(field eval_wins <<<"$line")" "$(field eval_pairs <<<"$line")"
     fi
 done
-echo '```'
 
 section "Wall time per stage (seconds, release build excluded)"
 echo '| stage | seconds |'

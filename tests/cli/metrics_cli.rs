@@ -255,6 +255,31 @@ fn localise_places_drops_relative_to_the_first_error() {
     assert_eq!(row["median_error_token"], json!(5.5)); // median(3, 8)
     assert_eq!(row["correct_dropped_pct"], json!(50.0));
 
+    // A row `qrm-score --truncate skip` left unscored (null lists) fails, naming the row,
+    // unless --drop-nan drops it; the other rows then give the same table.
+    let mut with_unscored = rows.to_vec();
+    with_unscored.push(json!({
+        "question_id": "q0", "rm": "a", "benchmark": "synth-id", "sample": "long",
+        "is_correct": false, "first_error_char": 3, "q_values": null, "token_offsets": null,
+    }));
+    let (dir, input) = write_jsonl(&with_unscored);
+    let dropped = dir.path().join("dropped.jsonl");
+    Command::cargo_bin("qrm-filter")
+        .unwrap()
+        .arg("--localise")
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("row 5"));
+    Command::cargo_bin("qrm-filter")
+        .unwrap()
+        .args(["--localise", "--drop-nan", "-o"])
+        .arg(&dropped)
+        .arg(&input)
+        .assert()
+        .success();
+    assert_eq!(read_jsonl(&dropped), report);
+
     // Scores without offsets: the error says what to run.
     let (dir, input) = write_jsonl(&scores_rows());
     Command::cargo_bin("qrm-filter")
