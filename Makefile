@@ -285,7 +285,7 @@ $(PD)/steps.md: $(PW)/scores.parquet
 	$(call timed,auroc-steps-q,$(BIN)/qrm-auroc $< --steps --score q_last --by rm --ci bootstrap --seed $(SEED) --drop-nan --format markdown -o $(PW)/steps-q.md)
 	$(call timed,auroc-steps-reward,$(BIN)/qrm-auroc $< --steps --score reward --by rm --ci bootstrap --seed $(SEED) --drop-nan --format markdown -o $(PW)/steps-reward.md)
 	$(call timed,auroc-steps-neutral,$(BIN)/qrm-auroc $< --steps --neutral-steps positive --score q_last --by rm --ci bootstrap --seed $(SEED) --drop-nan --format markdown -o $(PW)/steps-neutral.md)
-	cat $(PW)/steps-q.md $(PW)/steps-reward.md $(PW)/steps-neutral.md > $@
+	{ cat $(PW)/steps-q.md; echo; cat $(PW)/steps-reward.md; echo; cat $(PW)/steps-neutral.md; } > $@
 
 $(PD)/localisation.md: $(PW)/scores.parquet
 	@mkdir -p $(PD)

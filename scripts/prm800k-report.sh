@@ -64,7 +64,7 @@ echo "# scored test subset"; log held.log
 echo "# scoring (truncation: rows skipped for length)"; log score-bt.log; log score-q.log
 echo '```'
 
-section "Step-level AUROC (percentile bootstrap 95% CI)"
+section "Step-level AUROC (percentile bootstrap 95% CI, 1,000 resamples)"
 cat <<'TEXT'
 Each scored test row rates exactly its last step, so the row's score at its final token (the
 EOS closing the rated step) is the score "at the end of the rated step": `qrm-auroc --steps`.
@@ -82,7 +82,9 @@ threshold: of those rows, the share the filter drops (`wrong_dropped_pct`), the 
 drops at or after the first token of the bad step (`at_or_after_error_pct`; a drop before it
 cannot have seen the mistake, since the earlier steps were all rated acceptable), the median
 distance in tokens, the median position of the error token, and the share of rows without an
-error (rated 0 or +1) dropped (`correct_dropped_pct`).
+error (rated 0 or +1) dropped (`correct_dropped_pct`). Where `correct_dropped_pct` is about as
+high as `wrong_dropped_pct`, the threshold sits above most of the model's Q-values and the
+filter separates nothing; `median_tokens_before` then says how early the drops came.
 TEXT
 echo
 include "$report/localisation.md"
