@@ -3,6 +3,7 @@
 #   make demo         the main job on the embedded default task (README's first command)
 #   make repro-gsm8k  the same chain on real GSM8K generations (ZeroEval, 42 LLMs), ~1 hour
 #   make learning     does training learn? BT and Q eval accuracy on independent synthetic pairs
+#   make prm800k      step-level AUROC and error localisation on PRM800K's human step labels
 #   make test         the test suite (README's second command; CI runs it)
 #
 # Sizes and seeds are variables: `make demo QUESTIONS=400 STEPS=60`,
@@ -64,7 +65,7 @@ D := reports/demo
 CALIBRATED_FLAGS := --localise
 endif
 
-.PHONY: test build demo repro-gsm8k learning cuda-dist report model clean-demo clean-gsm8k clean-learning
+.PHONY: test build demo repro-gsm8k learning prm800k cuda-dist report model clean-demo clean-gsm8k clean-learning clean-prm800k
 .DELETE_ON_ERROR:
 
 # $(call) splits its arguments on commas, so lists inside a timed command use these.
@@ -258,6 +259,86 @@ $(LD)/README.md: $(foreach m,$(LEARN_MISTAKES),$(foreach r,$(LEARN_RUNS),$(LW)/$
 learning: $(LD)/README.md
 	@echo "wrote $(LD)/README.md" >&2
 
+# ---- PRM800K phase 1 (human step ratings): pairs are a good (+1) and a bad (-1) next step of
+# one solution prefix from train_plus (question-disjoint from test); a seeded subset of the
+# test rows (PRM_TEST_PER_QUESTION rated prefixes per question) is scored, then step-level
+# AUROC and error localisation against the human labels. The defaults took ~35 minutes on 2
+# cores shared with two other training jobs (each model: ~10 min training, 2 min goal, 5 min
+# scoring 98 rows; reports/prm800k has the stage times). Rows longer than PRM_MAX_LEN tokens
+# are skipped (counted in the report), not cut.
+PRM_TRAIN ?= ../shared/data/prm800k/phase1_train_plus.stepwise-critic.parquet
+PRM_TEST ?= ../shared/data/prm800k/phase1_test.stepwise-critic.parquet
+PRM_TRAIN_QUESTIONS ?= 150
+PRM_PER_QUESTION ?= 2
+PRM_TEST_PER_QUESTION ?= 1
+PRM_STEPS ?= 20
+PRM_BATCH ?= 8
+PRM_MICRO_BATCH ?= 4
+PRM_LR ?= 1e-3
+PRM_MAX_LEN ?= 768
+PRM_EMBED_LIMIT ?= 32
+PW := .cache/prm800k
+PD := reports/prm800k
+# The stage timer and command list write to the PRM800K work directory.
+$(PW)/%: W = $(PW)
+$(PD)/%: W = $(PW)
+
+$(PW)/train.parquet: | build
+	$(call timed,import-train,$(BIN)/qrm-import $(PRM_TRAIN) --neutral drop -o $@ 2> $(PW)/import-train.log)
+
+$(PW)/test.parquet: | build
+	$(call timed,import-test,$(BIN)/qrm-import $(PRM_TEST) -o $@ 2> $(PW)/import-test.log)
+
+$(PW)/pairs.parquet: $(PW)/train.parquet
+	$(call timed,pairs,$(BIN)/qrm-pairs $< --group-col prefix_id --reuse --max-per-question $(PRM_PER_QUESTION) --max-questions $(PRM_TRAIN_QUESTIONS) --seed $(SEED) -o $@ 2> $(PW)/pairs.log)
+
+# Every test question held out, PRM_TEST_PER_QUESTION of its rated rows kept (a seeded draw).
+$(PW)/held.parquet: $(PW)/test.parquet
+	$(call timed,held,$(BIN)/qrm-pairs $< --split-questions 1 --holdout-samples $(PRM_TEST_PER_QUESTION) --seed $(SEED) --holdout $@ -o $(PW)/no-pairs.parquet 2> $(PW)/held.log)
+
+PRM_TRAIN_FLAGS = --model $(MODEL) --train-layers $(TRAIN_LAYERS) --batch-size $(PRM_BATCH) --micro-batch $(PRM_MICRO_BATCH) \
+	--max-steps $(PRM_STEPS) --lr $(PRM_LR) --seed $(SEED) --cache $(PW)/trunk --eval-every 10 --max-len $(PRM_MAX_LEN)
+
+$(PW)/bt/config.json: $(PW)/pairs.parquet $(MODEL)
+	$(call timed,train-bt,$(BIN)/qrm-train $< --objective bt $(PRM_TRAIN_FLAGS) --log $(PW)/train-bt.jsonl -o $(PW)/bt)
+
+$(PW)/q/config.json: $(PW)/pairs.parquet $(MODEL) $(PW)/bt/config.json
+	$(call timed,train-q,$(BIN)/qrm-train $< --objective q $(PRM_TRAIN_FLAGS) --log $(PW)/train-q.jsonl -o $(PW)/q)
+
+$(PW)/goal-%.safetensors: $(PW)/pairs.parquet $(PW)/%/config.json
+	$(call timed,embed-$*,$(BIN)/qrm-embed $< --rm $(PW)/$* --limit $(PRM_EMBED_LIMIT) --seed $(SEED) -o $@)
+
+$(PW)/scores-%.parquet: $(PW)/held.parquet $(PW)/goal-%.safetensors
+	$(call timed,score-$*,$(BIN)/qrm-score $< --rm $(PW)/$* --goal $(PW)/goal-$*.safetensors --emit-tokens --max-len $(PRM_MAX_LEN) --truncate skip -o $@ 2> $(PW)/score-$*.log)
+
+$(PW)/scores.parquet: $(PW)/scores-bt.parquet $(PW)/scores-q.parquet | $(PW)/goal-bt.safetensors $(PW)/goal-q.safetensors
+	$(call timed,cat,$(BIN)/qrm-cat $(PW)/scores-bt.parquet $(PW)/scores-q.parquet -o $@)
+
+# Step level: each rated step scored at its last token (the row's final token: these rows rate
+# their last step), +1 against -1, neutral steps left out; rows skipped by --truncate skip drop.
+$(PD)/steps.md: $(PW)/scores.parquet
+	@mkdir -p $(PD)
+	$(call timed,auroc-steps-q,$(BIN)/qrm-auroc $< --steps --score q_last --by rm --ci bootstrap --seed $(SEED) --drop-nan --format markdown -o $(PW)/steps-q.md)
+	$(call timed,auroc-steps-reward,$(BIN)/qrm-auroc $< --steps --score reward --by rm --ci bootstrap --seed $(SEED) --drop-nan --format markdown -o $(PW)/steps-reward.md)
+	$(call timed,auroc-steps-neutral,$(BIN)/qrm-auroc $< --steps --neutral-steps positive --score q_last --by rm --ci bootstrap --seed $(SEED) --drop-nan --format markdown -o $(PW)/steps-neutral.md)
+	{ cat $(PW)/steps-q.md; echo; cat $(PW)/steps-reward.md; echo; cat $(PW)/steps-neutral.md; } > $@
+
+$(PD)/localisation.md: $(PW)/scores.parquet
+	@mkdir -p $(PD)
+	$(call timed,localisation,$(BIN)/qrm-filter $< --localise --by rm --sweep=-0.2:0.4:0.2 --drop-nan --format markdown -o $@)
+
+$(PD)/README.md: $(PD)/steps.md $(PD)/localisation.md scripts/prm800k-report.sh
+	PRM_TRAIN=$(PRM_TRAIN) PRM_TEST=$(PRM_TEST) PRM_TRAIN_QUESTIONS=$(PRM_TRAIN_QUESTIONS) PRM_PER_QUESTION=$(PRM_PER_QUESTION) \
+	PRM_TEST_PER_QUESTION=$(PRM_TEST_PER_QUESTION) PRM_STEPS=$(PRM_STEPS) PRM_BATCH=$(PRM_BATCH) PRM_MICRO_BATCH=$(PRM_MICRO_BATCH) \
+	PRM_LR=$(PRM_LR) PRM_MAX_LEN=$(PRM_MAX_LEN) PRM_EMBED_LIMIT=$(PRM_EMBED_LIMIT) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) MODEL=$(MODEL) \
+	bash scripts/prm800k-report.sh $(PW) $(PD) > $@.tmp && mv $@.tmp $@
+
+prm800k:
+	@test -f $(PRM_TRAIN) -a -f $(PRM_TEST) || \
+		{ echo "no PRM800K data at $(PRM_TRAIN), $(PRM_TEST); set PRM_TRAIN= and PRM_TEST=" >&2; exit 1; }
+	@$(MAKE) --no-print-directory $(PD)/README.md
+	@echo "wrote $(PD)/README.md" >&2
+
 # The CUDA binaries and the device check's package (docs/cuda.md): CUDA 13.0 from the registry's
 # wheels, no GPU needed here; ~20 minutes on 2 cores.
 cuda-dist:
@@ -271,3 +352,6 @@ clean-demo:
 
 clean-gsm8k:
 	rm -rf .cache/gsm8k reports/gsm8k
+
+clean-prm800k:
+	rm -rf $(PW) $(PD)

@@ -7,3 +7,4 @@ pub mod filter;
 pub mod localisation;
 pub mod report;
 pub mod stats;
+pub mod steps;

@@ -1,6 +1,7 @@
 //! `qrm-auroc` and `qrm-filter` end to end: report shape, one-class groups, NaN rows, paired
 //! comparisons, percentiles, sweeps, plots, usage errors, the released tokens-saved rule,
-//! model identities, duplicated rows and a pipe from `qrm-import`.
+//! model identities, duplicated rows, a pipe from `qrm-import` and step-level AUROC
+//! (`--steps`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -253,6 +254,31 @@ fn localise_places_drops_relative_to_the_first_error() {
     assert_eq!(row["median_tokens_before"], json!(2.0));
     assert_eq!(row["median_error_token"], json!(5.5)); // median(3, 8)
     assert_eq!(row["correct_dropped_pct"], json!(50.0));
+
+    // A row `qrm-score --truncate skip` left unscored (null lists) fails, naming the row,
+    // unless --drop-nan drops it; the other rows then give the same table.
+    let mut with_unscored = rows.to_vec();
+    with_unscored.push(json!({
+        "question_id": "q0", "rm": "a", "benchmark": "synth-id", "sample": "long",
+        "is_correct": false, "first_error_char": 3, "q_values": null, "token_offsets": null,
+    }));
+    let (dir, input) = write_jsonl(&with_unscored);
+    let dropped = dir.path().join("dropped.jsonl");
+    Command::cargo_bin("qrm-filter")
+        .unwrap()
+        .arg("--localise")
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("row 5"));
+    Command::cargo_bin("qrm-filter")
+        .unwrap()
+        .args(["--localise", "--drop-nan", "-o"])
+        .arg(&dropped)
+        .arg(&input)
+        .assert()
+        .success();
+    assert_eq!(read_jsonl(&dropped), report);
 
     // Scores without offsets: the error says what to run.
     let (dir, input) = write_jsonl(&scores_rows());
@@ -958,4 +984,128 @@ fn calibration_flags_in_bad_combinations_exit_two() {
         .arg(&input)
         .assert()
         .code(2);
+}
+
+/// PRM800K-shaped scored rows, each rating its last step: ratings +1, +1, −1, −1, 0 with
+/// Q-values at the final token 0.9, 0.2, 0.5, 0.1, 0.3 (earlier tokens at 0.0), `is_correct`
+/// = rating ≥ 0 as `qrm-import --from prm800k` writes it.
+fn step_rows() -> Vec<Value> {
+    [(1, 0.9), (1, 0.2), (-1, 0.5), (-1, 0.1), (0, 0.3)]
+        .iter()
+        .enumerate()
+        .map(|(row, &(rating, q))| {
+            json!({
+                "question_id": format!("q{}", row % 2),
+                "rm": "q",
+                "benchmark": "prm800k",
+                "sample": format!("row{row}"),
+                "is_correct": rating >= 0,
+                "step_rating": rating,
+                "step_index": row,
+                "reward": q,
+                "token_rewards": [0.0, q],
+                "q_values": [0.0, q],
+            })
+        })
+        .collect()
+}
+
+fn auroc_of(input: &Path, args: &[&str]) -> Value {
+    let output = Command::cargo_bin("qrm-auroc")
+        .unwrap()
+        .arg(input)
+        .args(args)
+        .args(["--ci", "none", "--by", "rm", "--format", "jsonl"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1);
+    rows[0].clone()
+}
+
+#[test]
+fn steps_score_each_rated_step_at_the_end_of_its_row() {
+    let (_dir, input) = write_jsonl(&step_rows());
+    // +1 {0.9, 0.2} against −1 {0.5, 0.1}: 0.9 beats both, 0.2 beats 0.1 only: 3/4.
+    let steps = auroc_of(&input, &["--steps", "--score", "q_last"]);
+    assert_eq!(steps["auroc"], json!(0.75));
+    assert_eq!(
+        (steps["n"].clone(), steps["n_pos"].clone()),
+        (json!(4), json!(2))
+    );
+    // Neutral counted as good adds 0.3 (beats 0.1, not 0.5): (2 + 1 + 1)/6 = 2/3, which is also
+    // the row-level
+    // AUROC of q_last against is_correct (rating ≥ 0): the row's last token ends its rated step.
+    let neutral = auroc_of(
+        &input,
+        &[
+            "--steps",
+            "--neutral-steps",
+            "positive",
+            "--score",
+            "q_last",
+        ],
+    );
+    let rows = auroc_of(&input, &["--score", "q_last"]);
+    assert_eq!(neutral["auroc"], rows["auroc"]);
+    assert!((rows["auroc"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+    // The reward column reads the same way.
+    assert_eq!(auroc_of(&input, &["--steps"])["auroc"], json!(0.75));
+    // Bootstrap intervals work on step items; --ci samples is refused.
+    Command::cargo_bin("qrm-auroc")
+        .unwrap()
+        .arg(&input)
+        .args(["--steps", "--ci", "samples"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--ci samples"));
+    Command::cargo_bin("qrm-auroc")
+        .unwrap()
+        .arg(&input)
+        .args(["--neutral-steps", "positive"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn steps_read_a_list_of_ratings_at_each_step_end() {
+    // One response "ab\ncd\nef" (steps at chars 0, 3, 6; tokens at 0, 2 "\n", 3, 5 "\n", 6,
+    // 8 EOS) rated [+1, −1, +1] with Q 0.1 .. 0.6 per token: step ends are tokens 1, 3, 5,
+    // so the items score 0.2 (+1), 0.4 (−1), 0.6 (+1). A second response "xy" (tokens 0, 2
+    // EOS) rated [−1] scores 0.3 at its EOS.
+    let rows = vec![
+        json!({
+            "question_id": "q0", "rm": "q", "sample": "a", "is_correct": true,
+            "reward": 0.6, "step_starts": [0, 3, 6], "step_ratings": [1, -1, 1],
+            "token_offsets": [0, 2, 3, 5, 6, 8],
+            "token_rewards": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+            "q_values": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+        }),
+        json!({
+            "question_id": "q1", "rm": "q", "sample": "a", "is_correct": false,
+            "reward": 0.3, "step_starts": [0], "step_ratings": [-1],
+            "token_offsets": [0, 2], "token_rewards": [0.0, 0.3], "q_values": [0.0, 0.3],
+        }),
+    ];
+    let (_dir, input) = write_jsonl(&rows);
+    // +1 {0.2, 0.6} against −1 {0.4, 0.3}: 0.6 beats both, 0.2 neither: 2/4.
+    let steps = auroc_of(&input, &["--steps", "--score", "q_last"]);
+    assert_eq!(steps["auroc"], json!(0.5));
+    assert_eq!(
+        (steps["n"].clone(), steps["n_pos"].clone()),
+        (json!(4), json!(2))
+    );
+    // q_min over each step's prefix: 0.1, 0.1, 0.1 (+1, −1, +1 of q0) and 0.0 (q1): the +1
+    // items {0.1, 0.1} against −1 {0.1, 0.0}: ties count half, (0.5 + 1) · 2 / 4 = 0.75.
+    let q_min = auroc_of(&input, &["--steps", "--score", "q_min"]);
+    assert_eq!(q_min["auroc"], json!(0.75));
 }

@@ -369,7 +369,13 @@ pub fn localisation_report(
     let q_values = float32_lists(&columns, Q_VALUES)?;
     let mut samples_by_key: BTreeMap<&[String], Vec<(usize, Vec<u32>)>> = BTreeMap::new();
     let keys = group_keys(frame, path, by)?;
-    if let Some(row) = q_values.iter().position(Option::is_none) {
+    // Under --drop-nan a null list (a row `qrm-score --truncate skip` left unscored) is
+    // dropped by the checks below instead.
+    if let Some(row) = q_values
+        .iter()
+        .position(Option::is_none)
+        .filter(|_| !checks.drop_nan)
+    {
         return Err(Error::bad_value(
             path,
             row,
