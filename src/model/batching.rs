@@ -14,6 +14,7 @@ use candle_core::{Device, Tensor};
 use crate::error::Result;
 use crate::model::reward_model::RewardOutput;
 use crate::model::template::Encoded;
+use crate::model::transformer::KvCache;
 
 /// The token id at padding positions. Any id would do (padding is masked, so outputs at real
 /// positions do not depend on it); 0 is in every vocabulary.
@@ -28,6 +29,24 @@ pub trait TokenModel {
 
     /// Where the inputs must live.
     fn device(&self) -> &Device;
+
+    /// The cache of one unpadded prompt, (1, prompt_len) u32, for
+    /// [`TokenModel::forward_after`]; `None` for a model that has no cache (its rows are run
+    /// whole).
+    fn prompt_cache(&self, _prompt_ids: &Tensor) -> Result<Option<KvCache>> {
+        Ok(None)
+    }
+
+    /// As [`TokenModel::forward`] for rows that continue the cached `prompt`: the outputs are
+    /// those of the prompt followed by each row, at the row's positions.
+    fn forward_after(
+        &self,
+        _input_ids: &Tensor,
+        _attention_mask: &Tensor,
+        _prompt: &KvCache,
+    ) -> Result<RewardOutput> {
+        Err(crate::Error::Model("this model has no prompt cache".into()))
+    }
 }
 
 /// Splits example indices into batches: sorted by length (longest first, so memory trouble
