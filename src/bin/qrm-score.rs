@@ -18,6 +18,10 @@
 //! to start over). `--shard i/n` scores every n-th row on several machines and
 //! `qrm-score merge part*.parquet -o all.parquet` joins the parts.
 //!
+//! Sample sets: rows whose encoded prompts are equal (N responses to one question) are scored
+//! after that prompt's keys and values, computed once (`--shared-prompt on`, the default);
+//! the scores equal those of the whole sequences. `--shared-prompt off` runs every row whole.
+//!
 //! A header-only input (columns, no rows) is an error, and so is a model directory that looks
 //! like an unfinished `qrm-train` run (no `train_config.json`). Exit codes: 0 ok, 1 bad data or
 //! model, 2 bad flags (`--device gpu0`, `--template chatm`, `--batch-tokens 0`, `--max-len`
@@ -87,6 +91,12 @@ struct Args {
     #[arg(long, value_name = "i/n")]
     shard: Option<Shard>,
 
+    /// Rows of one prompt (same question and template) are scored after the prompt's cached
+    /// keys and values, computed once: `off` runs every row whole (same scores, for
+    /// comparison).
+    #[arg(long, value_enum, default_value_t = Switch::On, value_name = "on|off")]
+    shared_prompt: Switch,
+
     /// Also write `tokens`, the decoded scored tokens (for qrm-plot tokens), and `token_offsets`,
     /// where each starts in the response (for qrm-filter --localise).
     #[arg(long)]
@@ -97,6 +107,13 @@ struct Args {
 
     #[command(flatten)]
     common: qrm::cli::CommonArgs,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Subcommand, Debug)]
@@ -144,6 +161,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         batch_tokens: args.batch.batch_tokens,
         goal,
         emit_tokens: args.emit_tokens,
+        shared_prompt: args.shared_prompt == Switch::On,
     };
     let run = RunOptions {
         chunk_rows: args.chunk_rows,

@@ -30,11 +30,16 @@ pub trait TokenModel {
     /// Where the inputs must live.
     fn device(&self) -> &Device;
 
+    /// Whether [`TokenModel::prompt_cache`] and [`TokenModel::forward_after`] work; a model
+    /// without them has its rows run whole.
+    fn has_prompt_cache(&self) -> bool {
+        false
+    }
+
     /// The cache of one unpadded prompt, (1, prompt_len) u32, for
-    /// [`TokenModel::forward_after`]; `None` for a model that has no cache (its rows are run
-    /// whole).
-    fn prompt_cache(&self, _prompt_ids: &Tensor) -> Result<Option<KvCache>> {
-        Ok(None)
+    /// [`TokenModel::forward_after`].
+    fn prompt_cache(&self, _prompt_ids: &Tensor) -> Result<KvCache> {
+        Err(crate::Error::Model("this model has no prompt cache".into()))
     }
 
     /// As [`TokenModel::forward`] for rows that continue the cached `prompt`: the outputs are

@@ -167,8 +167,12 @@ impl TokenModel for RewardModel {
         self.transformer.device()
     }
 
-    fn prompt_cache(&self, prompt_ids: &Tensor) -> Result<Option<KvCache>> {
-        Ok(Some(self.transformer.prefill(prompt_ids, None)?.1))
+    fn has_prompt_cache(&self) -> bool {
+        true
+    }
+
+    fn prompt_cache(&self, prompt_ids: &Tensor) -> Result<KvCache> {
+        Ok(self.transformer.prefill(prompt_ids, None)?.1)
     }
 
     fn forward_after(

@@ -11,17 +11,24 @@
 //! Every row carries `rm` (the model's name) and `rm_id`, `rm@` plus 12 hex chars of a hash
 //! of the weights, tokenizer and goal ([`ModelIdentity::rm_id`]), so two different models in
 //! folders of the same name do not pool.
+//!
+//! Sample sets (N responses to one question) share their prompt: with
+//! [`ScoreOptions::shared_prompt`] the prompt's keys and values are computed once and its rows'
+//! responses attend to them ([`crate::model::transformer::KvCache`]), which gives the scores of
+//! the whole sequences while running each prompt token once instead of N times.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use polars::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::batching::{run_batches, TokenModel};
+use crate::model::batching::{pad_right, plan_batches, TokenModel};
 #[cfg(doc)]
 use crate::model::loading::ModelIdentity;
 use crate::model::template::{Encoded, Encoder, TruncationCounts};
+use crate::model::RewardOutput;
 use crate::pipeline::schema::{
     Columns, QUESTION, Q_VALUES, RESPONSE, RESPONSE_TOKENS, REWARD, RM, RM_ID, TOKENS,
     TOKEN_OFFSETS, TOKEN_REWARDS,
@@ -40,6 +47,10 @@ pub struct ScoreOptions {
     pub goal: Option<Tensor>,
     /// Also write `tokens` (the decoded scored tokens) and `token_offsets`.
     pub emit_tokens: bool,
+    /// Score rows of one encoded prompt after that prompt's cached keys and values, computed
+    /// once (`--shared-prompt on`, the default); off runs every row whole. The scores are the
+    /// same either way (to float rounding).
+    pub shared_prompt: bool,
 }
 
 /// The scores of one row; all `None` for a row skipped by truncation.
@@ -67,7 +78,35 @@ pub struct ScoreSummary {
     pub truncation: TruncationCounts,
 }
 
+/// Rows that share one encoded prompt (the same tokens before the response), in order of
+/// first appearance, for the groups of two or more rows that have a prompt and a scored token.
+fn prompt_groups(encoded: &[Encoded]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut by_prompt: HashMap<&[u32], usize> = HashMap::new();
+    for (index, example) in encoded.iter().enumerate() {
+        let start = example.response_start;
+        if start == 0 || example.input_ids.len() <= start {
+            continue;
+        }
+        let group = *by_prompt
+            .entry(&example.input_ids[..start])
+            .or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+        groups[group].push(index);
+    }
+    groups.retain(|group| group.len() > 1);
+    groups
+}
+
 /// Scores encoded rows; the result is in the order of `encoded`.
+///
+/// With [`ScoreOptions::shared_prompt`] (and a model with a prompt cache), rows whose encoded
+/// prompts are equal are scored together: the prompt once (batch 1), its keys and values
+/// cached, then the rows' own tokens in length-sorted batches that attend to it (each batch's
+/// rows × (prompt + longest row) within the token budget, as when the rows run whole). The
+/// scores equal those of the whole sequences; rows of a prompt of their own run whole.
 pub fn score_encoded(
     model: &dyn TokenModel,
     encoder: &Encoder,
@@ -77,62 +116,127 @@ pub fn score_encoded(
 ) -> Result<Vec<RowScore>> {
     let mut scores = vec![RowScore::default(); encoded.len()];
     let batch_tokens = options.batch_tokens.max(1);
-    run_batches(
-        model,
-        encoded,
-        batch_tokens,
-        |indices, hidden, token_rewards| {
-            let rewards = token_rewards.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            let cosines = match &options.goal {
-                Some(goal) => {
-                    let (rows, seq_len, width) = hidden.dims3()?;
-                    if goal.elem_count() != width {
-                        return Err(Error::Model(format!(
-                            "the goal state has {} values but the model's hidden size is {width}: \
-                             it was made with another model",
-                            goal.elem_count()
-                        )));
-                    }
-                    let flat = hidden.reshape((rows * seq_len, width))?; // (rows*seq_len, hidden)
-                    let cosines = cosine_with_goal(&flat, goal)?; // (rows*seq_len,)
-                    Some(cosines.reshape((rows, seq_len))?.to_vec2::<f32>()?)
-                }
-                None => None,
+    let groups = if options.shared_prompt && model.has_prompt_cache() {
+        prompt_groups(encoded)
+    } else {
+        Vec::new()
+    };
+    let device = model.device();
+    let mut lengths: Vec<usize> = encoded.iter().map(|e| e.input_ids.len()).collect();
+    for &index in groups.iter().flatten() {
+        lengths[index] = 0; // scored below, after their prompt's cache
+    }
+    for indices in plan_batches(&lengths, batch_tokens) {
+        let batch: Vec<&Encoded> = indices.iter().map(|&i| &encoded[i]).collect();
+        let (input_ids, attention_mask) = pad_right(&batch, device)?;
+        let output = model.forward(&input_ids, &attention_mask)?;
+        let rows = Batch {
+            indices: &indices,
+            output: &output,
+            offset: 0,
+        };
+        on_tokens(rows.fill(&mut scores, encoder, encoded, options)?);
+    }
+    for group in &groups {
+        let first = &encoded[group[0]];
+        let prompt_len = first.response_start;
+        let prompt = Tensor::new(&first.input_ids[..prompt_len], device)?.unsqueeze(0)?;
+        let cache = model.prompt_cache(&prompt)?;
+        let continuations: Vec<Encoded> = group
+            .iter()
+            .map(|&i| Encoded {
+                input_ids: encoded[i].input_ids[prompt_len..].to_vec(),
+                ..Encoded::default()
+            })
+            .collect();
+        let whole: Vec<usize> = group.iter().map(|&i| encoded[i].input_ids.len()).collect();
+        for members in plan_batches(&whole, batch_tokens) {
+            let batch: Vec<&Encoded> = members.iter().map(|&m| &continuations[m]).collect();
+            let (input_ids, attention_mask) = pad_right(&batch, device)?;
+            let output = model.forward_after(&input_ids, &attention_mask, &cache)?;
+            let indices: Vec<usize> = members.iter().map(|&m| group[m]).collect();
+            let rows = Batch {
+                indices: &indices,
+                output: &output,
+                offset: prompt_len,
             };
-            let mut tokens = 0;
-            for (row, &index) in indices.iter().enumerate() {
-                let example = &encoded[index];
-                let (start, end) = (example.response_start, example.input_ids.len());
-                tokens += end;
-                let tokens_text = if options.emit_tokens {
-                    let decoded = example.input_ids[start..end]
-                        .iter()
-                        .map(|&id| {
-                            encoder
-                                .tokenizer
-                                .decode(&[id], false)
-                                .map_err(|e| Error::Model(format!("tokenizer: {e}")))
-                        })
-                        .collect::<Result<Vec<String>>>()?;
-                    Some(decoded)
-                } else {
-                    None
-                };
-                scores[index] = RowScore {
-                    reward: Some(rewards[row][end - 1]),
-                    token_rewards: Some(rewards[row][start..end].to_vec()),
-                    q_values: cosines.as_ref().map(|c| c[row][start..end].to_vec()),
-                    tokens: tokens_text,
-                    token_offsets: options
-                        .emit_tokens
-                        .then(|| example.response_offsets.clone()),
-                };
-            }
-            on_tokens(tokens);
-            Ok(())
-        },
-    )?;
+            on_tokens(rows.fill(&mut scores, encoder, encoded, options)?);
+        }
+    }
     Ok(scores)
+}
+
+/// One batch's model output: row `r` belongs to `encoded[indices[r]]`, whose position `p` is
+/// column `p − offset` of the tensors (`offset` the cached prompt's length, 0 for whole rows).
+struct Batch<'a> {
+    indices: &'a [usize],
+    output: &'a RewardOutput,
+    offset: usize,
+}
+
+impl Batch<'_> {
+    /// Writes the batch's rows into `scores`; returns the tokens of their whole sequences.
+    fn fill(
+        &self,
+        scores: &mut [RowScore],
+        encoder: &Encoder,
+        encoded: &[Encoded],
+        options: &ScoreOptions,
+    ) -> Result<usize> {
+        let hidden = &self.output.hidden;
+        let rewards = self
+            .output
+            .token_rewards
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        let cosines = match &options.goal {
+            Some(goal) => {
+                let (rows, seq_len, width) = hidden.dims3()?;
+                if goal.elem_count() != width {
+                    return Err(Error::Model(format!(
+                        "the goal state has {} values but the model's hidden size is {width}: \
+                         it was made with another model",
+                        goal.elem_count()
+                    )));
+                }
+                let flat = hidden.reshape((rows * seq_len, width))?; // (rows*seq_len, hidden)
+                let cosines = cosine_with_goal(&flat, goal)?; // (rows*seq_len,)
+                Some(cosines.reshape((rows, seq_len))?.to_vec2::<f32>()?)
+            }
+            None => None,
+        };
+        let mut tokens = 0;
+        for (row, &index) in self.indices.iter().enumerate() {
+            let example = &encoded[index];
+            let (start, end) = (example.response_start, example.input_ids.len());
+            tokens += end;
+            let tokens_text = if options.emit_tokens {
+                let decoded = example.input_ids[start..end]
+                    .iter()
+                    .map(|&id| {
+                        encoder
+                            .tokenizer
+                            .decode(&[id], false)
+                            .map_err(|e| Error::Model(format!("tokenizer: {e}")))
+                    })
+                    .collect::<Result<Vec<String>>>()?;
+                Some(decoded)
+            } else {
+                None
+            };
+            let (first, last) = (start - self.offset, end - self.offset);
+            scores[index] = RowScore {
+                reward: Some(rewards[row][last - 1]),
+                token_rewards: Some(rewards[row][first..last].to_vec()),
+                q_values: cosines.as_ref().map(|c| c[row][first..last].to_vec()),
+                tokens: tokens_text,
+                token_offsets: options
+                    .emit_tokens
+                    .then(|| example.response_offsets.clone()),
+            };
+        }
+        Ok(tokens)
+    }
 }
 
 /// A List column from one series per row (`None` → a null list), cast to `List<inner>`.
@@ -258,7 +362,9 @@ pub fn score_frame(
 mod tests {
     use super::*;
     use crate::model::template::{EosPolicy, Truncation};
-    use crate::score::test_support::{assert_frames_close, generations, list_values, options};
+    use crate::score::test_support::{
+        assert_frames_close, generations, list_values, options, sample_sets,
+    };
     use candle_core::Device;
 
     use crate::testing::{tiny_encoder, tiny_llama};
@@ -284,6 +390,59 @@ mod tests {
             score_frame(&model, &encoder, &frame, path, &options(150, true), |_| {}).unwrap();
         assert_frames_close(&one, &many, 1e-5);
         assert_frames_close(&one, &some, 1e-5);
+    }
+
+    #[test]
+    fn shared_prompts_give_the_scores_of_whole_rows_in_input_order() {
+        // 4 questions × 6 samples, interleaved, with a goal (q_values) and decoded tokens.
+        let encoder = tiny_encoder();
+        let model = tiny_llama();
+        let frame = sample_sets(4, 6);
+        let path = Path::new("<test>");
+        let encoded: Vec<Encoded> = (0..frame.height())
+            .map(|i| {
+                let text = |name: &str| frame.column(name).unwrap().str().unwrap().get(i);
+                encoder
+                    .encode(text(QUESTION).unwrap(), text(RESPONSE).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        let groups = prompt_groups(&encoded);
+        assert_eq!(groups.len(), 4);
+        assert_eq!(groups[1], vec![1, 5, 9, 13, 17, 21]);
+        let mut shared = options(100_000, true);
+        shared.emit_tokens = true;
+        let whole = ScoreOptions {
+            shared_prompt: false,
+            ..shared.clone()
+        };
+        let (expected, _) = score_frame(&model, &encoder, &frame, path, &whole, |_| {}).unwrap();
+        // One batch per prompt, and batches of 1 to 3 rows (150 tokens hold 2–3 rows of ~50).
+        for batch_tokens in [100_000, 150, 1] {
+            let shared = ScoreOptions {
+                batch_tokens,
+                ..shared.clone()
+            };
+            let mut tokens = 0;
+            let (got, summary) =
+                score_frame(&model, &encoder, &frame, path, &shared, |n| tokens += n).unwrap();
+            assert_frames_close(&got, &expected, 1e-5);
+            assert_eq!(tokens, summary.tokens, "progress counts every row's tokens");
+            for name in ["tokens", "token_offsets"] {
+                assert_eq!(got.column(name).unwrap(), expected.column(name).unwrap());
+            }
+        }
+        // Row 5 by hand: its scores read off the whole sequence run alone.
+        let hidden = crate::score::test_support::hidden_alone(&model, &encoded[5].input_ids);
+        let rewards = model.rewards_from_hidden(&hidden).unwrap();
+        let rewards = rewards.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let (scored, _) = score_frame(&model, &encoder, &frame, path, &shared, |_| {}).unwrap();
+        let got = list_values(&scored, TOKEN_REWARDS)[5].clone().unwrap();
+        let expected = &rewards[encoded[5].response_start..];
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-5, "{g} vs {e}");
+        }
     }
 
     #[test]
