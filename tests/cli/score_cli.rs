@@ -243,6 +243,46 @@ fn batch_size_does_not_change_scores() {
 }
 
 #[test]
+fn shared_prompts_score_as_whole_rows() {
+    // 4 questions × 3 samples, interleaved, so the shared path scores sample sets.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("samples.parquet");
+    let questions: Vec<String> = (0..12).map(|i| format!("What is {} + 1?", i % 4)).collect();
+    let responses: Vec<String> = (0..12)
+        .map(|i| format!("{} + 1 = {}.{}", i % 4, i, " Yes.".repeat(i % 5)))
+        .collect();
+    let mut frame = df!("question" => questions, "response" => responses).unwrap();
+    write_parquet(&input, &mut frame);
+    let goal = dir.path().join("goal.safetensors");
+    generations(dir.path(), 4);
+    tool("qrm-embed", "chatml")
+        .arg(dir.path().join("pairs.parquet"))
+        .arg("-o")
+        .arg(&goal)
+        .assert()
+        .success();
+    let mut outputs = Vec::new();
+    for switch in ["on", "off"] {
+        let out = dir.path().join(format!("scores-{switch}.parquet"));
+        tool("qrm-score", "chatml")
+            .arg(&input)
+            .arg("--goal")
+            .arg(&goal)
+            .args(["--shared-prompt", switch, "-o"])
+            .arg(&out)
+            .assert()
+            .success();
+        outputs.push(read_table(&out).unwrap());
+    }
+    assert_close(&outputs[0], &outputs[1]);
+    tool("qrm-score", "chatml")
+        .arg(&input)
+        .args(["--shared-prompt", "maybe"])
+        .assert()
+        .code(2);
+}
+
+#[test]
 fn shards_then_merge_equal_one_run() {
     let dir = tempfile::tempdir().unwrap();
     let input = generations(dir.path(), 11);
