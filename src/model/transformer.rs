@@ -765,8 +765,7 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        let diff = max_abs_diff(a, b) / scale.max(1.0);
-        diff
+        max_abs_diff(a, b) / scale.max(1.0)
     }
 
     /// The hidden states of `prompt ++ row` run alone, at the row's positions.
