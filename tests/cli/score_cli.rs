@@ -293,17 +293,59 @@ fn shards_then_merge_equal_one_run() {
         .arg(&full)
         .assert()
         .success();
+    // Shard 0 given as i/n, shard 1 from a Slurm array (--array=1-3: task 2 is shard 1),
+    // shard 2 from a Kubernetes Indexed Job's index with --shard-count.
+    let scheduler_vars = [
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_STEP",
+        "SLURM_ARRAY_TASK_COUNT",
+        "JOB_COMPLETION_INDEX",
+    ];
+    let shards: [(&[&str], &[(&str, &str)]); 3] = [
+        (&["--shard", "0/3"], &[]),
+        (
+            &["--shard", "env"],
+            &[
+                ("SLURM_ARRAY_TASK_ID", "2"),
+                ("SLURM_ARRAY_TASK_MIN", "1"),
+                ("SLURM_ARRAY_TASK_COUNT", "3"),
+            ],
+        ),
+        (
+            &["--shard", "env", "--shard-count", "3"],
+            &[("JOB_COMPLETION_INDEX", "2")],
+        ),
+    ];
     let mut parts = Vec::new();
-    for shard in ["0/3", "1/3", "2/3"] {
-        let part = dir.path().join(format!("part{}.parquet", &shard[..1]));
-        tool("qrm-score", "chatml")
+    for (index, (flags, vars)) in shards.iter().enumerate() {
+        let part = dir.path().join(format!("part{index}.parquet"));
+        let mut command = tool("qrm-score", "chatml");
+        for var in scheduler_vars {
+            command.env_remove(var);
+        }
+        command
+            .envs(vars.iter().copied())
             .arg(&input)
-            .args(["--shard", shard, "--chunk-rows", "2", "-o"])
+            .args(*flags)
+            .args(["--chunk-rows", "2", "-o"])
             .arg(&part)
             .assert()
             .success();
+        let rows = read_table(&part).unwrap().height();
+        assert_eq!(rows, [4, 4, 3][index], "shard {index}: 11 rows mod 3");
         parts.push(part);
     }
+    let mut command = tool("qrm-score", "chatml");
+    for var in scheduler_vars {
+        command.env_remove(var);
+    }
+    command
+        .arg(&input)
+        .args(["--shard", "env"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("neither SLURM_ARRAY_TASK_ID"));
     let merged = dir.path().join("merged.parquet");
     Command::cargo_bin("qrm-score")
         .unwrap()
