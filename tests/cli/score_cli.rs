@@ -302,7 +302,9 @@ fn shards_then_merge_equal_one_run() {
         "SLURM_ARRAY_TASK_COUNT",
         "JOB_COMPLETION_INDEX",
     ];
-    let shards: [(&[&str], &[(&str, &str)]); 3] = [
+    type Flags<'a> = &'a [&'a str];
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+    let shards: [(Flags, Vars); 3] = [
         (&["--shard", "0/3"], &[]),
         (
             &["--shard", "env"],
