@@ -17,14 +17,13 @@
 //! responses attend to them ([`crate::model::transformer::KvCache`]), which gives the scores of
 //! the whole sequences while running each prompt token once instead of N times.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use polars::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::batching::{pad_right, plan_batches, TokenModel};
+use crate::model::batching::{run_batches_sharing_prompts, TokenModel};
 #[cfg(doc)]
 use crate::model::loading::ModelIdentity;
 use crate::model::template::{Encoded, Encoder, TruncationCounts};
@@ -78,35 +77,12 @@ pub struct ScoreSummary {
     pub truncation: TruncationCounts,
 }
 
-/// Rows that share one encoded prompt (the same tokens before the response), in order of
-/// first appearance, for the groups of two or more rows that have a prompt and a scored token.
-fn prompt_groups(encoded: &[Encoded]) -> Vec<Vec<usize>> {
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut by_prompt: HashMap<&[u32], usize> = HashMap::new();
-    for (index, example) in encoded.iter().enumerate() {
-        let start = example.response_start;
-        if start == 0 || example.input_ids.len() <= start {
-            continue;
-        }
-        let group = *by_prompt
-            .entry(&example.input_ids[..start])
-            .or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
-        groups[group].push(index);
-    }
-    groups.retain(|group| group.len() > 1);
-    groups
-}
-
 /// Scores encoded rows; the result is in the order of `encoded`.
 ///
 /// With [`ScoreOptions::shared_prompt`] (and a model with a prompt cache), rows whose encoded
-/// prompts are equal are scored together: the prompt once (batch 1), its keys and values
-/// cached, then the rows' own tokens in length-sorted batches that attend to it (each batch's
-/// rows × (prompt + longest row) within the token budget, as when the rows run whole). The
-/// scores equal those of the whole sequences; rows of a prompt of their own run whole.
+/// prompts are equal are scored after that prompt's cached keys and values, computed once
+/// ([`run_batches_sharing_prompts`]); the scores equal those of the whole sequences. Rows of a
+/// prompt of their own run whole.
 pub fn score_encoded(
     model: &dyn TokenModel,
     encoder: &Encoder,
@@ -115,54 +91,21 @@ pub fn score_encoded(
     mut on_tokens: impl FnMut(usize),
 ) -> Result<Vec<RowScore>> {
     let mut scores = vec![RowScore::default(); encoded.len()];
-    let batch_tokens = options.batch_tokens.max(1);
-    let groups = if options.shared_prompt && model.has_prompt_cache() {
-        prompt_groups(encoded)
-    } else {
-        Vec::new()
-    };
-    let device = model.device();
-    let mut lengths: Vec<usize> = encoded.iter().map(|e| e.input_ids.len()).collect();
-    for &index in groups.iter().flatten() {
-        lengths[index] = 0; // scored below, after their prompt's cache
-    }
-    for indices in plan_batches(&lengths, batch_tokens) {
-        let batch: Vec<&Encoded> = indices.iter().map(|&i| &encoded[i]).collect();
-        let (input_ids, attention_mask) = pad_right(&batch, device)?;
-        let output = model.forward(&input_ids, &attention_mask)?;
-        let rows = Batch {
-            indices: &indices,
-            output: &output,
-            offset: 0,
-        };
-        on_tokens(rows.fill(&mut scores, encoder, encoded, options)?);
-    }
-    for group in &groups {
-        let first = &encoded[group[0]];
-        let prompt_len = first.response_start;
-        let prompt = Tensor::new(&first.input_ids[..prompt_len], device)?.unsqueeze(0)?;
-        let cache = model.prompt_cache(&prompt)?;
-        let continuations: Vec<Encoded> = group
-            .iter()
-            .map(|&i| Encoded {
-                input_ids: encoded[i].input_ids[prompt_len..].to_vec(),
-                ..Encoded::default()
-            })
-            .collect();
-        let whole: Vec<usize> = group.iter().map(|&i| encoded[i].input_ids.len()).collect();
-        for members in plan_batches(&whole, batch_tokens) {
-            let batch: Vec<&Encoded> = members.iter().map(|&m| &continuations[m]).collect();
-            let (input_ids, attention_mask) = pad_right(&batch, device)?;
-            let output = model.forward_after(&input_ids, &attention_mask, &cache)?;
-            let indices: Vec<usize> = members.iter().map(|&m| group[m]).collect();
+    run_batches_sharing_prompts(
+        model,
+        encoded,
+        options.batch_tokens.max(1),
+        options.shared_prompt,
+        |indices, output, offset| {
             let rows = Batch {
-                indices: &indices,
-                output: &output,
-                offset: prompt_len,
+                indices,
+                output,
+                offset,
             };
             on_tokens(rows.fill(&mut scores, encoder, encoded, options)?);
-        }
-    }
+            Ok(())
+        },
+    )?;
     Ok(scores)
 }
 
@@ -407,7 +350,7 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        let groups = prompt_groups(&encoded);
+        let groups = crate::model::batching::prompt_groups(&encoded);
         assert_eq!(groups.len(), 4);
         assert_eq!(groups[1], vec![1, 5, 9, 13, 17, 21]);
         let mut shared = options(100_000, true);
