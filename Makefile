@@ -3,6 +3,7 @@
 #   make demo         the main job on the embedded default task (README's first command)
 #   make repro-gsm8k  the same chain on real GSM8K generations (ZeroEval, 42 LLMs), ~1 hour
 #   make learning     does training learn? BT and Q eval accuracy on independent synthetic pairs
+#   make prm800k      step-level AUROC and error localisation on PRM800K's human step labels
 #   make test         the test suite (README's second command; CI runs it)
 #   make score-sharded SHARDS=n   qrm-score as n parallel local shards, merged (docs/sharded-scoring.md)
 #
@@ -33,19 +34,28 @@ EMBED_LIMIT ?= 96
 PAIRS_FLAGS = --max-questions $(MAX_QUESTIONS) --holdout-samples $(HOLDOUT_SAMPLES) --max-per-question $(PER_QUESTION)
 W := .cache/gsm8k
 D := reports/gsm8k
+# No first error is known in real data: the calibrated table has no localisation columns.
+CALIBRATED_FLAGS :=
 else
 # ---- the demo's sizes (chosen to fit ~15 minutes on a 2-core CPU; reports/demo states them):
 # QUESTIONS in-distribution questions, HOLDOUT of them held out, the rest paired for training;
 # OOD_QUESTIONS out-of-distribution questions, all held out.
-QUESTIONS ?= 100
+QUESTIONS ?= 300
 OOD_QUESTIONS ?= 30
 SAMPLES ?= 8
-MISTAKES ?= obvious
-HOLDOUT ?= 0.3
-PER_QUESTION ?= 8
+# Mistakes found by comparing spans, mid-solution (a number copied wrongly from the question, a
+# result carried wrongly), with a question's samples sharing one phrasing: reports/learning
+# measures why (SmolLM2-135M learns neither realistic slips nor per-sample phrasings from a
+# laptop-sized run).
+MISTAKES ?= span
+PHRASING ?= question
+HOLDOUT ?= 0.15
+# Many questions, few pairs each: with 8 pairs a question from 54 training questions the RMs
+# memorised the questions (eval accuracy fell below 0.5 as the training loss fell).
+PER_QUESTION ?= 2
 BATCH ?= 8
 MICRO_BATCH ?= 8
-STEPS ?= 40
+STEPS ?= 80
 LR ?= 1e-3
 EMBED_LIMIT ?= 64
 # Every correct × incorrect combination (up to PER_QUESTION a question): more pairs from the
@@ -53,9 +63,10 @@ EMBED_LIMIT ?= 64
 PAIRS_FLAGS = --reuse --max-per-question $(PER_QUESTION)
 W := .cache/demo
 D := reports/demo
+CALIBRATED_FLAGS := --localise
 endif
 
-.PHONY: score-sharded test build demo repro-gsm8k learning cuda-dist report model clean-demo clean-gsm8k clean-learning
+.PHONY: score-sharded test build demo repro-gsm8k learning prm800k cuda-dist report model clean-demo clean-gsm8k clean-learning clean-prm800k
 .DELETE_ON_ERROR:
 
 # $(call) splits its arguments on commas, so lists inside a timed command use these.
@@ -82,11 +93,11 @@ $(W)/generations.parquet: | build
 ifeq ($(TASK),gsm8k)
 	$(call timed,import,$(BIN)/qrm-import $(ZEROEVAL) -o $@)
 else
-	$(call timed,synth,$(BIN)/qrm-synth --questions $(QUESTIONS) --samples $(SAMPLES) --split id --mistakes $(MISTAKES) --seed $(SEED) -o $@)
+	$(call timed,synth,$(BIN)/qrm-synth --questions $(QUESTIONS) --samples $(SAMPLES) --split id --mistakes $(MISTAKES) --phrasing $(PHRASING) --seed $(SEED) -o $@)
 
 # As in the paper, out-of-distribution questions are for evaluation only.
 $(W)/ood.parquet: | build
-	$(call timed,synth-ood,$(BIN)/qrm-synth --questions $(OOD_QUESTIONS) --samples $(SAMPLES) --split ood --mistakes $(MISTAKES) --seed $(SEED) -o $@)
+	$(call timed,synth-ood,$(BIN)/qrm-synth --questions $(OOD_QUESTIONS) --samples $(SAMPLES) --split ood --mistakes $(MISTAKES) --phrasing $(PHRASING) --seed $(SEED) -o $@)
 endif
 
 $(W)/pairs.parquet $(W)/held-id.parquet &: $(W)/generations.parquet
@@ -129,6 +140,13 @@ $(D)/partial.md: $(W)/scores.parquet
 	@mkdir -p $(D)
 	$(call timed,partial,$(BIN)/qrm-auroc $< --percentiles $(PERCENTILES) --ci samples --plot $(D)/partial.png --format markdown -o $@)
 
+# The Q-value itself along the response: at each tenth, the Q-value there (`q_last`) and its
+# running minimum (`q_min`, what Q-filtering thresholds).
+$(D)/partial-q.md: $(W)/scores.parquet
+	@mkdir -p $(D)
+	$(call timed,partial-q,$(BIN)/qrm-auroc $< --score q_last --percentiles $(PERCENTILES) --ci samples --format markdown -o $@)
+	$(call timed,partial-qmin,$(BIN)/qrm-auroc $< --score q_min --percentiles $(PERCENTILES) --ci samples --plot $(D)/partial-qmin.png --format markdown -o $(D)/partial-qmin.md)
+
 $(D)/filter.md: $(W)/scores.parquet
 	@mkdir -p $(D)
 	$(call timed,filter,$(BIN)/qrm-filter $< --format markdown -o $@)
@@ -137,9 +155,19 @@ $(D)/filter-reference.md: $(W)/scores.parquet
 	@mkdir -p $(D)
 	$(call timed,filter-reference,$(BIN)/qrm-filter $< --vote reference --format markdown -o $@)
 
+# Calibrated thresholds: θ per RM from half of the held-out questions (question-disjoint,
+# seeded), reported on the other half.
+$(D)/calibrated.md: $(W)/scores.parquet
+	@mkdir -p $(D)
+	$(call timed,calibrated,$(BIN)/qrm-filter $< --calibrate-fraction 0.5 --seed $(SEED) --max-false-drop 0.1 $(CALIBRATED_FLAGS) --format markdown -o $@)
+
 $(D)/sweep.md: $(W)/scores.parquet
 	@mkdir -p $(D)
-	$(call timed,sweep,$(BIN)/qrm-filter $< --sweep=-0.3:0.5:0.1 --plot $(D)/sweep.png --format markdown -o $@)
+	$(call timed,sweep,$(BIN)/qrm-filter $< --calibrate-fraction 0.5 --seed $(SEED) --sweep-alpha 0.05:0.5:0.05 --plot $(D)/sweep.png --format markdown -o $@)
+
+$(D)/sweep-threshold.md: $(W)/scores.parquet
+	@mkdir -p $(D)
+	$(call timed,sweep-threshold,$(BIN)/qrm-filter $< --sweep=-0.3:0.5:0.1 --plot $(D)/sweep-threshold.png --format markdown -o $@)
 
 $(D)/topk.md: $(W)/scores.parquet
 	@mkdir -p $(D)
@@ -162,14 +190,15 @@ $(D)/tokens.svg: $(W)/scores-q.parquet
 	@mkdir -p $(D)
 	$(call timed,plot-tokens,$(BIN)/qrm-plot tokens $< --row 1 -o $@)
 
-DEMO_PARTS := $(D)/auroc.md $(D)/partial.md $(D)/filter.md $(D)/filter-reference.md $(D)/sweep.md \
+DEMO_PARTS := $(D)/auroc.md $(D)/partial.md $(D)/partial-q.md $(D)/filter.md $(D)/filter-reference.md $(D)/calibrated.md \
+	$(D)/sweep.md $(D)/sweep-threshold.md \
 	$(D)/topk.md $(D)/correlation.md $(D)/training.png $(D)/tokens.svg
 ifneq ($(TASK),gsm8k)
 DEMO_PARTS += $(D)/localisation.md
 endif
 
 $(D)/README.md: $(DEMO_PARTS) scripts/demo-report.sh
-	TASK=$(TASK) QUESTIONS=$(QUESTIONS) OOD_QUESTIONS=$(OOD_QUESTIONS) SAMPLES=$(SAMPLES) MISTAKES=$(MISTAKES) HOLDOUT=$(HOLDOUT) \
+	TASK=$(TASK) QUESTIONS=$(QUESTIONS) OOD_QUESTIONS=$(OOD_QUESTIONS) SAMPLES=$(SAMPLES) MISTAKES=$(MISTAKES) PHRASING=$(PHRASING) HOLDOUT=$(HOLDOUT) \
 	STEPS=$(STEPS) BATCH=$(BATCH) MICRO_BATCH=$(MICRO_BATCH) LR=$(LR) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) MODEL=$(MODEL) \
 	EMBED_LIMIT=$(EMBED_LIMIT) ZEROEVAL=$(ZEROEVAL) MAX_QUESTIONS=$(MAX_QUESTIONS) \
 	HOLDOUT_SAMPLES=$(HOLDOUT_SAMPLES) PER_QUESTION=$(PER_QUESTION) \
@@ -211,13 +240,18 @@ score-sharded: $(SCORE_INPUT) $(SCORE_RM) | build
 	$(BIN)/qrm-score merge $(SHARD_PARTS) -o $(SCORE_OUT)
 	@echo "wrote $(SCORE_OUT) from $(SHARDS) shards" >&2
 
-# ---- does training learn? Both objectives on synthetic pairs, one pair per question so the eval
-# pairs (qrm-train --eval-fraction of the questions, question-disjoint) are independent; the
-# report gives eval accuracy with its Wilson interval and binomial p-value. One run per
-# mistake kind in LEARN_MISTAKES and objective; ~15 minutes each on 2 cores.
-LEARN_QUESTIONS ?= 500
-LEARN_MISTAKES ?= answer obvious
-LEARN_STEPS ?= 80
+# ---- does training learn? Detectability of each kind of synthetic mistake: a linear probe on
+# the frozen model's final states (`--train-layers 0`: only the head and the final norm train)
+# and a short training run of the top TRAIN_LAYERS layers, with both objectives. One pair per
+# question so the eval pairs (qrm-train --eval-fraction of the questions, question-disjoint)
+# are independent; the report gives eval accuracy with its Wilson interval and binomial
+# p-value. ~6 minutes per kind for its trunk and ~2 per run on 2 idle cores. LEARN_RUNS adds
+# `probe` (--train-layers 0) and `q` runs.
+# Each entry is a `qrm-synth --mistakes` kind, phrased per question (minimal pairs, as in the
+# demo), or KIND-sample for per-sample phrasing.
+LEARN_QUESTIONS ?= 300
+LEARN_MISTAKES ?= subtle copy carry copy-sample carry-sample
+LEARN_STEPS ?= 40
 LEARN_EVAL ?= 0.25
 LW := .cache/learning
 LD := reports/learning
@@ -227,26 +261,109 @@ $(LW)/%: W = $(LW)
 define learning_pairs
 $(LW)/$(1)/pairs.parquet: | build
 	@mkdir -p $(LW)/$(1)
-	$$(call timed,synth-$(1),$(BIN)/qrm-synth --questions $(LEARN_QUESTIONS) --samples 8 --split id --mistakes $(1) --seed $(SEED) -o $(LW)/$(1)/generations.parquet)
+	$$(call timed,synth-$(1),$(BIN)/qrm-synth --questions $(LEARN_QUESTIONS) --samples 8 --split id --mistakes $(firstword $(subst -, ,$(1))) --phrasing $(if $(findstring -sample,$(1)),sample,question) --seed $(SEED) -o $(LW)/$(1)/generations.parquet)
 	$$(call timed,pairs-$(1),$(BIN)/qrm-pairs $(LW)/$(1)/generations.parquet --max-per-question 1 --seed $(SEED) -o $$@)
 endef
 
+# $(1) mistakes, $(2) objective, $(3) run name, $(4) trained layers (0: a probe on frozen states)
 define learning_run
-$(LW)/$(1)/$(2)/train_config.json: $(LW)/$(1)/pairs.parquet $(MODEL)
-	$$(call timed,train-$(1)-$(2),$(BIN)/qrm-train $$< --objective $(2) --model $(MODEL) --train-layers $(TRAIN_LAYERS) --batch-size 8 --micro-batch 8 --max-steps $(LEARN_STEPS) --lr 1e-3 --seed $(SEED) --cache $(LW)/trunk --eval-every 20 --eval-fraction $(LEARN_EVAL) --log $(LW)/$(1)/train-$(2).jsonl -o $(LW)/$(1)/$(2))
+$(LW)/$(1)/$(3)/train_config.json: $(LW)/$(1)/pairs.parquet $(MODEL)
+	$$(call timed,train-$(1)-$(3),$(BIN)/qrm-train $$< --objective $(2) --model $(MODEL) --train-layers $(4) --batch-size 8 --micro-batch 8 --max-steps $(LEARN_STEPS) --lr 1e-3 --seed $(SEED) --cache $(LW)/trunk-$(4) --eval-every 10 --eval-fraction $(LEARN_EVAL) --log $(LW)/$(1)/train-$(3).jsonl -o $(LW)/$(1)/$(3))
 endef
 
+LEARN_RUNS ?= bt
 $(foreach m,$(LEARN_MISTAKES),$(eval $(call learning_pairs,$(m))))
-$(foreach m,$(LEARN_MISTAKES),$(foreach o,bt q,$(eval $(call learning_run,$(m),$(o)))))
+$(foreach m,$(LEARN_MISTAKES),$(eval $(call learning_run,$(m),bt,probe,0)))
+$(foreach m,$(LEARN_MISTAKES),$(foreach o,bt q,$(eval $(call learning_run,$(m),$(o),$(o),$(TRAIN_LAYERS)))))
 
-$(LD)/README.md: $(foreach m,$(LEARN_MISTAKES),$(LW)/$(m)/bt/train_config.json $(LW)/$(m)/q/train_config.json) scripts/learning-report.sh
+$(LD)/README.md: $(foreach m,$(LEARN_MISTAKES),$(foreach r,$(LEARN_RUNS),$(LW)/$(m)/$(r)/train_config.json)) scripts/learning-report.sh
 	@mkdir -p $(LD)
-	LEARN_MISTAKES='$(LEARN_MISTAKES)' LEARN_QUESTIONS=$(LEARN_QUESTIONS) LEARN_STEPS=$(LEARN_STEPS) \
+	LEARN_MISTAKES='$(LEARN_MISTAKES)' LEARN_RUNS='$(LEARN_RUNS)' LEARN_QUESTIONS=$(LEARN_QUESTIONS) LEARN_STEPS=$(LEARN_STEPS) \
 	LEARN_EVAL=$(LEARN_EVAL) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) \
 	bash scripts/learning-report.sh $(LW) $(LD) > $@.tmp && mv $@.tmp $@
 
 learning: $(LD)/README.md
 	@echo "wrote $(LD)/README.md" >&2
+
+# ---- PRM800K phase 1 (human step ratings): pairs are a good (+1) and a bad (-1) next step of
+# one solution prefix from train_plus (question-disjoint from test); a seeded subset of the
+# test rows (PRM_TEST_PER_QUESTION rated prefixes per question) is scored, then step-level
+# AUROC and error localisation against the human labels. The defaults took ~35 minutes on 2
+# cores shared with two other training jobs (each model: ~10 min training, 2 min goal, 5 min
+# scoring 98 rows; reports/prm800k has the stage times). Rows longer than PRM_MAX_LEN tokens
+# are skipped (counted in the report), not cut.
+PRM_TRAIN ?= ../shared/data/prm800k/phase1_train_plus.stepwise-critic.parquet
+PRM_TEST ?= ../shared/data/prm800k/phase1_test.stepwise-critic.parquet
+PRM_TRAIN_QUESTIONS ?= 150
+PRM_PER_QUESTION ?= 2
+PRM_TEST_PER_QUESTION ?= 1
+PRM_STEPS ?= 20
+PRM_BATCH ?= 8
+PRM_MICRO_BATCH ?= 4
+PRM_LR ?= 1e-3
+PRM_MAX_LEN ?= 768
+PRM_EMBED_LIMIT ?= 32
+PW := .cache/prm800k
+PD := reports/prm800k
+# The stage timer and command list write to the PRM800K work directory.
+$(PW)/%: W = $(PW)
+$(PD)/%: W = $(PW)
+
+$(PW)/train.parquet: | build
+	$(call timed,import-train,$(BIN)/qrm-import $(PRM_TRAIN) --neutral drop -o $@ 2> $(PW)/import-train.log)
+
+$(PW)/test.parquet: | build
+	$(call timed,import-test,$(BIN)/qrm-import $(PRM_TEST) -o $@ 2> $(PW)/import-test.log)
+
+$(PW)/pairs.parquet: $(PW)/train.parquet
+	$(call timed,pairs,$(BIN)/qrm-pairs $< --group-col prefix_id --reuse --max-per-question $(PRM_PER_QUESTION) --max-questions $(PRM_TRAIN_QUESTIONS) --seed $(SEED) -o $@ 2> $(PW)/pairs.log)
+
+# Every test question held out, PRM_TEST_PER_QUESTION of its rated rows kept (a seeded draw).
+$(PW)/held.parquet: $(PW)/test.parquet
+	$(call timed,held,$(BIN)/qrm-pairs $< --split-questions 1 --holdout-samples $(PRM_TEST_PER_QUESTION) --seed $(SEED) --holdout $@ -o $(PW)/no-pairs.parquet 2> $(PW)/held.log)
+
+PRM_TRAIN_FLAGS = --model $(MODEL) --train-layers $(TRAIN_LAYERS) --batch-size $(PRM_BATCH) --micro-batch $(PRM_MICRO_BATCH) \
+	--max-steps $(PRM_STEPS) --lr $(PRM_LR) --seed $(SEED) --cache $(PW)/trunk --eval-every 10 --max-len $(PRM_MAX_LEN)
+
+$(PW)/bt/config.json: $(PW)/pairs.parquet $(MODEL)
+	$(call timed,train-bt,$(BIN)/qrm-train $< --objective bt $(PRM_TRAIN_FLAGS) --log $(PW)/train-bt.jsonl -o $(PW)/bt)
+
+$(PW)/q/config.json: $(PW)/pairs.parquet $(MODEL) $(PW)/bt/config.json
+	$(call timed,train-q,$(BIN)/qrm-train $< --objective q $(PRM_TRAIN_FLAGS) --log $(PW)/train-q.jsonl -o $(PW)/q)
+
+$(PW)/goal-%.safetensors: $(PW)/pairs.parquet $(PW)/%/config.json
+	$(call timed,embed-$*,$(BIN)/qrm-embed $< --rm $(PW)/$* --limit $(PRM_EMBED_LIMIT) --seed $(SEED) -o $@)
+
+$(PW)/scores-%.parquet: $(PW)/held.parquet $(PW)/goal-%.safetensors
+	$(call timed,score-$*,$(BIN)/qrm-score $< --rm $(PW)/$* --goal $(PW)/goal-$*.safetensors --emit-tokens --max-len $(PRM_MAX_LEN) --truncate skip -o $@ 2> $(PW)/score-$*.log)
+
+$(PW)/scores.parquet: $(PW)/scores-bt.parquet $(PW)/scores-q.parquet | $(PW)/goal-bt.safetensors $(PW)/goal-q.safetensors
+	$(call timed,cat,$(BIN)/qrm-cat $(PW)/scores-bt.parquet $(PW)/scores-q.parquet -o $@)
+
+# Step level: each rated step scored at its last token (the row's final token: these rows rate
+# their last step), +1 against -1, neutral steps left out; rows skipped by --truncate skip drop.
+$(PD)/steps.md: $(PW)/scores.parquet
+	@mkdir -p $(PD)
+	$(call timed,auroc-steps-q,$(BIN)/qrm-auroc $< --steps --score q_last --by rm --ci bootstrap --seed $(SEED) --drop-nan --format markdown -o $(PW)/steps-q.md)
+	$(call timed,auroc-steps-reward,$(BIN)/qrm-auroc $< --steps --score reward --by rm --ci bootstrap --seed $(SEED) --drop-nan --format markdown -o $(PW)/steps-reward.md)
+	$(call timed,auroc-steps-neutral,$(BIN)/qrm-auroc $< --steps --neutral-steps positive --score q_last --by rm --ci bootstrap --seed $(SEED) --drop-nan --format markdown -o $(PW)/steps-neutral.md)
+	{ cat $(PW)/steps-q.md; echo; cat $(PW)/steps-reward.md; echo; cat $(PW)/steps-neutral.md; } > $@
+
+$(PD)/localisation.md: $(PW)/scores.parquet
+	@mkdir -p $(PD)
+	$(call timed,localisation,$(BIN)/qrm-filter $< --localise --by rm --sweep=-0.2:0.4:0.2 --drop-nan --format markdown -o $@)
+
+$(PD)/README.md: $(PD)/steps.md $(PD)/localisation.md scripts/prm800k-report.sh
+	PRM_TRAIN=$(PRM_TRAIN) PRM_TEST=$(PRM_TEST) PRM_TRAIN_QUESTIONS=$(PRM_TRAIN_QUESTIONS) PRM_PER_QUESTION=$(PRM_PER_QUESTION) \
+	PRM_TEST_PER_QUESTION=$(PRM_TEST_PER_QUESTION) PRM_STEPS=$(PRM_STEPS) PRM_BATCH=$(PRM_BATCH) PRM_MICRO_BATCH=$(PRM_MICRO_BATCH) \
+	PRM_LR=$(PRM_LR) PRM_MAX_LEN=$(PRM_MAX_LEN) PRM_EMBED_LIMIT=$(PRM_EMBED_LIMIT) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) MODEL=$(MODEL) \
+	bash scripts/prm800k-report.sh $(PW) $(PD) > $@.tmp && mv $@.tmp $@
+
+prm800k:
+	@test -f $(PRM_TRAIN) -a -f $(PRM_TEST) || \
+		{ echo "no PRM800K data at $(PRM_TRAIN), $(PRM_TEST); set PRM_TRAIN= and PRM_TEST=" >&2; exit 1; }
+	@$(MAKE) --no-print-directory $(PD)/README.md
+	@echo "wrote $(PD)/README.md" >&2
 
 # The CUDA binaries and the device check's package (docs/cuda.md): CUDA 13.0 from the registry's
 # wheels, no GPU needed here; ~20 minutes on 2 cores.
@@ -261,3 +378,6 @@ clean-demo:
 
 clean-gsm8k:
 	rm -rf .cache/gsm8k reports/gsm8k
+
+clean-prm800k:
+	rm -rf $(PW) $(PD)

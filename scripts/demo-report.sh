@@ -50,11 +50,25 @@ Everything below comes from this run; rerun \`make demo\` to regenerate it.
 **What ran.** \`qrm-synth\` wrote ${QUESTIONS} in-distribution arithmetic word problems
 (\`synth-id\`, 2–3 steps) and ${OOD_QUESTIONS} out-of-distribution ones (\`synth-ood\`, 4–6 steps,
 larger numbers, new phrasings) with ${SAMPLES} sampled solutions each, some with an injected
-error at a known step (\`--mistakes ${MISTAKES}\`). \`qrm-pairs\` held out a fraction ${HOLDOUT} of
+error at a known step (\`--mistakes ${MISTAKES} --phrasing ${PHRASING}\`). \`qrm-pairs\` held out a fraction ${HOLDOUT} of
 the in-distribution questions and paired correct with incorrect solutions of the rest (every
 combination, at most ${PER_QUESTION} a question); as in the paper, the out-of-distribution
 questions are evaluation only.
 ${common}
+
+**Why these mistakes.** \`--mistakes span\` injects, at equal rates, a number copied wrongly from
+the question (\`copy\`) and a result carried wrongly into a later computation (\`carry\`); every
+computation is right for its operands and the rest of the solution follows from the mistake to
+a wrong final answer. Both sit mid-solution and are found by comparing two spans rather than by
+redoing arithmetic, which SmolLM2-135M cannot do; with \`--phrasing question\` a question's
+samples share one phrasing, so a training pair differs only from the mistake on. One
+consequence to read the intervals by: a question's correct samples are one text (and wrong
+samples that share a common mistake are one text), so the DeLong intervals, which treat rows as
+independent, are narrower than the data warrant; the t-intervals over sample sets (Figure 3)
+and the per-question tables do not have this problem.
+\`reports/learning\` measures each kind's detectability (a probe on frozen states and a short
+training run): realistic slips (\`--mistakes subtle\`, \`qrm-synth\`'s default) and per-sample
+phrasings are not learnable at this budget.
 HEADER
 fi
 
@@ -68,6 +82,19 @@ echo '![partial AUROC](partial.png)'
 echo
 include partial.md
 
+if [ -s "$report/partial-q.md" ]; then
+section "Figure 3, Q-values: AUROC of the Q-value at each tenth of the response (95% t-interval over sample sets)"
+echo "The Q-value at the prefix's last token (\`q_last\`):"
+echo
+include partial-q.md
+echo
+echo "Its running minimum (\`q_min\`, the score Q-filtering thresholds):"
+echo
+echo '![partial AUROC of the running-minimum Q](partial-qmin.png)'
+echo
+include partial-qmin.md
+fi
+
 section "Table 1: majority vote with and without Q-value filtering (threshold 0, first 5 tokens skipped)"
 echo "Vote rule \`answer\` (bucket by normalised answer, seeded tie-break):"
 echo
@@ -77,10 +104,29 @@ echo "Vote rule \`reference\` (the released code: correct answers pooled, ties c
 echo
 include filter-reference.md
 
-section "Threshold sweep: accuracy and tokens saved against the Q-value threshold"
-echo '![threshold sweep](sweep.png)'
+section "Table 1 at a calibrated threshold: at most 10% of correct samples dropped (split conformal)"
+cat <<'TEXT'
+A raw cosine threshold means something different for every model. Here each RM's θ is chosen on
+half of the held-out questions (question-disjoint, seeded; `--calibrate-fraction 0.5`): with n
+correct calibration samples, θ is the ⌊α(n + 1)⌋-th smallest running minimum of their Q-values
+(after the first 5 tokens), so that a new correct sample is dropped with probability at most
+α = 0.1. The table reports on the other half: the realised false-drop rate of correct samples
+(`false_drop_rate`, 95% Wilson interval), the share of wrong samples dropped (`wrong_drop_rate`),
+Table 1 at that θ and, where the first error is known, the share of drops at or after it
+(`at_or_after_error_pct`).
+TEXT
+echo
+include calibrated.md
+
+section "α sweep: accuracy and tokens saved against the maximum false-drop rate (calibrated)"
+echo '![alpha sweep](sweep.png)'
 echo
 include sweep.md
+
+section "Threshold sweep: accuracy and tokens saved against the raw Q-value threshold"
+echo '![threshold sweep](sweep-threshold.png)'
+echo
+include sweep-threshold.md
 
 section "Table 11: majority vote within the top-K samples ranked by reward"
 include topk.md

@@ -11,6 +11,15 @@
 //! ci_low, ci_high, ci_method, note`; with `--compare A,B` also `rm_b, auroc_b, delta,
 //! delta_ci_low, delta_ci_high, p_value` (DeLong's paired test).
 //!
+//! `--steps` scores human-rated steps instead of whole responses (PRM800K,
+//! `qrm::metrics::steps`): each rated step is one item, labelled by its rating (+1 positive,
+//! −1 negative, 0 left out unless `--neutral-steps`) and scored at its last token, with the
+//! same scores, groups and intervals. A `step_rating` row (`qrm-import --from prm800k`) rates
+//! its response's last step, so its item is the row itself: `--score q_last` is the Q-value at
+//! the end of the rated step. A `step_ratings` list aligned with `step_starts` rates several
+//! steps; `token_offsets` (`qrm-score --emit-tokens`) then say where each step ends. Output
+//! gains nothing; `n` and `n_pos` count steps. `--ci samples` is refused with `--steps`.
+//!
 //! Rows are checked before anything is computed (`qrm::metrics::checks`, shared with
 //! qrm-filter and qrm-plot): a missing or non-finite value in the column the score reads
 //! (`reward` or the `--score` column; `token_rewards` with `--percentiles`; anywhere in
@@ -25,6 +34,7 @@
 //!
 //! ```text
 //! qrm-score -m rm/ generations.parquet | qrm-auroc --percentiles 0:1:0.1 --ci samples --plot fig3.png
+//! qrm-auroc scores.parquet --steps --score q_last --ci bootstrap --format markdown
 //! ```
 
 use std::path::PathBuf;
@@ -33,6 +43,7 @@ use anyhow::Context;
 use clap::Parser;
 use qrm::metrics::report::auroc::{auroc_report, AurocOptions, CiMethod};
 use qrm::metrics::report::{parse_compare, parse_fractions, parse_level};
+use qrm::metrics::steps::{step_items, NeutralSteps};
 use qrm::pipeline::io::{display_path, read_table};
 
 #[derive(Debug, Parser)]
@@ -89,6 +100,15 @@ struct Args {
     #[arg(long)]
     drop_duplicates: bool,
 
+    /// Step-level AUROC: one item per human-rated step (`step_rating`, or a `step_ratings`
+    /// list aligned with `step_starts`), scored at the step's last token, against its rating.
+    #[arg(long)]
+    steps: bool,
+
+    /// With --steps: what a neutral (0) step counts as.
+    #[arg(long, value_enum, default_value_t = NeutralSteps::Exclude, requires = "steps")]
+    neutral_steps: NeutralSteps,
+
     /// Also draw the report (.png or .svg): bars for whole responses, lines for percentiles.
     #[arg(long, value_name = "PATH")]
     plot: Option<PathBuf>,
@@ -135,8 +155,26 @@ fn run(args: Args) -> anyhow::Result<()> {
         drop_nan: args.drop_nan,
         drop_duplicates: args.drop_duplicates,
     };
+    if args.steps && args.ci == CiMethod::Samples {
+        return Err(qrm::Error::Usage(
+            "--ci samples averages over sample sets; step items have none (use bootstrap or delong)"
+                .to_owned(),
+        )
+        .into());
+    }
     let shown = display_path(&args.input);
-    let frame = read_table(&args.input)?;
+    let mut frame = read_table(&args.input)?;
+    if args.steps {
+        let items = step_items(&frame, &shown, args.neutral_steps)?;
+        tracing::info!(
+            "{} rated steps: {} items, {} neutral left out, {} without a scored token left out",
+            items.rated,
+            items.frame.height(),
+            items.neutral_excluded,
+            items.unscored
+        );
+        frame = items.frame;
+    }
     // Drops are logged by the checks, per column.
     let mut report = auroc_report(&frame, &shown, &options)?;
     if let Some(path) = &args.plot {

@@ -10,8 +10,16 @@
 //! expected answers: numbers compare exactly unless `--tolerance` is given. Which rule labels
 //! the rows of each `--from` is listed in `docs/grading.md`.
 //!
+//! PRM800K rows become one generation per rated step: the earlier steps and the rated one
+//! joined with newlines (`step_starts` marks each; the rated step is last), `step_rating`,
+//! `prefix_id` (the prefix the step continues, for `qrm-pairs --group-col prefix_id`) and
+//! `first_error_char` at the rated step when it is rated −1. `--neutral` says what a rating
+//! of 0 becomes (default: correct); unrated rows are dropped and counted.
+//!
 //! ```text
 //! qrm-import zeroeval/gsm8k_test_42models.jsonl.gz | qrm-pairs --seed 1 -o pairs.parquet
+//! qrm-import prm800k/phase1_train_plus.stepwise-critic.parquet --neutral drop \
+//!     | qrm-pairs --group-col prefix_id --reuse -o prm-pairs.parquet
 //! qrm-import example_model_solutions.jsonl --question-col question --expected-col ground_truth \
 //!     --sample-cols 6b_finetuning,6b_verification,175b_finetuning,175b_verification \
 //!     --response-col solution -o gsm8k_examples.parquet
@@ -23,7 +31,7 @@ use anyhow::Context;
 use clap::Parser;
 use qrm::pipeline::grading::Tolerance;
 use qrm::pipeline::import::{
-    import_paths, ColumnMapping, ImportOptions, LabelValues, SourceFormat,
+    import_paths, ColumnMapping, ImportOptions, LabelValues, NeutralRating, SourceFormat,
 };
 
 /// How `--tolerance` compares numbers.
@@ -115,6 +123,12 @@ struct Args {
     #[arg(long, value_enum, default_value_t = ToleranceKind::Absolute, requires = "tolerance")]
     tolerance_kind: ToleranceKind,
 
+    /// PRM800K: what a neutral step (rating 0) becomes: correct ("no error so far"),
+    /// incorrect (an error at that step), or dropped (counted).
+    /// [default: correct]
+    #[arg(long, value_enum)]
+    neutral: Option<NeutralRating>,
+
     /// Skip malformed lines and bad rows (counted on stderr) instead of failing.
     #[arg(long)]
     skip_bad: bool,
@@ -141,6 +155,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         grade: args.grade,
         tolerance,
         skip_bad: args.skip_bad,
+        neutral: args.neutral,
         mapping: ColumnMapping {
             question: args.question_col,
             response: args.response_col,

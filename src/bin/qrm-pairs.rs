@@ -1,6 +1,8 @@
 //! Builds preference pairs from a generations table: a correct (chosen) and an incorrect
 //! (rejected) solution of the same question, each solution used once unless `--reuse`.
 //!
+//! `--group-col COL` pairs only within the rows of a question sharing COL's value (PRM800K's
+//! `prefix_id`: chosen = a prefix plus a good step, rejected = the same prefix plus a bad one).
 //! `--split-questions F --holdout PATH` first sets aside a seeded fraction of the questions
 //! (all their generations, every column kept) so reward models are evaluated on questions
 //! they never saw.
@@ -55,6 +57,12 @@ struct Args {
     #[arg(long, value_name = "PATH", requires = "split_questions")]
     holdout: Option<PathBuf>,
 
+    /// Pair only rows of a question that share this column's value: `prefix_id` (from
+    /// `qrm-import --from prm800k`) pairs a good and a bad next step of one solution prefix.
+    /// `--max-per-question` still caps each question.
+    #[arg(long, value_name = "COLUMN")]
+    group_col: Option<String>,
+
     /// Skip malformed lines and rows repeating a (question_id, sample) instead of failing.
     #[arg(long)]
     skip_bad: bool,
@@ -99,6 +107,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_questions: args.max_questions,
         holdout_samples: args.holdout_samples,
         skip_bad: args.skip_bad,
+        group_col: args.group_col,
     };
     let mut pairs = build_pairs(&frame, &display_path(&args.input), &options)?;
     // `--holdout` requires `--split-questions`, so a holdout path means a held-out table.

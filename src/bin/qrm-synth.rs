@@ -5,7 +5,7 @@
 //! Example: `qrm-synth --questions 2000 --split id -o train.parquet && qrm-pairs train.parquet`
 
 use clap::Parser;
-use qrm::pipeline::synth::{generate_frame, Mistakes, Split, SynthConfig};
+use qrm::pipeline::synth::{generate_frame, Mistakes, Phrasing, Split, SynthConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,9 +36,17 @@ struct Args {
 
     /// `subtle`: realistic slips (off by a little, wrong operand, misread number, skipped or
     /// repeated step); `obvious`: arithmetic results far from the truth, which a small LM notices;
-    /// `answer`: right work, but the last line states another answer.
+    /// `answer`: right work, but the last line states another answer; `copy`: a number copied
+    /// wrongly from the question; `carry`: a result carried wrongly into a later computation;
+    /// `span`: `copy` and `carry` at equal rates (found by comparing spans, mid-solution).
     #[arg(long, value_enum, default_value_t = Mistakes::Subtle)]
     mistakes: Mistakes,
+
+    /// `sample`: every sample phrases its lines its own way; `question`: a question's samples
+    /// share one phrasing, so right and wrong samples differ only from the mistake on (minimal
+    /// pairs for training).
+    #[arg(long, value_enum, default_value_t = Phrasing::Sample)]
+    phrasing: Phrasing,
 
     #[command(flatten)]
     output: qrm::cli::OutputArgs,
@@ -59,6 +67,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         split: args.split,
         seed: args.seed,
         mistakes: args.mistakes,
+        phrasing: args.phrasing,
     };
     let started = std::time::Instant::now();
     let mut frame = generate_frame(&config)?;

@@ -187,6 +187,27 @@ pub fn check_model_identity(frame: &DataFrame, path: &Path, keep: &[bool]) -> Re
     })
 }
 
+/// The `rm_id` of each `rm` label over the rows in `keep` (the first one met; after
+/// [`check_model_identity`] there is one). Empty for a table without `rm` or `rm_id`.
+pub fn model_ids(
+    frame: &DataFrame,
+    path: &Path,
+    keep: &[bool],
+) -> Result<BTreeMap<String, String>> {
+    let columns = Columns::new(frame, path);
+    let mut ids = BTreeMap::new();
+    if !columns.has(RM) || !columns.has(RM_ID) {
+        return Ok(ids);
+    }
+    let labels = text_column(frame, path, RM)?;
+    let row_ids = text_column(frame, path, RM_ID)?;
+    for row in (0..frame.height()).filter(|&row| keep[row]) {
+        ids.entry(labels[row].clone().unwrap_or_else(|| "null".to_owned()))
+            .or_insert_with(|| row_ids[row].clone().unwrap_or_else(|| "null".to_owned()));
+    }
+    Ok(ids)
+}
+
 /// Each row's sample key: the `sample` column as text, or without one the row's position among
 /// the rows of its (`question_id`, `rm`) (`#0`, `#1`, …), counting only rows in `keep`.
 pub fn sample_keys(frame: &DataFrame, path: &Path, keep: &[bool]) -> Result<Vec<String>> {

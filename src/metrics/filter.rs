@@ -229,6 +229,33 @@ pub struct FilterSummary {
 /// Non-finite Q-values must be rejected or dropped before (see [`crate::metrics::finite`]):
 /// a NaN compares false, so a sample of NaNs would never be dropped.
 pub fn filter_summary(questions: &[Vec<Sample>], options: &FilterOptions) -> Option<FilterSummary> {
+    summarise(questions, options, |_, _, sample| {
+        first_below(sample.q_values, options.skip, options.threshold)
+    })
+}
+
+/// [`filter_summary`] with a threshold per sample: `thresholds[q][s]` for sample `s` of
+/// question `q` (same shape as `questions`), `None` keeping the sample unconditionally (a
+/// warm-up sample, see [`crate::metrics::calibration`]); `options.threshold` is not read.
+/// `f64::NEG_INFINITY` drops nothing.
+pub fn filter_summary_at(
+    questions: &[Vec<Sample>],
+    options: &FilterOptions,
+    thresholds: &[Vec<Option<f64>>],
+) -> Option<FilterSummary> {
+    summarise(questions, options, |question, index, sample| {
+        thresholds[question][index]
+            .and_then(|threshold| first_below(sample.q_values, options.skip, threshold))
+    })
+}
+
+/// Table 1 where `drop_at(question, sample, &sample)` is the index, within the tokens after
+/// `skip`, where that sample is dropped (`None`: kept).
+fn summarise(
+    questions: &[Vec<Sample>],
+    options: &FilterOptions,
+    drop_at: impl Fn(usize, usize, &Sample) -> Option<usize>,
+) -> Option<FilterSummary> {
     if questions.is_empty() {
         return None;
     }
@@ -244,11 +271,11 @@ pub fn filter_summary(questions: &[Vec<Sample>], options: &FilterOptions) -> Opt
         samples += question.len();
         kept.clear();
         let (mut scored_tokens, mut saved_tokens) = (0usize, 0usize);
-        for sample in question {
+        for (position, sample) in question.iter().enumerate() {
             let scored = sample.q_values.len().saturating_sub(options.skip);
             scored_tokens += scored;
             all_scored_tokens += scored;
-            match first_below(sample.q_values, options.skip, options.threshold) {
+            match drop_at(index, position, sample) {
                 Some(index) => saved_tokens += scored - index,
                 None => kept.push(*sample),
             }

@@ -66,11 +66,32 @@ pub fn localisation_summary(
     skip: usize,
     threshold: f64,
 ) -> Option<LocalisationSummary> {
+    summarise(samples, skip, |_| Some(threshold))
+}
+
+/// [`localisation_summary`] with a threshold per sample (`thresholds[i]` for `samples[i]`);
+/// `None` keeps the sample unconditionally (a warm-up sample), and so does
+/// `f64::NEG_INFINITY`. Such samples still count in `wrong_samples`/`correct_samples`.
+pub fn localisation_summary_at(
+    samples: &[LocatedSample],
+    skip: usize,
+    thresholds: &[Option<f64>],
+) -> Option<LocalisationSummary> {
+    summarise(samples, skip, |index| thresholds[index])
+}
+
+fn summarise(
+    samples: &[LocatedSample],
+    skip: usize,
+    threshold_of: impl Fn(usize) -> Option<f64>,
+) -> Option<LocalisationSummary> {
     let (mut correct, mut correct_dropped) = (0usize, 0usize);
     let (mut wrong, mut wrong_dropped) = (0usize, 0usize);
     let (mut after, mut before, mut error_tokens) = (Vec::new(), Vec::new(), Vec::new());
-    for sample in samples {
-        let drop = first_below(sample.q_values, skip, threshold).map(|index| skip + index);
+    for (index, sample) in samples.iter().enumerate() {
+        let drop = threshold_of(index)
+            .and_then(|threshold| first_below(sample.q_values, skip, threshold))
+            .map(|index| skip + index);
         if sample.is_correct {
             correct += 1;
             correct_dropped += usize::from(drop.is_some());

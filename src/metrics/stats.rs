@@ -189,8 +189,17 @@ pub fn proportion(successes: u64, trials: u64, level: f64) -> Option<Proportion>
         .cdf(successes.min(trials - successes));
     Some(Proportion {
         value,
-        low: (center - half_width).max(0.0),
-        high: (center + half_width).min(1.0),
+        // Exactly 0 and 1 at the ends, where the formula's rounding leaves ~1e-18.
+        low: if successes == 0 {
+            0.0
+        } else {
+            (center - half_width).max(0.0)
+        },
+        high: if successes == trials {
+            1.0
+        } else {
+            (center + half_width).min(1.0)
+        },
         p_value: (2.0 * tail).min(1.0),
     })
 }

@@ -68,6 +68,18 @@ impl SourceFormat {
     }
 }
 
+/// What a PRM800K neutral step (rating 0) becomes (`qrm-import --neutral`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NeutralRating {
+    /// `is_correct` true: no error so far (the usual PRM convention).
+    #[default]
+    Correct,
+    /// `is_correct` false, with `first_error_char` at the rated step.
+    Incorrect,
+    /// Left out (counted): only clearly good (+1) and bad (-1) steps remain.
+    Drop,
+}
+
 /// The two tables an import can produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableKind {
@@ -141,6 +153,9 @@ pub struct ImportOptions {
     pub tolerance: Option<Tolerance>,
     /// Skip bad lines and rows (counted) instead of failing.
     pub skip_bad: bool,
+    /// PRM800K: what a neutral (0) step rating becomes (`None`: the default,
+    /// [`NeutralRating::Correct`]); given for another format, a usage error.
+    pub neutral: Option<NeutralRating>,
     pub mapping: ColumnMapping,
 }
 
@@ -162,6 +177,8 @@ pub struct ImportReport {
     pub skipped_bad_values: usize,
     /// PRM800K rows without a rating, always dropped.
     pub dropped_unrated: usize,
+    /// PRM800K rows rated 0 (neutral), dropped under `--neutral drop`.
+    pub dropped_neutral: usize,
     /// Rows whose label was computed by grading.
     pub graded: usize,
     /// Graded rows whose computed label differs from the input's own label.
@@ -219,6 +236,10 @@ impl Imported {
                 "rows with a malformed value skipped",
             ),
             (report.dropped_unrated, "unrated PRM800K steps dropped"),
+            (
+                report.dropped_neutral,
+                "neutral (0) PRM800K steps dropped (--neutral drop)",
+            ),
             (
                 report.multi_turn_pairs,
                 "pairs whose dialogues diverge before the last turn (kept)",
@@ -303,6 +324,7 @@ pub fn import_paths(paths: &[PathBuf], options: &ImportOptions) -> Result<Import
         report.skipped_duplicates += other.skipped_duplicates;
         report.skipped_bad_values += other.skipped_bad_values;
         report.dropped_unrated += other.dropped_unrated;
+        report.dropped_neutral += other.dropped_neutral;
         report.graded += other.graded;
         report.grade_changed += other.grade_changed;
         report.multi_turn_pairs += other.multi_turn_pairs;
@@ -328,6 +350,12 @@ pub fn import_table(frame: &DataFrame, path: &Path, options: &ImportOptions) -> 
     if options.grade && matches!(format, SourceFormat::OpenmathPairs | SourceFormat::HhRlhf) {
         return Err(Error::Usage(format!(
             "--grade labels generations; {} input is already a pairs table",
+            format.name()
+        )));
+    }
+    if options.neutral.is_some() && format != SourceFormat::Prm800k {
+        return Err(Error::Usage(format!(
+            "--neutral sets what a PRM800K rating of 0 becomes; {} input has no step ratings",
             format.name()
         )));
     }
@@ -413,6 +441,11 @@ enum Responses {
 /// Output column of the generic mapping for list-of-steps responses: where each step starts in
 /// `response`, in characters (List<UInt32>).
 pub const STEP_STARTS: &str = "step_starts";
+
+/// Output column of the PRM800K importer: a stable id of the prefix a rated step continues
+/// (the problem and the earlier steps), so `qrm-pairs --group-col prefix_id` pairs a good and
+/// a bad continuation of one prefix.
+pub const PREFIX_ID: &str = "prefix_id";
 
 /// Where each line of `text` starts, in characters: the steps of a text response.
 fn line_starts(text: &str) -> Vec<usize> {
@@ -1225,10 +1258,13 @@ impl Context<'_> {
             }
         };
         let rating = crate::pipeline::schema::Columns::new(self.frame, self.path).f64("rating")?;
+        let neutral = self.options.neutral.unwrap_or_default();
         let benchmark = self.benchmark_or(|| "prm800k".to_owned());
         let mut drafts = Vec::with_capacity(self.frame.height());
         let mut step_ratings: Vec<i8> = Vec::with_capacity(self.frame.height());
         let mut step_indices: Vec<i32> = Vec::with_capacity(self.frame.height());
+        let mut starts_column: Vec<Series> = Vec::with_capacity(self.frame.height());
+        let mut prefix_ids: Vec<String> = Vec::with_capacity(self.frame.height());
         for row in 0..self.frame.height() {
             let steps = previous.get_as_series(row);
             let Some(value) = rating.get(row) else {
@@ -1239,40 +1275,58 @@ impl Context<'_> {
                 self.bad(row, "rating", format!("rating {value} is not -1, 0 or 1"))?;
                 continue;
             }
+            if value == 0.0 && neutral == NeutralRating::Drop {
+                self.report.dropped_neutral += 1;
+                continue;
+            }
             let (Some(problem), Some(step)) = (
                 self.required(instruction.get(row), row, "instruction")?,
                 self.required(next_response.get(row), row, "next_response")?,
             ) else {
                 continue;
             };
+            // The same joining as a generic list-of-steps response: steps separated by "\n",
+            // `step_starts` the character offset of each, the rated step last.
             let mut response = String::new();
+            let mut starts: Vec<u32> = Vec::new();
+            let mut length = 0u32;
             if let Some(steps) = steps {
                 let steps = steps.str().map_err(|e| Error::table(self.path, e))?;
                 for earlier in steps.iter() {
-                    response.push_str(earlier.unwrap_or_default());
+                    let earlier = earlier.unwrap_or_default();
+                    starts.push(length);
+                    response.push_str(earlier);
                     response.push('\n');
+                    length += earlier.chars().count() as u32 + 1;
                 }
-                step_indices.push(steps.len() as i32);
-            } else {
-                step_indices.push(0);
             }
-            let step_start = response.chars().count() as i32;
+            step_indices.push(starts.len() as i32);
+            let step_start = length as i32;
+            // The prefix the rated step continues: the problem and the earlier steps.
+            prefix_ids.push(format!(
+                "prm800k-{}",
+                stable_id(&format!("{problem}\0{response}"))
+            ));
+            starts.push(length);
+            starts_column.push(Series::new("".into(), starts));
             response.push_str(step);
             let rating = value as i8;
             step_ratings.push(rating);
+            // A bad step, or a neutral one under `--neutral incorrect`, ends "no error so far".
+            let wrong = rating == -1 || (rating == 0 && neutral == NeutralRating::Incorrect);
             drafts.push(Draft {
                 generation: Generation {
                     question_id: format!("prm800k-{}", stable_id(problem)),
                     question: problem.to_owned(),
                     response,
-                    is_correct: rating != -1,
+                    is_correct: !wrong,
                     predicted_answer: answer.as_ref().and_then(|a| a.get(row)).map(str::to_owned),
                     expected_answer: None,
                     benchmark: benchmark.clone(),
                     sample: format!("row{row}"),
-                    first_error_char: (rating == -1).then_some(step_start),
+                    first_error_char: wrong.then_some(step_start),
                 },
-                label: Some(rating != -1),
+                label: Some(!wrong),
                 source_row: row,
                 label_column: None,
             });
@@ -1280,6 +1334,13 @@ impl Context<'_> {
         let extras = vec![
             Column::new(STEP_RATING.into(), step_ratings),
             Column::new(STEP_INDEX.into(), step_indices),
+            Column::new(PREFIX_ID.into(), prefix_ids),
+            starts_column
+                .into_iter()
+                .collect::<ListChunked>()
+                .with_name(STEP_STARTS.into())
+                .into_series()
+                .into_column(),
         ];
         let consumed = [
             "instruction",

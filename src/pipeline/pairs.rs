@@ -23,8 +23,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::pipeline::schema::{
-    generations_from_frame, pairs_frame, Generation, Pair, BENCHMARK, CHOSEN, CHOSEN_SAMPLE,
-    EXPECTED_ANSWER, FIRST_ERROR_CHAR, PREDICTED_ANSWER, REJECTED, REJECTED_SAMPLE, SAMPLE,
+    generations_from_frame, pairs_frame, Columns, Generation, Pair, BENCHMARK, CHOSEN,
+    CHOSEN_SAMPLE, EXPECTED_ANSWER, FIRST_ERROR_CHAR, PREDICTED_ANSWER, REJECTED, REJECTED_SAMPLE,
+    SAMPLE,
 };
 
 /// How pairs are formed within a question.
@@ -51,6 +52,9 @@ pub struct PairsOptions {
     pub holdout_samples: Option<usize>,
     /// Skip rows whose `(question_id, sample)` repeats an earlier row instead of failing.
     pub skip_bad: bool,
+    /// Pair only within groups of a question sharing this column's value (PRM800K's
+    /// `prefix_id`: a good and a bad continuation of one prefix).
+    pub group_col: Option<String>,
 }
 
 /// Counts for the stderr summary.
@@ -78,6 +82,8 @@ pub struct PairSummary {
     pub skipped_all_incorrect: usize,
     /// Pairs written.
     pub pairs: usize,
+    /// With a group column: groups that gave at least one pair.
+    pub paired_groups: Option<usize>,
 }
 
 impl PairSummary {
@@ -146,10 +152,16 @@ impl PairSummary {
         ));
         lines.push((
             false,
-            format!(
-                "wrote {} pairs over {} questions",
-                self.pairs, self.paired_questions
-            ),
+            match self.paired_groups {
+                Some(groups) => format!(
+                    "wrote {} pairs over {} questions ({groups} groups with both labels)",
+                    self.pairs, self.paired_questions
+                ),
+                None => format!(
+                    "wrote {} pairs over {} questions",
+                    self.pairs, self.paired_questions
+                ),
+            },
         ));
         lines
     }
@@ -262,6 +274,51 @@ fn cap_samples(rows: &[Generation], held: &[usize], cap: usize, seed: u64) -> Ve
     kept
 }
 
+/// Pairs one question's rows group by group (`groups[i]` the group of row i); returns the
+/// pairs, shuffled together and capped by `max_per_question`, and how many groups gave one.
+fn pair_groups(
+    rows: &[Generation],
+    question_id: &str,
+    members: &[usize],
+    groups: &[String],
+    options: &PairingOptions,
+) -> (Vec<PairIndex>, usize) {
+    let mut by_group: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for &member in members {
+        by_group
+            .entry(groups[member].as_str())
+            .or_default()
+            .push(member);
+    }
+    let uncapped = PairingOptions {
+        max_per_question: None,
+        ..options.clone()
+    };
+    let mut pairs = Vec::new();
+    let mut paired = 0;
+    for (group, members) in by_group {
+        let correct = members.iter().filter(|&&i| rows[i].is_correct).count();
+        if correct == 0 || correct == members.len() {
+            continue;
+        }
+        paired += 1;
+        pairs.extend(pair_question(
+            rows,
+            &format!("{question_id}\0{group}"),
+            &members,
+            &uncapped,
+        ));
+    }
+    pairs.shuffle(&mut question_rng(
+        options.seed,
+        &format!("{question_id}\0groups"),
+    ));
+    if let Some(cap) = options.max_per_question {
+        pairs.truncate(cap);
+    }
+    (pairs, paired)
+}
+
 /// Pairs one question's solutions (`members`: indices into `rows`, all of one question).
 fn pair_question(
     rows: &[Generation],
@@ -318,6 +375,20 @@ pub fn make_pairs(
     options: &PairingOptions,
     summary: &mut PairSummary,
 ) -> (Vec<Pair>, Vec<PairIndex>) {
+    make_grouped_pairs(rows, None, options, summary)
+}
+
+/// [`make_pairs`] within groups: with `groups` (a key per row), only rows of one question and
+/// one group are paired. Each group is paired as a question would be (every combination under
+/// `reuse`), then the question's pairs are shuffled together and `max_per_question` caps them.
+/// A question counts as skipped (all correct / all incorrect) by its own labels; one with both
+/// labels but no group holding both gives no pairs.
+pub fn make_grouped_pairs(
+    rows: &[Generation],
+    groups: Option<&[String]>,
+    options: &PairingOptions,
+    summary: &mut PairSummary,
+) -> (Vec<Pair>, Vec<PairIndex>) {
     let mut by_question: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, row) in rows.iter().enumerate() {
         by_question
@@ -337,7 +408,15 @@ pub fn make_pairs(
             summary.skipped_all_incorrect += 1;
             continue;
         }
-        let question_pairs = pair_question(rows, question_id, members, options);
+        let question_pairs = match groups {
+            None => pair_question(rows, question_id, members, options),
+            Some(groups) => {
+                let (question_pairs, paired) =
+                    pair_groups(rows, question_id, members, groups, options);
+                *summary.paired_groups.get_or_insert(0) += paired;
+                question_pairs
+            }
+        };
         if !question_pairs.is_empty() {
             summary.paired_questions += 1;
         }
@@ -453,7 +532,20 @@ pub fn build_pairs(frame: &DataFrame, path: &Path, options: &PairsOptions) -> Re
     summary.held_out_generations = held_rows.len();
 
     let train: Vec<Generation> = train_rows.iter().map(|&i| rows[i].clone()).collect();
-    let (pairs, indices) = make_pairs(&train, &options.pairing, &mut summary);
+    let groups = match &options.group_col {
+        Some(name) => {
+            let values = Columns::new(frame, path).str_not_null(name)?;
+            Some(
+                train_rows
+                    .iter()
+                    .map(|&i| values.get(i).unwrap_or_default().to_owned())
+                    .collect::<Vec<String>>(),
+            )
+        }
+        None => None,
+    };
+    let (pairs, indices) =
+        make_grouped_pairs(&train, groups.as_deref(), &options.pairing, &mut summary);
     let mut frame_out = pairs_frame(&pairs)?;
     let sample_column = |name: &str, pick: fn(&PairIndex) -> usize| {
         Column::new(
@@ -545,6 +637,7 @@ mod tests {
             skipped_all_correct: 1,
             skipped_all_incorrect: 0,
             pairs: 6,
+            paired_groups: None,
         };
         let lines = summary.lines(Some(Path::new("held.parquet")));
         let text = |i: usize| lines[i].1.as_str();
@@ -626,6 +719,46 @@ mod tests {
             pairs.iter().map(|p| p.pair_id.as_str()).collect::<Vec<_>>(),
             ["q1#0", "q1#1", "q2#0"]
         );
+    }
+
+    #[test]
+    fn grouped_pairing_stays_inside_each_group() {
+        // q1's rows in prefix groups g1 = {a ✓, d ✗}, g2 = {b ✓, c ✓}, g3 = {e ✗};
+        // q2: g1 = {a ✗, b ✓}, g2 = {c ✗, d ✗, e ✗}. q3 and q4 (single-label) get "g".
+        let rows = fixture();
+        let groups: Vec<String> = ["g1", "g2", "g2", "g1", "g3", "g1", "g1", "g2", "g2", "g2"]
+            .iter()
+            .map(|g| (*g).to_owned())
+            .chain(std::iter::repeat_n("g".to_owned(), rows.len() - 10))
+            .collect();
+        let mut summary = PairSummary::default();
+        let options = PairingOptions {
+            reuse: true,
+            ..PairingOptions::default()
+        };
+        let (pairs, indices) = make_grouped_pairs(&rows, Some(&groups), &options, &mut summary);
+        // Only a/d of q1 and b/a of q2 share a group with both labels; e of q1 (g3) is alone.
+        let mut keys = pair_keys(&rows, &indices);
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                ("q1/a".to_owned(), "q1/d".to_owned()),
+                ("q2/b".to_owned(), "q2/a".to_owned())
+            ]
+        );
+        assert_eq!(summary.paired_groups, Some(2));
+        assert_eq!(summary.paired_questions, 2);
+        assert_eq!(pairs.len(), 2);
+        for index in &indices {
+            assert_eq!(groups[index.chosen], groups[index.rejected]);
+        }
+        // The same rows with one group per question pair as make_pairs does.
+        let one: Vec<String> = rows.iter().map(|r| r.question_id.clone()).collect();
+        let (_, grouped) =
+            make_grouped_pairs(&rows, Some(&one), &options, &mut PairSummary::default());
+        let (_, plain) = make_pairs(&rows, &options, &mut PairSummary::default());
+        assert_eq!(grouped.len(), plain.len());
     }
 
     #[test]

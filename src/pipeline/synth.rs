@@ -15,6 +15,11 @@
 //! arithmetic tells them apart. `first_error_char` is the char offset of the first line whose
 //! stated value differs from the reference solution (or whose arithmetic is wrong).
 //!
+//! Two more kinds sit mid-solution and are found by comparing spans rather than by redoing
+//! arithmetic (`--mistakes copy|carry|span`): a number copied wrongly from the question, and a
+//! result carried wrongly into a later computation. Every computation stays right given its
+//! operands, so the mistake is the mismatch between two spans, carried on to a wrong answer.
+//!
 //! Wrong samples of one question often share a mistake (each question keeps a small pool of
 //! "common" mistakes), so wrong answers cluster as they do for sampled LMs and majority voting
 //! has something to beat. The per-question error rate varies around the configured mean
@@ -93,6 +98,17 @@ pub enum Mistakes {
     /// away from the result just computed): found by comparing two lines, not by redoing any
     /// arithmetic, so a reward model reading its final token can learn it from few pairs.
     Answer,
+    /// A number copied wrongly from the question (a neighbouring or look-alike digit, swapped
+    /// digits, ten off; never a number the question states) and used throughout: found by
+    /// comparing the solution's number with the question's, mid-solution.
+    Copy,
+    /// A result carried wrongly into a later computation (the running total, or a group total
+    /// within its line, written with a neighbouring or look-alike digit, swapped digits, or ten
+    /// off): found by comparing two spans of the solution, mid-solution.
+    Carry,
+    /// `copy` and `carry` at equal rates: every mistake is found by comparing two spans, none
+    /// by redoing arithmetic, and each sits mid-solution with the rest consistent with it.
+    Span,
 }
 
 /// What to generate.
@@ -110,6 +126,20 @@ pub struct SynthConfig {
     pub seed: u64,
     /// Which mistakes wrong samples carry.
     pub mistakes: Mistakes,
+    /// Whether each sample draws its own phrasing or a question's samples share one.
+    pub phrasing: Phrasing,
+}
+
+/// How solutions are phrased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Phrasing {
+    /// Each sample draws its own phrasing of every line, as sampled LMs vary theirs.
+    #[default]
+    Sample,
+    /// A question's samples share one phrasing, so a wrong sample differs from a right one only
+    /// in its numbers (from the mistake on): minimal pairs, which teach a reward model where
+    /// the mistake is rather than which phrasing came with it.
+    Question,
 }
 
 impl Default for SynthConfig {
@@ -121,6 +151,7 @@ impl Default for SynthConfig {
             split: Split::Both,
             seed: 0,
             mistakes: Mistakes::Subtle,
+            phrasing: Phrasing::Sample,
         }
     }
 }
@@ -158,6 +189,10 @@ impl SynthConfig {
 
 /// Sample streams are numbered below 2^16 inside a question's stream block.
 const MAX_SAMPLES: usize = (1 << 16) - 2;
+
+/// The stream a question's shared phrasing draws from ([`Phrasing::Question`]): past every
+/// sample's.
+const PHRASING_STREAM: usize = (1 << 16) - 1;
 
 /// Generates the generations table rows: questions in order, samples `s0..` within each.
 pub fn generate(config: &SynthConfig) -> Result<Vec<Generation>> {
@@ -881,6 +916,58 @@ fn obvious_result(computation: &Computation, limit: i64, rng: &mut ChaCha8Rng) -
     options.choose(rng).copied()
 }
 
+/// A number of the question copied wrongly ([`corrupt_number`], in its slot's range) and
+/// used throughout; the copy is never a number the question states, so comparing the two
+/// spans finds it.
+fn copy_mistake(
+    problem: &Problem,
+    slots: &[(Slot, i64)],
+    rng: &mut ChaCha8Rng,
+) -> Option<Mistake> {
+    let &(slot, value) = slots.choose(rng)?;
+    let copied = corrupt_number(value, problem.range(slot), rng)?;
+    if slots.iter().any(|&(_, stated)| stated == copied) {
+        return None;
+    }
+    Some(Mistake::Misread {
+        slot,
+        value: copied,
+    })
+}
+
+/// A result carried wrongly ([`corrupt_number`] of the true value, in range) into the
+/// computation that uses it: the running total as the left operand of a later operation, or a
+/// group total (`g * e = t`) as the right operand of its own `x ± t`.
+fn carry_mistake(
+    problem: &Problem,
+    reference: &Solution,
+    before: &[i64],
+    rng: &mut ChaCha8Rng,
+) -> Option<Mistake> {
+    let limit = problem.setting.ranges().limit;
+    let mut carried: Vec<(usize, usize, Side, i64)> = Vec::new();
+    for step in &reference.steps {
+        let operation = step.operation;
+        for (position, computation) in step.computations.iter().enumerate() {
+            let last = position + 1 == step.computations.len();
+            if operation > 0 && last && computation.left == before[operation] {
+                carried.push((operation, position, Side::Left, computation.left));
+            }
+            if position == 1 {
+                carried.push((operation, position, Side::Right, computation.right));
+            }
+        }
+    }
+    let &(operation, position, side, true_value) = carried.choose(rng)?;
+    let value = corrupt_number(true_value, (1, limit), rng)?;
+    Some(Mistake::Operand {
+        operation,
+        position,
+        side,
+        value,
+    })
+}
+
 fn draw_mistake(
     problem: &Problem,
     reference: &Solution,
@@ -920,7 +1007,22 @@ fn draw_mistake(
         .collect();
     for _ in 0..64 {
         let choice = rng.random::<f64>();
-        let mistake = if mistakes == Mistakes::Answer {
+        let copy = match mistakes {
+            Mistakes::Copy => true,
+            Mistakes::Carry => false,
+            _ => choice < 0.5,
+        };
+        let mistake = if matches!(mistakes, Mistakes::Copy | Mistakes::Carry | Mistakes::Span) {
+            let drawn = if copy {
+                copy_mistake(problem, &slots, rng)
+            } else {
+                carry_mistake(problem, reference, &before, rng)
+            };
+            let Some(mistake) = drawn else {
+                continue;
+            };
+            mistake
+        } else if mistakes == Mistakes::Answer {
             let last = reference.computations().last()?;
             let limit = problem.setting.ranges().limit;
             let Some(value) = obvious_result(last, limit, rng) else {
@@ -1215,7 +1317,11 @@ fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Ge
         let mut rng = stream(config, setting, index, sample + 1);
         let wrong = rng.random::<f64>() < rate;
         let (Some(reference), true) = (&reference, wrong) else {
-            rows.push(render_row(&problem, reference.as_ref(), None, &mut rng));
+            let mut phrasing = match config.phrasing {
+                Phrasing::Sample => rng,
+                Phrasing::Question => stream(config, setting, index, PHRASING_STREAM),
+            };
+            rows.push(render_row(&problem, reference.as_ref(), None, &mut phrasing));
             continue;
         };
         let pick = rng.random::<f64>();
@@ -1226,7 +1332,11 @@ fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Ge
                 .or(pool.first().copied()),
         };
         let solution = mistake.and_then(|m| solve(&problem, Some(m)));
-        rows.push(render_row(&problem, Some(reference), solution, &mut rng));
+        let mut phrasing = match config.phrasing {
+            Phrasing::Sample => rng,
+            Phrasing::Question => stream(config, setting, index, PHRASING_STREAM),
+        };
+        rows.push(render_row(&problem, Some(reference), solution, &mut phrasing));
     }
     for (sample, row) in rows.iter_mut().enumerate() {
         row.question_id = question_id.clone();
@@ -1292,6 +1402,7 @@ mod tests {
             split,
             seed: 11,
             mistakes: Mistakes::Subtle,
+            phrasing: Phrasing::Sample,
         }
     }
 
@@ -1543,6 +1654,120 @@ mod tests {
             assert_eq!(first_wrong_line(&lines, &reference), Some(lines.len() - 1));
         }
         assert!(drawn > 150, "{drawn} of 200 problems got an answer mistake");
+    }
+
+    #[test]
+    fn span_mistakes_keep_every_computation_right_and_sit_mid_solution() {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        for mistakes in [Mistakes::Copy, Mistakes::Carry, Mistakes::Span] {
+            let (mut copies, mut carries) = (0, 0);
+            for _ in 0..300 {
+                let problem = Problem::draw(Setting::InDistribution, &mut rng);
+                let reference = solve(&problem, None).unwrap();
+                let Some(mistake) = draw_mistake(&problem, &reference, mistakes, &mut rng) else {
+                    continue;
+                };
+                let wrong = solve(&problem, Some(mistake)).unwrap();
+                assert_ne!(wrong.answer, reference.answer);
+                // Found only by comparing spans: each computation is right for its operands.
+                assert!(wrong
+                    .computations()
+                    .all(|c| c.sign.apply(c.left, c.right) == Some(c.result)));
+                match mistake {
+                    Mistake::Misread { value, .. } => {
+                        copies += 1;
+                        // The copy is a number the question never states.
+                        assert!(problem.slots().iter().all(|&(_, stated)| stated != value));
+                    }
+                    Mistake::Operand {
+                        operation,
+                        position,
+                        side,
+                        value,
+                    } => {
+                        carries += 1;
+                        // The operand replaced is a value computed earlier, not a given.
+                        let step = reference
+                            .steps
+                            .iter()
+                            .find(|s| s.operation == operation)
+                            .unwrap();
+                        let true_value = match side {
+                            Side::Left => step.computations[position].left,
+                            Side::Right => step.computations[position].right,
+                        };
+                        assert_ne!(value, true_value);
+                        let computed: Vec<i64> = reference.computations().map(|c| c.result).collect();
+                        assert!(computed.contains(&true_value), "{mistake:?}");
+                    }
+                    other => panic!("{mistakes:?} drew {other:?}"),
+                }
+                // Mid-solution: the first wrong line is a computation, never the answer line.
+                let lines = render(&problem, &wrong, &mut rng);
+                let line = first_wrong_line(&lines, &reference).unwrap();
+                assert!(line < lines.len() - 1, "{mistake:?}");
+            }
+            match mistakes {
+                Mistakes::Copy => assert!(copies > 150 && carries == 0, "{copies} {carries}"),
+                Mistakes::Carry => assert!(carries > 150 && copies == 0, "{copies} {carries}"),
+                _ => assert!(copies > 60 && carries > 60, "{copies} {carries}"),
+            }
+        }
+    }
+
+    #[test]
+    fn question_phrasing_makes_minimal_pairs() {
+        let rows = generate(&SynthConfig {
+            phrasing: Phrasing::Question,
+            mistakes: Mistakes::Span,
+            ..config(Split::Both, 40, 8)
+        })
+        .unwrap();
+        let mut compared = 0;
+        for samples in by_question(&rows).values() {
+            let Some(right) = samples.iter().find(|row| row.is_correct) else {
+                continue;
+            };
+            for row in samples {
+                if row.is_correct {
+                    // Right samples of a question are one text.
+                    assert_eq!(row.response, right.response);
+                    continue;
+                }
+                // A wrong one is the right text up to its first error, and its lines keep the
+                // right one's words: only numbers differ.
+                let error = row.first_error_char.unwrap() as usize;
+                let prefix: String = row.response.chars().take(error).collect();
+                assert!(right.response.starts_with(&prefix), "{prefix:?}");
+                let words = |text: &str| -> Vec<String> {
+                    text.split(|c: char| c.is_ascii_digit())
+                        .map(str::to_owned)
+                        .collect()
+                };
+                if row.response.lines().count() == right.response.lines().count() {
+                    compared += 1;
+                    for (wrong, right) in row.response.lines().zip(right.response.lines()) {
+                        let strip = |t: &str| words(t).concat();
+                        assert_eq!(strip(wrong), strip(right));
+                    }
+                }
+            }
+        }
+        assert!(compared > 40, "{compared}");
+        // Per-sample phrasing (the default) varies the right samples' texts.
+        let varied = generate(&config(Split::Id, 40, 8)).unwrap();
+        let distinct = by_question(&varied)
+            .values()
+            .filter(|samples| {
+                let texts: std::collections::BTreeSet<&str> = samples
+                    .iter()
+                    .filter(|row| row.is_correct)
+                    .map(|row| row.response.as_str())
+                    .collect();
+                texts.len() > 1
+            })
+            .count();
+        assert!(distinct > 10, "{distinct}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The Q-filtering sweep figure: accuracy and tokens saved against the threshold.
+//! The Q-filtering sweep figure: accuracy and tokens saved against the threshold, or against
+//! the maximum false-drop rate α of a calibrated sweep (`qrm-filter --sweep-alpha`).
 
 use std::path::Path;
 
@@ -23,6 +24,8 @@ const REPORT: &str = "<filter sweep report>";
 ///
 /// Columns: `rm`, `benchmark` (Utf8), `threshold`, `accuracy`, `accuracy_filtered`,
 /// `tokens_saved_pct` (numbers). Accuracies at most 1 are taken as fractions and shown in percent.
+/// A report with a `method` column (the calibrated report) is drawn against its `alpha`
+/// instead, the x-axis saying "max false-drop α (calibrated)".
 pub fn filter_sweep_figure(report: &DataFrame, path: &Path) -> Result<()> {
     let sweep = Sweep::from_frame(report)?;
     if sweep
@@ -56,6 +59,8 @@ struct SweepSeries {
 #[derive(Debug, Clone)]
 struct Sweep {
     series: Vec<SweepSeries>,
+    /// The x-axis title.
+    x_label: &'static str,
     /// 100 when accuracies are fractions, 1 when they are already percentages.
     accuracy_scale: f64,
 }
@@ -69,7 +74,13 @@ impl Sweep {
         let columns = Columns::new(report, path);
         let rm = columns.str_not_null(RM)?;
         let benchmark = columns.str_not_null(BENCHMARK)?;
-        let threshold = required_f64(&columns, "threshold")?;
+        let calibrated = columns.has("method");
+        let (x_column, x_label) = if calibrated {
+            ("alpha", "max false-drop α (calibrated)")
+        } else {
+            ("threshold", "Q-value threshold")
+        };
+        let threshold = required_f64(&columns, x_column)?;
         let accuracy = required_f64(&columns, "accuracy")?;
         let accuracy_filtered = required_f64(&columns, "accuracy_filtered")?;
         let tokens_saved_pct = required_f64(&columns, "tokens_saved_pct")?;
@@ -123,6 +134,7 @@ impl Sweep {
         let accuracy_scale = if largest_accuracy <= 1.0 { 100.0 } else { 1.0 };
         Ok(Self {
             series,
+            x_label,
             accuracy_scale,
         })
     }
@@ -191,7 +203,7 @@ impl Figure for Sweep {
             .x_label_formatter(&|x| tick_label(*x, x_decimals))
             .y_label_formatter(&|y| tick_label(*y, decimals_for(y_high - y_low)))
             .label_style(text(TICK_LABEL_SIZE))
-            .x_desc("Q-value threshold")
+            .x_desc(self.x_label)
             .y_desc(if scale == 100.0 {
                 "accuracy (%)"
             } else {
@@ -238,7 +250,7 @@ impl Figure for Sweep {
             .x_label_formatter(&|x| tick_label(*x, x_decimals))
             .y_label_formatter(&|y| tick_label(*y, decimals_for(saved_high)))
             .label_style(text(TICK_LABEL_SIZE))
-            .x_desc("Q-value threshold")
+            .x_desc(self.x_label)
             .y_desc("tokens saved (%)")
             .axis_desc_style(text(AXIS_LABEL_SIZE))
             .draw()?;
@@ -346,6 +358,31 @@ mod tests {
                 "without filtering",
             ],
         );
+    }
+
+    #[test]
+    fn calibrated_sweep_is_drawn_against_alpha() {
+        // The calibrated report: `method` and `alpha`; its thresholds are not the x-axis.
+        let mut frame = sweep_report();
+        let alpha: Vec<f64> = (0..frame.height())
+            .map(|i| (1 + i % 21) as f64 / 20.0)
+            .collect();
+        frame
+            .with_column(Column::new("alpha".into(), alpha))
+            .unwrap();
+        frame
+            .with_column(Column::new("method".into(), vec!["conformal"; 84]))
+            .unwrap();
+        let sweep = Sweep::from_frame(&frame).unwrap();
+        assert_eq!(sweep.x_label, "max false-drop α (calibrated)");
+        let first = &sweep.series[0].points;
+        assert_eq!((first[0].threshold, first[20].threshold), (0.05, 1.05));
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("alpha.svg");
+        filter_sweep_figure(&frame, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert_svg_texts(&svg, &["max false-drop α (calibrated)", "tokens saved (%)"]);
+        assert!(!svg.contains("Q-value threshold"));
     }
 
     #[test]

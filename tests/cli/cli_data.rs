@@ -265,6 +265,110 @@ fn prm800k_steps_become_prefix_generations_with_ratings() {
     assert_eq!(step_index, [Some(0), Some(1), Some(2), Some(2), Some(0)]);
     assert_eq!(strings(&frame, "sample")[4], "row5");
     assert!(frame.column("is_solution").is_ok(), "pass-through lost");
+    // Steps start at 0, 21 ("Let x be the number.\n") and 35 (+ "Then 2x = 10.\n"): the rated
+    // step is the last, so a -1 row's first_error_char is its last step start.
+    let starts: Vec<Vec<u32>> = frame
+        .column("step_starts")
+        .unwrap()
+        .list()
+        .unwrap()
+        .series_iter()
+        .map(|s| s.unwrap().u32().unwrap().into_no_null_iter().collect())
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            vec![0],
+            vec![0, 21],
+            vec![0, 21, 35],
+            vec![0, 21, 35],
+            vec![0]
+        ]
+    );
+    // Rows 3 and 4 continue the same two-step prefix; every other prefix differs.
+    let prefixes = strings(&frame, "prefix_id");
+    assert_eq!(prefixes[2], prefixes[3]);
+    let distinct: HashSet<&String> = prefixes.iter().collect();
+    assert_eq!(distinct.len(), 4);
+    assert!(prefixes[0].starts_with("prm800k-"));
+}
+
+#[test]
+fn prm800k_neutral_ratings_are_correct_incorrect_or_dropped() {
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("g.parquet");
+    let run = |neutral: &str| {
+        import()
+            .arg(fixture("prm800k_small.parquet"))
+            .args(["--neutral", neutral, "-o"])
+            .arg(&out)
+            .assert()
+            .success()
+    };
+    // The fixture's second row is rated 0.
+    run("drop").stderr(contains(
+        "1 neutral (0) PRM800K steps dropped (--neutral drop)",
+    ));
+    let frame = read_table(&out).unwrap();
+    assert_eq!(strings(&frame, "sample"), ["row0", "row2", "row3", "row5"]);
+    run("incorrect");
+    let rows = generations_from_frame(&read_table(&out).unwrap(), &out).unwrap();
+    assert!(!rows[1].is_correct);
+    // The neutral step "Then 2x = 10." starts after "Let x be the number.\n" (21 chars).
+    assert_eq!(rows[1].first_error_char, Some(21));
+    assert!(rows[0].is_correct && rows[3].is_correct);
+    // --neutral is about PRM800K ratings: with another format it is a usage error.
+    import()
+        .arg(fixture("generic.csv"))
+        .args(["--question-col", "problem", "--response-col", "solution"])
+        .args(["--label-col", "ok", "--neutral", "drop"])
+        .assert()
+        .code(2)
+        .stderr(contains("--neutral"));
+}
+
+#[test]
+fn prm800k_pairs_by_prefix_pair_a_good_and_a_bad_next_step() {
+    let directory = tempfile::tempdir().unwrap();
+    let generations = directory.path().join("g.parquet");
+    let out = directory.path().join("p.parquet");
+    import()
+        .arg(fixture("prm800k_small.parquet"))
+        .args(["--neutral", "drop", "-o"])
+        .arg(&generations)
+        .assert()
+        .success();
+    pairs()
+        .arg(&generations)
+        .args(["--group-col", "prefix_id", "--reuse", "-o"])
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains(
+            "wrote 1 pairs over 1 questions (1 groups with both labels)",
+        ));
+    let frame = read_table(&out).unwrap();
+    let rows = pairs_from_frame(&frame, &out).unwrap();
+    // Only "So x = 5." (+1) and "So x = 6." (-1) continue one prefix; row 0 (+1) and row 5's
+    // question (-1 only) have no partner in their group.
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].chosen,
+        "Let x be the number.\nThen 2x = 10.\nSo x = 5."
+    );
+    assert_eq!(
+        rows[0].rejected,
+        "Let x be the number.\nThen 2x = 10.\nSo x = 6."
+    );
+    assert_eq!(strings(&frame, "chosen_sample"), ["row3"]);
+    // A group column the table lacks is an error naming it.
+    pairs()
+        .arg(&generations)
+        .args(["--group-col", "no_such_column", "-o"])
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(contains("no_such_column"));
 }
 
 #[test]
@@ -923,6 +1027,49 @@ fn zeroeval_grading_agrees_with_its_labels() {
     // expressions whose first number is the gold, two JSON objects and 21'0".
     assert_eq!(with_pred, 54_643);
     assert_eq!(disagree_with_pred, 10);
+}
+
+#[test]
+fn prm800k_test_file_rates_the_last_step_of_each_row() {
+    let Some(source) = qrm::testing::shared_file("prm800k/phase1_test.stepwise-critic.parquet")
+    else {
+        return;
+    };
+    let expected = &reference()["prm800k_test"];
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("g.parquet");
+    import().arg(&source).arg("-o").arg(&out).assert().success();
+    let frame = read_table(&out).unwrap();
+    assert_eq!(frame.height() as u64, expected["rated"].as_u64().unwrap());
+    let raw = read_table(&source).unwrap();
+    let columns = Columns::new(&raw, &source);
+    let ratings = columns.f64("rating").unwrap();
+    let next: Vec<String> = strings(&raw, "next_response");
+    // The rated input rows, in order: the output rows.
+    let rated: Vec<usize> = (0..raw.height())
+        .filter(|&row| ratings.get(row).is_some())
+        .collect();
+    assert_eq!(rated.len(), frame.height());
+    let rows = generations_from_frame(&frame, &out).unwrap();
+    let starts = frame.column("step_starts").unwrap().list().unwrap().clone();
+    let (mut bad, mut pointed) = (0, 0);
+    for (index, (row, &source_row)) in rows.iter().zip(&rated).enumerate() {
+        let starts = starts.get_as_series(index).unwrap();
+        let last = starts.u32().unwrap().into_no_null_iter().last().unwrap() as usize;
+        // The response from the last step start on is the rated step, `next_response`.
+        let tail: String = row.response.chars().skip(last).collect();
+        assert_eq!(tail, next[source_row], "row {index}");
+        if ratings.get(source_row) == Some(-1.0) {
+            bad += 1;
+            assert_eq!(row.first_error_char, Some(last as i32), "row {index}");
+            pointed += 1;
+        } else {
+            assert_eq!(row.first_error_char, None);
+        }
+    }
+    let correct = expected["correct"].as_u64().unwrap() as usize;
+    assert_eq!(bad, rows.len() - correct);
+    assert_eq!(pointed, bad);
 }
 
 #[test]

@@ -23,6 +23,7 @@ fn config(split: Split, questions: usize, error_rate: f64) -> SynthConfig {
         split,
         seed: 7,
         mistakes: Mistakes::Subtle,
+        phrasing: qrm::pipeline::synth::Phrasing::Sample,
     }
 }
 

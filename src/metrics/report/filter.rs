@@ -10,7 +10,7 @@ use polars::prelude::*;
 use crate::error::{Error, Result};
 use crate::metrics::checks::{check_rows, RowChecks};
 use crate::metrics::filter::{
-    filter_summary, prefix_index, top_k_summary, FilterOptions, Sample, VoteRule,
+    filter_summary, prefix_index, top_k_summary, FilterOptions, FilterSummary, Sample, VoteRule,
 };
 use crate::metrics::localisation::{localisation_summary, LocalisationSummary, LocatedSample};
 use crate::metrics::report::{float32_lists, float_lists, group_keys, key_columns};
@@ -20,11 +20,14 @@ use crate::pipeline::schema::{
     TOKEN_OFFSETS, TOKEN_REWARDS,
 };
 
+/// Kept rows by `by` key, then by question id (sorted), in row order within a question.
+pub(super) type QuestionRows<'a> = BTreeMap<&'a [String], Vec<(&'a str, Vec<usize>)>>;
+
 /// Per-row data that filtering and top-K read, and which rows passed [`check_rows`].
-struct FilterInput {
-    keep: Vec<bool>,
-    keys: Vec<Vec<String>>,
-    question_ids: Vec<String>,
+pub(super) struct FilterInput {
+    pub(super) keep: Vec<bool>,
+    pub(super) keys: Vec<Vec<String>>,
+    pub(super) question_ids: Vec<String>,
     labels: Vec<bool>,
     answers: Vec<Option<String>>,
     rewards: Vec<f64>,
@@ -34,7 +37,7 @@ struct FilterInput {
 impl FilterInput {
     /// Reads the rows; `value_columns` are checked for non-finite values (after a null
     /// `q_values` list, when `need_q`, has failed with its own hint).
-    fn read(
+    pub(super) fn read(
         frame: &DataFrame,
         path: &Path,
         by: &[String],
@@ -97,25 +100,45 @@ impl FilterInput {
         })
     }
 
-    /// Samples grouped by `by` key, then by question.
-    fn questions(&self) -> BTreeMap<&[String], Vec<Vec<Sample<'_>>>> {
-        let mut grouped: BTreeMap<&[String], BTreeMap<&str, Vec<Sample>>> = BTreeMap::new();
+    /// Kept rows grouped by `by` key, then by question (sorted by id), in row order within a
+    /// question.
+    pub(super) fn question_rows(&self) -> QuestionRows<'_> {
+        let mut grouped: BTreeMap<&[String], BTreeMap<&str, Vec<usize>>> = BTreeMap::new();
         for row in (0..self.labels.len()).filter(|&row| self.keep[row]) {
             grouped
                 .entry(&self.keys[row])
                 .or_default()
                 .entry(&self.question_ids[row])
                 .or_default()
-                .push(Sample {
-                    is_correct: self.labels[row],
-                    answer: self.answers[row].as_deref(),
-                    q_values: &self.q_values[row],
-                    reward: self.rewards[row],
-                });
+                .push(row);
         }
         grouped
             .into_iter()
-            .map(|(key, questions)| (key, questions.into_values().collect()))
+            .map(|(key, questions)| (key, questions.into_iter().collect()))
+            .collect()
+    }
+
+    /// Row `row` as a filtering sample.
+    pub(super) fn sample(&self, row: usize) -> Sample<'_> {
+        Sample {
+            is_correct: self.labels[row],
+            answer: self.answers[row].as_deref(),
+            q_values: &self.q_values[row],
+            reward: self.rewards[row],
+        }
+    }
+
+    /// Samples grouped by `by` key, then by question.
+    fn questions(&self) -> BTreeMap<&[String], Vec<Vec<Sample<'_>>>> {
+        self.question_rows()
+            .into_iter()
+            .map(|(key, questions)| {
+                let samples = questions
+                    .iter()
+                    .map(|(_, rows)| rows.iter().map(|&row| self.sample(row)).collect())
+                    .collect();
+                (key, samples)
+            })
             .collect()
     }
 }
@@ -153,12 +176,6 @@ pub fn filter_report(
         }
     }
     let mut columns = key_columns(by, &keys);
-    let float = |name: &str, f: &dyn Fn(&crate::metrics::filter::FilterSummary) -> f64| {
-        Column::new(
-            name.into(),
-            rows.iter().map(|(_, s)| f(s)).collect::<Vec<_>>(),
-        )
-    };
     columns.push(Column::new(
         "threshold".into(),
         rows.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
@@ -167,11 +184,20 @@ pub fn filter_report(
         "skip".into(),
         vec![options.skip as u32; rows.len()],
     ));
+    let summaries: Vec<&FilterSummary> = rows.iter().map(|(_, s)| s).collect();
+    columns.extend(summary_columns(&summaries, options.vote));
+    DataFrame::new(rows.len(), columns).map_err(|e| Error::table("<filter report>", e))
+}
+
+/// Table 1's columns from `questions` to `fallback_questions`, one row per summary.
+pub(super) fn summary_columns(rows: &[&FilterSummary], vote: VoteRule) -> Vec<Column> {
+    let float = |name: &str, f: &dyn Fn(&FilterSummary) -> f64| {
+        Column::new(name.into(), rows.iter().map(|s| f(s)).collect::<Vec<_>>())
+    };
+    let mut columns = Vec::new();
     columns.push(Column::new(
         "questions".into(),
-        rows.iter()
-            .map(|(_, s)| s.questions as u32)
-            .collect::<Vec<_>>(),
+        rows.iter().map(|s| s.questions as u32).collect::<Vec<_>>(),
     ));
     columns.push(float("samples_per_question", &|s| s.samples_per_question));
     columns.push(float("accuracy", &|s| s.accuracy));
@@ -187,29 +213,26 @@ pub fn filter_report(
     }));
     columns.push(Column::new(
         "p_unpaired".into(),
-        rows.iter().map(|(_, s)| s.p_unpaired).collect::<Vec<_>>(),
+        rows.iter().map(|s| s.p_unpaired).collect::<Vec<_>>(),
     ));
     columns.push(Column::new(
         "p_paired".into(),
-        rows.iter().map(|(_, s)| s.p_paired).collect::<Vec<_>>(),
+        rows.iter().map(|s| s.p_paired).collect::<Vec<_>>(),
     ));
-    columns.push(Column::new(
-        "vote".into(),
-        vec![options.vote.name(); rows.len()],
-    ));
+    columns.push(Column::new("vote".into(), vec![vote.name(); rows.len()]));
     columns.push(Column::new(
         "ties_broken".into(),
         rows.iter()
-            .map(|(_, s)| s.ties_broken as u32)
+            .map(|s| s.ties_broken as u32)
             .collect::<Vec<_>>(),
     ));
     columns.push(Column::new(
         "fallback_questions".into(),
         rows.iter()
-            .map(|(_, s)| s.fallback_questions as u32)
+            .map(|s| s.fallback_questions as u32)
             .collect::<Vec<_>>(),
     ));
-    DataFrame::new(rows.len(), columns).map_err(|e| Error::table("<filter report>", e))
+    columns
 }
 
 /// Table 11: majority vote within each question's top K samples by `reward`.
@@ -336,33 +359,23 @@ pub fn localisation_report(
     thresholds: &[f64],
     checks: RowChecks,
 ) -> Result<DataFrame> {
+    let located = LocatedColumns::read(frame, path)?;
     let columns = Columns::new(frame, path);
-    for name in [FIRST_ERROR_CHAR, TOKEN_OFFSETS] {
-        if !columns.has(name) {
-            return Err(Error::Format {
-                path: path.to_owned(),
-                message: format!(
-                    "missing column `{name}`: error localisation needs data with \
-                     `{FIRST_ERROR_CHAR}` (qrm-synth) scored with `qrm-score --emit-tokens`"
-                ),
-            });
-        }
-    }
     let labels: Vec<bool> = columns
         .bool_not_null(IS_CORRECT)?
         .iter()
         .map(|v| v.unwrap_or(false))
         .collect();
-    let error_chars: Vec<Option<u64>> = columns
-        .f64(FIRST_ERROR_CHAR)?
-        .iter()
-        .map(|v| v.filter(|c| *c >= 0.0).map(|c| c as u64))
-        .collect();
     let q_values = float32_lists(&columns, Q_VALUES)?;
-    let offsets = float_lists(&columns, TOKEN_OFFSETS)?;
     let mut samples_by_key: BTreeMap<&[String], Vec<(usize, Vec<u32>)>> = BTreeMap::new();
     let keys = group_keys(frame, path, by)?;
-    if let Some(row) = q_values.iter().position(Option::is_none) {
+    // Under --drop-nan a null list (a row `qrm-score --truncate skip` left unscored) is
+    // dropped by the checks below instead.
+    if let Some(row) = q_values
+        .iter()
+        .position(Option::is_none)
+        .filter(|_| !checks.drop_nan)
+    {
         return Err(Error::bad_value(
             path,
             row,
@@ -375,18 +388,7 @@ pub fn localisation_report(
         let Some(q) = &q_values[row] else {
             continue;
         };
-        let Some(row_offsets) = &offsets[row] else {
-            return Err(Error::bad_value(path, row, TOKEN_OFFSETS, "null"));
-        };
-        if row_offsets.len() != q.len() {
-            return Err(Error::bad_value(
-                path,
-                row,
-                TOKEN_OFFSETS,
-                format!("{} offsets for {} Q-values", row_offsets.len(), q.len()),
-            ));
-        }
-        let row_offsets = row_offsets.iter().map(|&o| o as u32).collect();
+        let row_offsets = located.offsets(path, row, q.len())?;
         samples_by_key
             .entry(key)
             .or_default()
@@ -399,7 +401,7 @@ pub fn localisation_report(
             .iter()
             .map(|(row, row_offsets)| LocatedSample {
                 is_correct: labels[*row],
-                first_error_char: error_chars[*row],
+                first_error_char: located.error_chars[*row],
                 q_values: q_values[*row].as_deref().unwrap_or_default(),
                 token_offsets: row_offsets,
             })
@@ -442,6 +444,57 @@ pub fn localisation_report(
         Some(s.correct_dropped_pct)
     }));
     DataFrame::new(rows.len(), columns).map_err(|e| Error::table("<localisation report>", e))
+}
+
+/// What error localisation reads besides the Q-values: each row's first error char and its
+/// tokens' char offsets.
+pub(super) struct LocatedColumns {
+    /// `first_error_char` (a negative or null value: not located).
+    pub(super) error_chars: Vec<Option<u64>>,
+    offsets: Vec<Option<Vec<f64>>>,
+}
+
+impl LocatedColumns {
+    /// Reads `first_error_char` and `token_offsets`; a missing one fails saying what to run.
+    pub(super) fn read(frame: &DataFrame, path: &Path) -> Result<Self> {
+        let columns = Columns::new(frame, path);
+        for name in [FIRST_ERROR_CHAR, TOKEN_OFFSETS] {
+            if !columns.has(name) {
+                return Err(Error::Format {
+                    path: path.to_owned(),
+                    message: format!(
+                        "missing column `{name}`: error localisation needs data with \
+                         `{FIRST_ERROR_CHAR}` (qrm-synth) scored with `qrm-score --emit-tokens`"
+                    ),
+                });
+            }
+        }
+        let error_chars = columns
+            .f64(FIRST_ERROR_CHAR)?
+            .iter()
+            .map(|v| v.filter(|c| *c >= 0.0).map(|c| c as u64))
+            .collect();
+        Ok(Self {
+            error_chars,
+            offsets: float_lists(&columns, TOKEN_OFFSETS)?,
+        })
+    }
+
+    /// Row `row`'s token offsets, which must be as many as its `q_count` Q-values.
+    pub(super) fn offsets(&self, path: &Path, row: usize, q_count: usize) -> Result<Vec<u32>> {
+        let Some(row_offsets) = &self.offsets[row] else {
+            return Err(Error::bad_value(path, row, TOKEN_OFFSETS, "null"));
+        };
+        if row_offsets.len() != q_count {
+            return Err(Error::bad_value(
+                path,
+                row,
+                TOKEN_OFFSETS,
+                format!("{} offsets for {} Q-values", row_offsets.len(), q_count),
+            ));
+        }
+        Ok(row_offsets.iter().map(|&o| o as u32).collect())
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! From a scores table to report tables: AUROC per group and percentile ([`auroc`],
-//! `qrm-auroc`), and Q-filtering, top-K, correlation and localisation summaries ([`filter`],
-//! `qrm-filter`); here, what both read (group keys, list columns) and the parsers of their flag
-//! values.
+//! `qrm-auroc`), Q-filtering, top-K, correlation and localisation summaries ([`filter`],
+//! `qrm-filter`) and Q-filtering at calibrated thresholds ([`calibrated`], `qrm-filter
+//! --max-false-drop`/`--warmup`); here, what they share (group keys, list columns) and the
+//! parsers of their flag values.
 //!
 //! Rows are grouped by the `by` columns (any type, compared as text); groups come out sorted.
 
 pub mod auroc;
+pub mod calibrated;
 pub mod filter;
 
 use std::path::Path;
@@ -144,6 +146,29 @@ pub fn parse_level(text: &str) -> Result<f64> {
     }
 }
 
+/// A number strictly between 0 and 1 (a maximum false-drop rate α, a calibration share);
+/// `what` names it in the error.
+pub fn parse_open_unit(text: &str, what: &str) -> Result<f64> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if value > 0.0 && value < 1.0 => Ok(value),
+        _ => Err(Error::Usage(format!(
+            "`{text}`: {what} must be a number strictly between 0 and 1"
+        ))),
+    }
+}
+
+/// `from:to:step` ([`parse_sweep`]) of maximum false-drop rates, each strictly between 0 and 1.
+pub fn parse_alpha_sweep(text: &str) -> Result<Vec<f64>> {
+    let values = parse_sweep(text)?;
+    if let Some(bad) = values.iter().find(|v| !(**v > 0.0 && **v < 1.0)) {
+        return Err(Error::Usage(format!(
+            "`{text}` gives α = {bad}: a maximum false-drop rate must be strictly between 0 \
+             and 1"
+        )));
+    }
+    Ok(values)
+}
+
 /// A finite number (a threshold).
 pub fn parse_finite(text: &str) -> Result<f64> {
     match text.trim().parse::<f64>() {
@@ -248,6 +273,15 @@ mod tests {
         assert!(usage_text(parse_level("0")).contains("between 0 and 1"));
         assert_eq!(parse_level("0.9").unwrap(), 0.9);
         assert!(usage_text(parse_finite("NaN")).contains("finite"));
+        assert!(usage_text(parse_open_unit("1", "α")).contains("α must be a number strictly"));
+        assert!(usage_text(parse_open_unit("0", "α")).contains("strictly between 0 and 1"));
+        assert_eq!(parse_open_unit("0.1", "α").unwrap(), 0.1);
+        assert!(usage_text(parse_alpha_sweep("0:0.2:0.1")).contains("gives α = 0"));
+        assert!(usage_text(parse_alpha_sweep("0.5:1:0.5")).contains("gives α = 1"));
+        assert_eq!(
+            parse_alpha_sweep("0.1:0.3:0.1").unwrap(),
+            vec![0.1, 0.2, 0.3]
+        );
         assert!(usage_text(parse_compare("a,a")).contains("two different"));
         assert!(usage_text(parse_compare("a")).contains("two different"));
         assert_eq!(
