@@ -919,11 +919,7 @@ fn obvious_result(computation: &Computation, limit: i64, rng: &mut ChaCha8Rng) -
 /// A number of the question copied wrongly ([`corrupt_number`], in its slot's range) and
 /// used throughout; the copy is never a number the question states, so comparing the two
 /// spans finds it.
-fn copy_mistake(
-    problem: &Problem,
-    slots: &[(Slot, i64)],
-    rng: &mut ChaCha8Rng,
-) -> Option<Mistake> {
+fn copy_mistake(problem: &Problem, slots: &[(Slot, i64)], rng: &mut ChaCha8Rng) -> Option<Mistake> {
     let &(slot, value) = slots.choose(rng)?;
     let copied = corrupt_number(value, problem.range(slot), rng)?;
     if slots.iter().any(|&(_, stated)| stated == copied) {
@@ -1321,7 +1317,12 @@ fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Ge
                 Phrasing::Sample => rng,
                 Phrasing::Question => stream(config, setting, index, PHRASING_STREAM),
             };
-            rows.push(render_row(&problem, reference.as_ref(), None, &mut phrasing));
+            rows.push(render_row(
+                &problem,
+                reference.as_ref(),
+                None,
+                &mut phrasing,
+            ));
             continue;
         };
         let pick = rng.random::<f64>();
@@ -1336,7 +1337,12 @@ fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Ge
             Phrasing::Sample => rng,
             Phrasing::Question => stream(config, setting, index, PHRASING_STREAM),
         };
-        rows.push(render_row(&problem, Some(reference), solution, &mut phrasing));
+        rows.push(render_row(
+            &problem,
+            Some(reference),
+            solution,
+            &mut phrasing,
+        ));
     }
     for (sample, row) in rows.iter_mut().enumerate() {
         row.question_id = question_id.clone();
@@ -1697,7 +1703,8 @@ mod tests {
                             Side::Right => step.computations[position].right,
                         };
                         assert_ne!(value, true_value);
-                        let computed: Vec<i64> = reference.computations().map(|c| c.result).collect();
+                        let computed: Vec<i64> =
+                            reference.computations().map(|c| c.result).collect();
                         assert!(computed.contains(&true_value), "{mistake:?}");
                     }
                     other => panic!("{mistakes:?} drew {other:?}"),
