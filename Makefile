@@ -5,6 +5,7 @@
 #   make learning     does training learn? BT and Q eval accuracy on independent synthetic pairs
 #   make prm800k      step-level AUROC and error localisation on PRM800K's human step labels
 #   make test         the test suite (README's second command; CI runs it)
+#   make score-sharded SHARDS=n   qrm-score as n parallel local shards, merged (docs/sharded-scoring.md)
 #
 # Sizes and seeds are variables: `make demo QUESTIONS=400 STEPS=60`,
 # `make repro-gsm8k ZEROEVAL=my.jsonl.gz MAX_QUESTIONS=800`.
@@ -65,7 +66,7 @@ D := reports/demo
 CALIBRATED_FLAGS := --localise
 endif
 
-.PHONY: test build demo repro-gsm8k learning prm800k cuda-dist report model clean-demo clean-gsm8k clean-learning clean-prm800k
+.PHONY: score-sharded test build demo repro-gsm8k learning prm800k cuda-dist report model clean-demo clean-gsm8k clean-learning clean-prm800k
 .DELETE_ON_ERROR:
 
 # $(call) splits its arguments on commas, so lists inside a timed command use these.
@@ -213,6 +214,31 @@ repro-gsm8k:
 	@test -f $(or $(ZEROEVAL),../shared/data/zeroeval/gsm8k_test_42models.jsonl.gz) || \
 		{ echo "no ZeroEval data at $(or $(ZEROEVAL),../shared/data/zeroeval/gsm8k_test_42models.jsonl.gz); set ZEROEVAL=" >&2; exit 1; }
 	@$(MAKE) --no-print-directory TASK=gsm8k report
+
+# ---- sharded scoring on one machine (docs/sharded-scoring.md): SHARDS qrm-score processes, each
+# `--shard i/SHARDS`, then `qrm-score merge` back into input order. By default a synthetic
+# sample-set table and the default model with an untrained linear head, so it runs from a fresh
+# clone; SCORE_INPUT, SCORE_RM, SCORE_FLAGS and SCORE_OUT choose real ones.
+SHARDS ?= 2
+SHARD_DIR := .cache/sharded
+SCORE_INPUT ?= $(SHARD_DIR)/generations.parquet
+SCORE_RM ?= $(MODEL)
+SCORE_FLAGS ?= $(if $(filter $(MODEL),$(SCORE_RM)),--head linear)
+SCORE_OUT ?= $(SHARD_DIR)/scores.parquet
+SHARD_PARTS = $$(for i in $$(seq 0 $$(($(SHARDS) - 1))); do echo $(SHARD_DIR)/part$$i.parquet; done)
+
+$(SHARD_DIR)/generations.parquet: | build
+	@mkdir -p $(SHARD_DIR)
+	$(BIN)/qrm-synth --questions 12 --samples 4 --seed $(SEED) -o $@
+
+score-sharded: $(SCORE_INPUT) $(SCORE_RM) | build
+	@mkdir -p $(SHARD_DIR)
+	@pids=; for i in $$(seq 0 $$(($(SHARDS) - 1))); do \
+		$(BIN)/qrm-score $(SCORE_INPUT) --rm $(SCORE_RM) $(SCORE_FLAGS) --shard $$i/$(SHARDS) -q \
+			-o $(SHARD_DIR)/part$$i.parquet & pids="$$pids $$!"; \
+	done; status=0; for pid in $$pids; do wait $$pid || status=1; done; exit $$status
+	$(BIN)/qrm-score merge $(SHARD_PARTS) -o $(SCORE_OUT)
+	@echo "wrote $(SCORE_OUT) from $(SHARDS) shards" >&2
 
 # ---- does training learn? Detectability of each kind of synthetic mistake: a linear probe on
 # the frozen model's final states (`--train-layers 0`: only the head and the final norm train)

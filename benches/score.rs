@@ -13,6 +13,16 @@
 //! ratio, the achieved GFLOP/s, and a 1024³ f32 matmul rate in each stack. Without python3 it
 //! reports qrm alone.
 //!
+//! `--sample-sets` measures shared-prompt scoring instead (issue 16): 96 ZeroEval GSM8K rows
+//! (`../shared/data/zeroeval`; the first 8 questions × the first 12 models' solutions, rows in
+//! file order, i.e. interleaved), encoded as qrm-score does (chatml, EOS appended, max-len 1024),
+//! scored by `qrm::score::scoring::score_encoded` at qrm-score's default budget (2,048 padded
+//! tokens) with the shared prompt on and off in alternating passes. It prints tokens/s (all the
+//! rows' tokens over the pass's seconds) and median for each, their ratio, the saving the token
+//! counts predict (each prompt run once instead of N times) next to the measured one, and the
+//! largest reward difference between the two paths. `--questions` and `--per-question` resize
+//! it.
+//!
 //! Measured 2026-11-27 on the 2-core AMD EPYC dev machine (a shared VM: passes vary by ±15 %, so
 //! binaries before and after a change were run back to back, release, 16 texts, 3,251 real
 //! tokens, medians of 3 passes). With qrm's own CPU softmax and SiLU (`model::cpu_kernels`),
@@ -39,6 +49,10 @@ struct Options {
     repeats: usize,
     /// Under `cargo test`: qrm's side only, no peer.
     smoke: bool,
+    /// Shared-prompt scoring of ZeroEval sample sets instead of the torch comparison.
+    sample_sets: bool,
+    questions: usize,
+    per_question: usize,
 }
 
 /// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it, and
@@ -55,6 +69,9 @@ fn parse_options() -> Result<Options> {
             max_tokens: 256,
             repeats: 3,
             smoke: false,
+            sample_sets: false,
+            questions: 8,
+            per_question: 12,
         }
     } else {
         Options {
@@ -63,6 +80,9 @@ fn parse_options() -> Result<Options> {
             max_tokens: 64,
             repeats: 1,
             smoke: true,
+            sample_sets: false,
+            questions: 2,
+            per_question: 2,
         }
     };
     let mut args = arguments.into_iter();
@@ -78,6 +98,9 @@ fn parse_options() -> Result<Options> {
             "--texts" => options.texts = value("--texts")?,
             "--max-tokens" => options.max_tokens = value("--max-tokens")?,
             "--repeats" => options.repeats = value("--repeats")?,
+            "--questions" => options.questions = value("--questions")?,
+            "--per-question" => options.per_question = value("--per-question")?,
+            "--sample-sets" => options.sample_sets = true,
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -167,6 +190,141 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+/// `(question, output)` of the first `per_question` solutions (file order) of ZeroEval
+/// questions `#0..#questions`, model-major: row i is question i mod `questions`.
+fn zeroeval_sample_sets(
+    path: &Path,
+    questions: usize,
+    per_question: usize,
+) -> Result<Vec<(String, String)>> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let reader = BufReader::new(flate2::read::GzDecoder::new(file));
+    let mut sets: Vec<Vec<(String, String)>> = vec![Vec::new(); questions];
+    for line in reader.lines() {
+        let row: serde_json::Value = serde_json::from_str(&line?)?;
+        let id = row["id"].as_str().unwrap_or_default();
+        let Some(number) = id.rsplit('#').next().and_then(|n| n.parse::<usize>().ok()) else {
+            continue;
+        };
+        if number < questions && sets[number].len() < per_question {
+            sets[number].push((
+                row["question"].as_str().unwrap_or_default().to_owned(),
+                row["output"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        if sets.iter().all(|set| set.len() == per_question) {
+            break;
+        }
+    }
+    if let Some(short) = sets.iter().position(|set| set.len() < per_question) {
+        bail!("question #{short} has fewer than {per_question} solutions");
+    }
+    Ok((0..per_question)
+        .flat_map(|sample| sets.iter().map(move |set| set[sample].clone()))
+        .collect())
+}
+
+/// Shared-prompt scoring against whole rows on ZeroEval sample sets (`--sample-sets`).
+fn sample_sets_bench(options: &Options, gguf: &Path, model: &RewardModel) -> Result<()> {
+    use qrm::model::template::{find_eos_id, Encoder, EosPolicy, Template, Truncation};
+    use qrm::score::scoring::{score_encoded, ScoreOptions};
+    let Some(zeroeval) = qrm::testing::shared_file("zeroeval/gsm8k_test_42models.jsonl.gz") else {
+        return Ok(());
+    };
+    let tokenizer = qrm::model::gguf::tokenizer_from_gguf(gguf)?;
+    let eos_id = find_eos_id(&tokenizer, None)?;
+    let encoder = Encoder {
+        tokenizer,
+        template: Template::ChatMl,
+        eos: EosPolicy::Append,
+        eos_id,
+        max_len: Some(1024),
+        truncation: Truncation::LeftPrompt,
+    };
+    let rows = zeroeval_sample_sets(&zeroeval, options.questions, options.per_question)?;
+    let questions: Vec<&str> = rows.iter().map(|(q, _)| q.as_str()).collect();
+    let responses: Vec<&str> = rows.iter().map(|(_, r)| r.as_str()).collect();
+    let encoded = encoder.encode_rows(&questions, &responses)?;
+    let whole_tokens: usize = encoded.iter().map(|e| e.input_ids.len()).sum();
+    // Each distinct prompt runs once instead of once per row.
+    let mut prompts = std::collections::HashMap::new();
+    for example in &encoded {
+        *prompts
+            .entry(&example.input_ids[..example.response_start])
+            .or_insert(0usize) += 1;
+    }
+    let repeated: usize = prompts.iter().map(|(p, n)| (n - 1) * p.len()).sum();
+    let prompt_tokens: usize = prompts.iter().map(|(p, n)| n * p.len()).sum();
+    let shared_tokens = whole_tokens - repeated;
+    let score_options = |shared_prompt: bool| ScoreOptions {
+        rm_name: "bench".into(),
+        rm_id: "bench@000000000000".into(),
+        batch_tokens: 2048,
+        goal: None,
+        emit_tokens: false,
+        shared_prompt,
+    };
+    let pass = |shared: bool| -> Result<(f64, Vec<f32>)> {
+        let start = Instant::now();
+        let scores = score_encoded(model, &encoder, &encoded, &score_options(shared), |_| {})?;
+        let seconds = start.elapsed().as_secs_f64();
+        Ok((
+            seconds,
+            scores
+                .iter()
+                .map(|s| s.reward.unwrap_or(f32::NAN))
+                .collect(),
+        ))
+    };
+    println!(
+        "workload: {} ZeroEval GSM8K rows ({} questions × {} models), {whole_tokens} tokens \
+         ({prompt_tokens} of them prompt tokens, {} distinct prompts); with shared prompts \
+         {shared_tokens} tokens run through the model; {} threads",
+        encoded.len(),
+        options.questions,
+        options.per_question,
+        prompts.len(),
+        candle_core::utils::get_num_threads()
+    );
+    let (mut shared_seconds, mut whole_seconds) = (Vec::new(), Vec::new());
+    let mut max_diff = 0f64;
+    for _ in 0..options.repeats {
+        let (seconds, shared) = pass(true)?;
+        shared_seconds.push(seconds);
+        let (seconds, whole) = pass(false)?;
+        whole_seconds.push(seconds);
+        for (a, b) in shared.iter().zip(&whole) {
+            let diff = (f64::from(*a) - f64::from(*b)).abs();
+            // A missing (NaN) reward on either side counts as a disagreement.
+            max_diff = max_diff.max(if diff.is_nan() { f64::INFINITY } else { diff });
+        }
+    }
+    let report = |name: &str, seconds: &mut Vec<f64>| -> f64 {
+        let median = median(seconds);
+        println!(
+            "{name:<24} {:8.1} tokens/s  median {:.3} s of {:.3?}",
+            whole_tokens as f64 / median,
+            median,
+            seconds
+        );
+        median
+    };
+    let shared = report("qrm, shared prompts", &mut shared_seconds);
+    let whole = report("qrm, whole rows", &mut whole_seconds);
+    println!(
+        "shared / whole throughput ratio: {:.2}; time saved: predicted from token counts {:.1}% \
+         (1 − {shared_tokens}/{whole_tokens}), measured {:.1}%",
+        whole / shared,
+        100.0 * repeated as f64 / whole_tokens as f64,
+        100.0 * (1.0 - shared / whole)
+    );
+    println!("sequence rewards, shared vs whole rows: max |Δ| = {max_diff:.2e}");
+    if max_diff > 1e-4 {
+        bail!("shared-prompt and whole-row rewards disagree: max |Δ| = {max_diff:e}");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let options = parse_options()?;
     let Some(gguf) = qrm::testing::default_model() else {
@@ -210,6 +368,13 @@ fn main() -> Result<()> {
     with_head.save(dir.path())?;
     drop((with_head, checkpoint));
     let model = RewardModel::load(dir.path(), &Device::Cpu, DType::F32)?;
+    if options.sample_sets || options.smoke {
+        // Under `cargo test` a 2 × 2 smoke pass of the sample-set mode runs too.
+        sample_sets_bench(&options, &gguf, &model)?;
+        if options.sample_sets {
+            return Ok(());
+        }
+    }
 
     let tensors = batches
         .iter()

@@ -6,6 +6,10 @@
 //! `--token random` averages a random response token instead (App. C ablation); `--limit N`
 //! uses a seeded random sample of N pairs (App. C sample-size ablation).
 //!
+//! Pairs of one question share its prompt: the prompt's keys and values are computed once and
+//! its chosen responses attend to them (as `qrm-score --shared-prompt on`; the goal is that of
+//! the whole sequences to float rounding).
+//!
 //! `--template`, `--eos` and `--max-len` default to what a qrm-train checkpoint's
 //! `train_config.json` records (else chatml, append, 1024), as in qrm-score; the values used are
 //! stored in the goal's provenance.
@@ -89,6 +93,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         token: args.token,
         seed: args.model.seed,
         batch_tokens: args.batch.batch_tokens,
+        shared_prompt: true,
     };
     let (accumulator, truncation) = embed_goal(
         loaded.model.as_ref(),

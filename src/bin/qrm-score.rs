@@ -16,7 +16,14 @@
 //! `manifest.json` records the sha256 of the input, weights, tokenizer and goal and every option
 //! that changes a score; a mismatch is refused, naming what changed (delete `OUTPUT.partial/`
 //! to start over). `--shard i/n` scores every n-th row on several machines and
-//! `qrm-score merge part*.parquet -o all.parquet` joins the parts.
+//! `qrm-score merge part*.parquet -o all.parquet` joins the parts; `--shard env` takes i and
+//! n from a Slurm array job or a Kubernetes Indexed Job (`--shard-count`), see
+//! docs/sharded-scoring.md, and `make score-sharded SHARDS=n` runs n local shards and merges
+//! them.
+//!
+//! Sample sets: rows whose encoded prompts are equal (N responses to one question) are scored
+//! after that prompt's keys and values, computed once (`--shared-prompt on`, the default);
+//! the scores equal those of the whole sequences. `--shared-prompt off` runs every row whole.
 //!
 //! A header-only input (columns, no rows) is an error, and so is a model directory that looks
 //! like an unfinished `qrm-train` run (no `train_config.json`). Exit codes: 0 ok, 1 bad data or
@@ -33,7 +40,7 @@ use qrm::model::loading::{self, EncodingArgs, ModelArgs};
 use qrm::pipeline::io::file_sha256;
 use qrm::pipeline::io::read_table_hashed;
 use qrm::score::goal::GoalState;
-use qrm::score::scoring::{self, Provenance, RunOptions, ScoreOptions, Scorer, Shard};
+use qrm::score::scoring::{self, Provenance, RunOptions, ScoreOptions, Scorer, ShardSpec};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -83,9 +90,23 @@ struct Args {
     #[arg(long, hide = true, value_name = "N")]
     stop_after_chunks: Option<usize>,
 
-    /// Score only the rows whose index is i mod n, adding a row_index column.
-    #[arg(long, value_name = "i/n")]
-    shard: Option<Shard>,
+    /// Score only the rows whose index is i mod n, adding a row_index column. `env` reads i
+    /// and n from an array job: SLURM_ARRAY_TASK_ID (less SLURM_ARRAY_TASK_MIN) of
+    /// SLURM_ARRAY_TASK_COUNT, or Kubernetes' JOB_COMPLETION_INDEX of --shard-count.
+    #[arg(long, value_name = "i/n|env")]
+    shard: Option<ShardSpec>,
+
+    /// With `--shard env`: the number of shards (a Kubernetes Indexed Job's completions; for
+    /// Slurm it overrides SLURM_ARRAY_TASK_COUNT).
+    #[arg(long, value_name = "N", requires = "shard",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    shard_count: Option<usize>,
+
+    /// Rows of one prompt (same question and template) are scored after the prompt's cached
+    /// keys and values, computed once: `off` runs every row whole (same scores, for
+    /// comparison).
+    #[arg(long, value_enum, default_value_t = Switch::On, value_name = "on|off")]
+    shared_prompt: Switch,
 
     /// Also write `tokens`, the decoded scored tokens (for qrm-plot tokens), and `token_offsets`,
     /// where each starts in the response (for qrm-filter --localise).
@@ -97,6 +118,13 @@ struct Args {
 
     #[command(flatten)]
     common: qrm::cli::CommonArgs,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Subcommand, Debug)]
@@ -144,11 +172,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         batch_tokens: args.batch.batch_tokens,
         goal,
         emit_tokens: args.emit_tokens,
+        shared_prompt: args.shared_prompt == Switch::On,
     };
     let run = RunOptions {
         chunk_rows: args.chunk_rows,
         resume: args.resume,
-        shard: args.shard,
+        shard: args
+            .shard
+            .map(|spec| spec.resolve(args.shard_count))
+            .transpose()?,
         stop_after_chunks: args.stop_after_chunks,
         provenance: Provenance {
             model: loaded.identity.clone(),

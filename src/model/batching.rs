@@ -6,14 +6,20 @@
 //! input order. With right padding and causal attention, the outputs at real positions do not
 //! depend on the batch or on the padding (a test in `scoring` checks it).
 //!
+//! [`run_batches_sharing_prompts`] runs the examples of one encoded prompt (sample sets) after
+//! that prompt's cached keys and values, computed once.
+//!
 //! [`pad_right`] is the one padding rule of the crate (scoring, goal states and training):
 //! token id [`PAD_ID`] and a u32 mask with 0 at padding positions, which the model masks.
+
+use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 
 use crate::error::Result;
 use crate::model::reward_model::RewardOutput;
 use crate::model::template::Encoded;
+use crate::model::transformer::KvCache;
 
 /// The token id at padding positions. Any id would do (padding is masked, so outputs at real
 /// positions do not depend on it); 0 is in every vocabulary.
@@ -28,6 +34,29 @@ pub trait TokenModel {
 
     /// Where the inputs must live.
     fn device(&self) -> &Device;
+
+    /// Whether [`TokenModel::prompt_cache`] and [`TokenModel::forward_after`] work; a model
+    /// without them has its rows run whole.
+    fn has_prompt_cache(&self) -> bool {
+        false
+    }
+
+    /// The cache of one unpadded prompt, (1, prompt_len) u32, for
+    /// [`TokenModel::forward_after`].
+    fn prompt_cache(&self, _prompt_ids: &Tensor) -> Result<KvCache> {
+        Err(crate::Error::Model("this model has no prompt cache".into()))
+    }
+
+    /// As [`TokenModel::forward`] for rows that continue the cached `prompt`: the outputs are
+    /// those of the prompt followed by each row, at the row's positions.
+    fn forward_after(
+        &self,
+        _input_ids: &Tensor,
+        _attention_mask: &Tensor,
+        _prompt: &KvCache,
+    ) -> Result<RewardOutput> {
+        Err(crate::Error::Model("this model has no prompt cache".into()))
+    }
 }
 
 /// Splits example indices into batches: sorted by length (longest first, so memory trouble
@@ -82,9 +111,85 @@ pub fn pad_right(examples: &[&Encoded], device: &Device) -> Result<(Tensor, Tens
     ))
 }
 
+/// Examples that share one encoded prompt (the same tokens before the response), in order of
+/// first appearance: the groups of two or more examples that have a prompt and a token after
+/// it.
+pub fn prompt_groups(examples: &[Encoded]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut by_prompt: HashMap<&[u32], usize> = HashMap::new();
+    for (index, example) in examples.iter().enumerate() {
+        let start = example.response_start;
+        if start == 0 || example.input_ids.len() <= start {
+            continue;
+        }
+        let group = *by_prompt
+            .entry(&example.input_ids[..start])
+            .or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+        groups[group].push(index);
+    }
+    groups.retain(|group| group.len() > 1);
+    groups
+}
+
+/// As [`run_batches`], but with `share_prompts` (and a model with a prompt cache) the examples
+/// of one encoded prompt ([`prompt_groups`]) run after that prompt's cache, computed once
+/// (batch 1): their own tokens in length-sorted batches whose rows × (prompt + longest row)
+/// stay within `batch_tokens`, as when they run whole. `on_batch(indices, output, offset)`:
+/// row `r` of `output` belongs to `examples[indices[r]]`, whose position `p` is column
+/// `p − offset` (`offset` the cached prompt's length, 0 for examples run whole). The outputs
+/// equal those of the whole sequences (to float rounding).
+pub fn run_batches_sharing_prompts(
+    model: &dyn TokenModel,
+    examples: &[Encoded],
+    batch_tokens: usize,
+    share_prompts: bool,
+    mut on_batch: impl FnMut(&[usize], &RewardOutput, usize) -> Result<()>,
+) -> Result<()> {
+    let groups = if share_prompts && model.has_prompt_cache() {
+        prompt_groups(examples)
+    } else {
+        Vec::new()
+    };
+    let device = model.device();
+    let mut lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
+    for &index in groups.iter().flatten() {
+        lengths[index] = 0; // run below, after their prompt's cache
+    }
+    for indices in plan_batches(&lengths, batch_tokens) {
+        let batch: Vec<&Encoded> = indices.iter().map(|&i| &examples[i]).collect();
+        let (input_ids, attention_mask) = pad_right(&batch, device)?;
+        on_batch(&indices, &model.forward(&input_ids, &attention_mask)?, 0)?;
+    }
+    for group in &groups {
+        let first = &examples[group[0]];
+        let prompt_len = first.response_start;
+        let prompt = Tensor::new(&first.input_ids[..prompt_len], device)?.unsqueeze(0)?;
+        let cache = model.prompt_cache(&prompt)?;
+        let continuations: Vec<Encoded> = group
+            .iter()
+            .map(|&i| Encoded {
+                input_ids: examples[i].input_ids[prompt_len..].to_vec(),
+                ..Encoded::default()
+            })
+            .collect();
+        let whole: Vec<usize> = group.iter().map(|&i| examples[i].input_ids.len()).collect();
+        for members in plan_batches(&whole, batch_tokens) {
+            let batch: Vec<&Encoded> = members.iter().map(|&m| &continuations[m]).collect();
+            let (input_ids, attention_mask) = pad_right(&batch, device)?;
+            let output = model.forward_after(&input_ids, &attention_mask, &cache)?;
+            let indices: Vec<usize> = members.iter().map(|&m| group[m]).collect();
+            on_batch(&indices, &output, prompt_len)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs every non-empty example through the model in length-sorted batches and calls
 /// `on_batch(indices, hidden, token_rewards)` for each, where row `r` of the tensors belongs to
-/// `examples[indices[r]]`.
+/// `examples[indices[r]]`: [`run_batches_sharing_prompts`] with every example run whole.
 ///
 /// # Shapes
 /// `hidden`: (rows, longest, hidden), `token_rewards`: (rows, longest).
@@ -94,14 +199,13 @@ pub fn run_batches(
     batch_tokens: usize,
     mut on_batch: impl FnMut(&[usize], &Tensor, &Tensor) -> Result<()>,
 ) -> Result<()> {
-    let lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
-    for indices in plan_batches(&lengths, batch_tokens) {
-        let batch: Vec<&Encoded> = indices.iter().map(|&i| &examples[i]).collect();
-        let (input_ids, attention_mask) = pad_right(&batch, model.device())?;
-        let output = model.forward(&input_ids, &attention_mask)?;
-        on_batch(&indices, &output.hidden, &output.token_rewards)?;
-    }
-    Ok(())
+    run_batches_sharing_prompts(
+        model,
+        examples,
+        batch_tokens,
+        false,
+        |indices, output, _| on_batch(indices, &output.hidden, &output.token_rewards),
+    )
 }
 
 #[cfg(test)]

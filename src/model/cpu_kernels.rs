@@ -6,6 +6,10 @@
 //!   and never stores a (seq_len, seq_len) matrix, so its memory is O(seq_len);
 //! - SiLU.
 //!
+//! Both attention kernels also take a cached prefix (a [`KvCache`](crate::model::transformer::KvCache)'s
+//! keys before the queries' own, seen by every query), so rows scored after a shared prompt
+//! are masked exactly as the full sequences.
+//!
 //! They share a branch-free `exp` the compiler vectorises and run in parallel over rows; the
 //! attention and SiLU are built twice, for AVX2 + FMA (chosen at run time when the CPU has them)
 //! and for baseline x86-64 or other targets.
@@ -59,11 +63,12 @@ fn contiguous_f32<'a>(
     }
 }
 
-/// How many keys query `query` of a row with `length` real tokens attends to: keys j <= i that
-/// are real tokens. A padded query sees the row's real keys (its output is never read, but it
-/// stays finite).
-fn visible_keys(query: usize, length: usize) -> usize {
-    (query + 1).min(length)
+/// How many keys query `query` of a row with `length` real tokens attends to, after `prefix`
+/// cached keys every query sees (a shared prompt, 0 without one): the prefix and the keys
+/// j <= i that are real tokens. A padded query sees the row's real keys (its output is never
+/// read, but it stays finite).
+fn visible_keys(query: usize, length: usize, prefix: usize) -> usize {
+    prefix + (query + 1).min(length)
 }
 
 /// The unnormalised softmax in place, `xᵢ ← exp(xᵢ − max x)`, returning `1 / Σ exp(xᵢ − max x)`
@@ -78,8 +83,10 @@ fn exp_relative_to_max(xs: &mut [f32]) -> f32 {
 }
 
 struct CausalSoftmax<'a> {
-    /// Real tokens in each batch row (right padding).
+    /// Real tokens in each batch row (right padding), not counting the prefix.
     lengths: &'a [usize],
+    /// Cached keys before the queries' own, seen by every query.
+    prefix: usize,
 }
 
 impl CustomOp1 for CausalSoftmax<'_> {
@@ -94,27 +101,26 @@ impl CustomOp1 for CausalSoftmax<'_> {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let scores = contiguous_f32(storage, layout, self.name())?;
         let (batch, heads, queries, keys) = layout.shape().dims4()?;
-        if batch != self.lengths.len() || queries != keys {
+        if batch != self.lengths.len() || queries + self.prefix != keys {
             bail!(
-                "causal-softmax: scores {:?} do not match {} rows of square attention",
+                "causal-softmax: scores {:?} do not match {} rows of causal attention after {} \
+                 cached keys",
                 layout.shape(),
-                self.lengths.len()
+                self.lengths.len(),
+                self.prefix
             );
         }
-        let seq_len = keys;
         let mut out = vec![0f32; scores.len()];
         // One task per (row, head) matrix.
-        out.par_chunks_mut(seq_len * seq_len)
-            .zip(scores.par_chunks(seq_len * seq_len))
+        out.par_chunks_mut(queries * keys)
+            .zip(scores.par_chunks(queries * keys))
             .enumerate()
             .for_each(|(matrix, (out, scores))| {
                 let length = self.lengths[matrix / heads];
-                for (query, (out, scores)) in out
-                    .chunks_mut(seq_len)
-                    .zip(scores.chunks(seq_len))
-                    .enumerate()
+                for (query, (out, scores)) in
+                    out.chunks_mut(keys).zip(scores.chunks(keys)).enumerate()
                 {
-                    let visible = visible_keys(query, length);
+                    let visible = visible_keys(query, length, self.prefix);
                     let out = &mut out[..visible];
                     out.copy_from_slice(&scores[..visible]);
                     let inverse = exp_relative_to_max(out);
@@ -128,15 +134,15 @@ impl CustomOp1 for CausalSoftmax<'_> {
 }
 
 /// Softmax over the last axis of attention scores with the causal and right-padding mask
-/// applied: query i of batch row b attends to keys `j <= i` with `j < lengths[b]`; masked
-/// weights are exactly 0. Equals adding the additive mask and taking the softmax, without the
-/// mask tensor.
+/// applied: query i of batch row b attends to the `prefix` cached keys and to its own keys
+/// `j <= i` with `j < lengths[b]`; masked weights are exactly 0. Equals adding the additive
+/// mask and taking the softmax, without the mask tensor.
 ///
 /// # Shapes
-/// `scores` (batch, heads, seq_len, seq_len) f32 contiguous on the CPU, `lengths` (batch) →
-/// (batch, heads, seq_len, seq_len).
-pub fn causal_softmax(scores: &Tensor, lengths: &[usize]) -> Result<Tensor> {
-    Ok(scores.apply_op1_no_bwd(&CausalSoftmax { lengths })?)
+/// `scores` (batch, heads, seq_len, prefix + seq_len) f32 contiguous on the CPU, `lengths`
+/// (batch) → (batch, heads, seq_len, prefix + seq_len).
+pub fn causal_softmax(scores: &Tensor, lengths: &[usize], prefix: usize) -> Result<Tensor> {
+    Ok(scores.apply_op1_no_bwd(&CausalSoftmax { lengths, prefix })?)
 }
 
 /// Multiply–add as the kernels use it: `a·b + c`. [`Fma`] rounds once (a fused instruction where
@@ -229,13 +235,15 @@ fn sum(xs: &[f32]) -> f32 {
 
 /// What every query of one (row, head) of causal attention shares; see [`causal_attention`].
 struct AttentionMatrix<'a> {
-    /// The row's (seq_len, head_size) keys of the head's kv head.
+    /// The row's (prefix + seq_len, head_size) keys of the head's kv head.
     keys: &'a [f32],
-    /// The row's (seq_len, head_size) values of the head's kv head.
+    /// The row's (prefix + seq_len, head_size) values of the head's kv head.
     values: &'a [f32],
     head_size: usize,
-    /// The row's number of real tokens.
+    /// The row's number of real tokens after the prefix.
     length: usize,
+    /// Cached keys before the row's own, seen by every query.
+    prefix: usize,
     /// Multiplies the scores before the softmax: 1/√head_size.
     scale: f32,
 }
@@ -250,13 +258,14 @@ fn attend<M: MulAdd>(
     matrix: &AttentionMatrix,
 ) {
     let head_size = matrix.head_size;
-    let mut weights = vec![0f32; matrix.length];
+    let mut weights = vec![0f32; matrix.prefix + matrix.length];
     for (query, (out, q)) in out
         .chunks_exact_mut(head_size)
         .zip(queries.chunks_exact(head_size))
         .enumerate()
     {
-        let weights = &mut weights[..visible_keys(first_query + query, matrix.length)];
+        let visible = visible_keys(first_query + query, matrix.length, matrix.prefix);
+        let weights = &mut weights[..visible];
         for (weight, key) in weights.iter_mut().zip(matrix.keys.chunks_exact(head_size)) {
             *weight = dot::<M>(q, key) * matrix.scale;
         }
@@ -311,8 +320,10 @@ pub const FUSED_ATTENTION_MIN_LEN: usize = 512;
 const QUERY_BLOCK: usize = 16;
 
 struct CausalAttention<'a> {
-    /// Real tokens in each batch row (right padding).
+    /// Real tokens in each batch row (right padding), not counting the prefix.
     lengths: &'a [usize],
+    /// Cached keys before the queries' own, seen by every query.
+    prefix: usize,
     /// Multiplies the scores before the softmax: 1/√head_size.
     scale: f32,
     /// Run the AVX2 + FMA build (checked against the CPU when the op is made).
@@ -340,21 +351,24 @@ impl CustomOp3 for CausalAttention<'_> {
         let (batch, heads, seq_len, head_size) = queries_layout.shape().dims4()?;
         let (_, kv_heads, _, _) = keys_layout.shape().dims4()?;
         if keys_layout.shape() != values_layout.shape()
-            || keys_layout.shape().dims() != [batch, kv_heads, seq_len, head_size]
+            || keys_layout.shape().dims() != [batch, kv_heads, self.prefix + seq_len, head_size]
             || kv_heads == 0
             || heads % kv_heads != 0
             || batch != self.lengths.len()
         {
             bail!(
-                "causal-attention: queries {:?}, keys {:?}, values {:?} do not match {} rows",
+                "causal-attention: queries {:?}, keys {:?}, values {:?} do not match {} rows \
+                 after {} cached keys",
                 queries_layout.shape(),
                 keys_layout.shape(),
                 values_layout.shape(),
-                self.lengths.len()
+                self.lengths.len(),
+                self.prefix
             );
         }
         let group = heads / kv_heads;
         let matrix_len = seq_len * head_size;
+        let kv_matrix_len = (self.prefix + seq_len) * head_size;
         let mut out = vec![0f32; queries_data.len()];
         // One task per block of QUERY_BLOCK queries of a (row, head) matrix: at batch 1 there
         // are only `heads` matrices, too few to balance over the cores.
@@ -363,12 +377,13 @@ impl CustomOp3 for CausalAttention<'_> {
             .enumerate()
             .for_each(|(index, (out, queries))| {
                 let (row, head) = (index / heads, index % heads);
-                let start = (row * kv_heads + head / group) * matrix_len;
+                let start = (row * kv_heads + head / group) * kv_matrix_len;
                 let matrix = AttentionMatrix {
-                    keys: &keys[start..start + matrix_len],
-                    values: &values[start..start + matrix_len],
+                    keys: &keys[start..start + kv_matrix_len],
+                    values: &values[start..start + kv_matrix_len],
                     head_size,
                     length: self.lengths[row],
+                    prefix: self.prefix,
                     scale: self.scale,
                 };
                 let block = QUERY_BLOCK * head_size;
@@ -391,25 +406,28 @@ impl CustomOp3 for CausalAttention<'_> {
 }
 
 /// Causal scaled dot-product attention over right-padded rows, fused: query i of batch row b
-/// attends to keys `j <= i` with `j < lengths[b]`, with weights `softmax(q·k / √head_size)`.
+/// attends to the `prefix` cached keys (a shared prompt; 0 for none) and to its own keys
+/// `j <= i` with `j < lengths[b]`, with weights `softmax(q·k / √head_size)`.
 /// Only the visible keys are scored (no mask tensor, and the masked half of the score matrix is
 /// never computed), and no (seq_len, seq_len) matrix is stored. Grouped-query attention: query
 /// head h reads kv head `h / (heads / kv_heads)`. Equals adding the additive mask, taking the
 /// softmax and multiplying by the values.
 ///
 /// # Shapes
-/// `queries` (batch, heads, seq_len, head_size), `keys` and `values` (batch, kv_heads, seq_len,
-/// head_size), all f32 contiguous on the CPU; `lengths` (batch) → (batch, heads, seq_len,
-/// head_size).
+/// `queries` (batch, heads, seq_len, head_size), `keys` and `values` (batch, kv_heads,
+/// prefix + seq_len, head_size), all f32 contiguous on the CPU; `lengths` (batch) → (batch,
+/// heads, seq_len, head_size).
 pub fn causal_attention(
     queries: &Tensor,
     keys: &Tensor,
     values: &Tensor,
     lengths: &[usize],
+    prefix: usize,
 ) -> Result<Tensor> {
     let head_size = queries.dim(D::Minus1)?;
     let op = CausalAttention {
         lengths,
+        prefix,
         scale: 1.0 / (head_size as f32).sqrt(),
         avx2_fma: has_avx2_fma(),
     };
@@ -503,10 +521,10 @@ mod tests {
         let lengths = [5, 3, 1];
         let scores = seeded_normal(&[batch, heads, seq_len, seq_len], 3.0, 1);
         // What the transformer adds before candle's softmax on every other path.
-        let mask = additive_mask(&lengths, seq_len, &Device::Cpu).unwrap();
+        let mask = additive_mask(&lengths, seq_len, 0, &Device::Cpu).unwrap();
         let expected =
             candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
-        let actual = causal_softmax(&scores, &lengths).unwrap();
+        let actual = causal_softmax(&scores, &lengths, 0).unwrap();
         let diff = max_abs_diff(&actual, &expected);
         assert!(diff < 1e-6, "max |Δ| = {diff:e}");
         // Row 1 (length 3), head 0, query 4: keys 3 and 4 are padding, so exactly 0.
@@ -516,9 +534,36 @@ mod tests {
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
 
+    #[test]
+    fn causal_softmax_after_a_prefix_equals_the_additive_mask_then_softmax() {
+        // 4 queries after 3 cached keys: scores (batch, heads, 4, 7).
+        let (batch, heads, seq_len, prefix) = (2, 2, 4, 3);
+        let lengths = [4, 2];
+        let scores = seeded_normal(&[batch, heads, seq_len, prefix + seq_len], 3.0, 11);
+        let mask = additive_mask(&lengths, seq_len, prefix, &Device::Cpu).unwrap();
+        let expected =
+            candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+        let actual = causal_softmax(&scores, &lengths, prefix).unwrap();
+        let diff = max_abs_diff(&actual, &expected);
+        assert!(diff < 1e-6, "max |Δ| = {diff:e}");
+        // Row 1 (2 real tokens), query 0 sees the 3 cached keys and itself: 4 non-zero weights.
+        let row = actual.get(1).unwrap().get(1).unwrap().get(0).unwrap();
+        let row = row.to_vec1::<f32>().unwrap();
+        assert!(row[..4].iter().all(|&w| w > 0.0), "{row:?}");
+        assert_eq!(&row[4..], &[0.0, 0.0, 0.0]);
+        // Scores whose key axis is not prefix + queries are refused.
+        assert!(causal_softmax(&scores, &lengths, 2).is_err());
+    }
+
     /// The unfused path of the transformer: scale, matmul, additive mask, softmax, matmul, with
     /// each kv head repeated for its query heads.
-    fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, lengths: &[usize]) -> Tensor {
+    fn reference_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        lengths: &[usize],
+        prefix: usize,
+    ) -> Tensor {
         let (_, heads, seq_len, head_size) = q.dims4().unwrap();
         let group = heads / k.dim(1).unwrap();
         let repeat = |t: &Tensor| {
@@ -532,7 +577,7 @@ mod tests {
         };
         let (k, v) = (repeat(k), repeat(v));
         let scores = (q.matmul(&k.t().unwrap()).unwrap() / (head_size as f64).sqrt()).unwrap();
-        let mask = additive_mask(lengths, seq_len, &Device::Cpu).unwrap();
+        let mask = additive_mask(lengths, seq_len, prefix, &Device::Cpu).unwrap();
         let weights =
             candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
         weights.matmul(&v.contiguous().unwrap()).unwrap()
@@ -547,14 +592,31 @@ mod tests {
         let q = seeded_normal(&[batch, heads, seq_len, head_size], 2.0, 2);
         let k = seeded_normal(&[batch, kv_heads, seq_len, head_size], 2.0, 3);
         let v = seeded_normal(&[batch, kv_heads, seq_len, head_size], 1.0, 4);
-        let actual = causal_attention(&q, &k, &v, &lengths).unwrap();
-        let expected = reference_attention(&q, &k, &v, &lengths);
+        let actual = causal_attention(&q, &k, &v, &lengths, 0).unwrap();
+        let expected = reference_attention(&q, &k, &v, &lengths, 0);
         let diff = max_abs_diff(&actual, &expected);
         assert!(diff < 1e-5, "max |Δ| = {diff:e}");
         // Row 2 has one real token: every query returns that token's value exactly (weight 1).
         let first_value = v.get(2).unwrap().get(0).unwrap().get(0).unwrap();
         let last_query = actual.get(2).unwrap().get(1).unwrap().get(36).unwrap();
         assert_eq!(max_abs_diff(&last_query, &first_value), 0.0);
+    }
+
+    #[test]
+    fn causal_attention_after_a_prefix_equals_masked_softmax_attention() {
+        // 21 queries after 13 cached keys (more than one QUERY_BLOCK), 6 query heads over 2 kv
+        // heads; row lengths 21 (full), 9, 1.
+        let (batch, heads, kv_heads, seq_len, prefix, head_size) = (3, 6, 2, 21, 13, 20);
+        let lengths = [21, 9, 1];
+        let q = seeded_normal(&[batch, heads, seq_len, head_size], 2.0, 12);
+        let k = seeded_normal(&[batch, kv_heads, prefix + seq_len, head_size], 2.0, 13);
+        let v = seeded_normal(&[batch, kv_heads, prefix + seq_len, head_size], 1.0, 14);
+        let actual = causal_attention(&q, &k, &v, &lengths, prefix).unwrap();
+        let expected = reference_attention(&q, &k, &v, &lengths, prefix);
+        let diff = max_abs_diff(&actual, &expected);
+        assert!(diff < 1e-5, "max |Δ| = {diff:e}");
+        // Keys without room for the prefix are refused.
+        assert!(causal_attention(&q, &k, &v, &lengths, prefix + 1).is_err());
     }
 
     #[test]
@@ -569,6 +631,7 @@ mod tests {
             values: &v,
             head_size,
             length,
+            prefix: 0,
             scale: 0.125,
         };
         let mut portable = vec![0f32; q.len()];
@@ -598,11 +661,11 @@ mod tests {
         let q = Tensor::zeros((1, 3, 4, 8), DType::F32, &Device::Cpu).unwrap();
         let k = Tensor::zeros((1, 2, 4, 8), DType::F32, &Device::Cpu).unwrap();
         // 3 query heads cannot share 2 kv heads.
-        assert!(causal_attention(&q, &k, &k, &[4]).is_err());
+        assert!(causal_attention(&q, &k, &k, &[4], 0).is_err());
         // One length for two rows.
         let q = Tensor::zeros((2, 2, 4, 8), DType::F32, &Device::Cpu).unwrap();
         let k = Tensor::zeros((2, 2, 4, 8), DType::F32, &Device::Cpu).unwrap();
-        assert!(causal_attention(&q, &k, &k, &[4]).is_err());
+        assert!(causal_attention(&q, &k, &k, &[4], 0).is_err());
     }
 
     #[test]

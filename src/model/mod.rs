@@ -43,4 +43,4 @@ pub use config::{Family, ModelConfig};
 pub use device::DeviceChoice;
 pub use head::{HeadKind, HeadLayout, ValueHead};
 pub use reward_model::{last_token_hidden, last_token_values, RewardModel, RewardOutput};
-pub use transformer::{Kernels, Transformer};
+pub use transformer::{Kernels, KvCache, Transformer};

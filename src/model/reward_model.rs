@@ -12,7 +12,7 @@ use crate::model::batching::TokenModel;
 use crate::model::checkpoint::{save_reward_model, Checkpoint};
 use crate::model::config::ModelConfig;
 use crate::model::head::{seed_new_head, HeadKind, ValueHead};
-use crate::model::transformer::{attention_mask_rows, Kernels, Transformer};
+use crate::model::transformer::{attention_mask_rows, Kernels, KvCache, Transformer};
 use crate::{Error, Result};
 
 /// Backbone + head.
@@ -165,6 +165,30 @@ impl TokenModel for RewardModel {
 
     fn device(&self) -> &Device {
         self.transformer.device()
+    }
+
+    fn has_prompt_cache(&self) -> bool {
+        true
+    }
+
+    fn prompt_cache(&self, prompt_ids: &Tensor) -> Result<KvCache> {
+        Ok(self.transformer.prefill(prompt_ids, None)?.1)
+    }
+
+    fn forward_after(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        prompt: &KvCache,
+    ) -> Result<RewardOutput> {
+        let hidden = self
+            .transformer
+            .forward_with_prefix(input_ids, attention_mask, prompt)?;
+        let token_rewards = self.rewards_from_hidden(&hidden)?;
+        Ok(RewardOutput {
+            hidden,
+            token_rewards,
+        })
     }
 }
 

@@ -12,6 +12,14 @@
 //! ([`crate::model::cpu_kernels`]) (fast, inference only: they have no backward pass, and
 //! gradients through them silently stop, candle issue #2168); [`Kernels::Differentiable`] writes
 //! the same operations as compositions of differentiable tensor ops, for training.
+//!
+//! A [`KvCache`] holds every layer's keys and values (rotary applied) of a prefix, so a later
+//! forward continues it: [`Transformer::prefill`] runs unpadded rows and returns their cache
+//! (a prompt once, or one more token for incremental decoding), and
+//! [`Transformer::forward_with_prefix`] runs right-padded rows that all continue one cached
+//! prefix (the samples of one shared prompt). Positions continue after the prefix (rotary
+//! offset) and every query sees the whole prefix, so the hidden states equal those of the full
+//! sequences (tests below, to 1e-5).
 
 use std::ops::Range;
 
@@ -112,15 +120,49 @@ impl RmsNorm {
     }
 }
 
+/// Every layer's keys and values of a prefix that later forwards continue, and the prefix's
+/// length. Made by [`Transformer::prefill`] from unpadded rows.
+///
+/// # Shapes
+/// Per layer keys and values (batch, kv_heads, len, head_size), rotary applied at positions
+/// `0..len`.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens in the prefix (every row has all of them: no padding).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a cache of no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Rows of the cache: 1 for a shared prompt, which continues into any batch.
+    pub fn batch(&self) -> Result<usize> {
+        match self.layers.first() {
+            Some((keys, _)) => Ok(keys.dim(0)?),
+            None => Ok(0),
+        }
+    }
+}
+
 /// What every layer of one forward shares: the attention mask and the rotary tables.
 struct Prepared {
-    /// Real tokens in each batch row.
+    /// Real tokens in each batch row, not counting the cached prefix.
     lengths: Vec<usize>,
-    /// (batch, 1, seq_len, seq_len), 0 where a query may attend, the dtype's minimum elsewhere;
-    /// `None` when qrm's CPU kernels (causal softmax or fused attention) apply the mask from
-    /// `lengths` themselves.
+    /// Cached tokens before this forward's (0 without a cache).
+    prefix: usize,
+    /// (batch, 1, seq_len, prefix + seq_len), 0 where a query may attend, the dtype's minimum
+    /// elsewhere; `None` when qrm's CPU kernels (causal softmax or fused attention) apply the
+    /// mask from `lengths` themselves.
     mask: Option<Tensor>,
-    /// (seq_len, head_size / 2).
+    /// (seq_len, head_size / 2), at positions `prefix..prefix + seq_len`.
     cos: Tensor,
     /// (seq_len, head_size / 2).
     sin: Tensor,
@@ -134,10 +176,14 @@ fn uses_cpu_kernels(kernels: Kernels, device: &Device, dtype: DType) -> bool {
 /// Attention weights from raw scores: the mask applied, then a softmax over the keys.
 ///
 /// # Shapes
-/// `scores` (batch, heads, seq_len, seq_len) → (batch, heads, seq_len, seq_len).
+/// `scores` (batch, heads, seq_len, prefix + seq_len) → the same shape.
 fn attention_weights(scores: &Tensor, prepared: &Prepared, kernels: Kernels) -> Result<Tensor> {
     let Some(mask) = &prepared.mask else {
-        return cpu_kernels::causal_softmax(&scores.contiguous()?, &prepared.lengths);
+        return cpu_kernels::causal_softmax(
+            &scores.contiguous()?,
+            &prepared.lengths,
+            prepared.prefix,
+        );
     };
     let scores = scores.broadcast_add(mask)?;
     let dtype = scores.dtype();
@@ -199,7 +245,20 @@ impl Attention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, prepared: &Prepared, kernels: Kernels) -> Result<Tensor> {
+    /// The attention output and the keys and values it attended to (`past`'s, then this
+    /// forward's), for a caller that keeps them as a cache.
+    ///
+    /// # Shapes
+    /// `xs` (batch, seq_len, hidden); `past` keys and values (1 or batch, kv_heads, prefix,
+    /// head_size) → (batch, seq_len, hidden) and keys, values (batch, kv_heads, prefix +
+    /// seq_len, head_size).
+    fn forward(
+        &self,
+        xs: &Tensor,
+        prepared: &Prepared,
+        kernels: Kernels,
+        past: Option<&(Tensor, Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
         let (batch, seq_len, _hidden) = xs.dims3()?;
         let q = self
             .q_proj
@@ -219,11 +278,31 @@ impl Attention {
             .contiguous()?; // (batch, kv_heads, seq_len, head_size)
         let q = rotary(&q, &prepared.cos, &prepared.sin, kernels)?;
         let k = rotary(&k, &prepared.cos, &prepared.sin, kernels)?;
-        let fused = prepared.mask.is_none() && seq_len >= cpu_kernels::FUSED_ATTENTION_MIN_LEN;
+        let (k, v) = match past {
+            None => (k, v),
+            Some((past_k, past_v)) => {
+                // A batch-1 prefix (a shared prompt) continues into every row.
+                let (_, kv_heads, prefix, head_size) = past_k.dims4()?;
+                let shape = (batch, kv_heads, prefix, head_size);
+                // `cat` of a broadcast leaves strides the matmul refuses: copy once.
+                (
+                    Tensor::cat(&[&past_k.broadcast_as(shape)?, &k], 2)?.contiguous()?,
+                    Tensor::cat(&[&past_v.broadcast_as(shape)?, &v], 2)?.contiguous()?,
+                )
+            }
+        }; // (batch, kv_heads, prefix + seq_len, head_size)
+        let keys = prepared.prefix + seq_len;
+        let fused = prepared.mask.is_none() && keys >= cpu_kernels::FUSED_ATTENTION_MIN_LEN;
         let context = if fused {
             // qrm's fused CPU attention: only the visible keys are scored, and no
-            // (seq_len, seq_len) matrix is stored.
-            cpu_kernels::causal_attention(&q, &k.contiguous()?, &v, &prepared.lengths)?
+            // (seq_len, keys) matrix is stored.
+            cpu_kernels::causal_attention(
+                &q,
+                &k.contiguous()?,
+                &v.contiguous()?,
+                &prepared.lengths,
+                prepared.prefix,
+            )?
         } else {
             // Grouped-query attention without copying K and V: query head h uses kv head
             // h / group, so the `group` query heads of one kv head are stacked along the
@@ -236,18 +315,18 @@ impl Attention {
                 self.head_size,
             ))? * (1.0 / (self.head_size as f64).sqrt()))?; // (batch, kv_heads, group·seq_len, head_size)
             let scores = q
-                .matmul(&k.t()?)? // (batch, kv_heads, group·seq_len, seq_len)
-                .reshape((batch, self.num_heads, seq_len, seq_len))?;
-            let weights = attention_weights(&scores, prepared, kernels)?; // (batch, heads, seq_len, seq_len)
+                .matmul(&k.t()?)? // (batch, kv_heads, group·seq_len, keys)
+                .reshape((batch, self.num_heads, seq_len, keys))?;
+            let weights = attention_weights(&scores, prepared, kernels)?; // (batch, heads, seq_len, keys)
             weights
-                .reshape((batch, self.num_kv_heads, group * seq_len, seq_len))?
-                .matmul(&v)? // (batch, kv_heads, group·seq_len, head_size)
+                .reshape((batch, self.num_kv_heads, group * seq_len, keys))?
+                .matmul(&v.contiguous()?)? // (batch, kv_heads, group·seq_len, head_size)
                 .reshape((batch, self.num_heads, seq_len, self.head_size))?
         }; // (batch, heads, seq_len, head_size)
         let context = context
             .transpose(1, 2)? // (batch, seq_len, heads, head_size)
             .reshape((batch, seq_len, self.num_heads * self.head_size))?;
-        Ok(self.o_proj.forward(&context)?)
+        Ok((self.o_proj.forward(&context)?, (k, v)))
     }
 }
 
@@ -306,13 +385,22 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, prepared: &Prepared, kernels: Kernels) -> Result<Tensor> {
+    /// The layer's output and the keys and values its attention saw (see
+    /// [`Attention::forward`]).
+    fn forward(
+        &self,
+        xs: &Tensor,
+        prepared: &Prepared,
+        kernels: Kernels,
+        past: Option<&(Tensor, Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
         let residual = xs;
         let xs = self.input_layernorm.forward(xs, kernels)?;
-        let xs = (self.self_attn.forward(&xs, prepared, kernels)? + residual)?;
+        let (attended, kv) = self.self_attn.forward(&xs, prepared, kernels, past)?;
+        let xs = (attended + residual)?;
         let residual = &xs;
         let ys = self.post_attention_layernorm.forward(&xs, kernels)?;
-        Ok((self.mlp.forward(&ys, kernels)? + residual)?)
+        Ok(((self.mlp.forward(&ys, kernels)? + residual)?, kv))
     }
 }
 
@@ -476,29 +564,107 @@ impl Transformer {
             )));
         }
         let (batch, seq_len, _hidden) = hidden.dims3()?;
-        let prepared = self.prepare(attention_mask, batch, seq_len)?;
+        let prepared = self.prepare(attention_mask, batch, seq_len, 0)?;
         let mut xs = hidden.clone();
         for layer in &self.layers[layers] {
-            xs = layer.forward(&xs, &prepared, self.kernels)?;
+            xs = layer.forward(&xs, &prepared, self.kernels, None)?.0;
         }
         Ok(xs)
     }
 
-    fn prepare(&self, attention_mask: &Tensor, batch: usize, seq_len: usize) -> Result<Prepared> {
+    /// Final hidden states of unpadded rows that continue `past` (none: they start at position
+    /// 0), and the cache of `past`'s tokens followed by theirs. A prompt run once this way is
+    /// the prefix of [`Transformer::forward_with_prefix`]; one more token at a time with the
+    /// last cache is incremental decoding.
+    ///
+    /// # Shapes
+    /// `input_ids` (batch, seq_len) u32, every token real; `past` of batch 1 or `batch` →
+    /// (batch, seq_len, hidden) and a cache of batch `batch` and length `past.len() + seq_len`.
+    pub fn prefill(&self, input_ids: &Tensor, past: Option<&KvCache>) -> Result<(Tensor, KvCache)> {
+        let (batch, seq_len) = input_ids.dims2()?;
+        let mask = Tensor::ones((batch, seq_len), DType::U32, &self.device)?;
+        let (hidden, layers) = self.forward_cached(input_ids, &mask, past, true)?;
+        let len = past.map_or(0, KvCache::len) + seq_len;
+        Ok((hidden, KvCache { layers, len }))
+    }
+
+    /// Final hidden states of right-padded rows that all continue the cached `prefix`: every
+    /// real token attends to the whole prefix and to the row's tokens before it, at positions
+    /// `prefix.len()..`. Equals the rows of [`Transformer::forward`] on the prefix followed by
+    /// each row, at the row's positions.
+    ///
+    /// # Shapes
+    /// `input_ids` (batch, seq_len) u32, `attention_mask` (batch, seq_len) right-padded 0/1 as
+    /// for [`Transformer::forward`]; `prefix` of batch 1 or `batch` → (batch, seq_len, hidden).
+    pub fn forward_with_prefix(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        prefix: &KvCache,
+    ) -> Result<Tensor> {
+        Ok(self
+            .forward_cached(input_ids, attention_mask, Some(prefix), false)?
+            .0)
+    }
+
+    /// The whole stack after an optional cached prefix; the keys and values of every layer
+    /// (prefix and new tokens) when `keep`, none otherwise.
+    fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        past: Option<&KvCache>,
+        keep: bool,
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let (batch, seq_len) = input_ids.dims2()?;
+        if let Some(past) = past {
+            let past_batch = past.batch()?;
+            if past.layers.len() != self.layers.len() || (past_batch != 1 && past_batch != batch) {
+                return Err(Error::Model(format!(
+                    "a cache of {} layers and {past_batch} rows cannot continue {batch} rows \
+                     of a {}-layer model",
+                    past.layers.len(),
+                    self.layers.len()
+                )));
+            }
+        }
+        let prefix = past.map_or(0, KvCache::len);
+        let prepared = self.prepare(attention_mask, batch, seq_len, prefix)?;
+        let mut xs = self.embed(input_ids)?;
+        let mut kept = Vec::with_capacity(if keep { self.layers.len() } else { 0 });
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_past = past.map(|p| &p.layers[i]);
+            let (out, kv) = layer.forward(&xs, &prepared, self.kernels, layer_past)?;
+            xs = out;
+            if keep {
+                kept.push(kv);
+            }
+        }
+        Ok((self.norm.forward(&xs, self.kernels)?, kept))
+    }
+
+    fn prepare(
+        &self,
+        attention_mask: &Tensor,
+        batch: usize,
+        seq_len: usize,
+        prefix: usize,
+    ) -> Result<Prepared> {
         let lengths = attention_mask_rows(attention_mask, batch, seq_len)?;
         let mask = if uses_cpu_kernels(self.kernels, &self.device, self.dtype) {
             None
         } else {
-            Some(additive_mask(&lengths, seq_len, &self.device)?.to_dtype(self.dtype)?)
+            Some(additive_mask(&lengths, seq_len, prefix, &self.device)?.to_dtype(self.dtype)?)
         };
         let half = self.inverse_frequencies.len();
         let inverse = Tensor::from_slice(&self.inverse_frequencies, (1, half), &self.device)?;
-        let positions = Tensor::arange(0u32, seq_len as u32, &self.device)?
+        let positions = Tensor::arange(prefix as u32, (prefix + seq_len) as u32, &self.device)?
             .to_dtype(DType::F32)?
             .reshape((seq_len, 1))?;
         let angles = positions.broadcast_mul(&inverse)?; // (seq_len, head_size / 2)
         Ok(Prepared {
             lengths,
+            prefix,
             mask,
             cos: angles.cos()?.to_dtype(self.dtype)?,
             sin: angles.sin()?.to_dtype(self.dtype)?,
@@ -506,18 +672,28 @@ impl Transformer {
     }
 }
 
-/// The additive attention mask of right-padded rows: query i may see key j when j <= i and key j
-/// is a real token (0), otherwise not (f32's minimum). A padded query (i >= length) still sees
-/// the real keys before it, so no row of the softmax is empty.
+/// The additive attention mask of right-padded rows after `prefix` cached keys: query i may
+/// see every cached key and its own key j (key index `prefix + j`) when j <= i and key j is a
+/// real token (0), otherwise not (f32's minimum). A padded query (i >= length) still sees the
+/// real keys before it, so no row of the softmax is empty.
 ///
 /// # Shapes
-/// `lengths` (batch) → (batch, 1, seq_len, seq_len) f32.
-pub(crate) fn additive_mask(lengths: &[usize], seq_len: usize, device: &Device) -> Result<Tensor> {
-    let mut additive = vec![0f32; lengths.len() * seq_len * seq_len];
+/// `lengths` (batch) → (batch, 1, seq_len, prefix + seq_len) f32.
+pub(crate) fn additive_mask(
+    lengths: &[usize],
+    seq_len: usize,
+    prefix: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let keys = prefix + seq_len;
+    let mut additive = vec![0f32; lengths.len() * seq_len * keys];
     for (row, length) in lengths.iter().enumerate() {
         for i in 0..seq_len {
-            let start = (row * seq_len + i) * seq_len;
-            for (j, cell) in additive[start..start + seq_len].iter_mut().enumerate() {
+            let start = (row * seq_len + i) * keys;
+            for (j, cell) in additive[start + prefix..start + keys]
+                .iter_mut()
+                .enumerate()
+            {
                 if j > i || j >= *length {
                     *cell = f32::MIN;
                 }
@@ -526,7 +702,7 @@ pub(crate) fn additive_mask(lengths: &[usize], seq_len: usize, device: &Device) 
     }
     Ok(Tensor::from_vec(
         additive,
-        (lengths.len(), 1, seq_len, seq_len),
+        (lengths.len(), 1, seq_len, keys),
         device,
     )?)
 }
@@ -563,4 +739,167 @@ pub fn attention_mask_rows(
             Ok(length)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Checkpoint;
+    use crate::testing::{max_abs_diff, project_root};
+    use candle_core::IndexOp;
+
+    /// Token ids `(seed·7 + i·13) % vocab` for `len` positions, deterministic and varied.
+    fn ids(len: usize, seed: usize, vocab: usize) -> Vec<u32> {
+        (0..len)
+            .map(|i| ((seed * 7 + i * 13 + 1) % vocab) as u32)
+            .collect()
+    }
+
+    /// max |a − b| / max(1, max |b|): hidden states of real models reach magnitudes of tens,
+    /// where f32 rounding alone is above 1e-5 in absolute terms.
+    fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        max_abs_diff(a, b) / scale.max(1.0)
+    }
+
+    /// The hidden states of `prompt ++ row` run alone, at the row's positions.
+    fn full(model: &Transformer, prompt: &[u32], row: &[u32]) -> Tensor {
+        let sequence: Vec<u32> = prompt.iter().chain(row).copied().collect();
+        let input = Tensor::new(sequence.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mask = Tensor::ones(input.dims(), DType::U32, &Device::Cpu).unwrap();
+        model
+            .forward(&input, &mask)
+            .unwrap()
+            .i((0, prompt.len()..))
+            .unwrap()
+    }
+
+    /// Every row continued from a cached prompt (batch 1), right-padded in one batch, equals
+    /// the row's part of the full sequence run alone; so does the prompt's own prefill, and
+    /// one token at a time after it (incremental decoding).
+    fn cached_prompt_equals_the_full_sequences(
+        model: &Transformer,
+        prompt_len: usize,
+        lengths: &[usize],
+        vocab: usize,
+        tolerance: f32,
+    ) {
+        let prompt = ids(prompt_len, 99, vocab);
+        let prompt_ids = Tensor::new(prompt.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let (prompt_hidden, cache) = model.prefill(&prompt_ids, None).unwrap();
+        assert_eq!((cache.len(), cache.batch().unwrap()), (prompt_len, 1));
+        let mask = Tensor::ones(prompt_ids.dims(), DType::U32, &Device::Cpu).unwrap();
+        let alone = model.forward(&prompt_ids, &mask).unwrap();
+        let diff = relative_diff(&prompt_hidden, &alone);
+        assert!(diff < tolerance, "prefill vs forward: max |Δ| = {diff:e}");
+
+        let rows: Vec<Vec<u32>> = lengths
+            .iter()
+            .enumerate()
+            .map(|(r, &n)| ids(n, r, vocab))
+            .collect();
+        let longest = *lengths.iter().max().unwrap();
+        let mut padded = Vec::new();
+        let mut mask = Vec::new();
+        for row in &rows {
+            padded.extend(
+                row.iter()
+                    .copied()
+                    .chain(std::iter::repeat(0))
+                    .take(longest),
+            );
+            mask.extend((0..longest).map(|i| u32::from(i < row.len())));
+        }
+        let shape = (rows.len(), longest);
+        let input = Tensor::from_vec(padded, shape, &Device::Cpu).unwrap();
+        let mask = Tensor::from_vec(mask, shape, &Device::Cpu).unwrap();
+        let hidden = model.forward_with_prefix(&input, &mask, &cache).unwrap();
+        for (r, row) in rows.iter().enumerate() {
+            let expected = full(model, &prompt, row);
+            let got = hidden.i((r, ..row.len())).unwrap();
+            let diff = relative_diff(&got, &expected);
+            assert!(diff < tolerance, "row {r}: max |Δ| = {diff:e}");
+        }
+
+        // Incremental decoding: row 0 one token at a time after the prompt's cache.
+        let mut cache = cache;
+        let expected = full(model, &prompt, &rows[0]);
+        for (i, &token) in rows[0].iter().enumerate().take(4) {
+            let input = Tensor::new(&[[token]], &Device::Cpu).unwrap();
+            let (step, next) = model.prefill(&input, Some(&cache)).unwrap();
+            assert_eq!(next.len(), prompt_len + i + 1);
+            let diff = relative_diff(&step.i((0, 0)).unwrap(), &expected.i(i).unwrap());
+            assert!(diff < tolerance, "decoding step {i}: max |Δ| = {diff:e}");
+            cache = next;
+        }
+    }
+
+    fn tiny(name: &str, kernels: Kernels) -> Transformer {
+        let path = project_root().join("tests/fixtures").join(name);
+        let checkpoint = Checkpoint::load(&path, &Device::Cpu, DType::F32).unwrap();
+        let vb = checkpoint.var_builder();
+        Transformer::new(
+            &checkpoint.config,
+            Checkpoint::backbone(&vb, &checkpoint.backbone_prefix),
+        )
+        .unwrap()
+        .with_kernels(kernels)
+    }
+
+    #[test]
+    fn a_cached_prompt_gives_the_hidden_states_of_the_full_sequence_on_the_tiny_models() {
+        // Both fixtures (qwen2 has q/k/v biases), both kernel sets (the CPU kernels and the
+        // additive mask), with rows of 1 to 9 tokens after a 6-token prompt, and rows long
+        // enough for the fused attention (6 + 510 keys ≥ FUSED_ATTENTION_MIN_LEN).
+        for name in ["tiny-llama", "tiny-qwen2"] {
+            for kernels in [Kernels::Fused, Kernels::Differentiable] {
+                let model = tiny(name, kernels);
+                cached_prompt_equals_the_full_sequences(&model, 6, &[9, 1, 5, 9, 2], 100, 1e-5);
+            }
+            let model = tiny(name, Kernels::Fused);
+            cached_prompt_equals_the_full_sequences(&model, 6, &[510, 300], 100, 1e-5);
+        }
+    }
+
+    #[test]
+    fn a_cached_prompt_gives_the_hidden_states_of_the_full_sequence_on_smollm2() {
+        let Some(gguf) = crate::testing::default_model() else {
+            return;
+        };
+        let checkpoint = Checkpoint::load(&gguf, &Device::Cpu, DType::F32).unwrap();
+        let vb = checkpoint.var_builder();
+        let model = Transformer::new(
+            &checkpoint.config,
+            Checkpoint::backbone(&vb, &checkpoint.backbone_prefix),
+        )
+        .unwrap();
+        cached_prompt_equals_the_full_sequences(&model, 40, &[30, 7, 19], 49_152, 1e-5);
+    }
+
+    #[test]
+    fn a_cache_of_another_batch_is_refused() {
+        let model = tiny("tiny-llama", Kernels::Fused);
+        let prompt = Tensor::new(&[[1u32, 2, 3], [4, 5, 6]], &Device::Cpu).unwrap();
+        let (_, cache) = model.prefill(&prompt, None).unwrap();
+        assert_eq!(cache.batch().unwrap(), 2);
+        let rows = Tensor::new(&[[1u32], [2], [3]], &Device::Cpu).unwrap();
+        let mask = Tensor::ones((3, 1), DType::U32, &Device::Cpu).unwrap();
+        let error = model.forward_with_prefix(&rows, &mask, &cache).unwrap_err();
+        assert!(
+            error.to_string().contains("2 rows cannot continue 3"),
+            "{error}"
+        );
+    }
 }

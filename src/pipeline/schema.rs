@@ -458,6 +458,7 @@ mod tests {
             batch_tokens: 2048,
             goal: None,
             emit_tokens: true,
+            shared_prompt: true,
         };
         let scores = DataFrame::new(1, score_columns(&[score], &options).unwrap()).unwrap();
         let written = [

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
-use crate::model::batching::{run_batches, TokenModel};
+use crate::model::batching::{run_batches_sharing_prompts, TokenModel};
 use crate::model::loading::{short_hash, LoadedModel};
 use crate::model::template::{Encoder, TruncationCounts};
 use crate::pipeline::io::write_atomic;
@@ -294,6 +294,9 @@ pub struct EmbedOptions {
     pub seed: u64,
     /// Padded tokens per batch.
     pub batch_tokens: usize,
+    /// Rows of one prompt run after its cached keys and values, computed once (the goal is the
+    /// same to float rounding).
+    pub shared_prompt: bool,
 }
 
 /// Accumulates the goal state over (question, chosen response) rows (Eq. 7): the hidden state at
@@ -325,14 +328,18 @@ pub fn embed_goal(
         })
         .collect();
     let mut accumulator = GoalAccumulator::default();
-    run_batches(
+    run_batches_sharing_prompts(
         model,
         &encoded,
         options.batch_tokens.max(1),
-        |indices, hidden, _| {
+        options.shared_prompt,
+        |indices, output, offset| {
             for (row, &index) in indices.iter().enumerate() {
                 if let Some(position) = positions[index] {
-                    let state = hidden.i((row, position))?.to_dtype(DType::F32)?; // (hidden,)
+                    let state = output
+                        .hidden
+                        .i((row, position - offset))?
+                        .to_dtype(DType::F32)?; // (hidden,)
                     accumulator.add(&state.to_vec1::<f32>()?)?;
                 }
             }
@@ -383,6 +390,7 @@ mod tests {
             token: GoalToken::Last,
             seed: 0,
             batch_tokens: 10_000,
+            shared_prompt: true,
         };
         let (accumulator, _) =
             embed_goal(&model, &encoder, &questions, &chosen, &options, |_| {}).unwrap();
@@ -408,6 +416,7 @@ mod tests {
                 token: GoalToken::Random,
                 seed,
                 batch_tokens,
+                shared_prompt: true,
             };
             let (accumulator, _) =
                 embed_goal(&model, &encoder, &questions, &chosen, &options, |_| {}).unwrap();
@@ -416,6 +425,51 @@ mod tests {
         let (a, b, c) = (random(7, 1), random(7, 10_000), random(8, 10_000));
         assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5));
         assert!(a.iter().zip(&c).any(|(x, y)| (x - y).abs() > 1e-4));
+    }
+
+    #[test]
+    fn a_goal_from_shared_prompts_equals_the_goal_from_whole_rows() {
+        use crate::testing::{tiny_encoder, tiny_llama};
+        let (model, encoder) = (tiny_llama(), tiny_encoder());
+        // Two questions with three chosen responses each, and one of its own.
+        let questions = [
+            "2 + 2?",
+            "Name a colour.",
+            "2 + 2?",
+            "3 * 3?",
+            "Name a colour.",
+        ];
+        let questions = [&questions[..], &["2 + 2?", "Name a colour."]].concat();
+        let chosen = [
+            "4",
+            "Blue.",
+            "2 + 2 = 4.",
+            "9",
+            "Red, I think.",
+            "Four.",
+            "Green",
+        ];
+        for token in [GoalToken::Last, GoalToken::Random] {
+            let goal = |shared_prompt| {
+                let options = EmbedOptions {
+                    token,
+                    seed: 3,
+                    batch_tokens: 40,
+                    shared_prompt,
+                };
+                let (accumulator, _) =
+                    embed_goal(&model, &encoder, &questions, &chosen, &options, |_| {}).unwrap();
+                assert_eq!(accumulator.count(), 7);
+                accumulator.mean().unwrap()
+            };
+            let (shared, whole) = (goal(true), goal(false));
+            let worst = shared
+                .iter()
+                .zip(&whole)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{token:?}: max |Δ| = {worst:e}");
+        }
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! Every row carries `rm` (the model's name) and `rm_id`, `rm@` plus 12 hex chars of a hash
 //! of the weights, tokenizer and goal ([`ModelIdentity::rm_id`]), so two different models in
 //! folders of the same name do not pool.
+//!
+//! Sample sets (N responses to one question) share their prompt: with
+//! [`ScoreOptions::shared_prompt`] the prompt's keys and values are computed once and its rows'
+//! responses attend to them ([`crate::model::transformer::KvCache`]), which gives the scores of
+//! the whole sequences while running each prompt token once instead of N times.
 
 use std::path::Path;
 
@@ -18,10 +23,11 @@ use candle_core::{DType, Tensor};
 use polars::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::batching::{run_batches, TokenModel};
+use crate::model::batching::{run_batches_sharing_prompts, TokenModel};
 #[cfg(doc)]
 use crate::model::loading::ModelIdentity;
 use crate::model::template::{Encoded, Encoder, TruncationCounts};
+use crate::model::RewardOutput;
 use crate::pipeline::schema::{
     Columns, QUESTION, Q_VALUES, RESPONSE, RESPONSE_TOKENS, REWARD, RM, RM_ID, TOKENS,
     TOKEN_OFFSETS, TOKEN_REWARDS,
@@ -40,6 +46,10 @@ pub struct ScoreOptions {
     pub goal: Option<Tensor>,
     /// Also write `tokens` (the decoded scored tokens) and `token_offsets`.
     pub emit_tokens: bool,
+    /// Score rows of one encoded prompt after that prompt's cached keys and values, computed
+    /// once (`--shared-prompt on`, the default); off runs every row whole. The scores are the
+    /// same either way (to float rounding).
+    pub shared_prompt: bool,
 }
 
 /// The scores of one row; all `None` for a row skipped by truncation.
@@ -68,6 +78,11 @@ pub struct ScoreSummary {
 }
 
 /// Scores encoded rows; the result is in the order of `encoded`.
+///
+/// With [`ScoreOptions::shared_prompt`] (and a model with a prompt cache), rows whose encoded
+/// prompts are equal are scored after that prompt's cached keys and values, computed once
+/// ([`run_batches_sharing_prompts`]); the scores equal those of the whole sequences. Rows of a
+/// prompt of their own run whole.
 pub fn score_encoded(
     model: &dyn TokenModel,
     encoder: &Encoder,
@@ -76,63 +91,95 @@ pub fn score_encoded(
     mut on_tokens: impl FnMut(usize),
 ) -> Result<Vec<RowScore>> {
     let mut scores = vec![RowScore::default(); encoded.len()];
-    let batch_tokens = options.batch_tokens.max(1);
-    run_batches(
+    run_batches_sharing_prompts(
         model,
         encoded,
-        batch_tokens,
-        |indices, hidden, token_rewards| {
-            let rewards = token_rewards.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            let cosines = match &options.goal {
-                Some(goal) => {
-                    let (rows, seq_len, width) = hidden.dims3()?;
-                    if goal.elem_count() != width {
-                        return Err(Error::Model(format!(
-                            "the goal state has {} values but the model's hidden size is {width}: \
-                             it was made with another model",
-                            goal.elem_count()
-                        )));
-                    }
-                    let flat = hidden.reshape((rows * seq_len, width))?; // (rows*seq_len, hidden)
-                    let cosines = cosine_with_goal(&flat, goal)?; // (rows*seq_len,)
-                    Some(cosines.reshape((rows, seq_len))?.to_vec2::<f32>()?)
-                }
-                None => None,
+        options.batch_tokens.max(1),
+        options.shared_prompt,
+        |indices, output, offset| {
+            let rows = Batch {
+                indices,
+                output,
+                offset,
             };
-            let mut tokens = 0;
-            for (row, &index) in indices.iter().enumerate() {
-                let example = &encoded[index];
-                let (start, end) = (example.response_start, example.input_ids.len());
-                tokens += end;
-                let tokens_text = if options.emit_tokens {
-                    let decoded = example.input_ids[start..end]
-                        .iter()
-                        .map(|&id| {
-                            encoder
-                                .tokenizer
-                                .decode(&[id], false)
-                                .map_err(|e| Error::Model(format!("tokenizer: {e}")))
-                        })
-                        .collect::<Result<Vec<String>>>()?;
-                    Some(decoded)
-                } else {
-                    None
-                };
-                scores[index] = RowScore {
-                    reward: Some(rewards[row][end - 1]),
-                    token_rewards: Some(rewards[row][start..end].to_vec()),
-                    q_values: cosines.as_ref().map(|c| c[row][start..end].to_vec()),
-                    tokens: tokens_text,
-                    token_offsets: options
-                        .emit_tokens
-                        .then(|| example.response_offsets.clone()),
-                };
-            }
-            on_tokens(tokens);
+            on_tokens(rows.fill(&mut scores, encoder, encoded, options)?);
             Ok(())
         },
     )?;
     Ok(scores)
+}
+
+/// One batch's model output: row `r` belongs to `encoded[indices[r]]`, whose position `p` is
+/// column `p − offset` of the tensors (`offset` the cached prompt's length, 0 for whole rows).
+struct Batch<'a> {
+    indices: &'a [usize],
+    output: &'a RewardOutput,
+    offset: usize,
+}
+
+impl Batch<'_> {
+    /// Writes the batch's rows into `scores`; returns the tokens of their whole sequences.
+    fn fill(
+        &self,
+        scores: &mut [RowScore],
+        encoder: &Encoder,
+        encoded: &[Encoded],
+        options: &ScoreOptions,
+    ) -> Result<usize> {
+        let hidden = &self.output.hidden;
+        let rewards = self
+            .output
+            .token_rewards
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        let cosines = match &options.goal {
+            Some(goal) => {
+                let (rows, seq_len, width) = hidden.dims3()?;
+                if goal.elem_count() != width {
+                    return Err(Error::Model(format!(
+                        "the goal state has {} values but the model's hidden size is {width}: \
+                         it was made with another model",
+                        goal.elem_count()
+                    )));
+                }
+                let flat = hidden.reshape((rows * seq_len, width))?; // (rows*seq_len, hidden)
+                let cosines = cosine_with_goal(&flat, goal)?; // (rows*seq_len,)
+                Some(cosines.reshape((rows, seq_len))?.to_vec2::<f32>()?)
+            }
+            None => None,
+        };
+        let mut tokens = 0;
+        for (row, &index) in self.indices.iter().enumerate() {
+            let example = &encoded[index];
+            let (start, end) = (example.response_start, example.input_ids.len());
+            tokens += end;
+            let tokens_text = if options.emit_tokens {
+                let decoded = example.input_ids[start..end]
+                    .iter()
+                    .map(|&id| {
+                        encoder
+                            .tokenizer
+                            .decode(&[id], false)
+                            .map_err(|e| Error::Model(format!("tokenizer: {e}")))
+                    })
+                    .collect::<Result<Vec<String>>>()?;
+                Some(decoded)
+            } else {
+                None
+            };
+            let (first, last) = (start - self.offset, end - self.offset);
+            scores[index] = RowScore {
+                reward: Some(rewards[row][last - 1]),
+                token_rewards: Some(rewards[row][first..last].to_vec()),
+                q_values: cosines.as_ref().map(|c| c[row][first..last].to_vec()),
+                tokens: tokens_text,
+                token_offsets: options
+                    .emit_tokens
+                    .then(|| example.response_offsets.clone()),
+            };
+        }
+        Ok(tokens)
+    }
 }
 
 /// A List column from one series per row (`None` → a null list), cast to `List<inner>`.
@@ -258,7 +305,9 @@ pub fn score_frame(
 mod tests {
     use super::*;
     use crate::model::template::{EosPolicy, Truncation};
-    use crate::score::test_support::{assert_frames_close, generations, list_values, options};
+    use crate::score::test_support::{
+        assert_frames_close, generations, list_values, options, sample_sets,
+    };
     use candle_core::Device;
 
     use crate::testing::{tiny_encoder, tiny_llama};
@@ -284,6 +333,59 @@ mod tests {
             score_frame(&model, &encoder, &frame, path, &options(150, true), |_| {}).unwrap();
         assert_frames_close(&one, &many, 1e-5);
         assert_frames_close(&one, &some, 1e-5);
+    }
+
+    #[test]
+    fn shared_prompts_give_the_scores_of_whole_rows_in_input_order() {
+        // 4 questions × 6 samples, interleaved, with a goal (q_values) and decoded tokens.
+        let encoder = tiny_encoder();
+        let model = tiny_llama();
+        let frame = sample_sets(4, 6);
+        let path = Path::new("<test>");
+        let encoded: Vec<Encoded> = (0..frame.height())
+            .map(|i| {
+                let text = |name: &str| frame.column(name).unwrap().str().unwrap().get(i);
+                encoder
+                    .encode(text(QUESTION).unwrap(), text(RESPONSE).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        let groups = crate::model::batching::prompt_groups(&encoded);
+        assert_eq!(groups.len(), 4);
+        assert_eq!(groups[1], vec![1, 5, 9, 13, 17, 21]);
+        let mut shared = options(100_000, true);
+        shared.emit_tokens = true;
+        let whole = ScoreOptions {
+            shared_prompt: false,
+            ..shared.clone()
+        };
+        let (expected, _) = score_frame(&model, &encoder, &frame, path, &whole, |_| {}).unwrap();
+        // One batch per prompt, and batches of 1 to 3 rows (150 tokens hold 2–3 rows of ~50).
+        for batch_tokens in [100_000, 150, 1] {
+            let shared = ScoreOptions {
+                batch_tokens,
+                ..shared.clone()
+            };
+            let mut tokens = 0;
+            let (got, summary) =
+                score_frame(&model, &encoder, &frame, path, &shared, |n| tokens += n).unwrap();
+            assert_frames_close(&got, &expected, 1e-5);
+            assert_eq!(tokens, summary.tokens, "progress counts every row's tokens");
+            for name in ["tokens", "token_offsets"] {
+                assert_eq!(got.column(name).unwrap(), expected.column(name).unwrap());
+            }
+        }
+        // Row 5 by hand: its scores read off the whole sequence run alone.
+        let hidden = crate::score::test_support::hidden_alone(&model, &encoded[5].input_ids);
+        let rewards = model.rewards_from_hidden(&hidden).unwrap();
+        let rewards = rewards.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let (scored, _) = score_frame(&model, &encoder, &frame, path, &shared, |_| {}).unwrap();
+        let got = list_values(&scored, TOKEN_REWARDS)[5].clone().unwrap();
+        let expected = &rewards[encoded[5].response_start..];
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-5, "{g} vs {e}");
+        }
     }
 
     #[test]

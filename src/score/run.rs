@@ -90,6 +90,19 @@ pub struct RunManifest {
     pub truncation: String,
     pub emit_tokens: bool,
     pub shard: Option<String>,
+    /// `--shared-prompt`, `on` or `off`; a manifest written before the option existed reads
+    /// as `off` (every row was run whole).
+    #[serde(default = "shared_prompt_off")]
+    pub shared_prompt: String,
+}
+
+fn shared_prompt_off() -> String {
+    "off".to_owned()
+}
+
+/// `--shared-prompt`'s value as the manifest records it.
+fn on_off(on: bool) -> String {
+    if on { "on" } else { "off" }.to_owned()
 }
 
 /// A `std::io::Write` that hashes what it is given.
@@ -157,6 +170,7 @@ impl RunManifest {
                 .map_or_else(String::new, |v| v.get_name().to_owned()),
             emit_tokens: options.emit_tokens,
             shard: run.shard.map(|shard| shard.to_string()),
+            shared_prompt: on_off(options.shared_prompt),
         }
     }
 
@@ -213,6 +227,11 @@ impl RunManifest {
                 self.emit_tokens.to_string(),
             ),
             ("--shard", or_none(&then.shard), or_none(&self.shard)),
+            (
+                "--shared-prompt",
+                then.shared_prompt.clone(),
+                self.shared_prompt.clone(),
+            ),
         ] {
             if old != new {
                 changes.push(format!("{flag} changed ({old} → {new})"));
@@ -517,7 +536,7 @@ fn join_chunks(chunks: &[(PathBuf, usize)], path: &Path, format: Format) -> Resu
 pub(crate) mod tests {
     use super::*;
     use crate::score::shards::merge_shards;
-    use crate::score::test_support::{assert_frames_close, generations, options};
+    use crate::score::test_support::{assert_frames_close, generations, options, sample_sets};
     use candle_core::{Device, Tensor};
 
     use crate::testing::{tiny_encoder, tiny_llama};
@@ -627,6 +646,16 @@ pub(crate) mod tests {
         let message = refusal(&encoder, &generations(8), &with_goal, &resume);
         assert!(message.contains("the input changed"), "{message}");
 
+        let unshared = ScoreOptions {
+            shared_prompt: false,
+            ..with_goal.clone()
+        };
+        let message = refusal(&encoder, &frame, &unshared, &resume);
+        assert!(
+            message.contains("--shared-prompt changed (on → off)"),
+            "{message}"
+        );
+
         // The refusals left the partial output as it was: the same run continues it.
         let summary = run_to(&model, &encoder, &frame, &path, &resume).unwrap();
         assert_eq!((summary.resumed, summary.scored), (3, 4));
@@ -731,5 +760,51 @@ pub(crate) mod tests {
             "a missing shard is an error"
         );
         assert!(merge_shards(&[parts[0].clone(), parts[0].clone()]).is_err());
+    }
+
+    #[test]
+    fn shared_prompts_resumed_and_sharded_equal_the_run_without_sharing() {
+        // 3 questions × 5 samples, interleaved: chunks of 4 rows split every sample set, and
+        // shards of 2 hold parts of each.
+        let encoder = tiny_encoder();
+        let model = tiny_llama();
+        let frame = sample_sets(3, 5);
+        let dir = tempfile::tempdir().unwrap();
+        let unshared = ScoreOptions {
+            shared_prompt: false,
+            ..options(200, true)
+        };
+        let whole_path = dir.path().join("whole.parquet");
+        let default = RunOptions::default();
+        run_with(&model, &encoder, &frame, &whole_path, &unshared, &default).unwrap();
+        let whole = read_table(&whole_path).unwrap();
+
+        let path = dir.path().join("shared.parquet");
+        let interrupted = RunOptions {
+            chunk_rows: 4,
+            stop_after_chunks: Some(2),
+            ..RunOptions::default()
+        };
+        run_to(&model, &encoder, &frame, &path, &interrupted).unwrap();
+        let resume = RunOptions {
+            chunk_rows: 4,
+            resume: true,
+            ..RunOptions::default()
+        };
+        let summary = run_to(&model, &encoder, &frame, &path, &resume).unwrap();
+        assert_eq!((summary.resumed, summary.scored), (8, 7));
+        assert_frames_close(&whole, &read_table(&path).unwrap(), 1e-5);
+
+        let mut parts = Vec::new();
+        for index in 0..2 {
+            let part = dir.path().join(format!("part{index}.parquet"));
+            let run = RunOptions {
+                shard: Some(Shard { index, count: 2 }),
+                ..RunOptions::default()
+            };
+            run_to(&model, &encoder, &frame, &part, &run).unwrap();
+            parts.push(part);
+        }
+        assert_frames_close(&whole, &merge_shards(&parts).unwrap(), 1e-5);
     }
 }

@@ -28,6 +28,34 @@ pub fn generations(rows: usize) -> DataFrame {
     .unwrap()
 }
 
+/// `questions` × `per_question` rows of sample sets, interleaved (row i asks question
+/// i mod `questions`), with responses of different lengths.
+pub fn sample_sets(questions: usize, per_question: usize) -> DataFrame {
+    let rows = questions * per_question;
+    let question: Vec<String> = (0..rows)
+        .map(|i| {
+            format!(
+                "Question {}: what is {} times 3?",
+                i % questions,
+                i % questions
+            )
+        })
+        .collect();
+    let responses: Vec<String> = (0..rows)
+        .map(|i| format!("{} {}", i * 3, "so ".repeat(i % 7)))
+        .collect();
+    let notes: Vec<u32> = (0..rows as u32).collect();
+    DataFrame::new(
+        rows,
+        vec![
+            Column::new(QUESTION.into(), question),
+            Column::new(RESPONSE.into(), responses),
+            Column::new("note".into(), notes),
+        ],
+    )
+    .unwrap()
+}
+
 pub fn options(batch_tokens: usize, goal: bool) -> ScoreOptions {
     let goal = goal.then(|| {
         Tensor::from_iter((0..32).map(|i| (i as f32 - 15.5) / 8.0), &Device::Cpu).unwrap()
@@ -38,6 +66,7 @@ pub fn options(batch_tokens: usize, goal: bool) -> ScoreOptions {
         batch_tokens,
         goal,
         emit_tokens: false,
+        shared_prompt: true,
     }
 }
 

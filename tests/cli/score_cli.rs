@@ -243,6 +243,46 @@ fn batch_size_does_not_change_scores() {
 }
 
 #[test]
+fn shared_prompts_score_as_whole_rows() {
+    // 4 questions × 3 samples, interleaved, so the shared path scores sample sets.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("samples.parquet");
+    let questions: Vec<String> = (0..12).map(|i| format!("What is {} + 1?", i % 4)).collect();
+    let responses: Vec<String> = (0..12)
+        .map(|i| format!("{} + 1 = {}.{}", i % 4, i, " Yes.".repeat(i % 5)))
+        .collect();
+    let mut frame = df!("question" => questions, "response" => responses).unwrap();
+    write_parquet(&input, &mut frame);
+    let goal = dir.path().join("goal.safetensors");
+    generations(dir.path(), 4);
+    tool("qrm-embed", "chatml")
+        .arg(dir.path().join("pairs.parquet"))
+        .arg("-o")
+        .arg(&goal)
+        .assert()
+        .success();
+    let mut outputs = Vec::new();
+    for switch in ["on", "off"] {
+        let out = dir.path().join(format!("scores-{switch}.parquet"));
+        tool("qrm-score", "chatml")
+            .arg(&input)
+            .arg("--goal")
+            .arg(&goal)
+            .args(["--shared-prompt", switch, "-o"])
+            .arg(&out)
+            .assert()
+            .success();
+        outputs.push(read_table(&out).unwrap());
+    }
+    assert_close(&outputs[0], &outputs[1]);
+    tool("qrm-score", "chatml")
+        .arg(&input)
+        .args(["--shared-prompt", "maybe"])
+        .assert()
+        .code(2);
+}
+
+#[test]
 fn shards_then_merge_equal_one_run() {
     let dir = tempfile::tempdir().unwrap();
     let input = generations(dir.path(), 11);
@@ -253,17 +293,61 @@ fn shards_then_merge_equal_one_run() {
         .arg(&full)
         .assert()
         .success();
+    // Shard 0 given as i/n, shard 1 from a Slurm array (--array=1-3: task 2 is shard 1),
+    // shard 2 from a Kubernetes Indexed Job's index with --shard-count.
+    let scheduler_vars = [
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_STEP",
+        "SLURM_ARRAY_TASK_COUNT",
+        "JOB_COMPLETION_INDEX",
+    ];
+    type Flags<'a> = &'a [&'a str];
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+    let shards: [(Flags, Vars); 3] = [
+        (&["--shard", "0/3"], &[]),
+        (
+            &["--shard", "env"],
+            &[
+                ("SLURM_ARRAY_TASK_ID", "2"),
+                ("SLURM_ARRAY_TASK_MIN", "1"),
+                ("SLURM_ARRAY_TASK_COUNT", "3"),
+            ],
+        ),
+        (
+            &["--shard", "env", "--shard-count", "3"],
+            &[("JOB_COMPLETION_INDEX", "2")],
+        ),
+    ];
     let mut parts = Vec::new();
-    for shard in ["0/3", "1/3", "2/3"] {
-        let part = dir.path().join(format!("part{}.parquet", &shard[..1]));
-        tool("qrm-score", "chatml")
+    for (index, (flags, vars)) in shards.iter().enumerate() {
+        let part = dir.path().join(format!("part{index}.parquet"));
+        let mut command = tool("qrm-score", "chatml");
+        for var in scheduler_vars {
+            command.env_remove(var);
+        }
+        command
+            .envs(vars.iter().copied())
             .arg(&input)
-            .args(["--shard", shard, "--chunk-rows", "2", "-o"])
+            .args(*flags)
+            .args(["--chunk-rows", "2", "-o"])
             .arg(&part)
             .assert()
             .success();
+        let rows = read_table(&part).unwrap().height();
+        assert_eq!(rows, [4, 4, 3][index], "shard {index}: 11 rows mod 3");
         parts.push(part);
     }
+    let mut command = tool("qrm-score", "chatml");
+    for var in scheduler_vars {
+        command.env_remove(var);
+    }
+    command
+        .arg(&input)
+        .args(["--shard", "env"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("neither SLURM_ARRAY_TASK_ID"));
     let merged = dir.path().join("merged.parquet");
     Command::cargo_bin("qrm-score")
         .unwrap()
