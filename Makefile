@@ -37,7 +37,7 @@ D := reports/gsm8k
 # No first error is known in real data: the calibrated table has no localisation columns.
 CALIBRATED_FLAGS :=
 else
-# ---- the demo's sizes (chosen to fit ~15 minutes on a 2-core CPU; reports/demo states them):
+# ---- the demo's sizes (stages took 39 minutes on a 2-core CPU loaded by other jobs; reports/demo states them):
 # QUESTIONS in-distribution questions, HOLDOUT of them held out, the rest paired for training;
 # OOD_QUESTIONS out-of-distribution questions, all held out.
 QUESTIONS ?= 300
