@@ -21,7 +21,8 @@ qrm commit \`${commit}\`, $(rustc --version).
 questions with 8 solutions each, and \`qrm-pairs\` paired one correct with one incorrect solution
 per question (\`--max-per-question 1\`), so no two pairs share a question or a response.
 \`qrm-train\` held out a fraction ${LEARN_EVAL} of the questions as eval pairs and trained for
-${LEARN_STEPS} steps of 8 pairs (lr 1e-3, seed ${SEED}) three ways:
+${LEARN_STEPS} steps of 8 pairs (lr 1e-3, seed ${SEED}); the runs made here are
+\`${LEARN_RUNS}\` of these (\`LEARN_RUNS\` chooses):
 
 - \`probe\`: a linear probe on the frozen model's final states (\`--train-layers 0\`: only the
   linear head and the final norm train, Bradley–Terry loss) — how much the base model's states
