@@ -374,6 +374,10 @@ pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     let lower = position.floor() as usize;
     let upper = (lower + 1).min(sorted.len() - 1);
     let fraction = position - lower as f64;
+    if fraction == 0.0 {
+        // On an order statistic: exact, even beside an infinite neighbour (0 · ∞ is NaN).
+        return sorted[lower];
+    }
     sorted[lower] + fraction * (sorted[upper] - sorted[lower])
 }
 

@@ -34,6 +34,7 @@
 //! share of wrong samples dropped, counting a sample as dropped when the rule drops it, before
 //! the all-dropped fallback of [`crate::metrics::filter::filter_summary`].
 
+use crate::metrics::auroc::quantile_sorted;
 use crate::metrics::filter::{first_below, Sample};
 
 /// The smallest Q-value after the first `skip`; +∞ when there is none (never dropped).
@@ -85,13 +86,7 @@ pub fn percentile(values: &[f32], percentile: f64) -> Option<f64> {
     }
     let mut sorted: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
     sorted.sort_by(f64::total_cmp);
-    let position = (sorted.len() - 1) as f64 * percentile / 100.0;
-    let low = position.floor() as usize;
-    let fraction = position - low as f64;
-    Some(match sorted.get(low + 1) {
-        Some(&high) if fraction > 0.0 => sorted[low] + fraction * (high - sorted[low]),
-        _ => sorted[low],
-    })
+    Some(quantile_sorted(&sorted, percentile / 100.0))
 }
 
 /// A question's warm-up θ: the `percentile`-th percentile of the running minima of its first

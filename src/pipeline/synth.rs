@@ -1293,6 +1293,19 @@ fn question_error_rate(error_rate: f64, uniform: f64) -> f64 {
     }
 }
 
+/// The stream a sample's lines are phrased from: its own (`rng`), or its question's.
+fn phrasing_stream(
+    config: &SynthConfig,
+    setting: Setting,
+    index: usize,
+    rng: ChaCha8Rng,
+) -> ChaCha8Rng {
+    match config.phrasing {
+        Phrasing::Sample => rng,
+        Phrasing::Question => stream(config, setting, index, PHRASING_STREAM),
+    }
+}
+
 fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Generation> {
     let mut rng = stream(config, setting, index, 0);
     let problem = Problem::draw(setting, &mut rng);
@@ -1313,10 +1326,7 @@ fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Ge
         let mut rng = stream(config, setting, index, sample + 1);
         let wrong = rng.random::<f64>() < rate;
         let (Some(reference), true) = (&reference, wrong) else {
-            let mut phrasing = match config.phrasing {
-                Phrasing::Sample => rng,
-                Phrasing::Question => stream(config, setting, index, PHRASING_STREAM),
-            };
+            let mut phrasing = phrasing_stream(config, setting, index, rng);
             rows.push(render_row(
                 &problem,
                 reference.as_ref(),
@@ -1333,10 +1343,7 @@ fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Ge
                 .or(pool.first().copied()),
         };
         let solution = mistake.and_then(|m| solve(&problem, Some(m)));
-        let mut phrasing = match config.phrasing {
-            Phrasing::Sample => rng,
-            Phrasing::Question => stream(config, setting, index, PHRASING_STREAM),
-        };
+        let mut phrasing = phrasing_stream(config, setting, index, rng);
         rows.push(render_row(
             &problem,
             Some(reference),
