@@ -68,6 +68,9 @@ pub enum Error {
     #[error("model: {0}")]
     Model(String),
 
+    #[error("server: {0}")]
+    Server(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -2,7 +2,8 @@
 //!
 //! The library holds everything the `qrm-*` binaries do: [`pipeline`] (data in and out),
 //! [`model`] (transformer, heads, loading, encoding, batching), [`train`] (losses, sampling,
-//! optimiser, the training loop), [`score`] (scoring tables, goal states), [`metrics`]
+//! optimiser, the training loop), [`score`] (scoring tables, goal states), [`serve`] (the reward-model
+//! server), [`metrics`]
 //! (statistics), [`plot`] (figures), [`cli`] (what the binaries share) and [`testing`] (what the
 //! test suites share).
 
@@ -13,6 +14,7 @@ pub mod model;
 pub mod pipeline;
 pub mod plot;
 pub mod score;
+pub mod serve;
 #[doc(hidden)]
 pub mod testing;
 pub mod train;

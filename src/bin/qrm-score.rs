@@ -37,9 +37,8 @@ use clap::builder::{NonEmptyStringValueParser, RangedU64ValueParser};
 use clap::{Parser, Subcommand};
 use qrm::cli::{BatchArgs, OutputArgs};
 use qrm::model::loading::{self, EncodingArgs, ModelArgs};
-use qrm::pipeline::io::file_sha256;
 use qrm::pipeline::io::read_table_hashed;
-use qrm::score::goal::GoalState;
+use qrm::score::goal::load_goal_for;
 use qrm::score::scoring::{self, Provenance, RunOptions, ScoreOptions, Scorer, ShardSpec};
 
 #[derive(Parser, Debug)]
@@ -154,13 +153,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let encoder = loaded.encoder(&args.encoding)?;
     let (goal, goal_sha256) = match &args.goal {
         Some(path) => {
-            let goal = GoalState::load(path)?;
-            goal.check_matches(path, &loaded, &encoder)?;
-            let device = loaded.model.device();
-            (
-                Some(candle_core::Tensor::new(goal.vector.as_slice(), device)?),
-                Some(file_sha256(path)?),
-            )
+            let (goal, sha256) = load_goal_for(path, &loaded, &encoder)?;
+            (Some(goal), Some(sha256))
         }
         None => (None, None),
     };

@@ -334,7 +334,15 @@ impl Encoder {
 
     /// Encodes `template(question) ++ response ++ [eos]`, truncated to `max_len` by the policy.
     pub fn encode(&self, question: &str, response: &str) -> Result<Encoded> {
-        let mut prompt = tokenize(&self.tokenizer, &self.template.prompt(question))?;
+        self.encode_prompt_text(&self.template.prompt(question), response)
+    }
+
+    /// Encodes `prompt ++ response ++ [eos]` for a prompt that is already templated (a
+    /// reward-server client sends the policy's prompt text as it was generated from), truncated
+    /// as [`Encoder::encode`] does. `encode(question, r)` is
+    /// `encode_prompt_text(&template.prompt(question), r)`.
+    pub fn encode_prompt_text(&self, prompt: &str, response: &str) -> Result<Encoded> {
+        let mut prompt = tokenize(&self.tokenizer, prompt)?;
         let response_chars = response.chars().count() as u32;
         let (mut response, mut response_offsets) =
             tokenize_with_offsets(&self.tokenizer, response)?;

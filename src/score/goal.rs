@@ -228,6 +228,20 @@ impl GoalState {
     }
 }
 
+/// The goal state at `path` as a tensor on the model's device, checked against the model and
+/// encoding ([`GoalState::check_matches`]), with the file's sha256 (part of `rm_id`). What
+/// qrm-score and qrm-serve do with `--goal`.
+pub fn load_goal_for(
+    path: &Path,
+    loaded: &LoadedModel,
+    encoder: &Encoder,
+) -> Result<(Tensor, String)> {
+    let goal = GoalState::load(path)?;
+    goal.check_matches(path, loaded, encoder)?;
+    let tensor = Tensor::new(goal.vector.as_slice(), loaded.model.device())?;
+    Ok((tensor, crate::pipeline::io::file_sha256(path)?))
+}
+
 /// Cosine similarity of each row of `xs` with `goal`, in f32.
 ///
 /// `cos(x, g) = x·g / max(‖x‖‖g‖, ε)` with ε = 1e-8, as `torch.nn.functional.cosine_similarity`.

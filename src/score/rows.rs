@@ -154,16 +154,7 @@ impl Batch<'_> {
             let (start, end) = (example.response_start, example.input_ids.len());
             tokens += end;
             let tokens_text = if options.emit_tokens {
-                let decoded = example.input_ids[start..end]
-                    .iter()
-                    .map(|&id| {
-                        encoder
-                            .tokenizer
-                            .decode(&[id], false)
-                            .map_err(|e| Error::Model(format!("tokenizer: {e}")))
-                    })
-                    .collect::<Result<Vec<String>>>()?;
-                Some(decoded)
+                Some(scored_tokens(encoder, example)?)
             } else {
                 None
             };
@@ -180,6 +171,20 @@ impl Batch<'_> {
         }
         Ok(tokens)
     }
+}
+
+/// The scored tokens of an example (the response's, then the EOS when appended), each decoded
+/// alone: the `tokens` column.
+pub fn scored_tokens(encoder: &Encoder, example: &Encoded) -> Result<Vec<String>> {
+    example.input_ids[example.response_start..]
+        .iter()
+        .map(|&id| {
+            encoder
+                .tokenizer
+                .decode(&[id], false)
+                .map_err(|e| Error::Model(format!("tokenizer: {e}")))
+        })
+        .collect()
 }
 
 /// A List column from one series per row (`None` → a null list), cast to `List<inner>`.

@@ -4,7 +4,7 @@
 //! ([`crate::score::shards`]).
 
 pub use crate::score::rows::{
-    score_columns, score_encoded, score_frame, RowScore, ScoreOptions, ScoreSummary,
+    score_columns, score_encoded, score_frame, scored_tokens, RowScore, ScoreOptions, ScoreSummary,
 };
 pub use crate::score::run::{Provenance, RunManifest, RunOptions, Scorer, MANIFEST};
 pub use crate::score::shards::{merge_shards, select_shard, Shard, ShardSpec};

@@ -11,5 +11,6 @@ mod metrics_reference;
 mod model;
 mod plot_cli;
 mod score_cli;
+mod serve_cli;
 mod synth;
 mod train;

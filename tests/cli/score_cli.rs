@@ -81,14 +81,14 @@ fn score_without_rm_is_a_usage_error() {
         .stderr(predicates::str::contains("--rm"));
 }
 
-fn fixture(path: &str) -> PathBuf {
+pub(crate) fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(path)
 }
 
 /// `qrm-score`/`qrm-embed` with the tiny llama and the character tokenizer.
-fn tool(name: &str, template: &str) -> Command {
+pub(crate) fn tool(name: &str, template: &str) -> Command {
     let mut command = Command::cargo_bin(name).unwrap();
     command
         .arg("--rm")
@@ -99,7 +99,7 @@ fn tool(name: &str, template: &str) -> Command {
     command
 }
 
-fn generations(dir: &Path, rows: usize) -> PathBuf {
+pub(crate) fn generations(dir: &Path, rows: usize) -> PathBuf {
     let questions: Vec<String> = (0..rows).map(|i| format!("What is {i} + {i}?")).collect();
     let responses: Vec<String> = (0..rows)
         .map(|i| format!("{i} + {i} = {}.{}", 2 * i, " Yes.".repeat(i % 6)))
@@ -123,7 +123,7 @@ fn generations(dir: &Path, rows: usize) -> PathBuf {
     path
 }
 
-fn list_column(frame: &DataFrame, name: &str) -> Vec<Vec<f32>> {
+pub(crate) fn list_column(frame: &DataFrame, name: &str) -> Vec<Vec<f32>> {
     let lists = frame.column(name).unwrap().list().unwrap().clone();
     (0..lists.len())
         .map(|i| {
