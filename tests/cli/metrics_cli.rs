@@ -1114,6 +1114,7 @@ fn steps_read_a_list_of_ratings_at_each_step_end() {
 /// a: q1 positives 0.9, 0.4, negative 0.5; q2 positive 0.2, negatives 0.1, 0.0, 0.3;
 ///    q3 positives 0.8, 0.7.
 /// b: the same with q1's positives at 0.6, 0.7 (above its negative).
+/// Token rewards: 0 at the first token, the reward at the second.
 fn within_rows() -> Vec<Value> {
     let a = [0.9, 0.4, 0.5, 0.2, 0.1, 0.0, 0.3, 0.8, 0.7];
     let b = [0.6, 0.7, 0.5, 0.2, 0.1, 0.0, 0.3, 0.8, 0.7];
@@ -1125,6 +1126,7 @@ fn within_rows() -> Vec<Value> {
             rows.push(json!({
                 "question_id": questions[index], "rm": rm, "benchmark": "x",
                 "sample": index, "is_correct": correct[index], "reward": rewards[index],
+                "token_rewards": [0.0, rewards[index]],
             }));
         }
     }
@@ -1295,4 +1297,35 @@ fn within_plot_draws_the_pooled_rows() {
     // Bar labels have three decimals.
     assert!(svg.contains("0.850") && svg.contains("0.900"), "{svg}");
     assert!(!svg.contains("0.600"));
+}
+
+#[test]
+fn within_rows_come_per_percentile() {
+    let (_dir, input) = write_jsonl(&within_rows());
+    let rows = auroc_rows(
+        &input,
+        &[
+            "--within",
+            "question_id",
+            "--percentiles",
+            "0,1",
+            "--by",
+            "rm",
+        ],
+    );
+    assert_eq!(rows.len(), 2 * 2 * 2); // {a, b} × {0, 1} × {pooled, within}
+                                       // At 0 every score is the first token's 0: all tied, ½ pooled and within.
+    let kinds: Vec<(&Value, &Value, &Value)> = rows[..4]
+        .iter()
+        .map(|r| (&r["percentile"], &r["kind"], &r["auroc"]))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (&json!(0.0), &json!("pooled"), &json!(0.5)),
+            (&json!(0.0), &json!("within question_id"), &json!(0.5)),
+            (&json!(1.0), &json!("pooled"), &json!(0.85)),
+            (&json!(1.0), &json!("within question_id"), &json!(0.6)),
+        ]
+    );
 }
