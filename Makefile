@@ -136,6 +136,12 @@ $(D)/auroc.md: $(W)/scores.parquet
 	$(call timed,auroc-plot,$(BIN)/qrm-auroc $< --plot $(D)/auroc.png -q -o $(W)/auroc.parquet)
 	$(call timed,auroc,$(BIN)/qrm-auroc $< --compare bt$(comma)q --format markdown -o $@)
 
+# The same comparison within questions (`--within question_id`): only pairs of one question's
+# samples, the ones majority voting and Q-filtering compare; cluster-bootstrap intervals.
+$(D)/auroc-within.md: $(W)/scores.parquet
+	@mkdir -p $(D)
+	$(call timed,auroc-within,$(BIN)/qrm-auroc $< --compare bt$(comma)q --within question_id --seed $(SEED) --format markdown -o $@)
+
 $(D)/partial.md: $(W)/scores.parquet
 	@mkdir -p $(D)
 	$(call timed,partial,$(BIN)/qrm-auroc $< --percentiles $(PERCENTILES) --ci samples --plot $(D)/partial.png --format markdown -o $@)
@@ -190,7 +196,7 @@ $(D)/tokens.svg: $(W)/scores-q.parquet
 	@mkdir -p $(D)
 	$(call timed,plot-tokens,$(BIN)/qrm-plot tokens $< --row 1 -o $@)
 
-DEMO_PARTS := $(D)/auroc.md $(D)/partial.md $(D)/partial-q.md $(D)/filter.md $(D)/filter-reference.md $(D)/calibrated.md \
+DEMO_PARTS := $(D)/auroc.md $(D)/auroc-within.md $(D)/partial.md $(D)/partial-q.md $(D)/filter.md $(D)/filter-reference.md $(D)/calibrated.md \
 	$(D)/sweep.md $(D)/sweep-threshold.md \
 	$(D)/topk.md $(D)/correlation.md $(D)/training.png $(D)/tokens.svg
 ifneq ($(TASK),gsm8k)

@@ -77,6 +77,30 @@ echo '![AUROC](auroc.png)'
 echo
 include auroc.md
 
+section "Within-question AUROC: correct against wrong samples of the same question (cluster-bootstrap 95% CI, paired bootstrap test)"
+cat <<TEXT
+The pooled AUROC above ranks every correct sample against every wrong one, across questions.
+Majority voting and Q-filtering only ever compare samples *of one question*, so what they depend
+on is the within-question AUROC, Σ_q U_q / Σ_q P_q·N_q: the probability that a random correct
+sample scores above a random wrong sample of the same question (ties count ½; \`qrm-auroc
+--within question_id\`). A reward offset per question (higher on some questions whatever their
+samples' correctness) moves the pooled AUROC but not this one, so an RM can order each
+question's samples well while its pooled AUROC stays near chance, or the reverse. Questions
+whose samples are all correct or all wrong have no pairs and are left out (\`n_groups\` counts
+the questions with both, \`n_pairs\` the pairs compared, the \`note\` the rest). The interval
+resamples whole questions (cluster bootstrap, 1000 resamples, seed ${SEED}), so it keeps the
+dependence between a question's samples that the DeLong intervals ignore; \`delta\` is bt − q,
+its interval and \`p_value\` come from the same resamples (paired). Each \`within\` row follows
+its pooled row (repeated from the table above).
+TEXT
+if [ "${TASK:-demo}" = gsm8k ]; then
+echo
+echo "Here a question's samples are solutions by different LLMs: the within-question AUROC asks"
+echo "whether the RM ranks the right solutions above the wrong ones of the same problem."
+fi
+echo
+include auroc-within.md
+
 section "Figure 3: AUROC on partial generations (reward at each tenth of the response; 95% t-interval over sample sets)"
 echo '![partial AUROC](partial.png)'
 echo

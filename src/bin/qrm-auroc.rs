@@ -11,6 +11,19 @@
 //! ci_low, ci_high, ci_method, note`; with `--compare A,B` also `rm_b, auroc_b, delta,
 //! delta_ci_low, delta_ci_high, p_value` (DeLong's paired test).
 //!
+//! `--within COL` (e.g. `--within question_id`) adds, after each row, the within-`COL` AUROC
+//! of the same group and percentile (`qrm::metrics::within`): Σ_g U_g / Σ_g P_g·N_g over the
+//! `COL` groups, the probability that a correct sample beats a wrong sample *of the same
+//! question*, which is what majority voting and Q-filtering depend on; a per-question reward
+//! offset moves the pooled AUROC but not this one. Groups with one class contribute no pairs
+//! (the `note` counts them). Its interval is a cluster bootstrap (whole groups resampled,
+//! `--resamples`, `--seed`, `--level`; `ci_method` `cluster-bootstrap`, none with `--ci
+//! none`); with `--compare` the same resamples give the difference's interval and a two-sided
+//! bootstrap `p_value`. Columns added: `kind` (`pooled` or `within COL`), `n_groups` (groups
+//! with both classes; null on pooled rows) and `n_pairs` (pairs compared; n_pos·n_neg on
+//! pooled rows). A missing `COL` or a null in it fails (exit 1); `--plot` draws the pooled
+//! rows.
+//!
 //! `--steps` scores human-rated steps instead of whole responses (PRM800K,
 //! `qrm::metrics::steps`): each rated step is one item, labelled by its rating (+1 positive,
 //! −1 negative, 0 left out unless `--neutral-steps`) and scored at its last token, with the
@@ -35,13 +48,14 @@
 //! ```text
 //! qrm-score -m rm/ generations.parquet | qrm-auroc --percentiles 0:1:0.1 --ci samples --plot fig3.png
 //! qrm-auroc scores.parquet --steps --score q_last --ci bootstrap --format markdown
+//! qrm-auroc scores.parquet --compare bt,q --within question_id --format markdown
 //! ```
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use qrm::metrics::report::auroc::{auroc_report, AurocOptions, CiMethod};
+use qrm::metrics::report::auroc::{auroc_report, pooled_rows, AurocOptions, CiMethod};
 use qrm::metrics::report::{parse_compare, parse_fractions, parse_level};
 use qrm::metrics::steps::{step_items, NeutralSteps};
 use qrm::pipeline::io::{display_path, read_table};
@@ -77,11 +91,11 @@ struct Args {
     #[arg(long, default_value = "0.95", value_parser = level)]
     level: f64,
 
-    /// Bootstrap resamples (`--ci bootstrap`).
+    /// Bootstrap resamples (`--ci bootstrap`, and the --within cluster bootstrap).
     #[arg(long, default_value_t = 1000)]
     resamples: usize,
 
-    /// Seed of the bootstrap.
+    /// Seed of the bootstrap (and of the --within cluster bootstrap).
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
@@ -89,6 +103,12 @@ struct Args {
     /// generations: `rmA,rmB`.
     #[arg(long, value_name = "A,B", value_parser = compare)]
     compare: Option<(String, String)>,
+
+    /// Also report the AUROC within groups of this column (e.g. `question_id`): only pairs of
+    /// one group are compared; cluster-bootstrap interval (`--resamples`, `--seed`) and, with
+    /// --compare, a paired bootstrap p-value. Adds the columns `kind`, `n_groups`, `n_pairs`.
+    #[arg(long, value_name = "COL")]
+    within: Option<String>,
 
     /// Drop rows whose score (or any value of the list it reads) is missing or not finite,
     /// counted per column on stderr, instead of failing.
@@ -154,6 +174,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         compare: args.compare,
         drop_nan: args.drop_nan,
         drop_duplicates: args.drop_duplicates,
+        within: args.within.filter(|w| !w.is_empty()),
     };
     if args.steps && args.ci == CiMethod::Samples {
         return Err(qrm::Error::Usage(
@@ -178,7 +199,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Drops are logged by the checks, per column.
     let mut report = auroc_report(&frame, &shown, &options)?;
     if let Some(path) = &args.plot {
-        qrm::plot::auroc_figure(&report.frame, path)
+        let pooled = pooled_rows(&report.frame)?;
+        qrm::plot::auroc_figure(&pooled, path)
             .with_context(|| format!("drawing {}", path.display()))?;
         tracing::info!("wrote {}", path.display());
     }

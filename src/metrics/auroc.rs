@@ -18,6 +18,32 @@ use statrs::distribution::{ContinuousCDF, Normal};
 /// and merged, and U is accumulated in integers (twice U), so the result is exact up to one
 /// final division.
 pub fn auroc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    mann_whitney(scores, labels).map(|counts| counts.auroc())
+}
+
+/// The Mann–Whitney count of one score: `twice_u` = 2·U, U the number of (positive,
+/// negative) pairs with the positive scored higher, ties counting one half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MannWhitney {
+    pub twice_u: u128,
+    pub positives: usize,
+    pub negatives: usize,
+}
+
+impl MannWhitney {
+    /// positives · negatives.
+    pub fn pairs(&self) -> u128 {
+        self.positives as u128 * self.negatives as u128
+    }
+
+    /// U / (positives · negatives).
+    pub fn auroc(&self) -> f64 {
+        self.twice_u as f64 / (2.0 * self.positives as f64 * self.negatives as f64)
+    }
+}
+
+/// The Mann–Whitney count behind [`auroc`]; `None` when a class is absent or lengths differ.
+pub fn mann_whitney(scores: &[f64], labels: &[bool]) -> Option<MannWhitney> {
     if scores.len() != labels.len() {
         return None;
     }
@@ -56,8 +82,11 @@ pub fn auroc(scores: &[f64], labels: &[bool]) -> Option<f64> {
         twice_u += ((end - start) as u128) * ((2 * below + tied) as u128);
         start = end;
     }
-    let pairs = positives.len() as f64 * negatives.len() as f64;
-    Some(twice_u as f64 / (2.0 * pairs))
+    Some(MannWhitney {
+        twice_u,
+        positives: positives.len(),
+        negatives: negatives.len(),
+    })
 }
 
 /// An order-preserving map from f64 to u64 (ascending keys = ascending scores, -0.0 = 0.0).

@@ -1,5 +1,5 @@
 //! Statistics over plain slices: AUROC, confidence intervals, filtering, majority voting,
-//! calibrated filtering thresholds.
+//! calibrated filtering thresholds, within-group (per-question) AUROC.
 pub mod auroc;
 pub mod calibration;
 pub mod checks;
@@ -8,3 +8,4 @@ pub mod localisation;
 pub mod report;
 pub mod stats;
 pub mod steps;
+pub mod within;

@@ -1,7 +1,7 @@
 //! `qrm-auroc` and `qrm-filter` end to end: report shape, one-class groups, NaN rows, paired
 //! comparisons, percentiles, sweeps, plots, usage errors, the released tokens-saved rule,
-//! model identities, duplicated rows, a pipe from `qrm-import` and step-level AUROC
-//! (`--steps`).
+//! model identities, duplicated rows, a pipe from `qrm-import`, step-level AUROC
+//! (`--steps`) and within-question AUROC (`--within`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -1108,4 +1108,224 @@ fn steps_read_a_list_of_ratings_at_each_step_end() {
     // items {0.1, 0.1} against −1 {0.1, 0.0}: ties count half, (0.5 + 1) · 2 / 4 = 0.75.
     let q_min = auroc_of(&input, &["--steps", "--score", "q_min"]);
     assert_eq!(q_min["auroc"], json!(0.75));
+}
+
+/// Two RMs on one benchmark, three questions; `q3` has correct samples only.
+/// a: q1 positives 0.9, 0.4, negative 0.5; q2 positive 0.2, negatives 0.1, 0.0, 0.3;
+///    q3 positives 0.8, 0.7.
+/// b: the same with q1's positives at 0.6, 0.7 (above its negative).
+/// Token rewards: 0 at the first token, the reward at the second.
+fn within_rows() -> Vec<Value> {
+    let a = [0.9, 0.4, 0.5, 0.2, 0.1, 0.0, 0.3, 0.8, 0.7];
+    let b = [0.6, 0.7, 0.5, 0.2, 0.1, 0.0, 0.3, 0.8, 0.7];
+    let questions = ["q1", "q1", "q1", "q2", "q2", "q2", "q2", "q3", "q3"];
+    let correct = [true, true, false, true, false, false, false, true, true];
+    let mut rows = Vec::new();
+    for (rm, rewards) in [("a", a), ("b", b)] {
+        for index in 0..9 {
+            rows.push(json!({
+                "question_id": questions[index], "rm": rm, "benchmark": "x",
+                "sample": index, "is_correct": correct[index], "reward": rewards[index],
+                "token_rewards": [0.0, rewards[index]],
+            }));
+        }
+    }
+    rows
+}
+
+fn auroc_rows(input: &Path, args: &[&str]) -> Vec<Value> {
+    let output = Command::cargo_bin("qrm-auroc")
+        .unwrap()
+        .arg(input)
+        .args(args)
+        .args(["--format", "jsonl"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn within_adds_a_within_question_row_after_each_pooled_row() {
+    let (_dir, input) = write_jsonl(&within_rows());
+    let rows = auroc_rows(&input, &["--within", "question_id", "--seed", "3"]);
+    assert_eq!(rows.len(), 4); // {a, b} × {pooled, within}
+    let (pooled, within) = (&rows[0], &rows[1]);
+    assert_eq!(
+        (pooled["rm"].as_str(), pooled["kind"].as_str()),
+        (Some("a"), Some("pooled"))
+    );
+    // Pooled a: positives 0.9, 0.4, 0.2, 0.8, 0.7 beat 4, 3, 2, 4, 4 of the 4 negatives → 17/20.
+    assert_eq!(pooled["auroc"], json!(0.85));
+    assert_eq!(pooled["n_pairs"], json!(20));
+    assert!(pooled["n_groups"].is_null());
+    assert_eq!(pooled["ci_method"], json!("delong"));
+    // Within a: q1 U = 1 of 2·1 (0.9 > 0.5 > 0.4), q2 U = 2 of 1·3 (0.2 beats 0.1 and 0.0),
+    // q3 one class → (1 + 2) / (2 + 3) = 0.6 over 2 groups and 5 pairs.
+    assert_eq!(within["kind"], json!("within question_id"));
+    assert_eq!(within["auroc"], json!(0.6));
+    assert_eq!((&within["n"], &within["n_pos"]), (&json!(9), &json!(5)));
+    assert_eq!(
+        (&within["n_groups"], &within["n_pairs"]),
+        (&json!(2), &json!(5))
+    );
+    assert_eq!(within["ci_method"], json!("cluster-bootstrap"));
+    assert_eq!(
+        within["note"],
+        json!("1 of 3 `question_id` groups have one class: no pairs")
+    );
+    // Resamples of {q1, q2}: A_w* ∈ {½ (q1 only), 0.6, ⅔ (q2 only)}, so the interval lies in
+    // [½, ⅔].
+    let (low, high) = (
+        within["ci_low"].as_f64().unwrap(),
+        within["ci_high"].as_f64().unwrap(),
+    );
+    assert!(
+        (0.5..=0.6).contains(&low) && (0.6..=2.0 / 3.0).contains(&high),
+        "{low} {high}"
+    );
+    // The pooled row is the one qrm-auroc writes without --within.
+    let plain = auroc_rows(&input, &[]);
+    assert_eq!(plain.len(), 2);
+    for key in ["auroc", "ci_low", "ci_high", "n", "n_pos", "note"] {
+        assert_eq!(plain[0][key], pooled[key], "{key}");
+    }
+    assert!(plain[0].get("kind").is_none());
+    // Seeded: the same seed gives the same interval.
+    let again = auroc_rows(&input, &["--within", "question_id", "--seed", "3"]);
+    assert_eq!(again[1]["ci_low"], within["ci_low"]);
+    // --ci none: no interval on either kind of row.
+    let none = auroc_rows(&input, &["--within", "question_id", "--ci", "none"]);
+    assert!(none[1]["ci_low"].is_null());
+    assert_eq!(none[1]["ci_method"], json!("none"));
+}
+
+#[test]
+fn within_compare_gives_the_paired_cluster_bootstrap() {
+    let (_dir, input) = write_jsonl(&within_rows());
+    let rows = auroc_rows(&input, &["--within", "question_id", "--compare", "a,b"]);
+    assert_eq!(rows.len(), 2);
+    let within = &rows[1];
+    assert_eq!(within["kind"], json!("within question_id"));
+    // b: q1 U = 2 of 2, q2 U = 2 of 3 → 4/5; Δ = 0.6 − 0.8 = −0.2.
+    assert_eq!(within["auroc"], json!(0.6));
+    assert!((within["auroc_b"].as_f64().unwrap() - 0.8).abs() < 1e-12);
+    assert!((within["delta"].as_f64().unwrap() + 0.2).abs() < 1e-12);
+    // Resamples: Δ* = −½ (q1 only), −0.2, 0 (q2 only, the same in a and b): never above 0,
+    // so the tail #{Δ* ≥ 0} is the q2-only resamples (¼ of them, by chance).
+    let (low, high) = (
+        within["delta_ci_low"].as_f64().unwrap(),
+        within["delta_ci_high"].as_f64().unwrap(),
+    );
+    assert!((-0.5..=-0.2).contains(&low) && high == 0.0, "{low} {high}");
+    let p_value = within["p_value"].as_f64().unwrap();
+    assert!((0.3..0.7).contains(&p_value), "{p_value}");
+    // The pooled row keeps DeLong's test.
+    assert_eq!(rows[0]["ci_method"], json!("delong"));
+}
+
+#[test]
+fn within_needs_its_column_and_no_nulls_in_it() {
+    let (_dir, input) = write_jsonl(&within_rows());
+    Command::cargo_bin("qrm-auroc")
+        .unwrap()
+        .args(["--within", "question"])
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("missing column `question`"))
+        .stderr(predicate::str::contains("scores.jsonl"));
+    let mut rows = within_rows();
+    rows[4]["question_id"] = Value::Null;
+    let (_dir, input) = write_jsonl(&rows);
+    Command::cargo_bin("qrm-auroc")
+        .unwrap()
+        .args(["--within", "question_id"])
+        .arg(&input)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "row 5, column `question_id`: null value",
+        ));
+}
+
+#[test]
+fn within_with_only_one_class_per_question_is_a_noted_null() {
+    // Every question has one class: the pooled AUROC exists, the within one does not.
+    let rows: Vec<Value> = [("q1", true, 0.9), ("q1", true, 0.8), ("q2", false, 0.1)]
+        .iter()
+        .enumerate()
+        .map(|(i, (q, c, r))| {
+            json!({"question_id": q, "rm": "a", "benchmark": "x", "sample": i,
+                   "is_correct": c, "reward": r})
+        })
+        .collect();
+    let (_dir, input) = write_jsonl(&rows);
+    let rows = auroc_rows(&input, &["--within", "question_id", "--ci", "none"]);
+    assert_eq!(rows[0]["auroc"], json!(1.0));
+    assert!(rows[1]["auroc"].is_null());
+    assert!(rows[1]["note"]
+        .as_str()
+        .unwrap()
+        .contains("no group has both classes (2 group(s)"));
+}
+
+#[test]
+fn within_plot_draws_the_pooled_rows() {
+    let (dir, input) = write_jsonl(&within_rows());
+    let figure = dir.path().join("auroc.svg");
+    let rows = auroc_rows(
+        &input,
+        &[
+            "--within",
+            "question_id",
+            "--plot",
+            figure.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(rows.len(), 4);
+    let svg = std::fs::read_to_string(&figure).unwrap();
+    // Pooled a 0.85 and b (q1 0.6, 0.7 above 0.5: 18/20) 0.9 are drawn; within a's 0.6 is not.
+    // Bar labels have three decimals.
+    assert!(svg.contains("0.850") && svg.contains("0.900"), "{svg}");
+    assert!(!svg.contains("0.600"));
+}
+
+#[test]
+fn within_rows_come_per_percentile() {
+    let (_dir, input) = write_jsonl(&within_rows());
+    let rows = auroc_rows(
+        &input,
+        &[
+            "--within",
+            "question_id",
+            "--percentiles",
+            "0,1",
+            "--by",
+            "rm",
+        ],
+    );
+    assert_eq!(rows.len(), 2 * 2 * 2); // {a, b} × {0, 1} × {pooled, within}
+                                       // At 0 every score is the first token's 0: all tied, ½ pooled and within.
+    let kinds: Vec<(&Value, &Value, &Value)> = rows[..4]
+        .iter()
+        .map(|r| (&r["percentile"], &r["kind"], &r["auroc"]))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (&json!(0.0), &json!("pooled"), &json!(0.5)),
+            (&json!(0.0), &json!("within question_id"), &json!(0.5)),
+            (&json!(1.0), &json!("pooled"), &json!(0.85)),
+            (&json!(1.0), &json!("within question_id"), &json!(0.6)),
+        ]
+    );
 }

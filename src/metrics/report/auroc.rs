@@ -1,5 +1,8 @@
 //! `qrm-auroc`'s report: AUROC per group and percentile, with confidence intervals and, with
-//! `--compare`, DeLong's paired test of two reward models on the same generations.
+//! `--compare`, DeLong's paired test of two reward models on the same generations; with
+//! `--within COL`, a second row per group and percentile holding the within-`COL` AUROC
+//! (`qrm::metrics::within`: pairs of one question only, cluster-bootstrap interval and paired
+//! test).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,6 +15,7 @@ use crate::metrics::checks::{check_rows, list_rows, sample_keys, RowChecks};
 use crate::metrics::filter::prefix_index;
 use crate::metrics::report::{float_lists, group_keys, key_columns};
 use crate::metrics::stats::mean_t_interval;
+use crate::metrics::within::{within_auroc, within_bootstrap};
 use crate::pipeline::schema::{
     Columns, IS_CORRECT, QUESTION_ID, Q_VALUES, REWARD, RM, SAMPLE, TOKEN_REWARDS,
 };
@@ -60,6 +64,9 @@ pub struct AurocOptions {
     pub drop_nan: bool,
     /// Keep the first of rows sharing (`question_id`, `sample`, `rm`) instead of failing.
     pub drop_duplicates: bool,
+    /// A column whose values group the items (e.g. `question_id`): each group × percentile
+    /// also gets a within-group AUROC row.
+    pub within: Option<String>,
 }
 
 impl Default for AurocOptions {
@@ -75,6 +82,7 @@ impl Default for AurocOptions {
             compare: None,
             drop_nan: false,
             drop_duplicates: false,
+            within: None,
         }
     }
 }
@@ -137,6 +145,88 @@ struct GroupResult {
     delta_ci_low: Option<f64>,
     delta_ci_high: Option<f64>,
     p_value: Option<f64>,
+    /// A within-group row (`--within`), not a pooled one.
+    within: bool,
+    /// Within rows: groups with both classes.
+    n_groups: Option<u32>,
+    /// Within rows: Σ_g P_g·N_g (pooled rows: n_pos·n_neg, filled in by the frame).
+    n_pairs: Option<u64>,
+}
+
+/// `ci_method` of a within row: the cluster bootstrap, unless intervals are off.
+fn within_ci_method(ci: CiMethod) -> &'static str {
+    match ci {
+        CiMethod::None => CiMethod::None.name(),
+        _ => "cluster-bootstrap",
+    }
+}
+
+/// The within-group row of one group × percentile: A_w of `scores` (and of `scores_b`, their
+/// difference and its paired cluster-bootstrap p-value) within the `keys` groups. The interval
+/// is the cluster bootstrap whatever `ci` is (`resamples`, `seed`, `level`), none with
+/// `CiMethod::None`; the p-value is computed either way.
+fn within_group(
+    scores: &[f64],
+    scores_b: Option<&[f64]>,
+    labels: &[bool],
+    keys: &[&str],
+    column: &str,
+    options: &AurocOptions,
+) -> GroupResult {
+    let n_pos = labels.iter().filter(|&&l| l).count();
+    let mut result = GroupResult {
+        n: labels.len() as u32,
+        n_pos: n_pos as u32,
+        within: true,
+        ..Default::default()
+    };
+    let estimate = match within_auroc(scores, labels, keys) {
+        Ok(estimate) => estimate,
+        Err(why) => {
+            result.note = Some(format!("within `{column}`: {why}: AUROC undefined"));
+            return result;
+        }
+    };
+    result.auroc = Some(estimate.auroc);
+    result.n_groups = Some(estimate.informative as u32);
+    result.n_pairs = Some(estimate.pairs as u64);
+    let single_class = estimate.groups - estimate.informative;
+    if single_class > 0 {
+        result.note = Some(format!(
+            "{single_class} of {} `{column}` groups have one class: no pairs",
+            estimate.groups
+        ));
+    }
+    let bootstrap = |b: Option<&[f64]>| {
+        within_bootstrap(
+            scores,
+            b,
+            labels,
+            keys,
+            options.resamples,
+            options.level,
+            options.seed,
+        )
+        .ok()
+    };
+    if options.ci != CiMethod::None {
+        if let Some(interval) = bootstrap(None) {
+            result.ci_low = Some(interval.low);
+            result.ci_high = Some(interval.high);
+        }
+    }
+    if let Some(scores_b) = scores_b {
+        result.auroc_b = within_auroc(scores_b, labels, keys).ok().map(|w| w.auroc);
+        result.delta = result.auroc.zip(result.auroc_b).map(|(a, b)| a - b);
+        if let Some(paired) = bootstrap(Some(scores_b)) {
+            result.p_value = paired.p_value;
+            if options.ci != CiMethod::None {
+                result.delta_ci_low = Some(paired.low);
+                result.delta_ci_high = Some(paired.high);
+            }
+        }
+    }
+    result
 }
 
 fn one_group(
@@ -311,6 +401,15 @@ fn score_source(score: &str, percentiles: bool) -> Result<&str> {
 /// `ci_method`, `note`; with `compare` also `auroc_b`, `delta`, `delta_ci_low`,
 /// `delta_ci_high`, `p_value` (DeLong's paired test on the group's rows).
 ///
+/// With `within`: after each such (pooled) row a within-group row of the same group and
+/// percentile (`qrm::metrics::within`), and three more columns: `kind` (after `percentile`:
+/// `pooled` or `within COL`), `n_groups` and `n_pairs` (after `n_pos`: the `COL` groups with
+/// both classes and Σ P_g·N_g; pooled rows: null and n_pos·n_neg). A within row's interval is
+/// the cluster bootstrap (`ci_method` `cluster-bootstrap`; none with `CiMethod::None`), its
+/// `p_value` the paired cluster bootstrap's; its `note` counts the one-class groups. The
+/// `within` column must exist and have no nulls; with `compare` the two rows of a generation
+/// must agree on it.
+///
 /// Rows go through [`check_rows`] first (the score's input column, model identity,
 /// duplicates). With `compare`, a name that is not an `rm` of the table is a usage error, and
 /// generations are matched by (`question_id`, sample key; see [`sample_keys`]).
@@ -357,6 +456,22 @@ pub fn auroc_report(frame: &DataFrame, path: &Path, options: &AurocOptions) -> R
     })
 }
 
+/// The pooled rows of a report (all of them when it has no `kind` column, i.e. without
+/// `within`): what `qrm-auroc --plot` draws.
+pub fn pooled_rows(report: &DataFrame) -> Result<DataFrame> {
+    let path = Path::new("<auroc report>");
+    if !report
+        .get_column_names()
+        .iter()
+        .any(|c| c.as_str() == "kind")
+    {
+        return Ok(report.clone());
+    }
+    let kind = Columns::new(report, path).str("kind")?;
+    let mask = kind.equal("pooled");
+    report.filter(&mask).map_err(|e| Error::table(path, e))
+}
+
 /// What both kinds of report read, row by row: the labels, the group keys, the sample sets and
 /// each percentile's scores, and which rows are left out (failed the checks, or no score).
 struct Scored<'a> {
@@ -369,6 +484,31 @@ struct Scored<'a> {
     left_out: Vec<bool>,
     /// Rows left out because their score has no value (an empty response), under `drop_nan`.
     empty: usize,
+    /// The `--within` key of every row (as text).
+    within_keys: Option<Vec<String>>,
+}
+
+/// The `within` column of every row as text: a missing column fails naming the file and the
+/// columns present, a null fails naming its row.
+fn read_within_keys(frame: &DataFrame, path: &Path, name: &str) -> Result<Vec<String>> {
+    let keys = group_keys(frame, path, &[name.to_owned()])?;
+    let column = frame.column(name).map_err(|e| Error::table(path, e))?;
+    if let Some(row) = column
+        .is_null()
+        .iter()
+        .position(|is_null| is_null == Some(true))
+    {
+        return Err(Error::bad_value(
+            path,
+            row,
+            name,
+            "null value: every row needs a --within key",
+        ));
+    }
+    Ok(keys
+        .into_iter()
+        .map(|key| key.into_iter().next().unwrap_or_default())
+        .collect())
 }
 
 impl<'a> Scored<'a> {
@@ -388,6 +528,11 @@ impl<'a> Scored<'a> {
             .map(|v| v.unwrap_or(false))
             .collect();
         let keys = group_keys(frame, path, by)?;
+        let within_keys = options
+            .within
+            .as_deref()
+            .map(|name| read_within_keys(frame, path, name))
+            .transpose()?;
         let sample_text = if columns.has(SAMPLE) {
             Some(group_keys(frame, path, &[SAMPLE.to_owned()])?)
         } else {
@@ -433,6 +578,7 @@ impl<'a> Scored<'a> {
             scores,
             left_out,
             empty: empty.len(),
+            within_keys,
         })
     }
 
@@ -447,6 +593,13 @@ impl<'a> Scored<'a> {
             .as_ref()
             .map(|text| rows.map(|r| text[r][0].as_str()).collect())
     }
+
+    /// The `--within` key of each row (with `within`).
+    fn within(&self, rows: impl Iterator<Item = usize>) -> Option<Vec<&str>> {
+        self.within_keys
+            .as_ref()
+            .map(|keys| rows.map(|r| keys[r].as_str()).collect())
+    }
 }
 
 /// One report row per group and percentile.
@@ -459,6 +612,7 @@ fn whole_groups(scored: &Scored, options: &AurocOptions) -> OutputRows {
     for (key, rows) in groups {
         let group_labels: Vec<bool> = rows.iter().map(|&r| scored.labels[r]).collect();
         let sets = scored.sets(rows.iter().copied());
+        let within = scored.within(rows.iter().copied());
         for (percentile, values) in scored.percentiles.iter().zip(&scored.scores) {
             let scores: Vec<f64> = rows
                 .iter()
@@ -466,6 +620,10 @@ fn whole_groups(scored: &Scored, options: &AurocOptions) -> OutputRows {
                 .collect();
             let result = one_group(&scores, None, &group_labels, sets.as_deref(), options);
             output.push(key.to_vec(), None, *percentile, result);
+            if let (Some(keys), Some(column)) = (&within, &options.within) {
+                let result = within_group(&scores, None, &group_labels, keys, column, options);
+                output.push(key.to_vec(), None, *percentile, result);
+            }
         }
     }
     output
@@ -509,6 +667,16 @@ fn compared_groups(
                             format!("differs from row {} of the same generation", a + 1),
                         ));
                     }
+                    if let (Some(keys), Some(column)) = (&scored.within_keys, &options.within) {
+                        if keys[a] != keys[b] {
+                            return Err(Error::bad_value(
+                                scored.path,
+                                b,
+                                column,
+                                format!("differs from row {} of the same generation", a + 1),
+                            ));
+                        }
+                    }
                     matched.push((a, b));
                 }
                 _ => unmatched += 1,
@@ -516,6 +684,7 @@ fn compared_groups(
         }
         let group_labels: Vec<bool> = matched.iter().map(|&(a, _)| scored.labels[a]).collect();
         let sets = scored.sets(matched.iter().map(|&(a, _)| a));
+        let within = scored.within(matched.iter().map(|&(a, _)| a));
         let mut key = group;
         key.insert(items.rm_index, rm_a.clone());
         for (percentile, values) in scored.percentiles.iter().zip(&scored.scores) {
@@ -535,6 +704,17 @@ fn compared_groups(
                 options,
             );
             output.push(key.clone(), Some(rm_b.clone()), *percentile, result);
+            if let (Some(keys), Some(column)) = (&within, &options.within) {
+                let result = within_group(
+                    &scores_a,
+                    Some(&scores_b),
+                    &group_labels,
+                    keys,
+                    column,
+                    options,
+                );
+                output.push(key.clone(), Some(rm_b.clone()), *percentile, result);
+            }
         }
     }
     if unmatched > 0 {
@@ -638,6 +818,16 @@ impl OutputRows {
             vec![options.score.as_str(); height],
         ));
         columns.push(Column::new("percentile".into(), self.percentile));
+        if let Some(column) = &options.within {
+            let within = format!("within {column}");
+            columns.push(Column::new(
+                "kind".into(),
+                results
+                    .iter()
+                    .map(|r| if r.within { within.as_str() } else { "pooled" })
+                    .collect::<Vec<_>>(),
+            ));
+        }
         columns.push(Column::new(
             "n".into(),
             results.iter().map(|r| r.n).collect::<Vec<_>>(),
@@ -646,12 +836,38 @@ impl OutputRows {
             "n_pos".into(),
             results.iter().map(|r| r.n_pos).collect::<Vec<_>>(),
         ));
+        if options.within.is_some() {
+            columns.push(Column::new(
+                "n_groups".into(),
+                results.iter().map(|r| r.n_groups).collect::<Vec<_>>(),
+            ));
+            let pairs = |r: &GroupResult| {
+                if r.within {
+                    r.n_pairs
+                } else {
+                    Some(u64::from(r.n_pos) * u64::from(r.n - r.n_pos))
+                }
+            };
+            columns.push(Column::new(
+                "n_pairs".into(),
+                results.iter().map(pairs).collect::<Vec<_>>(),
+            ));
+        }
         columns.push(float("auroc", |r| r.auroc));
         columns.push(float("ci_low", |r| r.ci_low));
         columns.push(float("ci_high", |r| r.ci_high));
         columns.push(Column::new(
             "ci_method".into(),
-            vec![options.ci.name(); height],
+            results
+                .iter()
+                .map(|r| {
+                    if r.within {
+                        within_ci_method(options.ci)
+                    } else {
+                        options.ci.name()
+                    }
+                })
+                .collect::<Vec<_>>(),
         ));
         columns.push(Column::new(
             "note".into(),
