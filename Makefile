@@ -6,6 +6,7 @@
 #   make prm800k      step-level AUROC and error localisation on PRM800K's human step labels
 #   make test         the test suite (README's second command; CI runs it)
 #   make score-sharded SHARDS=n   qrm-score as n parallel local shards, merged (docs/sharded-scoring.md)
+#   make serve-check  qrm-serve against OpenRLHF's client, under load and faults (docs/serving.md)
 #
 # Sizes and seeds are variables: `make demo QUESTIONS=400 STEPS=60`,
 # `make repro-gsm8k ZEROEVAL=my.jsonl.gz MAX_QUESTIONS=800`.
@@ -66,7 +67,7 @@ D := reports/demo
 CALIBRATED_FLAGS := --localise
 endif
 
-.PHONY: score-sharded test build demo repro-gsm8k learning prm800k cuda-dist report model clean-demo clean-gsm8k clean-learning clean-prm800k
+.PHONY: serve-check score-sharded test build demo repro-gsm8k learning prm800k cuda-dist report model clean-demo clean-gsm8k clean-learning clean-prm800k
 .DELETE_ON_ERROR:
 
 # $(call) splits its arguments on commas, so lists inside a timed command use these.
@@ -387,3 +388,30 @@ clean-gsm8k:
 
 clean-prm800k:
 	rm -rf $(PW) $(PD)
+
+# ---- qrm-serve end to end (docs/serving.md): OpenRLHF's own remote-RM client against the server
+# (its wheel without dependencies, and aiohttp, in a virtualenv of its own), a load test of
+# SERVE_CLIENTS concurrent single-item clients over SERVE_REQUESTS real ZeroEval GSM8K texts
+# against offline qrm-score in the same run, the fault cases, and a PPO-shaped exchange. Every
+# server it starts listens on a free loopback port and is stopped. By default the default model
+# with an untrained linear head; SERVE_RM and SERVE_FLAGS choose a trained one.
+SERVE_DIR := .cache/serve-check
+SERVE_RM ?= $(MODEL)
+SERVE_FLAGS ?= $(if $(filter $(MODEL),$(SERVE_RM)),--head linear)
+SERVE_REQUESTS ?= 264
+SERVE_CLIENTS ?= 128
+SERVE_ZEROEVAL ?= ../shared/data/zeroeval/gsm8k_test_42models.jsonl.gz
+
+$(SERVE_DIR)/venv/bin/python:
+	@mkdir -p $(SERVE_DIR)
+	python3 -m venv $(SERVE_DIR)/venv
+	$(SERVE_DIR)/venv/bin/python -m pip install -q aiohttp || \
+		echo "serve-check: aiohttp not installed; the OpenRLHF client check will use a stand-in" >&2
+
+serve-check: $(SERVE_RM) $(SERVE_DIR)/venv/bin/python | build
+	@test -f $(SERVE_ZEROEVAL) || { echo "no ZeroEval data at $(SERVE_ZEROEVAL); set SERVE_ZEROEVAL=" >&2; exit 1; }
+	$(SERVE_DIR)/venv/bin/python scripts/serve-check.py --bin $(BIN) --rm $(SERVE_RM) \
+		$(foreach flag,$(SERVE_FLAGS),--rm-flag=$(flag)) --zeroeval $(SERVE_ZEROEVAL) \
+		--work $(SERVE_DIR) --requests $(SERVE_REQUESTS) --clients $(SERVE_CLIENTS) \
+		> $(SERVE_DIR)/report.md.tmp; status=$$?; mv $(SERVE_DIR)/report.md.tmp $(SERVE_DIR)/report.md; \
+		cat $(SERVE_DIR)/report.md; exit $$status

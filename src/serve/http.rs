@@ -131,16 +131,46 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets the
-/// requests in flight finish and returns.
+/// requests in flight finish (for at most `grace`) and returns.
+///
+/// hyper's graceful shutdown also waits for connections that were accepted but have sent no
+/// request yet, until its 30 s header timeout: once no request is in flight
+/// ([`Metrics::in_flight`]) and a short flush time has passed, those are closed instead.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let (fired, on_fired) = oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = fired.send(());
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(signal);
+    let drained = async move {
+        if on_fired.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        let started = Instant::now();
+        while metrics.in_flight.load(Ordering::Acquire) > 0 && started.elapsed() < grace {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The last replies are written after their handlers return.
+        tokio::time::sleep(FLUSH_TIME).await;
+    };
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served,
+        () = drained => {
+            tracing::info!("every request in flight was answered; closing idle connections");
+            Ok(())
+        }
+    }
 }
+
+/// How long a stopping server leaves its last replies to be written.
+const FLUSH_TIME: Duration = Duration::from_secs(1);
 
 /// Counts a request in flight while alive (also when the client goes and the handler is
 /// dropped).

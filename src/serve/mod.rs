@@ -103,12 +103,16 @@ pub fn run(config: ServeConfig) -> Result<()> {
         .map_err(|e| Error::Server(format!("the HTTP runtime: {e}")))?;
     // The HTTP side owns the queue's only sender (in `state`): once it has stopped and its
     // connections are closed, the worker's receiver disconnects and the worker returns.
+    let router = http::router(state);
+    let grace = config.limits.read_timeout + config.limits.request_timeout;
+    let http_metrics = metrics.clone();
     let http = std::thread::Builder::new()
         .name("qrm-serve".into())
         .spawn(move || {
             runtime.block_on(async move {
+                let metrics = http_metrics;
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                http::serve(listener, http::router(state), shutdown_signal()).await
+                http::serve(listener, router, metrics, shutdown_signal(), grace).await
             })
         })
         .map_err(|e| Error::Server(format!("the HTTP thread: {e}")))?;
