@@ -12,7 +12,7 @@
 //! qrm-score on the same rows: batching does not change them (the batch-invariance tests).
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,10 +153,8 @@ fn next_round(receiver: &Receiver<Job>, batching: Batching) -> Option<Vec<Job>> 
         let next = if now >= until {
             receiver.try_recv().ok()
         } else {
-            match receiver.recv_timeout(until - now) {
-                Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-            }
+            // A timeout ends the round; so does a closed queue (the next round sees it).
+            receiver.recv_timeout(until - now).ok()
         };
         let Some(job) = next else { break };
         tokens += job.tokens();
