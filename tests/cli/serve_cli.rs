@@ -432,3 +432,26 @@ fn sigterm_answers_the_requests_in_flight_and_exits_0() {
     assert!(TcpStream::connect(&server.address).is_err());
     drop(idle);
 }
+
+#[test]
+fn an_item_over_max_len_under_truncate_skip_is_refused_or_null() {
+    // The chatml prompt alone is over 16 tokens of the character tokenizer.
+    let server = Server::start(&["--max-len", "16", "--truncate", "skip", "-q"]);
+    let prompt = Template::ChatMl.prompt("What is 1 + 1?");
+    let message = server
+        .post("/get_reward", &json!({"query": [format!("{prompt}2.")]}))
+        .error(422);
+    assert!(
+        message.contains("query[0] is longer than --max-len 16 tokens"),
+        "{message}"
+    );
+    let reply = server.post(
+        "/score",
+        &json!({"items": [{"prompt": "What is 1 + 1?", "response": "2."}], "per_token": true}),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let datum = &reply.json()["data"][0];
+    assert!(datum["reward"].is_null(), "{datum}");
+    assert_eq!(datum["truncated"], "skipped");
+    assert_eq!(reply.json()["usage"]["prompt_tokens"], 0);
+}
