@@ -59,23 +59,34 @@ pub trait TokenModel {
     }
 }
 
+/// Largest share of a batch's `rows × longest` positions that may be padding; a row that would
+/// take the batch over it starts the next batch. A padded position costs the linear layers as
+/// much as a real one, and rows of very different lengths (the solutions of 12 models to one
+/// question, scored after their shared prompt) padded into one batch wasted about a quarter of
+/// the work (`cargo bench --bench score -- --sample-sets`).
+pub const MAX_PADDING: f64 = 0.125;
+
 /// Splits example indices into batches: sorted by length (longest first, so memory trouble
 /// shows at once), each batch's `rows × longest` at most `batch_tokens` (a single longer
-/// example gets a batch of its own). Empty examples are left out.
+/// example gets a batch of its own) and at most [`MAX_PADDING`] of it padding. Empty examples
+/// are left out.
 pub fn plan_batches(lengths: &[usize], batch_tokens: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).filter(|&i| lengths[i] > 0).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
     let mut batches = Vec::new();
     let mut current: Vec<usize> = Vec::new();
-    let mut longest = 0;
+    let (mut longest, mut real) = (0, 0);
     for index in order {
         let length = lengths[index];
-        let widest = longest.max(length);
-        if !current.is_empty() && (current.len() + 1) * widest > batch_tokens {
+        // Longest first: the batch's first row is its longest.
+        let positions = (current.len() + 1) * longest.max(length);
+        let padding = 1.0 - (real + length) as f64 / positions as f64;
+        if !current.is_empty() && (positions > batch_tokens || padding > MAX_PADDING) {
             batches.push(std::mem::take(&mut current));
-            longest = 0;
+            (longest, real) = (0, 0);
         }
         longest = longest.max(length);
+        real += length;
         current.push(index);
     }
     if !current.is_empty() {
@@ -216,12 +227,18 @@ mod tests {
     fn batches_respect_the_token_budget_and_cover_every_example_once() {
         let lengths = [5, 0, 3, 9, 4, 4, 12, 1];
         let batches = plan_batches(&lengths, 12);
-        // Sorted longest first: 6(12) | 3(9) | 0(5),4(4) → 2×5 = 10 ≤ 12, +5(4) → 15 > 12
-        // | 5(4),2(3),7(1) → 3×4 = 12.
-        assert_eq!(batches, vec![vec![6], vec![3], vec![0, 4], vec![5, 2, 7]]);
+        // Sorted longest first: 6(12) | 3(9) | 0(5),4(4): 2×5 = 10 ≤ 12 and padding 1/10 ≤
+        // 1/8; +5(4) → 15 > 12 | 5(4),2(3): 8 ≤ 12, padding 1/8; +7(1) → 3×4 = 12 fits the
+        // budget but its padding (12 − 8)/12 = 1/3 > 1/8 | 7(1).
+        assert_eq!(
+            batches,
+            vec![vec![6], vec![3], vec![0, 4], vec![5, 2], vec![7]]
+        );
         for batch in &batches {
             let longest = batch.iter().map(|&i| lengths[i]).max().unwrap();
+            let real: usize = batch.iter().map(|&i| lengths[i]).sum();
             assert!(batch.len() == 1 || batch.len() * longest <= 12);
+            assert!(1.0 - real as f64 / (batch.len() * longest) as f64 <= MAX_PADDING);
         }
         let mut seen: Vec<usize> = batches.concat();
         seen.sort();
