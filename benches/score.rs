@@ -31,6 +31,11 @@
 //! (ratio 0.78 vs 0.75); batch 16 376.5 vs 320.0 (0.70 vs 0.64). Sequence rewards agree with
 //! torch to 6.0e-7. qrm is still behind torch, most at batch 16, where attention (full score
 //! matrices, no flash kernel) grows with the square of the length.
+//!
+//! 2026-12-01, same machine, release, idle (docs/scoring-speed.md): batch 8, 16 texts 326.9 vs
+//! torch 368.1 tokens/s (0.89); `--sample-sets` shared 400.7 vs whole 315.7 tokens/s (1.27,
+//! 21.2 % of the time saved, 25.4 % predicted) once batches hold at most 1/8 padding (before:
+//! 355.3 vs 333.6, 6.1 % saved).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
