@@ -77,6 +77,24 @@ impl Server {
         self.request("POST", path, body.to_string().as_bytes())
     }
 
+    /// Waits until `/metrics` shows `line` (a gauge's value), so a test acts on the server's
+    /// state rather than on a guess of how long a loaded machine takes.
+    fn wait_for_metric(&self, line: &str) {
+        let started = Instant::now();
+        while !self
+            .request("GET", "/metrics", b"")
+            .body
+            .lines()
+            .any(|l| l == line)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never saw {line}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -385,14 +403,14 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
 
 #[test]
 fn a_full_queue_answers_503_with_retry_after() {
-    // The first request's 2 items wait in the queue for the 1.5 s window, so a second request
+    // The first request's 2 items wait in the queue for the 3 s window, so a second request
     // of 2 items finds the queue of at most 3 full.
-    let server = Server::start(&["--max-queue", "3", "--batch-window-ms", "1500", "-q"]);
+    let server = Server::start(&["--max-queue", "3", "--batch-window-ms", "3000", "-q"]);
     let prompt = Template::ChatMl.prompt("What is 1 + 1?");
     let body = json!({"query": [format!("{prompt}2."), format!("{prompt}3.")]});
     std::thread::scope(|scope| {
         let first = scope.spawn(|| server.post("/get_reward", &body));
-        std::thread::sleep(Duration::from_millis(400));
+        server.wait_for_metric("qrm_serve_queue_items 2");
         let second = server.post("/get_reward", &body);
         let message = second.error(503);
         assert!(message.contains("queue is full"), "{message}");
@@ -407,7 +425,7 @@ fn a_full_queue_answers_503_with_retry_after() {
 
 #[test]
 fn sigterm_answers_the_requests_in_flight_and_exits_0() {
-    let mut server = Server::start(&["--batch-window-ms", "1000"]);
+    let mut server = Server::start(&["--batch-window-ms", "2000"]);
     let prompt = Template::ChatMl.prompt("What is 1 + 1?");
     let body = json!({"query": [format!("{prompt}2.")]});
     // A client connected that has sent nothing: it must not hold the stop for hyper's 30 s
@@ -415,7 +433,8 @@ fn sigterm_answers_the_requests_in_flight_and_exits_0() {
     let idle = TcpStream::connect(&server.address).unwrap();
     std::thread::scope(|scope| {
         let in_flight = scope.spawn(|| server.post("/get_reward", &body));
-        std::thread::sleep(Duration::from_millis(300));
+        // /metrics counts the requests in flight other than itself.
+        server.wait_for_metric("qrm_serve_in_flight_requests 1");
         server.terminate();
         let reply = in_flight.join().unwrap();
         assert_eq!(reply.status, 200, "{reply:?}");
