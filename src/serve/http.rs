@@ -38,7 +38,7 @@ use crate::serve::protocol::{
     error_body, truncated_name, RewardReply, RewardRequest, ScoreDatum, ScoreReply, ScoreRequest,
     Splitter, Usage,
 };
-use crate::serve::queue::{Job, Queue, Refused, Scored};
+use crate::serve::queue::{Job, JobError, Queue, Refused, Scored};
 
 /// Bounds on what one request may take.
 #[derive(Debug, Clone, Copy)]
@@ -300,8 +300,10 @@ impl AppState {
         match tokio::time::timeout(timeout, receiver).await {
             Err(_) => Err(timed_out()),
             Ok(Err(_)) => Err(ApiError::unavailable("the scoring worker stopped")),
-            Ok(Ok(Err(message))) if message.contains("deadline") => Err(timed_out()),
-            Ok(Ok(Err(message))) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)),
+            Ok(Ok(Err(JobError::Deadline))) => Err(timed_out()),
+            Ok(Ok(Err(JobError::Failed(message)))) => {
+                Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message))
+            }
             Ok(Ok(Ok(scored))) => Ok(scored),
         }
     }

@@ -29,7 +29,16 @@ pub struct Job {
     pub encoded: Vec<Encoded>,
     /// When the reply no longer helps the client (the request's deadline).
     pub deadline: Instant,
-    pub reply: oneshot::Sender<Result<Scored, String>>,
+    pub reply: oneshot::Sender<Result<Scored, JobError>>,
+}
+
+/// Why a job got no scores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// Its deadline passed while it waited in the queue.
+    Deadline,
+    /// The model failed on the round the job was in (the message says how).
+    Failed(String),
 }
 
 impl Job {
@@ -128,9 +137,7 @@ pub fn run_worker(
                 metrics.dropped("cancelled");
             } else if job.deadline <= now {
                 metrics.dropped("deadline");
-                let _ = job
-                    .reply
-                    .send(Err("the request's deadline passed in the queue".into()));
+                let _ = job.reply.send(Err(JobError::Deadline));
             } else {
                 live.push(job);
             }
@@ -196,7 +203,9 @@ fn score_round(
         Err(error) => {
             tracing::error!("scoring failed: {error}");
             for job in jobs {
-                let _ = job.reply.send(Err(format!("scoring failed: {error}")));
+                let _ = job
+                    .reply
+                    .send(Err(JobError::Failed(format!("scoring failed: {error}"))));
             }
         }
     }
@@ -206,7 +215,7 @@ fn score_round(
 mod tests {
     use super::*;
 
-    fn job(items: usize) -> (Job, oneshot::Receiver<Result<Scored, String>>) {
+    fn job(items: usize) -> (Job, oneshot::Receiver<Result<Scored, JobError>>) {
         let (reply, receiver) = oneshot::channel();
         let encoded = vec![
             Encoded {
@@ -307,7 +316,7 @@ mod tests {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
         let late = late_receiver.blocking_recv().unwrap().unwrap_err();
-        assert!(late.contains("deadline"), "{late}");
+        assert_eq!(late, JobError::Deadline);
         assert_eq!(metrics.queued_items.load(Ordering::Relaxed), 0);
         let text = metrics.render();
         assert!(text.contains("qrm_serve_dropped_jobs_total{reason=\"cancelled\"} 1"));
