@@ -123,6 +123,19 @@ pub(crate) fn generations(dir: &Path, rows: usize) -> PathBuf {
     path
 }
 
+/// `qrm-embed` (chatml) of `dir/pairs.parquet`, as [`generations`] writes it, into
+/// `dir/goal.safetensors`.
+pub(crate) fn embed_goal(dir: &Path) -> PathBuf {
+    let goal = dir.join("goal.safetensors");
+    tool("qrm-embed", "chatml")
+        .arg(dir.join("pairs.parquet"))
+        .arg("-o")
+        .arg(&goal)
+        .assert()
+        .success();
+    goal
+}
+
 pub(crate) fn list_column(frame: &DataFrame, name: &str) -> Vec<Vec<f32>> {
     let lists = frame.column(name).unwrap().list().unwrap().clone();
     (0..lists.len())
@@ -153,13 +166,7 @@ fn assert_close(a: &DataFrame, b: &DataFrame) {
 fn embed_then_score_through_a_pipe() {
     let dir = tempfile::tempdir().unwrap();
     let input = generations(dir.path(), 12);
-    let goal = dir.path().join("goal.safetensors");
-    tool("qrm-embed", "chatml")
-        .arg(dir.path().join("pairs.parquet"))
-        .arg("-o")
-        .arg(&goal)
-        .assert()
-        .success();
+    let goal = embed_goal(dir.path());
     let stored = qrm::score::goal::GoalState::load(&goal).unwrap();
     assert_eq!(stored.vector.len(), 32);
     assert_eq!(stored.provenance.count, Some(12));
@@ -199,13 +206,7 @@ fn embed_then_score_through_a_pipe() {
 fn a_goal_made_with_another_template_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let input = generations(dir.path(), 3);
-    let goal = dir.path().join("goal.safetensors");
-    tool("qrm-embed", "chatml")
-        .arg(dir.path().join("pairs.parquet"))
-        .arg("-o")
-        .arg(&goal)
-        .assert()
-        .success();
+    let goal = embed_goal(dir.path());
     tool("qrm-score", "raw")
         .arg(&input)
         .arg("--goal")
@@ -219,13 +220,7 @@ fn a_goal_made_with_another_template_is_refused() {
 fn batch_size_does_not_change_scores() {
     let dir = tempfile::tempdir().unwrap();
     let input = generations(dir.path(), 10);
-    let goal = dir.path().join("goal.safetensors");
-    tool("qrm-embed", "chatml")
-        .arg(dir.path().join("pairs.parquet"))
-        .arg("-o")
-        .arg(&goal)
-        .assert()
-        .success();
+    let goal = embed_goal(dir.path());
     let mut outputs = Vec::new();
     for batch_tokens in ["1", "100000"] {
         let out = dir.path().join(format!("scores-{batch_tokens}.parquet"));
@@ -253,14 +248,8 @@ fn shared_prompts_score_as_whole_rows() {
         .collect();
     let mut frame = df!("question" => questions, "response" => responses).unwrap();
     write_parquet(&input, &mut frame);
-    let goal = dir.path().join("goal.safetensors");
     generations(dir.path(), 4);
-    tool("qrm-embed", "chatml")
-        .arg(dir.path().join("pairs.parquet"))
-        .arg("-o")
-        .arg(&goal)
-        .assert()
-        .success();
+    let goal = embed_goal(dir.path());
     let mut outputs = Vec::new();
     for switch in ["on", "off"] {
         let out = dir.path().join(format!("scores-{switch}.parquet"));

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::score_cli::{fixture, generations, list_column, tool};
+use crate::score_cli::{embed_goal, fixture, generations, list_column, tool};
 use qrm::model::template::Template;
 use qrm::pipeline::io::read_table;
 use serde_json::{json, Value};
@@ -187,22 +187,11 @@ fn assert_close(got: &Value, expected: f32, what: &str) {
     assert!((got - expected).abs() < 1e-5, "{what}: {got} vs {expected}");
 }
 
-fn goal_for(dir: &Path) -> std::path::PathBuf {
-    let goal = dir.join("goal.safetensors");
-    tool("qrm-embed", "chatml")
-        .arg(dir.join("pairs.parquet"))
-        .arg("-o")
-        .arg(&goal)
-        .assert()
-        .success();
-    goal
-}
-
 #[test]
 fn replies_equal_offline_scores_for_both_request_shapes_and_concurrent_clients() {
     let dir = tempfile::tempdir().unwrap();
     let input = generations(dir.path(), 10);
-    let goal = goal_for(dir.path());
+    let goal = embed_goal(dir.path());
     let offline = score_offline(&input, &goal, &dir.path().join("scores.parquet"));
     let server = Server::start(&["--goal", goal.to_str().unwrap(), "-q"]);
 
