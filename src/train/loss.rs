@@ -67,6 +67,18 @@ pub fn log_exp(chosen: &Tensor, rejected: &Tensor) -> Result<Tensor> {
     log_sigmoid(&difference)?.mean_all()?.neg()
 }
 
+/// Reward centering (Eisenstein et al. 2023, "Helping or Herding?"; TRL's
+/// `center_rewards_coefficient` term): mean (r_chosen + r_rejected)², the squared sum of each
+/// pair's rewards. The Bradley–Terry term sees only r_chosen − r_rejected, so it leaves a reward
+/// offset per pair (per question) free; this term pulls each pair's mean reward to zero. The
+/// trainer multiplies it by `--center-rewards`.
+///
+/// # Shapes
+/// chosen: (B,), rejected: (B,) → scalar.
+pub fn reward_centering(chosen: &Tensor, rejected: &Tensor) -> Result<Tensor> {
+    (chosen + rejected)?.sqr()?.mean_all()
+}
+
 /// Gathers hidden states at per-example positions.
 ///
 /// # Shapes
@@ -291,6 +303,23 @@ mod tests {
             gradients.get(&xs).unwrap().to_vec1::<f64>().unwrap(),
             vec![0.5]
         );
+    }
+
+    #[test]
+    fn reward_centering_hand_case() {
+        // Pairs (r_c, r_r) = (1, −1), (2, 1): sums 0 and 3, mean of squares (0 + 9)/2 = 4.5;
+        // ∂/∂r_c,b = ∂/∂r_r,b = 2·sum_b/B = (0, 3) for both sides.
+        let chosen = Var::new(&[1f64, 2.0], &Device::Cpu).unwrap();
+        let rejected = Var::new(&[-1f64, 1.0], &Device::Cpu).unwrap();
+        let value = reward_centering(&chosen, &rejected).unwrap();
+        assert_eq!(scalar(&value), 4.5);
+        let gradients = value.backward().unwrap();
+        for var in [&chosen, &rejected] {
+            assert_eq!(
+                gradients.get(var).unwrap().to_vec1::<f64>().unwrap(),
+                vec![0.0, 3.0]
+            );
+        }
     }
 
     #[test]

@@ -95,6 +95,13 @@ pub struct TrainConfig {
     /// Contrastive weight λ.
     #[arg(long = "lambda", default_value_t = 0.5)]
     pub lambda: f64,
+    /// Reward-centering weight c: adds c · mean((r_chosen + r_rejected)²) to the loss
+    /// (Eisenstein et al. 2023; TRL's `center_rewards_coefficient`, which suggests 0.01), so each
+    /// pair's rewards centre on zero and a per-question offset, which the Bradley–Terry term
+    /// leaves free, is pulled out. 0 turns it off.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub center_rewards: f64,
     /// reference: the released code's loss; paper: Eq. 5.
     #[arg(long, value_enum, default_value = "reference")]
     pub contrastive: ContrastiveForm,
@@ -162,6 +169,7 @@ impl Default for TrainConfig {
             objective: Objective::Q,
             loss: PreferenceLoss::Sigmoid,
             lambda: 0.5,
+            center_rewards: 0.0,
             contrastive: ContrastiveForm::Reference,
             goal_strategy: GoalStrategy::Single,
             positives: 16,
@@ -283,6 +291,9 @@ pub struct LogRow {
     pub eval_contrastive: Option<f64>,
     pub eval_reward_mean: Option<f64>,
     pub eval_reward_std: Option<f64>,
+    /// Pooled AUROC of the eval rewards: every chosen reward against every rejected one.
+    #[serde(default)]
+    pub eval_auroc: Option<f64>,
 }
 
 /// Eval metrics over a set of pairs.
@@ -301,6 +312,13 @@ pub struct EvalMetrics {
     /// normalisation as OpenRLHF stores them.
     pub reward_mean: f64,
     pub reward_std: f64,
+    /// Pooled AUROC: every eval pair's chosen reward (positive) against every rejected reward
+    /// (negative), across pairs, ties ½ ([`crate::metrics::auroc::auroc`]). `accuracy` compares
+    /// each chosen response only with its own rejected one; this compares across pairs, as
+    /// the pooled AUROC of scored generations does, so a reward offset per question lowers it.
+    /// `None` without eval pairs.
+    #[serde(default)]
+    pub auroc: Option<f64>,
 }
 
 impl EvalMetrics {
@@ -431,6 +449,10 @@ fn micro_batch_loss(
     let rejected = rewards.narrow(0, count, count)?; // (B,)
     let bt = preference_loss(data, micro, config, &chosen, &rejected)?;
     let mut total = bt.clone();
+    if config.center_rewards > 0.0 {
+        let centering = loss::reward_centering(&chosen, &rejected)?;
+        total = (total + (centering * config.center_rewards)?)?;
+    }
     let mut contrastive_value = None;
     if config.objective == Objective::Q {
         let negatives: Vec<&Encoded> = (0..count)
@@ -641,6 +663,7 @@ pub fn evaluate(
         eval_config.goal_strategy = GoalStrategy::Single;
     }
     let mut rewards = Vec::with_capacity(2 * data.pairs.len());
+    let mut labels = Vec::with_capacity(2 * data.pairs.len());
     let (mut wins, mut bt_sum, mut contrastive_sum, mut batches) = (0usize, 0.0, 0.0, 0usize);
     for (index, chunk) in (0..data.pairs.len())
         .collect::<Vec<_>>()
@@ -666,6 +689,8 @@ pub fn evaluate(
         batches += chunk.len();
         rewards.extend(result.chosen_rewards.iter().map(|&r| r as f64));
         rewards.extend(result.rejected_rewards.iter().map(|&r| r as f64));
+        labels.extend(std::iter::repeat_n(true, result.chosen_rewards.len()));
+        labels.extend(std::iter::repeat_n(false, result.rejected_rewards.len()));
     }
     let count = batches.max(1) as f64;
     let mean = rewards.iter().sum::<f64>() / rewards.len().max(1) as f64;
@@ -679,6 +704,7 @@ pub fn evaluate(
         loss_contrastive: contrastive_sum / count,
         reward_mean: mean,
         reward_std: variance.sqrt(),
+        auroc: crate::metrics::auroc::auroc(&rewards, &labels),
     })
 }
 
@@ -869,10 +895,12 @@ fn evaluate_into(
     row.eval_contrastive = Some(metrics.loss_contrastive);
     row.eval_reward_mean = Some(metrics.reward_mean);
     row.eval_reward_std = Some(metrics.reward_std);
+    row.eval_auroc = metrics.auroc;
     tracing::info!(
-        "step {}: eval accuracy {:.4}, BT loss {:.4}, contrastive {:.4}",
+        "step {}: eval accuracy {:.4}, pooled AUROC {:.4}, BT loss {:.4}, contrastive {:.4}",
         row.step,
         metrics.accuracy,
+        metrics.auroc.unwrap_or(f64::NAN),
         metrics.loss_bt,
         metrics.loss_contrastive
     );
@@ -1257,6 +1285,134 @@ mod tests {
                 after.accuracy
             );
         }
+    }
+
+    #[test]
+    fn center_rewards_adds_its_term_and_centres_the_rewards() {
+        let data = TrainData {
+            pairs: easy_pairs(4, 1),
+            trunk: None,
+        };
+        let micro = MicroBatch {
+            pairs: vec![0, 1, 2, 3],
+            random_negatives: Vec::new(),
+        };
+        let model = Toy::new(3);
+        let plain = config(Objective::Bt);
+        let centred = TrainConfig {
+            center_rewards: 0.5,
+            ..config(Objective::Bt)
+        };
+        let sampling = plain.sampling().unwrap();
+        let without = micro_batch_loss(
+            &model,
+            &data,
+            &micro,
+            &plain,
+            &sampling,
+            &mut micro_rng(0, 0),
+        )
+        .unwrap();
+        let with = micro_batch_loss(
+            &model,
+            &data,
+            &micro,
+            &centred,
+            &sampling,
+            &mut micro_rng(0, 0),
+        )
+        .unwrap();
+        // total = BT + 0.5 · mean (r_c + r_r)², from the rewards the micro-batch reports.
+        let centering: f64 = without
+            .chosen_rewards
+            .iter()
+            .zip(&without.rejected_rewards)
+            .map(|(c, r)| ((c + r) as f64).powi(2))
+            .sum::<f64>()
+            / 4.0;
+        let total = with.total.to_scalar::<f32>().unwrap() as f64;
+        assert!(
+            (total - (without.bt + 0.5 * centering)).abs() < 1e-5,
+            "{total} vs {} + 0.5 · {centering}",
+            without.bt
+        );
+        // Trained with and without it, on the easy preference: centring pulls the eval rewards'
+        // mean toward zero and keeps the ranking.
+        let train_data = TrainData {
+            pairs: easy_pairs(64, 2),
+            trunk: None,
+        };
+        let eval_data = TrainData {
+            pairs: easy_pairs(32, 3),
+            trunk: None,
+        };
+        let mut means = Vec::new();
+        for config in [plain, centred] {
+            let model = Toy::new(4);
+            let directory = tempfile::tempdir().unwrap();
+            let summary = train(
+                &model,
+                &train_data,
+                Some(&eval_data),
+                &config,
+                options(directory.path()),
+            )
+            .unwrap();
+            let eval = summary.eval.unwrap();
+            assert!(eval.accuracy >= 0.9, "{config:?}: {eval:?}");
+            means.push(eval.reward_mean.abs());
+        }
+        assert!(means[1] < means[0], "|eval reward mean| {means:?}");
+    }
+
+    #[test]
+    fn eval_auroc_pools_chosen_against_rejected_across_pairs() {
+        let data = TrainData {
+            pairs: easy_pairs(6, 4),
+            trunk: None,
+        };
+        let model = Toy::new(5);
+        let config = config(Objective::Bt);
+        let metrics = evaluate(&model, &data, &config).unwrap();
+        // The same rewards, pair by pair, and the Mann–Whitney count over every (chosen,
+        // rejected) combination across pairs, ties ½.
+        let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+        for index in 0..6 {
+            let micro = MicroBatch {
+                pairs: vec![index],
+                random_negatives: Vec::new(),
+            };
+            let result = micro_batch_loss(
+                &model,
+                &data,
+                &micro,
+                &config,
+                &config.sampling().unwrap(),
+                &mut micro_rng(0, 0),
+            )
+            .unwrap();
+            chosen.push(result.chosen_rewards[0]);
+            rejected.push(result.rejected_rewards[0]);
+        }
+        let mut wins = 0.0;
+        for c in &chosen {
+            for r in &rejected {
+                wins += if (c - r).abs() < 1e-6 {
+                    0.5
+                } else if c > r {
+                    1.0
+                } else {
+                    0.0
+                };
+            }
+        }
+        let auroc = metrics.auroc.unwrap();
+        assert!((auroc - wins / 36.0).abs() < 1e-12, "{auroc} vs {wins}/36");
+        let empty = TrainData {
+            pairs: Vec::new(),
+            trunk: None,
+        };
+        assert_eq!(evaluate(&model, &empty, &config).unwrap().auroc, None);
     }
 
     #[test]
