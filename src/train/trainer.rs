@@ -1097,6 +1097,13 @@ pub fn train(
         }
     }
     progress.finish_and_clear();
+    // Resuming a finished run trains nothing; its summary still evaluates the saved weights, so
+    // rewriting train_config.json does not lose the eval metrics.
+    if last_row.is_none() && first_step == total_steps {
+        if let Some(eval_data) = eval_data {
+            last_eval = Some(evaluate(model, eval_data, config)?);
+        }
+    }
     Ok(TrainSummary {
         steps: last_row.as_ref().map_or(first_step, |row| row.step),
         last: last_row,
@@ -1546,6 +1553,40 @@ mod tests {
         let summary = train(&resumed, &data, None, &config, resuming).unwrap();
         assert_eq!(summary.steps, 6);
         assert_eq!(weights(&resumed), weights(&straight));
+    }
+
+    #[test]
+    fn resuming_a_finished_run_keeps_its_eval() {
+        let data = TrainData {
+            pairs: easy_pairs(12, 5),
+            trunk: None,
+        };
+        let eval_data = TrainData {
+            pairs: easy_pairs(6, 7),
+            trunk: None,
+        };
+        let mut config = config(Objective::Bt);
+        config.max_steps = Some(4);
+        let directory = tempfile::tempdir().unwrap();
+        let finished = train(
+            &Toy::new(6),
+            &data,
+            Some(&eval_data),
+            &config,
+            options(directory.path()),
+        )
+        .unwrap();
+        let mut resuming = options(directory.path());
+        resuming.resume = true;
+        let again = train(&Toy::new(99), &data, Some(&eval_data), &config, resuming).unwrap();
+        assert_eq!(again.steps, 4);
+        let (before, after) = (finished.eval.unwrap(), again.eval.unwrap());
+        assert_eq!(before.wins, after.wins);
+        assert!(
+            (before.loss_bt - after.loss_bt).abs() < 1e-6,
+            "{before:?} vs {after:?}"
+        );
+        assert_eq!(before.auroc, after.auroc);
     }
 
     #[test]
