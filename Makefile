@@ -40,7 +40,8 @@ D := reports/gsm8k
 # No first error is known in real data: the calibrated table has no localisation columns.
 CALIBRATED_FLAGS :=
 else
-# ---- the demo's sizes (stages took 39 minutes on a 2-core CPU loaded by other jobs; reports/demo states them):
+# ---- the demo's sizes (stages took 44 minutes with the frozen trunk cached, on a 2-core CPU shared
+# with other jobs; reports/demo states them):
 # QUESTIONS in-distribution questions, HOLDOUT of them held out, the rest paired for training;
 # OOD_QUESTIONS out-of-distribution questions, all held out.
 QUESTIONS ?= 300
