@@ -545,7 +545,7 @@ mod tests {
         // −2·log σ(0) = 2·log 2 = 1.386294.
         assert!((per_pair[0] - 0.626523).abs() < 1e-5, "{per_pair:?}");
         assert!((per_pair[1] - 1.386294).abs() < 1e-5, "{per_pair:?}");
-        for example in 0..2 {
+        for (example, own) in per_pair.iter().enumerate() {
             let one = |t: &Tensor| t.narrow(0, example, 1).unwrap();
             let alone = contrastive_reference(
                 &one(&sources),
@@ -556,7 +556,7 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-            assert!((alone - per_pair[example]).abs() < 1e-6);
+            assert!((alone - own).abs() < 1e-6);
         }
         // The batch form pools the means first: P = (σ(1) + σ(0))/2 = 0.615529, 1 − N the same,
         // −2·log 0.615529 = 0.970545, not the mean of the pairs' losses (1.006409).
