@@ -2,12 +2,13 @@
 //!
 //! One readable loop in the nanoGPT manner. Each optimiser step takes `batch_size` pairs in
 //! micro-batches of `micro_batch` pairs, or packed in data order into micro-batches of at most
-//! `micro_batch_tokens` padded tokens ([`plan_in_order`]), sums their gradients, each micro-batch's
-//! mean loss weighted by its share of the step's pairs (so every pair weighs the same whatever the
-//! packing), clips the global norm at 1, and applies AdamW at the cosine schedule's learning rate. Every `eval_every` steps the eval
-//! pairs are scored (accuracy, BT loss, contrastive loss); every `save_every` steps the trainable
-//! weights, the optimiser moments and the step are saved, and [`train`] with `resume` continues
-//! from them to the same weights as an uninterrupted run.
+//! `micro_batch_tokens` padded tokens ([`plan_in_order`]), sums their gradients, each
+//! micro-batch's mean loss weighted by its share of the step's pairs (so every pair weighs the
+//! same whatever the packing), clips the global norm at 1, and applies AdamW at the cosine
+//! schedule's learning rate. Every `eval_every` steps the eval pairs are scored (accuracy, BT
+//! loss, contrastive loss); every `save_every` steps the trainable weights, the optimiser moments
+//! and the step are saved, and [`train`] with `resume` continues from them to the same weights as
+//! an uninterrupted run.
 //!
 //! Nothing random is carried between steps: the epoch's pair order comes from (seed, epoch) and
 //! the contrastive positions of micro-batch m from (seed, m) (of the step's pair p under a token
