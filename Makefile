@@ -33,6 +33,8 @@ MICRO_BATCH_TOKENS ?= 16384
 MICRO_FLAGS = --micro-batch-tokens $(MICRO_BATCH_TOKENS)
 STEPS ?= 36
 LR ?= 1e-3
+CENTER ?= 0
+NEGATIVE_GOALS ?= anywhere
 EMBED_LIMIT ?= 96
 PAIRS_FLAGS = --max-questions $(MAX_QUESTIONS) --holdout-samples $(HOLDOUT_SAMPLES) --max-per-question $(PER_QUESTION)
 W := .cache/gsm8k
@@ -59,8 +61,12 @@ PER_QUESTION ?= 2
 BATCH ?= 8
 MICRO_BATCH ?= 8
 MICRO_FLAGS = --micro-batch $(MICRO_BATCH)
-STEPS ?= 80
+# reports/learning/recipe.md: the runs that chose these (steps, reward centering, where the
+# contrastive loss draws its negative goals), with what failed.
+STEPS ?= 160
 LR ?= 1e-3
+CENTER ?= 0
+NEGATIVE_GOALS ?= after-divergence
 EMBED_LIMIT ?= 64
 # Every correct × incorrect combination (up to PER_QUESTION a question): more pairs from the
 # same responses, and the frozen trunk is computed once per distinct response.
@@ -116,13 +122,13 @@ $(W)/held.parquet: $(W)/held-id.parquet $(W)/ood.parquet
 endif
 
 TRAIN_FLAGS = --model $(MODEL) --train-layers $(TRAIN_LAYERS) --batch-size $(BATCH) $(MICRO_FLAGS) \
-	--max-steps $(STEPS) --lr $(LR) --seed $(SEED) --cache $(W)/trunk --eval-every 10
+	--max-steps $(STEPS) --lr $(LR) --center-rewards $(CENTER) --seed $(SEED) --cache $(W)/trunk --eval-every 10
 
 $(W)/bt/config.json: $(W)/pairs.parquet $(MODEL)
 	$(call timed,train-bt,$(BIN)/qrm-train $< --objective bt $(TRAIN_FLAGS) --log $(W)/train-bt.jsonl -o $(W)/bt)
 
 $(W)/q/config.json: $(W)/pairs.parquet $(MODEL) $(W)/bt/config.json
-	$(call timed,train-q,$(BIN)/qrm-train $< --objective q $(TRAIN_FLAGS) --log $(W)/train-q.jsonl -o $(W)/q)
+	$(call timed,train-q,$(BIN)/qrm-train $< --objective q --negative-goals $(NEGATIVE_GOALS) $(TRAIN_FLAGS) --log $(W)/train-q.jsonl -o $(W)/q)
 
 $(W)/goal-%.safetensors: $(W)/pairs.parquet $(W)/%/config.json
 	$(call timed,embed-$*,$(BIN)/qrm-embed $< --rm $(W)/$* --limit $(EMBED_LIMIT) --seed $(SEED) -o $@)
@@ -210,7 +216,7 @@ endif
 $(D)/README.md: $(DEMO_PARTS) scripts/demo-report.sh
 	TASK=$(TASK) QUESTIONS=$(QUESTIONS) OOD_QUESTIONS=$(OOD_QUESTIONS) SAMPLES=$(SAMPLES) MISTAKES=$(MISTAKES) PHRASING=$(PHRASING) HOLDOUT=$(HOLDOUT) \
 	STEPS=$(STEPS) BATCH=$(BATCH) MICRO_BATCH=$(MICRO_BATCH) MICRO_BATCH_TOKENS=$(MICRO_BATCH_TOKENS) LR=$(LR) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) MODEL=$(MODEL) \
-	EMBED_LIMIT=$(EMBED_LIMIT) ZEROEVAL=$(ZEROEVAL) MAX_QUESTIONS=$(MAX_QUESTIONS) \
+	CENTER=$(CENTER) NEGATIVE_GOALS=$(NEGATIVE_GOALS) EMBED_LIMIT=$(EMBED_LIMIT) ZEROEVAL=$(ZEROEVAL) MAX_QUESTIONS=$(MAX_QUESTIONS) \
 	HOLDOUT_SAMPLES=$(HOLDOUT_SAMPLES) PER_QUESTION=$(PER_QUESTION) \
 	bash scripts/demo-report.sh $(W) $(D) > $@.tmp && mv $@.tmp $@
 

@@ -19,8 +19,9 @@ include() { if [ -s "$report/$1" ]; then cat "$report/$1"; else echo "_($1 missi
 
 common="Two reward models were trained from SmolLM2-135M-Instruct with the same data, budget and
 seed (${STEPS} steps of ${BATCH} pairs, lr ${LR}, top ${TRAIN_LAYERS} layers + head trained, the
-frozen trunk computed once and shared, seed ${SEED}): \`bt\` (Bradley–Terry only) and \`q\`
-(Bradley–Terry + 0.5 × contrastive, the paper's method). Each got its goal state from
+frozen trunk computed once and shared, reward centering ${CENTER:-0}, seed ${SEED}): \`bt\`
+(Bradley–Terry only) and \`q\` (Bradley–Terry + 0.5 × contrastive, the paper's method, negative
+goals drawn \`${NEGATIVE_GOALS:-anywhere}\` in the rejected response). Each got its goal state from
 ${EMBED_LIMIT} chosen responses of its training pairs (\`qrm-embed\`), then scored the held-out
 generations (\`qrm-score\`). Confidence intervals say how much the small sizes matter. Where
 \`q\` does not beat \`bt\`, the tables say so."
@@ -191,9 +192,9 @@ echo 'Each stage as it ran (latest run of each; the binaries are `target/release
 echo
 echo '```'
 if [ "${TASK:-demo}" = gsm8k ]; then
-    echo "make repro-gsm8k MAX_QUESTIONS=${MAX_QUESTIONS} HOLDOUT=${HOLDOUT} HOLDOUT_SAMPLES=${HOLDOUT_SAMPLES} PER_QUESTION=${PER_QUESTION} STEPS=${STEPS} BATCH=${BATCH} MICRO_BATCH_TOKENS=${MICRO_BATCH_TOKENS} LR=${LR} TRAIN_LAYERS=${TRAIN_LAYERS} EMBED_LIMIT=${EMBED_LIMIT} SEED=${SEED}"
+    echo "make repro-gsm8k MAX_QUESTIONS=${MAX_QUESTIONS} HOLDOUT=${HOLDOUT} HOLDOUT_SAMPLES=${HOLDOUT_SAMPLES} PER_QUESTION=${PER_QUESTION} STEPS=${STEPS} BATCH=${BATCH} MICRO_BATCH_TOKENS=${MICRO_BATCH_TOKENS} LR=${LR} CENTER=${CENTER:-0} NEGATIVE_GOALS=${NEGATIVE_GOALS:-anywhere} TRAIN_LAYERS=${TRAIN_LAYERS} EMBED_LIMIT=${EMBED_LIMIT} SEED=${SEED}"
 else
-    echo "make demo QUESTIONS=${QUESTIONS} OOD_QUESTIONS=${OOD_QUESTIONS} SAMPLES=${SAMPLES} MISTAKES=${MISTAKES} HOLDOUT=${HOLDOUT} PER_QUESTION=${PER_QUESTION} STEPS=${STEPS} BATCH=${BATCH} MICRO_BATCH=${MICRO_BATCH} LR=${LR} TRAIN_LAYERS=${TRAIN_LAYERS} EMBED_LIMIT=${EMBED_LIMIT} SEED=${SEED}"
+    echo "make demo QUESTIONS=${QUESTIONS} OOD_QUESTIONS=${OOD_QUESTIONS} SAMPLES=${SAMPLES} MISTAKES=${MISTAKES} HOLDOUT=${HOLDOUT} PER_QUESTION=${PER_QUESTION} STEPS=${STEPS} BATCH=${BATCH} MICRO_BATCH=${MICRO_BATCH} LR=${LR} CENTER=${CENTER:-0} NEGATIVE_GOALS=${NEGATIVE_GOALS:-anywhere} TRAIN_LAYERS=${TRAIN_LAYERS} EMBED_LIMIT=${EMBED_LIMIT} SEED=${SEED}"
 fi
 if [ -s "$work/commands.tsv" ]; then
     awk -F'\t' '!($1 in command) { order[++n] = $1 } { command[$1] = $2 }

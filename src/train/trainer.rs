@@ -90,6 +90,21 @@ pub enum GoalStrategy {
     Random,
 }
 
+/// Where negative goals are drawn in the rejected (or random) response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum NegativeGoals {
+    /// Anywhere in the response, as the paper and the release draw them.
+    #[default]
+    Anywhere,
+    /// Only from the first token where it differs from the chosen response on. Before that
+    /// token the two rows hold the same tokens, so causal attention gives them the same states:
+    /// a negative goal there is a state of the chosen response itself, and the loss would push a
+    /// state away from itself. This matters for minimal pairs (`qrm-synth --phrasing question`);
+    /// sampled LLM responses usually differ from their first tokens, where both rules agree.
+    AfterDivergence,
+}
+
 /// Every setting of a run; the `qrm-train` flags, saved in `train_config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct TrainConfig {
@@ -122,6 +137,11 @@ pub struct TrainConfig {
     /// Negative (source, goal) samples per pair.
     #[arg(long, default_value_t = 16)]
     pub negatives: usize,
+    /// anywhere (the paper's and the release's rule) or after-divergence (only where the
+    /// negative response differs from the chosen one: the states before are the same).
+    #[arg(long, value_enum, default_value = "anywhere")]
+    #[serde(default)]
+    pub negative_goals: NegativeGoals,
     /// Where sources are sampled, as fractions of the response (`0.9:1` = the last tenth).
     #[arg(long, default_value = "0:1", value_parser = parse_window)]
     pub source_window: String,
@@ -190,6 +210,7 @@ impl Default for TrainConfig {
             goal_strategy: GoalStrategy::Single,
             positives: 16,
             negatives: 16,
+            negative_goals: NegativeGoals::Anywhere,
             source_window: "0:1".into(),
             goal_window: "0:1".into(),
             learning_rate: 9e-6,
@@ -557,6 +578,23 @@ fn preference_loss(
     }
 }
 
+/// The part of `negative`'s response from the first token where it differs from `chosen` on
+/// (its whole response when they differ from the start; its last token when it is a prefix of
+/// `chosen` or equal to it, so a goal can always be drawn).
+pub fn divergent_span(chosen: &Encoded, negative: &Encoded) -> ResponseSpan {
+    let whole = ResponseSpan::of(negative);
+    let common = chosen
+        .input_ids
+        .iter()
+        .zip(&negative.input_ids)
+        .take_while(|(a, b)| a == b)
+        .count();
+    ResponseSpan {
+        start: common.clamp(whole.start, whole.end.saturating_sub(1)),
+        end: whole.end,
+    }
+}
+
 /// The contrastive term of a micro-batch: positions drawn as `draws` say in each chosen response
 /// and its negative (`negatives[i]`, the row after the chosen ones in `hidden` that holds it:
 /// the rejected response, or the random one under [`GoalStrategy::Random`]). The paper form is
@@ -589,8 +627,12 @@ fn contrastive_loss(
                 &mut own
             }
         };
-        let chosen_span = ResponseSpan::of(&data.pairs[pair].chosen);
-        let negative_span = ResponseSpan::of(negative);
+        let chosen = &data.pairs[pair].chosen;
+        let chosen_span = ResponseSpan::of(chosen);
+        let negative_span = match config.negative_goals {
+            NegativeGoals::Anywhere => ResponseSpan::of(negative),
+            NegativeGoals::AfterDivergence => divergent_span(chosen, negative),
+        };
         positions.push(match config.contrastive {
             ContrastiveForm::Reference => {
                 sample_reference(rng, chosen_span, negative_span, sampling)
@@ -1199,6 +1241,13 @@ pub fn train(
         }
     }
     progress.finish_and_clear();
+    // Resuming a finished run trains nothing; its summary still evaluates the saved weights, so
+    // rewriting train_config.json does not lose the eval metrics.
+    if last_row.is_none() && first_step == total_steps {
+        if let Some(eval_data) = eval_data {
+            last_eval = Some(evaluate(model, eval_data, config)?);
+        }
+    }
     Ok(TrainSummary {
         steps: last_row.as_ref().map_or(first_step, |row| row.step),
         last: last_row,
@@ -1494,6 +1543,60 @@ mod tests {
             means.push(eval.reward_mean.abs());
         }
         assert!(means[1] < means[0], "|eval reward mean| {means:?}");
+    }
+
+    #[test]
+    fn divergent_span_starts_where_the_negative_differs() {
+        let row = |ids: &[u32], start: usize| Encoded {
+            input_ids: ids.to_vec(),
+            response_start: start,
+            ..Encoded::default()
+        };
+        // Prompt [1, 2], responses [3, 4, 5, 2] and [3, 4, 9, 9, 2]: index 4 differs first.
+        let chosen = row(&[1, 2, 3, 4, 5, 2], 2);
+        let negative = row(&[1, 2, 3, 4, 9, 9, 2], 2);
+        assert_eq!(
+            divergent_span(&chosen, &negative),
+            ResponseSpan { start: 4, end: 7 }
+        );
+        // Different from the first response token: the whole response.
+        let other = row(&[1, 2, 7, 4, 5, 2], 2);
+        assert_eq!(
+            divergent_span(&chosen, &other),
+            ResponseSpan { start: 2, end: 6 }
+        );
+        // Equal rows, or a negative that is a prefix of the chosen: its last token only.
+        assert_eq!(
+            divergent_span(&chosen, &chosen),
+            ResponseSpan { start: 5, end: 6 }
+        );
+        let prefix = row(&[1, 2, 3, 4], 2);
+        assert_eq!(
+            divergent_span(&chosen, &prefix),
+            ResponseSpan { start: 3, end: 4 }
+        );
+        // Sampled negative goals then all lie in the divergent part.
+        let config = TrainConfig {
+            negatives: 64,
+            ..config(Objective::Q)
+        };
+        let span = divergent_span(&chosen, &negative);
+        for form in [sample_reference, sample_paper] {
+            let positions = form(
+                &mut micro_rng(0, 0),
+                ResponseSpan::of(&chosen),
+                span,
+                &config.sampling().unwrap(),
+            );
+            assert!(
+                positions
+                    .negative_goals
+                    .iter()
+                    .all(|&p| (4..7).contains(&p)),
+                "{:?}",
+                positions.negative_goals
+            );
+        }
     }
 
     #[test]
@@ -1919,6 +2022,40 @@ mod tests {
             (a.reward_mean - b.reward_mean).abs() < 1e-6,
             "{a:?} vs {b:?}"
         );
+    }
+
+    #[test]
+    fn resuming_a_finished_run_keeps_its_eval() {
+        let data = TrainData {
+            pairs: easy_pairs(12, 5),
+            trunk: None,
+        };
+        let eval_data = TrainData {
+            pairs: easy_pairs(6, 7),
+            trunk: None,
+        };
+        let mut config = config(Objective::Bt);
+        config.max_steps = Some(4);
+        let directory = tempfile::tempdir().unwrap();
+        let finished = train(
+            &Toy::new(6),
+            &data,
+            Some(&eval_data),
+            &config,
+            options(directory.path()),
+        )
+        .unwrap();
+        let mut resuming = options(directory.path());
+        resuming.resume = true;
+        let again = train(&Toy::new(99), &data, Some(&eval_data), &config, resuming).unwrap();
+        assert_eq!(again.steps, 4);
+        let (before, after) = (finished.eval.unwrap(), again.eval.unwrap());
+        assert_eq!(before.wins, after.wins);
+        assert!(
+            (before.loss_bt - after.loss_bt).abs() < 1e-6,
+            "{before:?} vs {after:?}"
+        );
+        assert_eq!(before.auroc, after.auroc);
     }
 
     #[test]
