@@ -26,9 +26,11 @@ HOLDOUT ?= 0.15
 HOLDOUT_SAMPLES ?= 12
 PER_QUESTION ?= 1
 BATCH ?= 16
-# Micro-batches of 4 long GSM8K pairs: 16 at once padded to ~1,000 tokens needed > 20 GiB for
-# the differentiable attention and was killed on a 24 GiB machine.
-MICRO_BATCH ?= 4
+# Micro-batches by padded tokens, not pairs: 16 GSM8K pairs at once padded to ~1,000 tokens
+# (~32k padded tokens) needed > 20 GiB for the differentiable attention and were killed on a
+# 24 GiB machine; 16384 holds about 8 such pairs, and more of the short ones.
+MICRO_BATCH_TOKENS ?= 16384
+MICRO_FLAGS = --micro-batch-tokens $(MICRO_BATCH_TOKENS)
 STEPS ?= 36
 LR ?= 1e-3
 CENTER ?= 0
@@ -59,6 +61,7 @@ HOLDOUT ?= 0.15
 PER_QUESTION ?= 2
 BATCH ?= 8
 MICRO_BATCH ?= 8
+MICRO_FLAGS = --micro-batch $(MICRO_BATCH)
 # reports/learning/recipe.md: the runs that chose these (steps, reward centering, where the
 # contrastive loss draws its negative goals), with what failed.
 STEPS ?= 160
@@ -119,7 +122,7 @@ $(W)/held.parquet: $(W)/held-id.parquet $(W)/ood.parquet
 	$(call timed,held,$(BIN)/qrm-cat $(W)/held-id.parquet $(W)/ood.parquet -o $@)
 endif
 
-TRAIN_FLAGS = --model $(MODEL) --train-layers $(TRAIN_LAYERS) --batch-size $(BATCH) --micro-batch $(MICRO_BATCH) \
+TRAIN_FLAGS = --model $(MODEL) --train-layers $(TRAIN_LAYERS) --batch-size $(BATCH) $(MICRO_FLAGS) \
 	--max-steps $(STEPS) --lr $(LR) --center-rewards $(CENTER) --seed $(SEED) --cache $(W)/trunk --eval-every 10
 
 $(W)/bt/config.json: $(W)/pairs.parquet $(MODEL)
@@ -213,7 +216,7 @@ endif
 
 $(D)/README.md: $(DEMO_PARTS) scripts/demo-report.sh
 	TASK=$(TASK) QUESTIONS=$(QUESTIONS) OOD_QUESTIONS=$(OOD_QUESTIONS) SAMPLES=$(SAMPLES) MISTAKES=$(MISTAKES) PHRASING=$(PHRASING) HOLDOUT=$(HOLDOUT) \
-	STEPS=$(STEPS) BATCH=$(BATCH) MICRO_BATCH=$(MICRO_BATCH) LR=$(LR) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) MODEL=$(MODEL) \
+	STEPS=$(STEPS) BATCH=$(BATCH) MICRO_BATCH=$(MICRO_BATCH) MICRO_BATCH_TOKENS=$(MICRO_BATCH_TOKENS) LR=$(LR) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) MODEL=$(MODEL) \
 	CENTER=$(CENTER) NEGATIVE_GOALS=$(NEGATIVE_GOALS) EMBED_LIMIT=$(EMBED_LIMIT) ZEROEVAL=$(ZEROEVAL) MAX_QUESTIONS=$(MAX_QUESTIONS) \
 	HOLDOUT_SAMPLES=$(HOLDOUT_SAMPLES) PER_QUESTION=$(PER_QUESTION) \
 	bash scripts/demo-report.sh $(W) $(D) > $@.tmp && mv $@.tmp $@

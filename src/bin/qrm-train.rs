@@ -2,6 +2,10 @@
 //! goal-conditioned Q-function RM (`--objective q`, BT + λ·contrastive), and writes a checkpoint
 //! directory that `qrm-score` and transformers load.
 //!
+//! Micro-batches hold `--micro-batch` pairs, or with `--micro-batch-tokens N` as many pairs as
+//! fit N padded tokens; each log row and the closing summary report the process's peak resident
+//! set (host memory; on CUDA the device memory is not measured yet).
+//!
 //! `qrm-train pairs.parquet --model smollm2.gguf --objective q --train-layers 2 -o ckpt/`
 //! `qrm-import gen.jsonl | qrm-pairs --reuse | qrm-train - --model smollm2.gguf -o ckpt/`
 
@@ -109,24 +113,30 @@ fn run(args: Args) -> anyhow::Result<()> {
         config: args.config,
     };
     let summary = fit(&request)?;
-    if let Some(eval) = summary.eval {
+    // Host memory only: on CUDA the device memory is not measured yet.
+    let peak = qrm::memory::peak_rss_mib().map_or_else(String::new, |mib| {
+        format!("; peak resident set {mib:.0} MiB")
+    });
+    let Some(eval) = summary.eval else {
+        tracing::info!("{} steps{peak}", summary.steps);
+        return Ok(());
+    };
+    tracing::info!(
+        "{} steps; eval accuracy {:.4}, BT loss {:.4}, contrastive {:.4}{peak}",
+        summary.steps,
+        eval.accuracy,
+        eval.loss_bt,
+        eval.loss_contrastive
+    );
+    if let Some(share) = eval.accuracy_interval() {
         tracing::info!(
-            "{} steps; eval accuracy {:.4}, BT loss {:.4}, contrastive {:.4}",
-            summary.steps,
-            eval.accuracy,
-            eval.loss_bt,
-            eval.loss_contrastive
+            "eval accuracy {}/{} pairs, Wilson 95% CI [{:.3}, {:.3}], exact binomial p = {:.2e} against 0.5",
+            eval.wins,
+            eval.pairs,
+            share.low,
+            share.high,
+            share.p_value
         );
-        if let Some(share) = eval.accuracy_interval() {
-            tracing::info!(
-                "eval accuracy {}/{} pairs, Wilson 95% CI [{:.3}, {:.3}], exact binomial p = {:.2e} against 0.5",
-                eval.wins,
-                eval.pairs,
-                share.low,
-                share.high,
-                share.p_value
-            );
-        }
     }
     Ok(())
 }

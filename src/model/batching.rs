@@ -95,6 +95,30 @@ pub fn plan_batches(lengths: &[usize], batch_tokens: usize) -> Vec<Vec<usize>> {
     batches
 }
 
+/// Splits items, kept in order, into consecutive runs whose padded size stays within
+/// `budget` tokens: item `i` is `items[i] = (rows, longest)`, that many rows of which the
+/// longest has `longest` tokens, and a run's padded size is (its rows) × (its longest row), the
+/// measure [`plan_batches`] budgets. Greedy: an item that would take the run over the budget
+/// starts the next run; an item over the budget on its own gets a run of its own. Training packs
+/// a step's pairs with it (a pair's rows stay together, and the order is the data order).
+pub fn plan_in_order(items: &[(usize, usize)], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut rows, mut longest) = (0, 0, 0);
+    for (index, &(item_rows, item_longest)) in items.iter().enumerate() {
+        let padded = (rows + item_rows) * longest.max(item_longest);
+        if index > start && padded > budget {
+            runs.push(start..index);
+            (start, rows, longest) = (index, 0, 0);
+        }
+        rows += item_rows;
+        longest = longest.max(item_longest);
+    }
+    if start < items.len() {
+        runs.push(start..items.len());
+    }
+    runs
+}
+
 /// Right-padded `(input_ids, attention_mask)` for some examples: ids padded with [`PAD_ID`],
 /// the mask 1 on real tokens and 0 on padding.
 ///
@@ -243,6 +267,31 @@ mod tests {
         let mut seen: Vec<usize> = batches.concat();
         seen.sort();
         assert_eq!(seen, vec![0, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn in_order_runs_keep_the_order_and_the_budget() {
+        // (rows, longest): budget 20.
+        // 0 (2, 4): 8 | +1 (2, 5): 4 × 5 = 20 ≤ 20 | +2 (3, 2): 7 × 5 = 35 > 20 → new run.
+        // 2 (3, 2): 6 | +3 (2, 12): 5 × 12 = 60 > 20 → new run.
+        // 3 (2, 12): 24 > 20 alone, its own run | +4 would be 4 × 12 = 48 → new run.
+        // 4 (2, 3): 6 | +5 (2, 2): 4 × 3 = 12 | +6 (2, 5): 6 × 5 = 30 > 20 → new run | 6.
+        let items = [(2, 4), (2, 5), (3, 2), (2, 12), (2, 3), (2, 2), (2, 5)];
+        let runs = plan_in_order(&items, 20);
+        assert_eq!(runs, vec![0..2, 2..3, 3..4, 4..6, 6..7]);
+        // Every item once, in order; every run within the budget unless a single item is over.
+        assert_eq!(
+            runs.iter().flat_map(|r| r.clone()).collect::<Vec<_>>(),
+            (0..7).collect::<Vec<_>>()
+        );
+        for run in &runs {
+            let rows: usize = items[run.clone()].iter().map(|i| i.0).sum();
+            let longest = items[run.clone()].iter().map(|i| i.1).max().unwrap();
+            assert!(run.len() == 1 || rows * longest <= 20, "{run:?}");
+        }
+        // A budget above everything: one run; nothing in: no runs.
+        assert_eq!(plan_in_order(&items, 1000), vec![0..7]);
+        assert!(plan_in_order(&[], 10).is_empty());
     }
 
     #[test]

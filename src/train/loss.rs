@@ -11,7 +11,10 @@
 //! - [`contrastive_paper`] follows Eq. 5 of the paper: one cosine per sampled (source, goal)
 //!   pair and the mean of the log terms.
 //!
-//! Both return the unweighted L_C; the trainer multiplies by λ.
+//! Both return the unweighted L_C; the trainer multiplies by λ. The reference form's mean is
+//! over the whole batch, so its value depends on which pairs share a batch;
+//! [`contrastive_reference_per_pair`] takes it per pair (the batch's loss is then the mean of
+//! its pairs', as for Eq. 5), which token-budgeted micro-batches use.
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -174,6 +177,28 @@ pub fn contrastive_reference(
     let negative = cosine_cross(negative_sources, negative_goals)?; // (B, U, V)
     let positive_mean = log_sigmoid(&positive)?.exp()?.mean_all()?; // P
     let negative_complement = log_sigmoid(&negative.neg()?)?.exp()?.mean_all()?; // 1 − N
+    (positive_mean.log()? + negative_complement.log()?)?.neg()
+}
+
+/// [`contrastive_reference`] of each example on its own: the means P and N over that example's
+/// cosines only. The mean of the result over the batch is a mean over pairs, the same however
+/// the pairs are split into batches; for one example it equals [`contrastive_reference`].
+///
+/// # Shapes
+/// as [`contrastive_reference`] → (B,).
+pub fn contrastive_reference_per_pair(
+    positive_sources: &Tensor,
+    positive_goals: &Tensor,
+    negative_sources: &Tensor,
+    negative_goals: &Tensor,
+) -> Result<Tensor> {
+    let positive = cosine_cross(positive_sources, positive_goals)?; // (B, S, G)
+    let negative = cosine_cross(negative_sources, negative_goals)?; // (B, U, V)
+    let positive_mean = log_sigmoid(&positive)?.exp()?.flatten_from(1)?.mean(1)?; // (B,) P
+    let negative_complement = log_sigmoid(&negative.neg()?)?
+        .exp()?
+        .flatten_from(1)?
+        .mean(1)?; // (B,) 1 − N
     (positive_mean.log()? + negative_complement.log()?)?.neg()
 }
 
@@ -498,6 +523,48 @@ mod tests {
                 assert!(worst < 1e-12, "{key} {name}: max |Δ| {worst:e}");
             }
         }
+    }
+
+    #[test]
+    fn contrastive_reference_per_pair_is_each_pairs_own_loss() {
+        let device = Device::Cpu;
+        let tensor = |values: &[f32], shape: (usize, usize, usize)| {
+            Tensor::from_vec(values.to_vec(), shape, &device).unwrap()
+        };
+        // Two examples, one source and one goal each, H = 2. Example 0: positive cosine 1
+        // (same direction), negative cosine −1; example 1: positive 0, negative 0 (orthogonal).
+        let sources = tensor(&[1., 0., 1., 0.], (2, 1, 2));
+        let positive_goals = tensor(&[2., 0., 0., 3.], (2, 1, 2));
+        let negative_goals = tensor(&[-1., 0., 0., 1.], (2, 1, 2));
+        let per_pair =
+            contrastive_reference_per_pair(&sources, &positive_goals, &sources, &negative_goals)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+        // Example 0: −log σ(1) − log σ(1) = 2·log(1 + e⁻¹) = 0.626523; example 1:
+        // −2·log σ(0) = 2·log 2 = 1.386294.
+        assert!((per_pair[0] - 0.626523).abs() < 1e-5, "{per_pair:?}");
+        assert!((per_pair[1] - 1.386294).abs() < 1e-5, "{per_pair:?}");
+        for (example, own) in per_pair.iter().enumerate() {
+            let one = |t: &Tensor| t.narrow(0, example, 1).unwrap();
+            let alone = contrastive_reference(
+                &one(&sources),
+                &one(&positive_goals),
+                &one(&sources),
+                &one(&negative_goals),
+            )
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+            assert!((alone - own).abs() < 1e-6);
+        }
+        // The batch form pools the means first: P = (σ(1) + σ(0))/2 = 0.615529, 1 − N the same,
+        // −2·log 0.615529 = 0.970545, not the mean of the pairs' losses (1.006409).
+        let pooled = contrastive_reference(&sources, &positive_goals, &sources, &negative_goals)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((pooled - 0.970545).abs() < 1e-5, "{pooled}");
     }
 
     #[test]

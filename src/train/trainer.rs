@@ -1,15 +1,21 @@
 //! The training loop: Bradley–Terry (`bt`) or Bradley–Terry + λ·contrastive (`q`, the paper's).
 //!
 //! One readable loop in the nanoGPT manner. Each optimiser step takes `batch_size` pairs in
-//! micro-batches of `micro_batch` pairs, sums their scaled gradients, clips the global norm at 1,
-//! and applies AdamW at the cosine schedule's learning rate. Every `eval_every` steps the eval
-//! pairs are scored (accuracy, BT loss, contrastive loss); every `save_every` steps the trainable
-//! weights, the optimiser moments and the step are saved, and [`train`] with `resume` continues
-//! from them to the same weights as an uninterrupted run.
+//! micro-batches of `micro_batch` pairs, or packed in data order into micro-batches of at most
+//! `micro_batch_tokens` padded tokens ([`plan_in_order`]), sums their gradients, each
+//! micro-batch's mean loss weighted by its share of the step's pairs (so every pair weighs the
+//! same whatever the packing), clips the global norm at 1, and applies AdamW at the cosine
+//! schedule's learning rate. Every `eval_every` steps the eval pairs are scored (accuracy, BT
+//! loss, contrastive loss); every `save_every` steps the trainable weights, the optimiser moments
+//! and the step are saved, and [`train`] with `resume` continues from them to the same weights as
+//! an uninterrupted run.
 //!
 //! Nothing random is carried between steps: the epoch's pair order comes from (seed, epoch) and
-//! the contrastive positions of micro-batch m from (seed, m), so a resumed run needs only the
-//! step.
+//! the contrastive positions of micro-batch m from (seed, m) (of the step's pair p under a token
+//! budget, so the packing changes nothing: [`Draws`]), so a resumed run needs only the step.
+//!
+//! Each log row carries the process's peak resident set ([`crate::memory::peak_rss_mib`]): host
+//! memory; on CUDA the device memory is not measured yet.
 //!
 //! The model is anything that implements [`TrainableRewardModel`] (a [`TokenModel`] with
 //! trainable weights): a [`RewardOutput`] (hidden states after the final norm, per-token values)
@@ -23,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
+use clap::builder::RangedU64ValueParser;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -30,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::metrics::stats::{proportion, Proportion};
-use crate::model::batching::{pad_right, TokenModel};
+use crate::model::batching::{pad_right, plan_in_order, TokenModel};
 use crate::model::loading::short_hash;
 use crate::model::reward_model::{last_token_values, RewardOutput};
 use crate::model::template::Encoded;
@@ -159,6 +166,15 @@ pub struct TrainConfig {
     /// Pairs per forward pass; gradients accumulate over batch-size / micro-batch passes.
     #[arg(long, default_value_t = 1)]
     pub micro_batch: usize,
+    /// Instead of --micro-batch: pack each step's pairs, in data order, into forward passes of
+    /// at most N padded tokens (rows × longest row; a pair is its chosen and rejected rows, plus
+    /// its random negative under --goal-strategy random); a pair over N on its own goes alone.
+    /// Every pair weighs the same whatever the packing, and the contrastive term is taken per
+    /// pair, so the loss is that of --micro-batch 1. Eval is packed alike.
+    #[arg(long, value_name = "N", conflicts_with = "micro_batch",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[serde(default)]
+    pub micro_batch_tokens: Option<usize>,
     /// Passes over the training pairs.
     #[arg(long, default_value_t = 1)]
     pub epochs: usize,
@@ -203,6 +219,7 @@ impl Default for TrainConfig {
             max_grad_norm: 1.0,
             batch_size: 64,
             micro_batch: 1,
+            micro_batch_tokens: None,
             epochs: 1,
             max_steps: None,
             eval_every: 0,
@@ -223,6 +240,13 @@ impl TrainConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        if self.micro_batch_tokens.is_some() && self.micro_batch != 1 {
+            return Err(Error::Usage(format!(
+                "--micro-batch-tokens packs micro-batches by tokens; it cannot be combined with \
+                 --micro-batch {}",
+                self.micro_batch
+            )));
+        }
         if self.micro_batch == 0 || self.batch_size == 0 || self.batch_size % self.micro_batch != 0
         {
             return Err(Error::Usage(format!(
@@ -315,6 +339,10 @@ pub struct LogRow {
     /// Pooled AUROC of the eval rewards: every chosen reward against every rejected one.
     #[serde(default)]
     pub eval_auroc: Option<f64>,
+    /// The process's peak resident set so far, in MiB ([`crate::memory::peak_rss_mib`]; absent
+    /// off Linux). Host memory only: on CUDA the device memory is not measured yet.
+    #[serde(default)]
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// Eval metrics over a set of pairs.
@@ -388,10 +416,37 @@ pub struct RunOptions<'a> {
 }
 
 /// The rows of one micro-batch: pair indices into [`TrainData::pairs`], plus for the `random`
-/// goal strategy the (pair, side) of each row's random negative response.
+/// goal strategy the (pair, side) of each row's random negative response; `first` is the
+/// position of its first pair in the step (in the eval pairs when evaluating).
 struct MicroBatch {
+    first: usize,
     pairs: Vec<usize>,
     random_negatives: Vec<(usize, usize)>,
+}
+
+/// Where a micro-batch's contrastive positions are drawn from, and what the reference
+/// contrastive loss averages over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Draws {
+    /// Fixed micro-batches (`--micro-batch`): one stream, `micro_rng(seed, stream)`, drawn pair
+    /// after pair, and the reference loss's means taken over the whole micro-batch.
+    Micro(u64),
+    /// Token-budgeted micro-batches: the micro-batch's pair `i` draws from stream `first + i`,
+    /// and the reference loss is the mean of each pair's own
+    /// ([`loss::contrastive_reference_per_pair`]), so neither depends on the packing. These are
+    /// the streams and the loss of `--micro-batch 1`, whose micro-batches are single pairs.
+    PerPair(u64),
+}
+
+/// The draws of micro-batch `index` (starting at the step's pair `micro.first`) of step `step`.
+fn train_draws(config: &TrainConfig, step: usize, index: usize, micro: &MicroBatch) -> Draws {
+    match config.micro_batch_tokens {
+        None => {
+            let accumulation = (config.batch_size / config.micro_batch) as u64;
+            Draws::Micro(step as u64 * accumulation + index as u64)
+        }
+        Some(_) => Draws::PerPair(step as u64 * config.batch_size as u64 + micro.first as u64),
+    }
 }
 
 fn response(data: &TrainData, pair: usize, side: usize) -> (&Encoded, Option<&Tensor>) {
@@ -442,14 +497,15 @@ struct MicroLoss {
     tokens: usize,
 }
 
-/// Forward and loss of one micro-batch; `rng` drives the contrastive positions.
+/// Forward and loss (means over its pairs) of one micro-batch; `draws` drive the contrastive
+/// positions.
 fn micro_batch_loss(
     model: &dyn TrainableRewardModel,
     data: &TrainData,
     micro: &MicroBatch,
     config: &TrainConfig,
     sampling: &SamplingConfig,
-    rng: &mut ChaCha8Rng,
+    draws: Draws,
 ) -> Result<MicroLoss> {
     let count = micro.pairs.len();
     let mut rows: Vec<(&Encoded, Option<&Tensor>)> = Vec::with_capacity(3 * count);
@@ -484,7 +540,7 @@ fn micro_batch_loss(
             .collect();
         let hidden = output.hidden.to_dtype(DType::F32)?;
         let contrastive =
-            contrastive_loss(data, micro, &negatives, &hidden, config, sampling, rng)?;
+            contrastive_loss(data, micro, &negatives, &hidden, config, sampling, draws)?;
         contrastive_value = Some(contrastive.to_scalar::<f32>()? as f64);
         total = (total + (contrastive * config.lambda)?)?;
     }
@@ -539,9 +595,11 @@ pub fn divergent_span(chosen: &Encoded, negative: &Encoded) -> ResponseSpan {
     }
 }
 
-/// The contrastive term of a micro-batch: positions drawn from `rng` in each chosen response
+/// The contrastive term of a micro-batch: positions drawn as `draws` say in each chosen response
 /// and its negative (`negatives[i]`, the row after the chosen ones in `hidden` that holds it:
-/// the rejected response, or the random one under [`GoalStrategy::Random`]).
+/// the rejected response, or the random one under [`GoalStrategy::Random`]). The paper form is
+/// a mean over pairs already (every pair has the same number of samples); the reference form's
+/// means are over the micro-batch, or per pair under [`Draws::PerPair`].
 ///
 /// # Shapes
 /// `hidden`: (R, L, H) f32, rows as [`micro_batch_loss`] lays them out → scalar.
@@ -552,11 +610,23 @@ fn contrastive_loss(
     hidden: &Tensor,
     config: &TrainConfig,
     sampling: &SamplingConfig,
-    rng: &mut ChaCha8Rng,
+    draws: Draws,
 ) -> Result<Tensor> {
     let count = micro.pairs.len();
     let mut positions: Vec<ContrastivePositions> = Vec::with_capacity(count);
-    for (&pair, negative) in micro.pairs.iter().zip(negatives) {
+    let first_stream = match draws {
+        Draws::Micro(stream) | Draws::PerPair(stream) => stream,
+    };
+    let mut shared = micro_rng(config.seed, first_stream);
+    for (index, (&pair, negative)) in micro.pairs.iter().zip(negatives).enumerate() {
+        let mut own;
+        let rng = match draws {
+            Draws::Micro(_) => &mut shared,
+            Draws::PerPair(first) => {
+                own = micro_rng(config.seed, first + index as u64);
+                &mut own
+            }
+        };
         let chosen = &data.pairs[pair].chosen;
         let chosen_span = ResponseSpan::of(chosen);
         let negative_span = match config.negative_goals {
@@ -591,9 +661,12 @@ fn contrastive_loss(
         negative_goals = loss::average_goals(&negative_goals)?; // (B, 1, H)
     }
     let form: fn(&Tensor, &Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> =
-        match config.contrastive {
-            ContrastiveForm::Reference => loss::contrastive_reference,
-            ContrastiveForm::Paper => loss::contrastive_paper,
+        match (config.contrastive, draws) {
+            (ContrastiveForm::Reference, Draws::Micro(_)) => loss::contrastive_reference,
+            (ContrastiveForm::Reference, Draws::PerPair(_)) => {
+                |ps, pg, ns, ng| loss::contrastive_reference_per_pair(ps, pg, ns, ng)?.mean_all()
+            }
+            (ContrastiveForm::Paper, _) => loss::contrastive_paper,
         };
     Ok(form(
         &positive_sources,
@@ -619,43 +692,78 @@ fn micro_rng(seed: u64, index: u64) -> ChaCha8Rng {
     rng
 }
 
-/// The micro-batches of optimiser step `step`.
+/// Each pair's `(rows, longest row)` in a micro-batch: its chosen and rejected responses, and
+/// its random negative when `negatives` has one per pair, for [`plan_in_order`].
+fn pair_sizes(
+    data: &TrainData,
+    pairs: &[usize],
+    negatives: &[(usize, usize)],
+) -> Vec<(usize, usize)> {
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(index, &pair)| {
+            let encoded = &data.pairs[pair];
+            let mut rows = 2;
+            let mut longest = encoded
+                .chosen
+                .input_ids
+                .len()
+                .max(encoded.rejected.input_ids.len());
+            if let Some(&(other, side)) = negatives.get(index) {
+                rows += 1;
+                longest = longest.max(response(data, other, side).0.input_ids.len());
+            }
+            (rows, longest)
+        })
+        .collect()
+}
+
+/// The micro-batches of optimiser step `step`: the step's `batch_size` pairs in data order, in
+/// runs of `micro_batch` pairs or packed by `micro_batch_tokens`.
 fn step_micro_batches(
-    data_len: usize,
+    data: &TrainData,
     config: &TrainConfig,
     step: usize,
     steps_per_epoch: usize,
 ) -> Vec<MicroBatch> {
+    let data_len = data.pairs.len();
     let epoch = step / steps_per_epoch;
     let order = epoch_order(data_len, config.seed, epoch);
     let first = (step % steps_per_epoch) * config.batch_size;
+    let pairs: Vec<usize> = (0..config.batch_size)
+        .map(|offset| order[(first + offset) % data_len])
+        .collect();
     let mut rng = micro_rng(config.seed, u64::MAX - step as u64);
-    (0..config.batch_size / config.micro_batch)
-        .map(|micro| {
-            let pairs: Vec<usize> = (0..config.micro_batch)
-                .map(|offset| order[(first + micro * config.micro_batch + offset) % data_len])
-                .collect();
-            let random_negatives = if config.goal_strategy == GoalStrategy::Random
-                && config.objective == Objective::Q
-            {
-                pairs
-                    .iter()
-                    .map(|&pair| {
-                        // Any response of another pair, chosen or rejected.
-                        let mut other = rng.random_range(0..data_len);
-                        if data_len > 1 && other == pair {
-                            other = (other + 1) % data_len;
-                        }
-                        (other, rng.random_range(0..2))
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            MicroBatch {
-                pairs,
-                random_negatives,
-            }
+    let random_negatives: Vec<(usize, usize)> =
+        if config.goal_strategy == GoalStrategy::Random && config.objective == Objective::Q {
+            pairs
+                .iter()
+                .map(|&pair| {
+                    // Any response of another pair, chosen or rejected.
+                    let mut other = rng.random_range(0..data_len);
+                    if data_len > 1 && other == pair {
+                        other = (other + 1) % data_len;
+                    }
+                    (other, rng.random_range(0..2))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+    let runs: Vec<std::ops::Range<usize>> = match config.micro_batch_tokens {
+        None => (0..config.batch_size / config.micro_batch)
+            .map(|micro| micro * config.micro_batch..(micro + 1) * config.micro_batch)
+            .collect(),
+        Some(budget) => plan_in_order(&pair_sizes(data, &pairs, &random_negatives), budget),
+    };
+    runs.into_iter()
+        .map(|run| MicroBatch {
+            first: run.start,
+            pairs: pairs[run.clone()].to_vec(),
+            random_negatives: random_negatives
+                .get(run)
+                .map_or_else(Vec::new, <[_]>::to_vec),
         })
         .collect()
 }
@@ -670,12 +778,12 @@ pub fn gradient_norms(
 ) -> Result<Vec<(String, f64)>> {
     config.validate()?;
     let steps_per_epoch = (data.pairs.len() / config.batch_size).max(1);
-    let micro_batches = step_micro_batches(data.pairs.len(), config, 0, steps_per_epoch);
+    let micro_batches = step_micro_batches(data, config, 0, steps_per_epoch);
     let Some(micro) = micro_batches.first() else {
         return Ok(Vec::new());
     };
-    let mut rng = micro_rng(config.seed, 0);
-    let result = micro_batch_loss(model, data, micro, config, &config.sampling()?, &mut rng)?;
+    let draws = train_draws(config, 0, 0, micro);
+    let result = micro_batch_loss(model, data, micro, config, &config.sampling()?, draws)?;
     let store = result.total.backward()?;
     model
         .trainable_variables()
@@ -693,7 +801,8 @@ pub fn gradient_norms(
 }
 
 /// Scores `data` in micro-batches without gradients (positions from a fixed seed, so eval
-/// contrastive losses are comparable across steps).
+/// contrastive losses are comparable across steps): chunks of `micro_batch` pairs, or packed by
+/// `micro_batch_tokens` with per-pair draws as in training. The means weigh every pair alike.
 pub fn evaluate(
     model: &dyn TrainableRewardModel,
     data: &TrainData,
@@ -707,19 +816,28 @@ pub fn evaluate(
     let mut rewards = Vec::with_capacity(2 * data.pairs.len());
     let mut labels = Vec::with_capacity(2 * data.pairs.len());
     let (mut wins, mut bt_sum, mut contrastive_sum, mut batches) = (0usize, 0.0, 0.0, 0usize);
-    for (index, chunk) in (0..data.pairs.len())
-        .collect::<Vec<_>>()
-        .chunks(config.micro_batch)
-        .enumerate()
-    {
+    let all: Vec<usize> = (0..data.pairs.len()).collect();
+    let runs: Vec<std::ops::Range<usize>> = match config.micro_batch_tokens {
+        None => (0..all.len())
+            .step_by(config.micro_batch.max(1))
+            .map(|start| start..(start + config.micro_batch.max(1)).min(all.len()))
+            .collect(),
+        Some(budget) => plan_in_order(&pair_sizes(data, &all, &[]), budget),
+    };
+    for (index, run) in runs.into_iter().enumerate() {
         let micro = MicroBatch {
-            pairs: chunk.to_vec(),
+            first: run.start,
+            pairs: run.collect(),
             random_negatives: Vec::new(),
         };
-        let mut rng = micro_rng(config.seed, index as u64);
+        let chunk = &micro.pairs;
+        let draws = match config.micro_batch_tokens {
+            None => Draws::Micro(index as u64),
+            Some(_) => Draws::PerPair(micro.first as u64),
+        };
         let mut measured = eval_config.clone();
         measured.objective = Objective::Q;
-        let result = micro_batch_loss(model, data, &micro, &measured, &sampling, &mut rng)?;
+        let result = micro_batch_loss(model, data, &micro, &measured, &sampling, draws)?;
         wins += result
             .chosen_rewards
             .iter()
@@ -859,7 +977,7 @@ fn load_state(
     Ok(state.step)
 }
 
-/// The sums over one optimiser step's micro-batches, for the log row.
+/// The sums over one optimiser step's pairs, for the log row.
 #[derive(Debug, Default)]
 struct StepTotals {
     loss: f64,
@@ -871,8 +989,10 @@ struct StepTotals {
 }
 
 /// Forward and backward passes over one step's micro-batches: the gradient of each trainable
-/// variable (zeros for one the loss does not reach), summed over micro-batches of a loss scaled
-/// by 1/accumulation, so the step is that of the mean loss over the whole batch.
+/// variable (zeros for one the loss does not reach), summed over micro-batches of a loss (a mean
+/// over the micro-batch's pairs) scaled by its pairs / batch_size (1/accumulation for
+/// `--micro-batch`), so the step is that of the mean loss over the whole batch however the pairs
+/// are packed. The totals are sums over pairs (each micro-batch's means times its pairs).
 fn accumulate_gradients(
     model: &dyn TrainableRewardModel,
     data: &TrainData,
@@ -882,15 +1002,16 @@ fn accumulate_gradients(
     steps_per_epoch: usize,
     optimiser: &AdamW,
 ) -> Result<(Vec<Tensor>, StepTotals)> {
-    let accumulation = config.batch_size / config.micro_batch;
-    let micro_batches = step_micro_batches(data.pairs.len(), config, step, steps_per_epoch);
+    let micro_batches = step_micro_batches(data, config, step, steps_per_epoch);
     let mut gradients: Vec<Option<Tensor>> = vec![None; optimiser.params().len()];
     let mut totals = StepTotals::default();
     for (index, micro) in micro_batches.iter().enumerate() {
-        let stream = step as u64 * accumulation as u64 + index as u64;
-        let mut rng = micro_rng(config.seed, stream);
-        let result = micro_batch_loss(model, data, micro, config, sampling, &mut rng)?;
-        let store = (&result.total / accumulation as f64)?.backward()?;
+        let draws = train_draws(config, step, index, micro);
+        let result = micro_batch_loss(model, data, micro, config, sampling, draws)?;
+        let count = micro.pairs.len() as f64;
+        // pairs / batch_size; for `--micro-batch` exactly 1/accumulation (both are 1/k rounded).
+        let weight = count / config.batch_size as f64;
+        let store = (&result.total * weight)?.backward()?;
         for (slot, (_, var)) in gradients.iter_mut().zip(optimiser.params()) {
             if let Some(gradient) = store.get(var) {
                 *slot = Some(match slot.take() {
@@ -899,9 +1020,9 @@ fn accumulate_gradients(
                 });
             }
         }
-        totals.loss += result.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        totals.bt += result.bt;
-        totals.contrastive += result.contrastive.unwrap_or(0.0);
+        totals.loss += result.total.to_dtype(DType::F64)?.to_scalar::<f64>()? * count;
+        totals.bt += result.bt * count;
+        totals.contrastive += result.contrastive.unwrap_or(0.0) * count;
         totals.wins += result
             .chosen_rewards
             .iter()
@@ -1005,6 +1126,26 @@ fn resume_optimiser(
     Ok((optimiser, first_step))
 }
 
+/// Warns, once for the run, when training pairs are over the token budget on their own (each
+/// goes in a micro-batch of its own): their chosen and rejected rows padded to the longer, a
+/// random negative (drawn per step) aside.
+fn warn_over_budget(data: &TrainData, budget: usize) {
+    let all: Vec<usize> = (0..data.pairs.len()).collect();
+    let over: Vec<usize> = pair_sizes(data, &all, &[])
+        .into_iter()
+        .map(|(rows, longest)| rows * longest)
+        .filter(|&padded| padded > budget)
+        .collect();
+    if let Some(largest) = over.iter().max() {
+        tracing::warn!(
+            "{} of {} training pairs are over --micro-batch-tokens {budget} on their own (the \
+             largest {largest} padded tokens); each goes in a micro-batch of its own",
+            over.len(),
+            data.pairs.len()
+        );
+    }
+}
+
 /// Runs (or resumes) training; writes the resumable state under `options.output/state/`.
 pub fn train(
     model: &dyn TrainableRewardModel,
@@ -1031,7 +1172,9 @@ pub fn train(
         .transpose()?;
     let progress = crate::cli::progress_bar(total_steps as u64, "training", options.quiet);
     progress.set_position(first_step as u64);
-    let micro_count = (config.batch_size / config.micro_batch) as f64;
+    if let Some(budget) = config.micro_batch_tokens {
+        warn_over_budget(train_data, budget);
+    }
     let (mut last_row, mut last_eval) = (None, None);
 
     for step in first_step..total_steps {
@@ -1054,14 +1197,15 @@ pub fn train(
         let mut row = LogRow {
             step: step + 1,
             epoch: (step + 1) as f64 / steps_per_epoch as f64,
-            loss: totals.loss / micro_count,
-            loss_bt: totals.bt / micro_count,
+            loss: totals.loss / totals.pairs.max(1) as f64,
+            loss_bt: totals.bt / totals.pairs.max(1) as f64,
             loss_contrastive: (config.objective == Objective::Q)
-                .then_some(totals.contrastive / micro_count),
+                .then_some(totals.contrastive / totals.pairs.max(1) as f64),
             accuracy: totals.wins as f64 / totals.pairs.max(1) as f64,
             learning_rate,
             grad_norm,
             tokens_per_s: totals.tokens as f64 / elapsed.max(1e-9),
+            peak_rss_mib: crate::memory::peak_rss_mib(),
             ..LogRow::default()
         };
         // 3. Evaluate every `eval_every` steps and at the end; log the step.
@@ -1271,17 +1415,17 @@ mod tests {
             let model = Toy::new(3);
             let config = config(objective);
             let micro = MicroBatch {
+                first: 0,
                 pairs: vec![0, 1],
                 random_negatives: Vec::new(),
             };
-            let mut rng = micro_rng(0, 0);
             let result = micro_batch_loss(
                 &model,
                 &data,
                 &micro,
                 &config,
                 &config.sampling().unwrap(),
-                &mut rng,
+                Draws::Micro(0),
             )
             .unwrap();
             let gradients = result.total.backward().unwrap();
@@ -1343,6 +1487,7 @@ mod tests {
             trunk: None,
         };
         let micro = MicroBatch {
+            first: 0,
             pairs: vec![0, 1, 2, 3],
             random_negatives: Vec::new(),
         };
@@ -1353,24 +1498,10 @@ mod tests {
             ..config(Objective::Bt)
         };
         let sampling = plain.sampling().unwrap();
-        let without = micro_batch_loss(
-            &model,
-            &data,
-            &micro,
-            &plain,
-            &sampling,
-            &mut micro_rng(0, 0),
-        )
-        .unwrap();
-        let with = micro_batch_loss(
-            &model,
-            &data,
-            &micro,
-            &centred,
-            &sampling,
-            &mut micro_rng(0, 0),
-        )
-        .unwrap();
+        let without =
+            micro_batch_loss(&model, &data, &micro, &plain, &sampling, Draws::Micro(0)).unwrap();
+        let with =
+            micro_batch_loss(&model, &data, &micro, &centred, &sampling, Draws::Micro(0)).unwrap();
         // total = BT + 0.5 · mean (r_c + r_r)², from the rewards the micro-batch reports.
         let centering: f64 = without
             .chosen_rewards
@@ -1482,6 +1613,7 @@ mod tests {
         let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
         for index in 0..6 {
             let micro = MicroBatch {
+                first: 0,
                 pairs: vec![index],
                 random_negatives: Vec::new(),
             };
@@ -1491,7 +1623,7 @@ mod tests {
                 &micro,
                 &config,
                 &config.sampling().unwrap(),
-                &mut micro_rng(0, 0),
+                Draws::Micro(0),
             )
             .unwrap();
             chosen.push(result.chosen_rewards[0]);
@@ -1553,6 +1685,343 @@ mod tests {
         let summary = train(&resumed, &data, None, &config, resuming).unwrap();
         assert_eq!(summary.steps, 6);
         assert_eq!(weights(&resumed), weights(&straight));
+    }
+
+    /// The gradients and log totals of step 0 under `config`.
+    fn step_gradients(
+        model: &Toy,
+        data: &TrainData,
+        config: &TrainConfig,
+    ) -> (Vec<Vec<f32>>, StepTotals) {
+        let optimiser = AdamW::new(model.trainable_variables(), AdamWConfig::default()).unwrap();
+        let steps_per_epoch = (data.pairs.len() / config.batch_size).max(1);
+        let sampling = config.sampling().unwrap();
+        let (gradients, totals) = accumulate_gradients(
+            model,
+            data,
+            config,
+            &sampling,
+            0,
+            steps_per_epoch,
+            &optimiser,
+        )
+        .unwrap();
+        let gradients = gradients
+            .iter()
+            .map(|g| g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect();
+        (gradients, totals)
+    }
+
+    fn micro_sizes(data: &TrainData, config: &TrainConfig) -> Vec<usize> {
+        let steps_per_epoch = (data.pairs.len() / config.batch_size).max(1);
+        step_micro_batches(data, config, 0, steps_per_epoch)
+            .iter()
+            .map(|micro| micro.pairs.len())
+            .collect()
+    }
+
+    fn assert_same_step(
+        label: &str,
+        (gradients, totals): &(Vec<Vec<f32>>, StepTotals),
+        (expected, expected_totals): &(Vec<Vec<f32>>, StepTotals),
+    ) {
+        for (tensor, (got, want)) in gradients.iter().zip(expected).enumerate() {
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-6, "{label}: tensor {tensor}: {g} vs {w}");
+            }
+        }
+        for (got, want) in [
+            (totals.loss, expected_totals.loss),
+            (totals.bt, expected_totals.bt),
+            (totals.contrastive, expected_totals.contrastive),
+        ] {
+            assert!(
+                (got - want).abs() < 1e-5,
+                "{label}: {totals:?} vs {expected_totals:?}"
+            );
+        }
+        assert_eq!(
+            (totals.wins, totals.pairs, totals.tokens),
+            (
+                expected_totals.wins,
+                expected_totals.pairs,
+                expected_totals.tokens
+            ),
+            "{label}"
+        );
+    }
+
+    /// One step with a token budget that splits the batch unevenly: the same gradients and
+    /// log totals as one micro-batch holding the whole batch, and as `--micro-batch 1` (whose
+    /// draws and per-pair contrastive loss the token budget uses), for both objectives, both
+    /// contrastive forms and random negatives.
+    #[test]
+    fn a_token_budget_gives_the_step_of_one_whole_batch() {
+        let data = TrainData {
+            pairs: easy_pairs(12, 11),
+            trunk: None,
+        };
+        let cases = [
+            (
+                Objective::Bt,
+                ContrastiveForm::Reference,
+                GoalStrategy::Single,
+            ),
+            (
+                Objective::Q,
+                ContrastiveForm::Reference,
+                GoalStrategy::Single,
+            ),
+            (Objective::Q, ContrastiveForm::Paper, GoalStrategy::Single),
+            (
+                Objective::Q,
+                ContrastiveForm::Reference,
+                GoalStrategy::Random,
+            ),
+            (Objective::Q, ContrastiveForm::Paper, GoalStrategy::Avg),
+        ];
+        for (objective, contrastive, goal_strategy) in cases {
+            let label = format!("{objective:?} {contrastive:?} {goal_strategy:?}");
+            let single = TrainConfig {
+                contrastive,
+                goal_strategy,
+                center_rewards: 0.1,
+                batch_size: 6,
+                micro_batch: 1,
+                ..config(objective)
+            };
+            let packed = TrainConfig {
+                micro_batch_tokens: Some(PACKED_BUDGET),
+                ..single.clone()
+            };
+            let whole = TrainConfig {
+                micro_batch_tokens: Some(100_000),
+                ..single.clone()
+            };
+            assert_eq!(micro_sizes(&data, &whole), vec![6], "{label}");
+            let sizes = micro_sizes(&data, &packed);
+            assert!(
+                sizes.len() > 1 && sizes.iter().any(|&n| n != sizes[0]),
+                "{label}: {sizes:?} is not an uneven split"
+            );
+            let model = Toy::new(12);
+            let expected = step_gradients(&model, &data, &whole);
+            assert_same_step(&label, &step_gradients(&model, &data, &packed), &expected);
+            assert_same_step(&label, &step_gradients(&model, &data, &single), &expected);
+            if objective == Objective::Bt {
+                // No contrastive term to pool: the fixed micro-batch of all six pairs too.
+                let fixed = TrainConfig {
+                    micro_batch: 6,
+                    ..single.clone()
+                };
+                assert_same_step(&label, &step_gradients(&model, &data, &fixed), &expected);
+            }
+        }
+    }
+
+    /// Pairs whose chosen and rejected responses have the given lengths in tokens.
+    fn sized_pairs(lengths: &[(usize, usize)]) -> TrainData {
+        let encoded = |length: usize| Encoded {
+            input_ids: (0..length as u32).map(|i| 7 + i % 8).collect(),
+            response_start: 1,
+            ..Encoded::default()
+        };
+        TrainData {
+            pairs: lengths
+                .iter()
+                .map(|&(chosen, rejected)| EncodedPair {
+                    chosen: encoded(chosen),
+                    rejected: encoded(rejected),
+                    margin: None,
+                })
+                .collect(),
+            trunk: None,
+        }
+    }
+
+    #[test]
+    fn a_step_is_packed_in_data_order_within_the_token_budget() {
+        let data = sized_pairs(&[(4, 6), (3, 3), (10, 2), (2, 5), (5, 5)]);
+        let config = TrainConfig {
+            batch_size: 5,
+            seed: 42,
+            micro_batch_tokens: Some(20),
+            ..config(Objective::Bt)
+        };
+        // The step's data order, as without a budget (epoch 0 under seed 42).
+        assert_eq!(epoch_order(5, 42, 0), vec![0, 4, 1, 3, 2]);
+        let fixed = TrainConfig {
+            micro_batch: 5,
+            micro_batch_tokens: None,
+            ..config.clone()
+        };
+        assert_eq!(
+            step_micro_batches(&data, &fixed, 0, 1)[0].pairs,
+            vec![0, 4, 1, 3, 2]
+        );
+        // (rows, longest) in that order: (2, 6) (2, 5) (2, 3) (2, 5) (2, 10). Budget 20:
+        // 0: 12, +4 → 4 × 6 = 24 > 20 | 4: 10, +1 → 4 × 5 = 20 | +3 → 6 × 5 = 30 > 20 |
+        // 3: 10, +2 → 4 × 10 = 40 > 20 | 2: 2 × 10 = 20.
+        let micro = step_micro_batches(&data, &config, 0, 1);
+        let pairs: Vec<Vec<usize>> = micro.iter().map(|m| m.pairs.clone()).collect();
+        assert_eq!(pairs, vec![vec![0], vec![4, 1], vec![3], vec![2]]);
+        assert_eq!(
+            micro.iter().map(|m| m.first).collect::<Vec<_>>(),
+            vec![0, 1, 3, 4]
+        );
+        // Budget 16: pair 2 (20 padded tokens) is over on its own and goes alone.
+        let tight = TrainConfig {
+            micro_batch_tokens: Some(16),
+            ..config.clone()
+        };
+        let pairs: Vec<Vec<usize>> = step_micro_batches(&data, &tight, 0, 1)
+            .iter()
+            .map(|m| m.pairs.clone())
+            .collect();
+        assert_eq!(pairs, vec![vec![0], vec![4], vec![1], vec![3], vec![2]]);
+
+        // Random negatives (drawn per step, pair after pair, as without a budget): 0 → (2,
+        // rejected: 2 tokens), 4 → (0, chosen: 4), 1 → (4, chosen: 5), 3 → (0, chosen: 4), 2 →
+        // (3, rejected: 5), so (rows, longest) = (3, 6) (3, 5) (3, 5) (3, 5) (3, 10). Budget 45:
+        // 0: 18, +4 → 6 × 6 = 36 | +1 → 9 × 6 = 54 > 45 | 1: 15, +3 → 30 | +2 → 9 × 10 = 90 >
+        // 45 | 2: 30.
+        let random = TrainConfig {
+            objective: Objective::Q,
+            goal_strategy: GoalStrategy::Random,
+            micro_batch_tokens: Some(45),
+            ..config.clone()
+        };
+        let micro = step_micro_batches(&data, &random, 0, 1);
+        let pairs: Vec<Vec<usize>> = micro.iter().map(|m| m.pairs.clone()).collect();
+        assert_eq!(pairs, vec![vec![0, 4], vec![1, 3], vec![2]]);
+        let negatives: Vec<Vec<(usize, usize)>> =
+            micro.iter().map(|m| m.random_negatives.clone()).collect();
+        assert_eq!(
+            negatives,
+            vec![vec![(2, 1), (0, 0)], vec![(4, 0), (0, 0)], vec![(3, 1)]]
+        );
+        let fixed_random = TrainConfig {
+            micro_batch: 5,
+            micro_batch_tokens: None,
+            ..random.clone()
+        };
+        assert_eq!(
+            step_micro_batches(&data, &fixed_random, 0, 1)[0].random_negatives,
+            negatives.concat()
+        );
+    }
+
+    #[test]
+    fn a_token_budget_excludes_an_explicit_micro_batch() {
+        let config = TrainConfig {
+            micro_batch_tokens: Some(512),
+            micro_batch: 2,
+            ..config(Objective::Bt)
+        };
+        let error = config.validate().unwrap_err();
+        assert!(matches!(error, Error::Usage(_)), "{error}");
+        assert!(
+            error.to_string().contains("--micro-batch-tokens"),
+            "{error}"
+        );
+    }
+
+    /// A budget that splits `easy_pairs(12, 11)`'s first step unevenly (2, 3 and 1 pairs without
+    /// random negatives).
+    const PACKED_BUDGET: usize = 70;
+
+    #[test]
+    fn resume_under_a_token_budget_continues_and_checks_the_budget() {
+        let data = TrainData {
+            pairs: easy_pairs(12, 5),
+            trunk: None,
+        };
+        let config = TrainConfig {
+            max_steps: Some(6),
+            goal_strategy: GoalStrategy::Random,
+            micro_batch: 1,
+            micro_batch_tokens: Some(PACKED_BUDGET),
+            ..config(Objective::Q)
+        };
+        let weights = |model: &Toy| -> Vec<Vec<f32>> {
+            model
+                .trainable_variables()
+                .iter()
+                .map(|(_, var)| var.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect()
+        };
+        let straight = Toy::new(6);
+        let directory = tempfile::tempdir().unwrap();
+        train(&straight, &data, None, &config, options(directory.path())).unwrap();
+
+        let interrupted = tempfile::tempdir().unwrap();
+        let mut stop_at_three = |row: &LogRow| row.step < 3;
+        let mut stopping = options(interrupted.path());
+        stopping.on_step = Some(&mut stop_at_three);
+        train(&Toy::new(6), &data, None, &config, stopping).unwrap();
+
+        // Another budget, or none, is another run.
+        for other in [Some(PACKED_BUDGET + 10), None] {
+            let changed = TrainConfig {
+                micro_batch_tokens: other,
+                ..config.clone()
+            };
+            let mut resuming = options(interrupted.path());
+            resuming.resume = true;
+            let error = train(&Toy::new(6), &data, None, &changed, resuming).unwrap_err();
+            assert!(matches!(error, Error::Usage(_)), "{error}");
+            assert!(error.to_string().contains("different settings"), "{error}");
+        }
+        let resumed = Toy::new(99);
+        let mut resuming = options(interrupted.path());
+        resuming.resume = true;
+        assert_eq!(
+            train(&resumed, &data, None, &config, resuming)
+                .unwrap()
+                .steps,
+            6
+        );
+        assert_eq!(weights(&resumed), weights(&straight));
+    }
+
+    #[test]
+    fn eval_under_a_token_budget_is_eval_of_single_pairs() {
+        let data = TrainData {
+            pairs: easy_pairs(10, 13),
+            trunk: None,
+        };
+        let model = Toy::new(14);
+        let single = TrainConfig {
+            micro_batch: 1,
+            ..config(Objective::Q)
+        };
+        let packed = TrainConfig {
+            micro_batch_tokens: Some(PACKED_BUDGET),
+            ..single.clone()
+        };
+        assert!(
+            plan_in_order(
+                &pair_sizes(&data, &(0..10).collect::<Vec<_>>(), &[]),
+                PACKED_BUDGET
+            )
+            .len()
+                < 10
+        );
+        let (a, b) = (
+            evaluate(&model, &data, &single).unwrap(),
+            evaluate(&model, &data, &packed).unwrap(),
+        );
+        assert_eq!((a.wins, a.pairs, a.auroc), (b.wins, b.pairs, b.auroc));
+        assert!((a.loss_bt - b.loss_bt).abs() < 1e-6, "{a:?} vs {b:?}");
+        assert!(
+            (a.loss_contrastive - b.loss_contrastive).abs() < 1e-6,
+            "{a:?} vs {b:?}"
+        );
+        assert!(
+            (a.reward_mean - b.reward_mean).abs() < 1e-6,
+            "{a:?} vs {b:?}"
+        );
     }
 
     #[test]
@@ -1750,5 +2219,10 @@ mod tests {
         assert!(rows
             .iter()
             .all(|r| r.loss_contrastive.is_some() && r.tokens_per_s > 0.0));
+        if cfg!(target_os = "linux") {
+            assert!(rows
+                .iter()
+                .all(|r| r.peak_rss_mib.is_some_and(|mib| mib > 0.0)));
+        }
     }
 }

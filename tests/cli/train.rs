@@ -205,6 +205,86 @@ fn batch_size_must_be_a_multiple_of_the_micro_batch() {
 }
 
 #[test]
+fn micro_batch_tokens_packs_by_tokens_and_reports_the_peak_memory() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(root.path());
+    let pairs = pairs_file(root.path());
+    let output = root.path().join("ckpt");
+    let log = root.path().join("log.jsonl");
+    // Pairs of about 8 tokens: 40 padded tokens hold two pairs (4 rows × ~9), not a step of 4.
+    let assert = qrm_train()
+        .arg(&pairs)
+        .arg("--model")
+        .arg(&model)
+        .args([
+            "--template",
+            "raw",
+            "--objective",
+            "q",
+            "--train-layers",
+            "1",
+        ])
+        .args([
+            "--batch-size",
+            "4",
+            "--micro-batch-tokens",
+            "40",
+            "--max-steps",
+            "2",
+        ])
+        .args([
+            "--positives",
+            "4",
+            "--negatives",
+            "4",
+            "--eval-fraction",
+            "0.25",
+        ])
+        .arg("--cache")
+        .arg(root.path().join("cache"))
+        .arg("--log")
+        .arg(&log)
+        .arg("-o")
+        .arg(&output)
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(stderr.contains("peak resident set"), "{stderr}");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    if cfg!(target_os = "linux") {
+        assert!(rows
+            .iter()
+            .all(|row| row["peak_rss_mib"].as_f64().unwrap() > 0.0));
+    }
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("train_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["config"]["micro_batch_tokens"], 40);
+
+    // An explicit --micro-batch with it is a usage error; so is a zero budget.
+    for flags in [
+        ["--micro-batch-tokens", "40", "--micro-batch", "2"],
+        ["--micro-batch-tokens", "0", "--batch-size", "4"],
+    ] {
+        qrm_train()
+            .arg(&pairs)
+            .arg("--model")
+            .arg(&model)
+            .args(flags)
+            .arg("-o")
+            .arg(root.path().join("other"))
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains("--micro-batch-tokens"));
+    }
+}
+
+#[test]
 fn a_bad_window_is_a_usage_error() {
     qrm_train()
         .args([
