@@ -14,14 +14,26 @@
 //! reports qrm alone.
 //!
 //! `--sample-sets` measures shared-prompt scoring instead (issue 16): 96 ZeroEval GSM8K rows
-//! (`../shared/data/zeroeval`; the first 8 questions × the first 12 models' solutions, rows in
-//! file order, i.e. interleaved), encoded as qrm-score does (chatml, EOS appended, max-len 1024),
-//! scored by `qrm::score::scoring::score_encoded` at qrm-score's default budget (2,048 padded
-//! tokens) with the shared prompt on and off in alternating passes. It prints tokens/s (all the
-//! rows' tokens over the pass's seconds) and median for each, their ratio, the saving the token
-//! counts predict (each prompt run once instead of N times) next to the measured one, and the
-//! largest reward difference between the two paths. `--questions` and `--per-question` resize
-//! it.
+//! (`../shared/data/zeroeval`; the first 8 questions × the first 12 models' solutions, the
+//! repro-gsm8k shape, rows in file order, i.e. interleaved), encoded as qrm-score does (chatml,
+//! EOS appended, max-len 1024), scored three ways in alternating passes (so all three see the
+//! same machine load): `qrm::score::scoring::score_encoded` at qrm-score's default budget (2,048
+//! padded tokens) with the shared prompt on, and off (whole rows), and by the PyTorch peer
+//! scoring the same encoded rows the usual way: sorted by length in exactly the batches qrm's
+//! whole-row path runs (`model::batching::plan_batches`: ≤ 2,048 padded tokens and ≤ 1/8
+//! padding a batch), through the same `benches/score_peer.py` protocol. It prints tokens/s (all
+//! the rows' tokens over the pass's seconds) and median for each, the ratios shared / torch,
+//! whole / torch and shared / whole, the saving the token counts predict (each prompt run once
+//! instead of N times) next to the measured one, the GFLOP/s of the work each path ran against
+//! its own stack's 1024³ matmul peak, and the largest reward difference of qrm-shared against
+//! whole rows and against torch (either above 1e-4 fails the bench). Without torch it reports
+//! qrm alone. `--questions` and `--per-question` resize it.
+//!
+//! Both modes: the matmul peak is the fastest of 20 1024³ f32 matmuls in each stack.
+//! `RAYON_NUM_THREADS` sets qrm's threads and `OMP_NUM_THREADS` torch's. SmolLM2's GGUF declares
+//! its EOS (`<|im_end|>`) as the padding token, and transformers' sequence classifier reads the
+//! reward at the last token that is not padding, so the model directory declares the padding
+//! token a trained checkpoint does (`qrm::train::run::pad_token_id`, `<|endoftext|>`).
 //!
 //! Measured 2026-11-27 on the 2-core AMD EPYC dev machine (a shared VM: passes vary by ±15 %, so
 //! binaries before and after a change were run back to back, release, 16 texts, 3,251 real
@@ -36,6 +48,14 @@
 //! torch 368.1 tokens/s (0.89); `--sample-sets` shared 400.7 vs whole 315.7 tokens/s (1.27,
 //! 21.2 % of the time saved, 25.4 % predicted) once batches hold at most 1/8 padding (before:
 //! 355.3 vs 333.6, 6.1 % saved).
+//!
+//! 2026-12-01 later, same machine shared with training runs (load average 2.8–7; the table is in
+//! docs/scoring-speed.md): `--sample-sets` at 1 thread each (`RAYON_NUM_THREADS=1
+//! OMP_NUM_THREADS=1`, the fair setting on a loaded machine) qrm shared 239.5, qrm whole 181.8,
+//! torch 212.9 tokens/s: shared / torch 1.13 (goal ≥ 1.5), whole / torch 0.85; at the default 2
+//! threads 222.0 / 176.0 / 97.9 (2.27, 1.80), where torch's OpenMP threads lose half their speed
+//! to the co-tenant. Unique prompts at 1 thread: 0.82 (2 threads, loaded: 1.89). Rewards agree
+//! with torch to 3.8e-7.
 
 use std::io::{BufRead, BufReader, Lines, Write};
 use std::path::{Path, PathBuf};
@@ -371,7 +391,7 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// The model files both stacks load, and what the sample-set bench needs to know about them.
-struct Shared<'a> {
+struct BenchModel<'a> {
     gguf: &'a Path,
     model: &'a RewardModel,
     /// Where the f32 `LlamaForSequenceClassification` directory was written.
@@ -382,16 +402,16 @@ struct Shared<'a> {
 
 /// Shared-prompt scoring against whole rows and against PyTorch on ZeroEval sample sets
 /// (`--sample-sets`).
-fn sample_sets_bench(options: &Options, shared: &Shared) -> Result<()> {
+fn sample_sets_bench(options: &Options, bench: &BenchModel) -> Result<()> {
     use qrm::model::batching::{plan_batches, prompt_groups};
     use qrm::model::template::{find_eos_id, Encoder, EosPolicy, Template, Truncation};
     use qrm::score::scoring::{score_encoded, ScoreOptions};
     let Some(zeroeval) = qrm::testing::shared_file("zeroeval/gsm8k_test_42models.jsonl.gz") else {
         return Ok(());
     };
-    let model = shared.model;
+    let model = bench.model;
     let config = &model.config;
-    let tokenizer = qrm::model::gguf::tokenizer_from_gguf(shared.gguf)?;
+    let tokenizer = qrm::model::gguf::tokenizer_from_gguf(bench.gguf)?;
     let eos_id = find_eos_id(&tokenizer, None)?;
     let encoder = Encoder {
         tokenizer,
@@ -492,16 +512,17 @@ fn sample_sets_bench(options: &Options, shared: &Shared) -> Result<()> {
             .map(|b| {
                 let rows: Vec<&[u32]> =
                     b.iter().map(|&i| encoded[i].input_ids.as_slice()).collect();
-                padded(&rows, shared.pad)
+                padded(&rows, bench.pad)
             })
             .collect();
         if let Some(row) = encoded
             .iter()
-            .position(|e| e.input_ids.last() == Some(&shared.pad))
+            .position(|e| e.input_ids.last() == Some(&bench.pad))
         {
             bail!(
-                "row {row} ends with the pad token {}: torch would read its reward elsewhere",
-                shared.pad
+                "row {} ends with the pad token {}: torch would read its reward elsewhere",
+                row + 1,
+                bench.pad
             );
         }
         println!(
@@ -510,7 +531,7 @@ fn sample_sets_bench(options: &Options, shared: &Shared) -> Result<()> {
             whole_plan.len()
         );
         let dir = tempfile::tempdir()?;
-        peer = Peer::start(shared.model_dir, dir.path(), &torch_batches)?.map(|p| (p, dir));
+        peer = Peer::start(bench.model_dir, dir.path(), &torch_batches)?.map(|p| (p, dir));
     }
     let candle_peak = candle_matmul_gflops()?;
     // Alternate the passes so all of them see the same machine load.
@@ -628,13 +649,13 @@ fn main() -> Result<()> {
     let model = RewardModel::load(dir.path(), &Device::Cpu, DType::F32)?;
     if options.sample_sets || options.smoke {
         // Under `cargo test` a 2 × 2 smoke pass of the sample-set mode runs too (qrm only).
-        let shared = Shared {
+        let bench = BenchModel {
             gguf: &gguf,
             model: &model,
             model_dir: dir.path(),
             pad,
         };
-        sample_sets_bench(&options, &shared)?;
+        sample_sets_bench(&options, &bench)?;
         if options.sample_sets {
             return Ok(());
         }
