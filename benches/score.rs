@@ -14,14 +14,26 @@
 //! reports qrm alone.
 //!
 //! `--sample-sets` measures shared-prompt scoring instead (issue 16): 96 ZeroEval GSM8K rows
-//! (`../shared/data/zeroeval`; the first 8 questions × the first 12 models' solutions, rows in
-//! file order, i.e. interleaved), encoded as qrm-score does (chatml, EOS appended, max-len 1024),
-//! scored by `qrm::score::scoring::score_encoded` at qrm-score's default budget (2,048 padded
-//! tokens) with the shared prompt on and off in alternating passes. It prints tokens/s (all the
-//! rows' tokens over the pass's seconds) and median for each, their ratio, the saving the token
-//! counts predict (each prompt run once instead of N times) next to the measured one, and the
-//! largest reward difference between the two paths. `--questions` and `--per-question` resize
-//! it.
+//! (`../shared/data/zeroeval`; the first 8 questions × the first 12 models' solutions, the
+//! repro-gsm8k shape, rows in file order, i.e. interleaved), encoded as qrm-score does (chatml,
+//! EOS appended, max-len 1024), scored three ways in alternating passes (so all three see the
+//! same machine load): `qrm::score::scoring::score_encoded` at qrm-score's default budget (2,048
+//! padded tokens) with the shared prompt on, and off (whole rows), and by the PyTorch peer
+//! scoring the same encoded rows the usual way: sorted by length in exactly the batches qrm's
+//! whole-row path runs (`model::batching::plan_batches`: ≤ 2,048 padded tokens and ≤ 1/8
+//! padding a batch), through the same `benches/score_peer.py` protocol. It prints tokens/s (all
+//! the rows' tokens over the pass's seconds) and median for each, the ratios shared / torch,
+//! whole / torch and shared / whole, the saving the token counts predict (each prompt run once
+//! instead of N times) next to the measured one, the GFLOP/s of the work each path ran against
+//! its own stack's 1024³ matmul peak, and the largest reward difference of qrm-shared against
+//! whole rows and against torch (either above 1e-4 fails the bench). Without torch it reports
+//! qrm alone. `--questions` and `--per-question` resize it.
+//!
+//! Both modes: the matmul peak is the fastest of 20 1024³ f32 matmuls in each stack.
+//! `RAYON_NUM_THREADS` sets qrm's threads and `OMP_NUM_THREADS` torch's. SmolLM2's GGUF declares
+//! its EOS (`<|im_end|>`) as the padding token, and transformers' sequence classifier reads the
+//! reward at the last token that is not padding, so the model directory declares the padding
+//! token a trained checkpoint does (`qrm::train::run::pad_token_id`, `<|endoftext|>`).
 //!
 //! Measured 2026-11-27 on the 2-core AMD EPYC dev machine (a shared VM: passes vary by ±15 %, so
 //! binaries before and after a change were run back to back, release, 16 texts, 3,251 real
@@ -36,10 +48,18 @@
 //! torch 368.1 tokens/s (0.89); `--sample-sets` shared 400.7 vs whole 315.7 tokens/s (1.27,
 //! 21.2 % of the time saved, 25.4 % predicted) once batches hold at most 1/8 padding (before:
 //! 355.3 vs 333.6, 6.1 % saved).
+//!
+//! 2026-12-01 later, same machine shared with training runs (load average 2.8–7; the table is in
+//! docs/scoring-speed.md): `--sample-sets` at 1 thread each (`RAYON_NUM_THREADS=1
+//! OMP_NUM_THREADS=1`, the fair setting on a loaded machine) qrm shared 239.5, qrm whole 181.8,
+//! torch 212.9 tokens/s: shared / torch 1.13 (goal ≥ 1.5), whole / torch 0.85; at the default 2
+//! threads 222.0 / 176.0 / 97.9 (2.27, 1.80), where torch's OpenMP threads lose half their speed
+//! to the co-tenant. Unique prompts at 1 thread: 0.82 (2 threads, loaded: 1.89). Rewards agree
+//! with torch to 3.8e-7.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Lines, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -129,30 +149,25 @@ fn gsm8k_texts(path: &Path, count: usize) -> Result<Vec<String>> {
         .collect()
 }
 
-/// Right-padded batches of token ids (pad id `pad`).
-/// Token ids and attention mask of one padded batch, row-major.
+/// Token ids and attention mask of one right-padded batch, row-major.
 type Batch = (Vec<Vec<u32>>, Vec<Vec<u32>>);
 
-fn batches(encodings: &[Vec<u32>], batch: usize, pad: u32) -> Vec<Batch> {
-    encodings
-        .chunks(batch)
-        .map(|chunk| {
-            let width = chunk.iter().map(Vec::len).max().unwrap_or(0);
-            let ids = chunk
-                .iter()
-                .map(|e| {
-                    let mut row = e.clone();
-                    row.resize(width, pad);
-                    row
-                })
-                .collect();
-            let mask = chunk
-                .iter()
-                .map(|e| (0..width).map(|j| u32::from(j < e.len())).collect())
-                .collect();
-            (ids, mask)
+/// One batch of `rows`, right-padded with `pad` to the longest.
+fn padded(rows: &[&[u32]], pad: u32) -> Batch {
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let ids = rows
+        .iter()
+        .map(|r| {
+            let mut row = r.to_vec();
+            row.resize(width, pad);
+            row
         })
-        .collect()
+        .collect();
+    let mask = rows
+        .iter()
+        .map(|r| (0..width).map(|j| u32::from(j < r.len())).collect())
+        .collect();
+    (ids, mask)
 }
 
 fn to_tensor(rows: &[Vec<u32>]) -> Result<Tensor> {
@@ -163,30 +178,34 @@ fn to_tensor(rows: &[Vec<u32>]) -> Result<Tensor> {
     )?)
 }
 
-/// Forward FLOPs (multiply-adds × 2) of one batch: the projections and MLP per real-or-padded
-/// token, attention scores and context per query-key pair, and the head.
-fn forward_flops(config: &ModelConfig, batch: usize, seq_len: usize) -> f64 {
+/// Forward FLOPs (multiply-adds × 2) of one batch of `batch` rows × `seq_len` positions after
+/// `past` cached positions: the projections and MLP per real-or-padded position, attention scores
+/// and context per query-key pair (full score matrices, as both stacks compute them), and the
+/// head.
+fn forward_flops(config: &ModelConfig, batch: usize, seq_len: usize, past: usize) -> f64 {
     let hidden = config.hidden_size as f64;
     let kv = (config.num_kv_heads() * config.head_size()) as f64;
     let inner = config.intermediate_size as f64;
     let per_token = 2.0 * (2.0 * hidden * hidden + 2.0 * hidden * kv + 3.0 * hidden * inner);
-    let attention = 2.0 * 2.0 * (seq_len * seq_len) as f64 * hidden;
+    let attention = 2.0 * 2.0 * (seq_len * (past + seq_len)) as f64 * hidden;
     let layers = config.num_hidden_layers as f64;
     batch as f64
         * (layers * (per_token * seq_len as f64 + attention) + 2.0 * hidden * seq_len as f64)
 }
 
+/// Candle's 1024³ f32 matmul rate, GFLOP/s.
 fn candle_matmul_gflops() -> Result<f64> {
     let size = 1024;
     let a = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
     let b = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
     a.matmul(&b)?;
-    let repeats = 20;
-    let start = Instant::now();
-    for _ in 0..repeats {
+    // The fastest of 20 (the peak: on a shared machine a mean measures the load), as the peer.
+    let mut seconds = f64::INFINITY;
+    for _ in 0..20 {
+        let start = Instant::now();
         a.matmul(&b)?;
+        seconds = seconds.min(start.elapsed().as_secs_f64());
     }
-    let seconds = start.elapsed().as_secs_f64() / repeats as f64;
     Ok(2.0 * (size as f64).powi(3) / seconds / 1e9)
 }
 
@@ -229,14 +248,170 @@ fn zeroeval_sample_sets(
         .collect())
 }
 
-/// Shared-prompt scoring against whole rows on ZeroEval sample sets (`--sample-sets`).
-fn sample_sets_bench(options: &Options, gguf: &Path, model: &RewardModel) -> Result<()> {
+/// One line of results: tokens/s over the median pass, the passes, and the GFLOP/s of the work
+/// the stack ran (`flops` a pass) against its own 1024³ matmul rate `peak`. Returns the median.
+fn report(name: &str, tokens: usize, seconds: &mut [f64], flops: f64, peak: f64) -> f64 {
+    let median = median(seconds);
+    let rate = flops / median / 1e9;
+    println!(
+        "{name:<24} {:8.1} tokens/s  median {median:.3} s of {seconds:.3?}  {rate:6.1} GFLOP/s \
+         ({:.1} GFLOP a pass; its 1024³ matmul: {peak:.1} GFLOP/s; {:.0}% of it)",
+        tokens as f64 / median,
+        flops / 1e9,
+        100.0 * rate / peak
+    );
+    median
+}
+
+/// `benches/score_peer.py` under `python3`, loaded with the model directory and the batches
+/// it scores, waiting for a pass request.
+struct Peer {
+    child: Child,
+    to_peer: ChildStdin,
+    from_peer: Lines<BufReader<ChildStdout>>,
+    /// The peer's first line: `{"torch", "threads", "matmul_gflops"}`.
+    ready: serde_json::Value,
+}
+
+impl Peer {
+    /// Starts the peer on `batches` (written to `dir/batches.json`) of the model in `model_dir`.
+    /// `None`, with the reason on stdout, when python3, torch or transformers is missing: the
+    /// caller then reports qrm alone.
+    fn start(model_dir: &Path, dir: &Path, batches: &[Batch]) -> Result<Option<Peer>> {
+        let batches_path: PathBuf = dir.join("batches.json");
+        let json = serde_json::json!({"batches": batches.iter().map(|(ids, mask)| {
+            serde_json::json!({"input_ids": ids, "attention_mask": mask})
+        }).collect::<Vec<_>>()});
+        std::fs::write(&batches_path, json.to_string())?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/score_peer.py");
+        let child = Command::new("python3")
+            .arg(&script)
+            .arg(model_dir)
+            .arg(&batches_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                println!("cannot run python3 ({e}): reporting qrm alone");
+                return Ok(None);
+            }
+        };
+        let to_peer = child.stdin.take().context("peer stdin")?;
+        let from_peer = BufReader::new(child.stdout.take().context("peer stdout")?).lines();
+        let mut peer = Peer {
+            child,
+            to_peer,
+            from_peer,
+            ready: serde_json::Value::Null,
+        };
+        match peer.read() {
+            Ok(ready) => {
+                peer.ready = ready;
+                Ok(Some(peer))
+            }
+            Err(error) => {
+                println!(
+                    "the PyTorch peer did not start ({error:#}; `pip install torch transformers`): \
+                     reporting qrm alone"
+                );
+                drop(peer.to_peer);
+                peer.child.wait()?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn read(&mut self) -> Result<serde_json::Value> {
+        let line = self
+            .from_peer
+            .next()
+            .context("the PyTorch peer exited (torch + transformers installed?)")??;
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    /// One pass over all batches: its seconds and the sequence rewards in batch order.
+    fn pass(&mut self) -> Result<(f64, Vec<f64>)> {
+        writeln!(self.to_peer, "pass")?;
+        self.to_peer.flush()?;
+        let answer = self.read()?;
+        let seconds = answer["seconds"].as_f64().context("peer gave no seconds")?;
+        let rewards = answer["rewards"]
+            .as_array()
+            .context("peer gave no rewards")?
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .collect();
+        Ok((seconds, rewards))
+    }
+
+    /// `torch <version> (<threads> thr)`.
+    fn name(&self) -> String {
+        format!(
+            "torch {} ({} thr)",
+            self.ready["torch"].as_str().unwrap_or("?"),
+            self.ready["threads"]
+        )
+    }
+
+    /// Torch's 1024³ f32 matmul rate, GFLOP/s.
+    fn matmul_gflops(&self) -> f64 {
+        self.ready["matmul_gflops"].as_f64().unwrap_or(f64::NAN)
+    }
+
+    /// Closes the peer's stdin and waits for it to exit.
+    fn finish(self) -> Result<()> {
+        let Peer {
+            mut child, to_peer, ..
+        } = self;
+        drop(to_peer);
+        child.wait()?;
+        Ok(())
+    }
+}
+
+/// The largest |a − b| over rows; a missing reward (NaN) on either side, or a missing row,
+/// counts as infinite.
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let diff = (x - y).abs();
+            if diff.is_nan() {
+                f64::INFINITY
+            } else {
+                diff
+            }
+        })
+        .fold(0f64, f64::max)
+}
+
+/// The model files both stacks load, and what the sample-set bench needs to know about them.
+struct BenchModel<'a> {
+    gguf: &'a Path,
+    model: &'a RewardModel,
+    /// Where the f32 `LlamaForSequenceClassification` directory was written.
+    model_dir: &'a Path,
+    /// The `pad_token_id` it declares (transformers reads the reward at the last other token).
+    pad: u32,
+}
+
+/// Shared-prompt scoring against whole rows and against PyTorch on ZeroEval sample sets
+/// (`--sample-sets`).
+fn sample_sets_bench(options: &Options, bench: &BenchModel) -> Result<()> {
+    use qrm::model::batching::{plan_batches, prompt_groups};
     use qrm::model::template::{find_eos_id, Encoder, EosPolicy, Template, Truncation};
     use qrm::score::scoring::{score_encoded, ScoreOptions};
     let Some(zeroeval) = qrm::testing::shared_file("zeroeval/gsm8k_test_42models.jsonl.gz") else {
         return Ok(());
     };
-    let tokenizer = qrm::model::gguf::tokenizer_from_gguf(gguf)?;
+    let model = bench.model;
+    let config = &model.config;
+    let tokenizer = qrm::model::gguf::tokenizer_from_gguf(bench.gguf)?;
     let eos_id = find_eos_id(&tokenizer, None)?;
     let encoder = Encoder {
         tokenizer,
@@ -261,15 +436,16 @@ fn sample_sets_bench(options: &Options, gguf: &Path, model: &RewardModel) -> Res
     let repeated: usize = prompts.iter().map(|(p, n)| (n - 1) * p.len()).sum();
     let prompt_tokens: usize = prompts.iter().map(|(p, n)| n * p.len()).sum();
     let shared_tokens = whole_tokens - repeated;
+    const BATCH_TOKENS: usize = 2048; // qrm-score's default --batch-tokens
     let score_options = |shared_prompt: bool| ScoreOptions {
         rm_name: "bench".into(),
         rm_id: "bench@000000000000".into(),
-        batch_tokens: 2048,
+        batch_tokens: BATCH_TOKENS,
         goal: None,
         emit_tokens: false,
         shared_prompt,
     };
-    let pass = |shared: bool| -> Result<(f64, Vec<f32>)> {
+    let pass = |shared: bool| -> Result<(f64, Vec<f64>)> {
         let start = Instant::now();
         let scores = score_encoded(model, &encoder, &encoded, &score_options(shared), |_| {})?;
         let seconds = start.elapsed().as_secs_f64();
@@ -277,10 +453,48 @@ fn sample_sets_bench(options: &Options, gguf: &Path, model: &RewardModel) -> Res
             seconds,
             scores
                 .iter()
-                .map(|s| s.reward.unwrap_or(f32::NAN))
+                .map(|s| s.reward.map_or(f64::NAN, f64::from))
                 .collect(),
         ))
     };
+
+    // The batches of qrm's whole-row path, which torch runs too. FLOPs of the work each path
+    // does, with the batch plan of `run_batches_sharing_prompts`: whole rows in `plan_batches`
+    // batches; with shared prompts each group's prompt once (batch 1), then its rows' own
+    // tokens after it, batched by their whole lengths.
+    let lengths: Vec<usize> = encoded.iter().map(|e| e.input_ids.len()).collect();
+    let whole_plan = plan_batches(&lengths, BATCH_TOKENS);
+    let longest = |plan: &[usize], of: &dyn Fn(usize) -> usize| {
+        plan.iter().map(|&i| of(i)).max().unwrap_or(0)
+    };
+    let whole_flops: f64 = whole_plan
+        .iter()
+        .map(|b| forward_flops(config, b.len(), longest(b, &|i| lengths[i]), 0))
+        .sum();
+    let padded_tokens: usize = whole_plan
+        .iter()
+        .map(|b| b.len() * longest(b, &|i| lengths[i]))
+        .sum();
+    let groups = prompt_groups(&encoded);
+    let mut alone = lengths.clone();
+    let mut shared_flops = 0.0;
+    for group in &groups {
+        let prompt_len = encoded[group[0]].response_start;
+        shared_flops += forward_flops(config, 1, prompt_len, 0);
+        let whole: Vec<usize> = group.iter().map(|&i| lengths[i]).collect();
+        for members in plan_batches(&whole, BATCH_TOKENS) {
+            let own = longest(&members, &|m| whole[m]) - prompt_len;
+            shared_flops += forward_flops(config, members.len(), own, prompt_len);
+        }
+        for &i in group {
+            alone[i] = 0;
+        }
+    }
+    shared_flops += plan_batches(&alone, BATCH_TOKENS)
+        .iter()
+        .map(|b| forward_flops(config, b.len(), longest(b, &|i| alone[i]), 0))
+        .sum::<f64>();
+
     println!(
         "workload: {} ZeroEval GSM8K rows ({} questions × {} models), {whole_tokens} tokens \
          ({prompt_tokens} of them prompt tokens, {} distinct prompts); with shared prompts \
@@ -291,41 +505,106 @@ fn sample_sets_bench(options: &Options, gguf: &Path, model: &RewardModel) -> Res
         prompts.len(),
         candle_core::utils::get_num_threads()
     );
-    let (mut shared_seconds, mut whole_seconds) = (Vec::new(), Vec::new());
-    let mut max_diff = 0f64;
+    let mut peer = None;
+    if !options.smoke {
+        let torch_batches: Vec<Batch> = whole_plan
+            .iter()
+            .map(|b| {
+                let rows: Vec<&[u32]> =
+                    b.iter().map(|&i| encoded[i].input_ids.as_slice()).collect();
+                padded(&rows, bench.pad)
+            })
+            .collect();
+        if let Some(row) = encoded
+            .iter()
+            .position(|e| e.input_ids.last() == Some(&bench.pad))
+        {
+            bail!(
+                "row {} ends with the pad token {}: torch would read its reward elsewhere",
+                row + 1,
+                bench.pad
+            );
+        }
+        println!(
+            "torch batches: the {} batches of qrm's whole-row path (sorted by length, ≤ \
+             {BATCH_TOKENS} padded tokens, ≤ 1/8 padding; {padded_tokens} padded tokens)",
+            whole_plan.len()
+        );
+        let dir = tempfile::tempdir()?;
+        peer = Peer::start(bench.model_dir, dir.path(), &torch_batches)?.map(|p| (p, dir));
+    }
+    let candle_peak = candle_matmul_gflops()?;
+    // Alternate the passes so all of them see the same machine load.
+    let (mut shared_seconds, mut whole_seconds, mut torch_seconds) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let (mut whole_diff, mut torch_diff) = (0f64, 0f64);
     for _ in 0..options.repeats {
         let (seconds, shared) = pass(true)?;
         shared_seconds.push(seconds);
         let (seconds, whole) = pass(false)?;
         whole_seconds.push(seconds);
-        for (a, b) in shared.iter().zip(&whole) {
-            let diff = (f64::from(*a) - f64::from(*b)).abs();
-            // A missing (NaN) reward on either side counts as a disagreement.
-            max_diff = max_diff.max(if diff.is_nan() { f64::INFINITY } else { diff });
+        whole_diff = whole_diff.max(max_abs_diff(&shared, &whole));
+        if let Some((peer, _)) = &mut peer {
+            let (seconds, in_batches) = peer.pass()?;
+            torch_seconds.push(seconds);
+            // Back to row order.
+            let mut torch = vec![f64::NAN; encoded.len()];
+            for (&row, reward) in whole_plan.iter().flatten().zip(&in_batches) {
+                torch[row] = *reward;
+            }
+            if in_batches.len() != encoded.len() {
+                torch.push(f64::NAN); // a length mismatch: counted as a disagreement
+            }
+            torch_diff = torch_diff.max(max_abs_diff(&shared, &torch));
         }
     }
-    let report = |name: &str, seconds: &mut Vec<f64>| -> f64 {
-        let median = median(seconds);
-        println!(
-            "{name:<24} {:8.1} tokens/s  median {:.3} s of {:.3?}",
-            whole_tokens as f64 / median,
-            median,
-            seconds
-        );
-        median
-    };
-    let shared = report("qrm, shared prompts", &mut shared_seconds);
-    let whole = report("qrm, whole rows", &mut whole_seconds);
+    let shared_median = report(
+        "qrm, shared prompts",
+        whole_tokens,
+        &mut shared_seconds,
+        shared_flops,
+        candle_peak,
+    );
+    let whole_median = report(
+        "qrm, whole rows",
+        whole_tokens,
+        &mut whole_seconds,
+        whole_flops,
+        candle_peak,
+    );
     println!(
         "shared / whole throughput ratio: {:.2}; time saved: predicted from token counts {:.1}% \
          (1 − {shared_tokens}/{whole_tokens}), measured {:.1}%",
-        whole / shared,
+        whole_median / shared_median,
         100.0 * repeated as f64 / whole_tokens as f64,
-        100.0 * (1.0 - shared / whole)
+        100.0 * (1.0 - shared_median / whole_median)
     );
-    println!("sequence rewards, shared vs whole rows: max |Δ| = {max_diff:.2e}");
-    if max_diff > 1e-4 {
-        bail!("shared-prompt and whole-row rewards disagree: max |Δ| = {max_diff:e}");
+    println!("sequence rewards, shared vs whole rows: max |Δ| = {whole_diff:.2e}");
+    if let Some((peer, _dir)) = peer {
+        let torch_median = report(
+            &peer.name(),
+            whole_tokens,
+            &mut torch_seconds,
+            whole_flops,
+            peer.matmul_gflops(),
+        );
+        peer.finish()?;
+        println!(
+            "throughput ratios: qrm shared / torch {:.2}, qrm whole / torch {:.2}",
+            torch_median / shared_median,
+            torch_median / whole_median
+        );
+        println!(
+            "sequence rewards, qrm shared vs torch: max |Δ| = {torch_diff:.2e} over {} rows",
+            encoded.len()
+        );
+    }
+    // f32 through 30 layers in two stacks: parity is ~1e-6; anything near 1e-4 is a bug.
+    if whole_diff > 1e-4 {
+        bail!("shared-prompt and whole-row rewards disagree: max |Δ| = {whole_diff:e}");
+    }
+    if torch_diff > 1e-4 {
+        bail!("qrm (shared prompts) and torch disagree: max |Δ| = {torch_diff:e}");
     }
     Ok(())
 }
@@ -354,43 +633,62 @@ fn main() -> Result<()> {
     // Sorting by length keeps padding low, as a scorer would.
     encodings.sort_by_key(Vec::len);
     let checkpoint = Checkpoint::load(&gguf, &Device::Cpu, DType::F32)?;
-    let pad = checkpoint.config.pad_token_id.unwrap_or(0);
-    let batches = batches(&encodings, options.batch, pad);
-    let real_tokens: usize = encodings.iter().map(Vec::len).sum();
-    let padded_tokens: usize = batches
-        .iter()
-        .map(|(ids, _)| ids.len() * ids[0].len())
-        .sum();
-    let flops: f64 = batches
-        .iter()
-        .map(|(ids, _)| forward_flops(&checkpoint.config, ids.len(), ids[0].len()))
-        .sum();
 
-    // The same f32 reward model for both stacks.
+    // The same f32 reward model for both stacks. SmolLM2's GGUF declares the EOS
+    // (`<|im_end|>`) as its padding token, and transformers' sequence classifier reads the
+    // reward at the last token that is not padding, so the directory declares the padding
+    // token a trained checkpoint would (`qrm::train::run::pad_token_id`).
     let varmap = VarMap::new();
-    let with_head = RewardModel::with_new_head(&checkpoint, HeadKind::Linear, &varmap, 0)?;
+    let mut with_head = RewardModel::with_new_head(&checkpoint, HeadKind::Linear, &varmap, 0)?;
+    let eos_id = qrm::model::template::find_eos_id(&tokenizer, None)?;
+    let pad = qrm::train::run::pad_token_id(&tokenizer, eos_id);
+    with_head.config.pad_token_id = Some(pad);
     let dir = tempfile::tempdir()?;
     with_head.save(dir.path())?;
     drop((with_head, checkpoint));
     let model = RewardModel::load(dir.path(), &Device::Cpu, DType::F32)?;
     if options.sample_sets || options.smoke {
-        // Under `cargo test` a 2 × 2 smoke pass of the sample-set mode runs too.
-        sample_sets_bench(&options, &gguf, &model)?;
+        // Under `cargo test` a 2 × 2 smoke pass of the sample-set mode runs too (qrm only).
+        let bench = BenchModel {
+            gguf: &gguf,
+            model: &model,
+            model_dir: dir.path(),
+            pad,
+        };
+        sample_sets_bench(&options, &bench)?;
         if options.sample_sets {
             return Ok(());
         }
     }
 
+    let batches: Vec<Batch> = encodings
+        .chunks(options.batch)
+        .map(|chunk| {
+            let rows: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+            padded(&rows, pad)
+        })
+        .collect();
+    let real_tokens: usize = encodings.iter().map(Vec::len).sum();
+    let padded_tokens: usize = batches
+        .iter()
+        .map(|(ids, _)| ids.len() * ids[0].len())
+        .sum();
+    let config = &model.config;
+    let flops: f64 = batches
+        .iter()
+        .map(|(ids, _)| forward_flops(config, ids.len(), ids[0].len(), 0))
+        .sum();
     let tensors = batches
         .iter()
         .map(|(ids, mask)| Ok((to_tensor(ids)?, to_tensor(mask)?)))
         .collect::<Result<Vec<_>>>()?;
-    let one_pass = || -> Result<(f64, Vec<f32>)> {
+    let one_pass = || -> Result<(f64, Vec<f64>)> {
         let start = Instant::now();
         let mut rewards = Vec::new();
         for (ids, mask) in &tensors {
             let out = model.forward(ids, mask)?;
-            rewards.extend(last_token_values(&out.token_rewards, mask)?.to_vec1::<f32>()?);
+            let last = last_token_values(&out.token_rewards, mask)?.to_vec1::<f32>()?;
+            rewards.extend(last.into_iter().map(f64::from));
         }
         Ok((start.elapsed().as_secs_f64(), rewards))
     };
@@ -419,116 +717,55 @@ fn main() -> Result<()> {
         flops / 1e9,
         candle_core::utils::get_num_threads()
     );
-    let report = |name: &str, seconds: &mut Vec<f64>, peak: f64| -> f64 {
-        let median = median(seconds);
-        println!(
-            "{name:<22} {:8.1} tokens/s  median {:.3} s of {:.3?}  {:6.1} GFLOP/s  (its 1024³ matmul: {:.1} GFLOP/s; {:.0}% of it)",
-            real_tokens as f64 / median,
-            median,
-            seconds,
-            flops / median / 1e9,
-            peak,
-            100.0 * flops / median / 1e9 / peak
+    let Some(mut peer) = Peer::start(dir.path(), dir.path(), &batches)? else {
+        let mut seconds = (0..options.repeats)
+            .map(|_| one_pass().map(|(s, _)| s))
+            .collect::<Result<Vec<_>>>()?;
+        report(
+            "qrm (candle)",
+            real_tokens,
+            &mut seconds,
+            flops,
+            candle_peak,
         );
-        median
-    };
-
-    let batches_path: PathBuf = dir.path().join("batches.json");
-    let json = serde_json::json!({"batches": batches.iter().map(|(ids, mask)| {
-        serde_json::json!({"input_ids": ids, "attention_mask": mask})
-    }).collect::<Vec<_>>()});
-    std::fs::write(&batches_path, json.to_string())?;
-    let peer_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/score_peer.py");
-    let peer = Command::new("python3")
-        .arg(&peer_script)
-        .arg(dir.path())
-        .arg(&batches_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn();
-    let mut peer = match peer {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!("cannot run python3 ({e}): reporting qrm alone");
-            let mut seconds = (0..options.repeats)
-                .map(|_| one_pass().map(|(s, _)| s))
-                .collect::<Result<Vec<_>>>()?;
-            report("qrm (candle)", &mut seconds, candle_peak);
-            return Ok(());
-        }
-    };
-    let mut to_peer = peer.stdin.take().context("peer stdin")?;
-    let mut from_peer = BufReader::new(peer.stdout.take().context("peer stdout")?).lines();
-    let mut read_peer = || -> Result<serde_json::Value> {
-        let line = from_peer
-            .next()
-            .context("the PyTorch peer exited (torch + transformers installed?)")??;
-        Ok(serde_json::from_str(&line)?)
-    };
-    let ready = match read_peer() {
-        Ok(ready) => ready,
-        Err(error) => {
-            println!(
-                "the PyTorch peer did not start ({error:#}; `pip install torch transformers`): \
-                 reporting qrm alone"
-            );
-            let mut seconds = (0..options.repeats)
-                .map(|_| one_pass().map(|(s, _)| s))
-                .collect::<Result<Vec<_>>>()?;
-            report("qrm (candle)", &mut seconds, candle_peak);
-            return Ok(());
-        }
+        return Ok(());
     };
     // Alternate qrm and torch passes so both see the same machine load.
     let (mut qrm_seconds, mut torch_seconds) = (Vec::new(), Vec::new());
-    let (mut rewards, mut peer_rewards) = (Vec::new(), Vec::new());
+    let mut max_diff = 0f64;
     for _ in 0..options.repeats {
         let (seconds, ours) = one_pass()?;
         qrm_seconds.push(seconds);
-        rewards = ours;
-        writeln!(to_peer, "pass")?;
-        to_peer.flush()?;
-        let answer = read_peer()?;
-        torch_seconds.push(answer["seconds"].as_f64().context("peer gave no seconds")?);
-        peer_rewards = answer["rewards"]
-            .as_array()
-            .context("peer gave no rewards")?
-            .iter()
-            .filter_map(|v| v.as_f64())
-            .collect();
+        let (seconds, theirs) = peer.pass()?;
+        torch_seconds.push(seconds);
+        max_diff = max_diff.max(max_abs_diff(&ours, &theirs));
     }
-    drop(to_peer);
-    peer.wait()?;
-    let qrm_median = report("qrm (candle)", &mut qrm_seconds, candle_peak);
-    let torch_median = report(
-        &format!(
-            "torch {} ({} thr)",
-            ready["torch"].as_str().unwrap_or("?"),
-            ready["threads"]
-        ),
-        &mut torch_seconds,
-        ready["matmul_gflops"].as_f64().unwrap_or(f64::NAN),
+    let qrm_median = report(
+        "qrm (candle)",
+        real_tokens,
+        &mut qrm_seconds,
+        flops,
+        candle_peak,
     );
+    let torch_median = report(
+        &peer.name(),
+        real_tokens,
+        &mut torch_seconds,
+        flops,
+        peer.matmul_gflops(),
+    );
+    peer.finish()?;
     println!(
         "qrm / torch throughput ratio: {:.2}",
         torch_median / qrm_median
     );
-    let max_diff = rewards
-        .iter()
-        .zip(&peer_rewards)
-        .map(|(a, b)| (*a as f64 - b).abs())
-        .fold(0f64, f64::max);
     println!(
         "sequence rewards, qrm vs torch: max |Δ| = {max_diff:.2e} over {} texts",
-        peer_rewards.len()
+        encodings.len()
     );
     // f32 through 30 layers in two stacks: parity is ~1e-6; anything near 1e-4 is a bug.
-    if peer_rewards.len() != rewards.len() || max_diff > 1e-4 {
-        bail!(
-            "qrm and torch disagree: max |Δ| = {max_diff:e} over {} of {} texts",
-            peer_rewards.len(),
-            rewards.len()
-        );
+    if max_diff > 1e-4 {
+        bail!("qrm and torch disagree: max |Δ| = {max_diff:e}");
     }
     Ok(())
 }

@@ -273,7 +273,8 @@ fn publish(partial: &Path, output: &Path) -> Result<()> {
 /// The token the checkpoint declares as padding: transformers' sequence classifier reads the
 /// reward at the last token that is not `pad_token_id`, so it must differ from the EOS the
 /// reward is read at. `<|endoftext|>`, `<pad>` or `<unk>` when the vocabulary has one, else 0.
-fn pad_token_id(tokenizer: &Tokenizer, eos_id: u32) -> u32 {
+/// (Also what `benches/score.rs` declares in the model it hands to its PyTorch peer.)
+pub fn pad_token_id(tokenizer: &Tokenizer, eos_id: u32) -> u32 {
     [
         "<|endoftext|>",
         "<pad>",
