@@ -173,11 +173,33 @@ pub fn contrastive_reference(
     negative_sources: &Tensor,
     negative_goals: &Tensor,
 ) -> Result<Tensor> {
+    let (positive, negative) = reference_sigmoids(
+        positive_sources,
+        positive_goals,
+        negative_sources,
+        negative_goals,
+    )?;
+    let positive_mean = positive.mean_all()?; // P
+    let negative_complement = negative.mean_all()?; // 1 − N
+    (positive_mean.log()? + negative_complement.log()?)?.neg()
+}
+
+/// σ(C⁺) and σ(−C⁻) over the cross products of [`contrastive_reference`], before any mean.
+///
+/// # Shapes
+/// as [`contrastive_reference`] → ((B, S, G), (B, U, V)).
+fn reference_sigmoids(
+    positive_sources: &Tensor,
+    positive_goals: &Tensor,
+    negative_sources: &Tensor,
+    negative_goals: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let positive = cosine_cross(positive_sources, positive_goals)?; // (B, S, G)
     let negative = cosine_cross(negative_sources, negative_goals)?; // (B, U, V)
-    let positive_mean = log_sigmoid(&positive)?.exp()?.mean_all()?; // P
-    let negative_complement = log_sigmoid(&negative.neg()?)?.exp()?.mean_all()?; // 1 − N
-    (positive_mean.log()? + negative_complement.log()?)?.neg()
+    Ok((
+        log_sigmoid(&positive)?.exp()?,
+        log_sigmoid(&negative.neg()?)?.exp()?,
+    ))
 }
 
 /// [`contrastive_reference`] of each example on its own: the means P and N over that example's
@@ -192,13 +214,14 @@ pub fn contrastive_reference_per_pair(
     negative_sources: &Tensor,
     negative_goals: &Tensor,
 ) -> Result<Tensor> {
-    let positive = cosine_cross(positive_sources, positive_goals)?; // (B, S, G)
-    let negative = cosine_cross(negative_sources, negative_goals)?; // (B, U, V)
-    let positive_mean = log_sigmoid(&positive)?.exp()?.flatten_from(1)?.mean(1)?; // (B,) P
-    let negative_complement = log_sigmoid(&negative.neg()?)?
-        .exp()?
-        .flatten_from(1)?
-        .mean(1)?; // (B,) 1 − N
+    let (positive, negative) = reference_sigmoids(
+        positive_sources,
+        positive_goals,
+        negative_sources,
+        negative_goals,
+    )?;
+    let positive_mean = positive.flatten_from(1)?.mean(1)?; // (B,) P
+    let negative_complement = negative.flatten_from(1)?.mean(1)?; // (B,) 1 − N
     (positive_mean.log()? + negative_complement.log()?)?.neg()
 }
 

@@ -1650,6 +1650,15 @@ mod tests {
         assert_eq!(evaluate(&model, &empty, &config).unwrap().auroc, None);
     }
 
+    /// Every trainable tensor of `model`, flattened, in `trainable_variables` order.
+    fn weights(model: &Toy) -> Vec<Vec<f32>> {
+        model
+            .trainable_variables()
+            .iter()
+            .map(|(_, var)| var.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    }
+
     #[test]
     fn resume_ends_with_the_same_weights_as_a_straight_run() {
         let data = TrainData {
@@ -1659,13 +1668,6 @@ mod tests {
         let mut config = config(Objective::Q);
         config.max_steps = Some(6);
         config.goal_strategy = GoalStrategy::Random;
-        let weights = |model: &Toy| -> Vec<Vec<f32>> {
-            model
-                .trainable_variables()
-                .iter()
-                .map(|(_, var)| var.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-                .collect()
-        };
         let straight = Toy::new(6);
         let directory = tempfile::tempdir().unwrap();
         train(&straight, &data, None, &config, options(directory.path())).unwrap();
@@ -1943,13 +1945,6 @@ mod tests {
             micro_batch: 1,
             micro_batch_tokens: Some(PACKED_BUDGET),
             ..config(Objective::Q)
-        };
-        let weights = |model: &Toy| -> Vec<Vec<f32>> {
-            model
-                .trainable_variables()
-                .iter()
-                .map(|(_, var)| var.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-                .collect()
         };
         let straight = Toy::new(6);
         let directory = tempfile::tempdir().unwrap();
