@@ -82,6 +82,35 @@ pub fn reward_centering(chosen: &Tensor, rejected: &Tensor) -> Result<Tensor> {
     (chosen + rejected)?.sqr()?.mean_all()
 }
 
+/// Bradley–Terry over every chosen × rejected combination of *different* pairs: mean over
+/// i ≠ j of −log σ(r_chosen,i − r_rejected,j). With correctness labels (a chosen response is a
+/// correct one, a rejected one wrong) a correct answer to one question should outrank a wrong
+/// answer to another too; the pair term alone sees only r_chosen − r_rejected within a pair, so
+/// it leaves every question its own reward level and the ranking across questions (the pooled
+/// AUROC) free. This term is the pairwise surrogate of the AUROC over the batch's responses. It
+/// is 0 for a batch of one pair (there is no combination). The trainer multiplies it by
+/// `--cross-pairs`. Not meaningful for preferences between responses to one prompt only
+/// (HH-RLHF), where "chosen" says nothing across prompts.
+///
+/// # Shapes
+/// chosen: (B,), rejected: (B,) → scalar.
+pub fn cross_pair_bradley_terry(chosen: &Tensor, rejected: &Tensor) -> Result<Tensor> {
+    let count = chosen.dim(0)?;
+    if count < 2 {
+        return Tensor::zeros((), chosen.dtype(), chosen.device());
+    }
+    let differences = chosen
+        .unsqueeze(1)?
+        .broadcast_sub(&rejected.unsqueeze(0)?)?; // (B, B): [i, j] = r_c,i − r_r,j
+    let off_diagonal: Vec<f32> = (0..count * count)
+        .map(|k| if k / count == k % count { 0.0 } else { 1.0 })
+        .collect();
+    let mask = Tensor::from_vec(off_diagonal, (count, count), chosen.device())?
+        .to_dtype(chosen.dtype())?;
+    let total = (log_sigmoid(&differences)? * mask)?.sum_all()?;
+    total.neg()? / (count * (count - 1)) as f64
+}
+
 /// Gathers hidden states at per-example positions.
 ///
 /// # Shapes
@@ -368,6 +397,60 @@ mod tests {
                 vec![0.0, 3.0]
             );
         }
+    }
+
+    #[test]
+    fn cross_pair_bradley_terry_hand_case() {
+        // chosen (0, 1), rejected (0, 1): the combinations of different pairs are
+        // r_c,0 − r_r,1 = −1 and r_c,1 − r_r,0 = 1, so the loss is
+        // (log(1 + e) + log(1 + e⁻¹))/2 = (1.3132617 + 0.3132617)/2 = 0.8132617 (the two logs
+        // differ by exactly 1). ∂/∂r_c,0 = −σ(1)/2 = −0.3655293, ∂/∂r_c,1 = −σ(−1)/2 =
+        // −0.1344707; the rejected side gets the opposite signs, r_r,1 paired with r_c,0.
+        let chosen = Var::new(&[0f64, 1.0], &Device::Cpu).unwrap();
+        let rejected = Var::new(&[0f64, 1.0], &Device::Cpu).unwrap();
+        let value = cross_pair_bradley_terry(&chosen, &rejected).unwrap();
+        let expected = 0.5 * ((1.0 + 1f64.exp()).ln() + (1.0 + (-1f64).exp()).ln());
+        assert!(
+            (scalar(&value) - expected).abs() < 1e-12,
+            "{}",
+            scalar(&value)
+        );
+        assert!((expected - 0.813_261_7).abs() < 1e-7);
+        let sigma = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let gradients = value.backward().unwrap();
+        let got = |var: &Var| gradients.get(var).unwrap().to_vec1::<f64>().unwrap();
+        let want_chosen = [-sigma(1.0) / 2.0, -sigma(-1.0) / 2.0];
+        let want_rejected = [sigma(-1.0) / 2.0, sigma(1.0) / 2.0];
+        for (g, w) in got(&chosen).iter().zip(want_chosen) {
+            assert!((g - w).abs() < 1e-12, "{g} vs {w}");
+        }
+        for (g, w) in got(&rejected).iter().zip(want_rejected) {
+            assert!((g - w).abs() < 1e-12, "{g} vs {w}");
+        }
+        // One pair: no combination of different pairs, so 0.
+        let one = Tensor::new(&[3f64], &Device::Cpu).unwrap();
+        assert_eq!(scalar(&cross_pair_bradley_terry(&one, &one).unwrap()), 0.0);
+    }
+
+    #[test]
+    fn cross_pair_bradley_terry_is_the_mean_over_different_pairs() {
+        // Three pairs: the six combinations i ≠ j, summed by hand-written loops in f64.
+        let chosen = [0.3f64, -1.2, 2.0];
+        let rejected = [0.7f64, 0.1, -0.4];
+        let mut sum = 0.0;
+        for (i, c) in chosen.iter().enumerate() {
+            for (j, r) in rejected.iter().enumerate() {
+                if i != j {
+                    sum += (1.0 + (-(c - r)).exp()).ln();
+                }
+            }
+        }
+        let value = cross_pair_bradley_terry(
+            &Tensor::new(&chosen, &Device::Cpu).unwrap(),
+            &Tensor::new(&rejected, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        assert!((scalar(&value) - sum / 6.0).abs() < 1e-12);
     }
 
     #[test]

@@ -124,6 +124,14 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 0.0)]
     #[serde(default)]
     pub center_rewards: f64,
+    /// Cross-pair weight w: adds w · mean over i ≠ j of −log σ(r_chosen,i − r_rejected,j), the
+    /// Bradley–Terry term between every chosen and rejected response of *different* pairs in a
+    /// micro-batch ([`loss::cross_pair_bradley_terry`]). For correctness-labelled pairs (a
+    /// correct answer beats a wrong one whatever the question), so rewards rank across questions
+    /// (the pooled AUROC), which the pair term leaves free. Not in the paper; 0 turns it off.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub cross_pairs: f64,
     /// reference: the released code's loss; paper: Eq. 5.
     #[arg(long, value_enum, default_value = "reference")]
     pub contrastive: ContrastiveForm,
@@ -206,6 +214,7 @@ impl Default for TrainConfig {
             loss: PreferenceLoss::Sigmoid,
             lambda: 0.5,
             center_rewards: 0.0,
+            cross_pairs: 0.0,
             contrastive: ContrastiveForm::Reference,
             goal_strategy: GoalStrategy::Single,
             positives: 16,
@@ -253,6 +262,16 @@ impl TrainConfig {
                 "--batch-size {} must be a positive multiple of --micro-batch {}",
                 self.batch_size, self.micro_batch
             )));
+        }
+        for (flag, value) in [
+            ("--center-rewards", self.center_rewards),
+            ("--cross-pairs", self.cross_pairs),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(Error::Usage(format!(
+                    "{flag} {value}: a weight must be finite and at least 0"
+                )));
+            }
         }
         if self.objective == Objective::Q && (self.positives == 0 || self.negatives == 0) {
             return Err(Error::Usage(
@@ -529,6 +548,10 @@ fn micro_batch_loss(
     if config.center_rewards > 0.0 {
         let centering = loss::reward_centering(&chosen, &rejected)?;
         total = (total + (centering * config.center_rewards)?)?;
+    }
+    if config.cross_pairs > 0.0 {
+        let cross = loss::cross_pair_bradley_terry(&chosen, &rejected)?;
+        total = (total + (cross * config.cross_pairs)?)?;
     }
     let mut contrastive_value = None;
     if config.objective == Objective::Q {
@@ -1480,8 +1503,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn center_rewards_adds_its_term_and_centres_the_rewards() {
+    /// One micro-batch of four easy pairs on the same toy model, under the plain BT config and
+    /// under `other`: (plain, other).
+    fn four_pair_losses(other: TrainConfig) -> (MicroLoss, MicroLoss) {
         let data = TrainData {
             pairs: easy_pairs(4, 1),
             trunk: None,
@@ -1493,15 +1517,57 @@ mod tests {
         };
         let model = Toy::new(3);
         let plain = config(Objective::Bt);
+        let sampling = plain.sampling().unwrap();
+        let loss = |config: &TrainConfig| {
+            micro_batch_loss(&model, &data, &micro, config, &sampling, Draws::Micro(0)).unwrap()
+        };
+        (loss(&plain), loss(&other))
+    }
+
+    #[test]
+    fn cross_pairs_adds_the_term_over_different_pairs() {
+        let (without, with) = four_pair_losses(TrainConfig {
+            cross_pairs: 0.25,
+            ..config(Objective::Bt)
+        });
+        // total = BT + 0.25 · mean over the 12 combinations i ≠ j of log(1 + exp(r_r,j − r_c,i)),
+        // from the rewards the micro-batch reports.
+        let mut cross = 0.0;
+        for (i, c) in without.chosen_rewards.iter().enumerate() {
+            for (j, r) in without.rejected_rewards.iter().enumerate() {
+                if i != j {
+                    cross += (1.0 + ((r - c) as f64).exp()).ln();
+                }
+            }
+        }
+        cross /= 12.0;
+        let total = with.total.to_scalar::<f32>().unwrap() as f64;
+        assert!(
+            (total - (without.bt + 0.25 * cross)).abs() < 1e-5,
+            "{total} vs {} + 0.25 · {cross}",
+            without.bt
+        );
+        assert_eq!(
+            with.bt, without.bt,
+            "the logged BT term stays the pair term"
+        );
+        for weight in [-0.5, f64::NAN] {
+            let bad = TrainConfig {
+                cross_pairs: weight,
+                ..config(Objective::Bt)
+            };
+            assert!(matches!(bad.validate(), Err(Error::Usage(_))), "{weight}");
+        }
+    }
+
+    #[test]
+    fn center_rewards_adds_its_term_and_centres_the_rewards() {
+        let plain = config(Objective::Bt);
         let centred = TrainConfig {
             center_rewards: 0.5,
             ..config(Objective::Bt)
         };
-        let sampling = plain.sampling().unwrap();
-        let without =
-            micro_batch_loss(&model, &data, &micro, &plain, &sampling, Draws::Micro(0)).unwrap();
-        let with =
-            micro_batch_loss(&model, &data, &micro, &centred, &sampling, Draws::Micro(0)).unwrap();
+        let (without, with) = four_pair_losses(centred.clone());
         // total = BT + 0.5 · mean (r_c + r_r)², from the rewards the micro-batch reports.
         let centering: f64 = without
             .chosen_rewards
