@@ -78,6 +78,29 @@ echo '![AUROC](auroc.png)'
 echo
 include auroc.md
 
+# Power: the held-out size at which the paired bt − q difference's 95 % interval would be ±0.03,
+# from this run's interval (its half-width shrinks as 1/√n).
+if [ -s "$report/auroc.md" ]; then
+    echo
+    echo '**Power.** The paired difference bt − q above has a 95 % interval of half-width h on n'
+    echo 'held-out samples; a half-width of 0.03 needs about n·(h/0.03)² samples (the interval'
+    echo 'shrinks as 1/√n; DeLong treats rows as independent, so this is a lower bound here):'
+    echo
+    awk -F'|' -v samples="${SAMPLES:-8}" -v holdout="${HOLDOUT:-0.15}" -v task="${TASK:-demo}" '
+        NR > 2 && $16 ~ /[0-9]/ {
+            gsub(/ /, "", $4); n = $7 + 0; half = ($17 - $16) / 2
+            need = n * (half / 0.03) ^ 2
+            questions = int(need / samples) + (need % samples > 0)
+            line = sprintf("- %s: n = %d, half-width %.3f: about %d samples (%d questions of %d samples)", $4, n, half, need, questions, samples)
+            if (task != "gsm8k" && $4 == "synth-id" && half > 0.03)
+                line = line sprintf(", e.g. `make demo QUESTIONS=%d` (%.2f held out)", int(questions / holdout) + 1, holdout)
+            if (task != "gsm8k" && $4 == "synth-ood" && half > 0.03)
+                line = line sprintf(", e.g. `make demo OOD_QUESTIONS=%d`", questions)
+            if (half <= 0.03) line = line ": already met"
+            print line
+        }' "$report/auroc.md"
+fi
+
 section "Within-question AUROC: correct against wrong samples of the same question (cluster-bootstrap 95% CI, paired bootstrap test)"
 cat <<TEXT
 The pooled AUROC above ranks every correct sample against every wrong one, across questions.
