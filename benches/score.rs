@@ -57,15 +57,18 @@
 //! to the co-tenant. Unique prompts at 1 thread: 0.82 (2 threads, loaded: 1.89). Rewards agree
 //! with torch to 3.8e-7.
 
-use std::io::{BufRead, BufReader, Lines, Write};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
-use qrm::model::{last_token_values, Checkpoint, HeadKind, ModelConfig, RewardModel};
+use candle_core::{Device, Tensor};
+use common::{
+    bench_reward_model, candle_matmul_gflops, forward_flops, max_abs_diff, report,
+    zeroeval_sample_sets, Peer,
+};
+use qrm::model::{last_token_values, RewardModel};
 
 struct Options {
     batch: usize,
@@ -178,216 +181,22 @@ fn to_tensor(rows: &[Vec<u32>]) -> Result<Tensor> {
     )?)
 }
 
-/// Forward FLOPs (multiply-adds × 2) of one batch of `batch` rows × `seq_len` positions after
-/// `past` cached positions: the projections and MLP per real-or-padded position, attention scores
-/// and context per query-key pair (full score matrices, as both stacks compute them), and the
-/// head.
-fn forward_flops(config: &ModelConfig, batch: usize, seq_len: usize, past: usize) -> f64 {
-    let hidden = config.hidden_size as f64;
-    let kv = (config.num_kv_heads() * config.head_size()) as f64;
-    let inner = config.intermediate_size as f64;
-    let per_token = 2.0 * (2.0 * hidden * hidden + 2.0 * hidden * kv + 3.0 * hidden * inner);
-    let attention = 2.0 * 2.0 * (seq_len * (past + seq_len)) as f64 * hidden;
-    let layers = config.num_hidden_layers as f64;
-    batch as f64
-        * (layers * (per_token * seq_len as f64 + attention) + 2.0 * hidden * seq_len as f64)
+/// Starts `benches/score_peer.py` on `batches` (written to `dir/batches.json`) of the model in
+/// `model_dir`, waiting for pass requests; `None` when torch is missing.
+fn start_score_peer(model_dir: &Path, dir: &Path, batches: &[Batch]) -> Result<Option<Peer>> {
+    let batches_path: PathBuf = dir.join("batches.json");
+    let json = serde_json::json!({"batches": batches.iter().map(|(ids, mask)| {
+        serde_json::json!({"input_ids": ids, "attention_mask": mask})
+    }).collect::<Vec<_>>()});
+    std::fs::write(&batches_path, json.to_string())?;
+    Peer::start("score_peer.py", &[model_dir, &batches_path])
 }
 
-/// Candle's 1024³ f32 matmul rate, GFLOP/s.
-fn candle_matmul_gflops() -> Result<f64> {
-    let size = 1024;
-    let a = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
-    a.matmul(&b)?;
-    // The fastest of 20 (the peak: on a shared machine a mean measures the load), as the peer.
-    let mut seconds = f64::INFINITY;
-    for _ in 0..20 {
-        let start = Instant::now();
-        a.matmul(&b)?;
-        seconds = seconds.min(start.elapsed().as_secs_f64());
-    }
-    Ok(2.0 * (size as f64).powi(3) / seconds / 1e9)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// `(question, output)` of the first `per_question` solutions (file order) of ZeroEval
-/// questions `#0..#questions`, model-major: row i is question i mod `questions`.
-fn zeroeval_sample_sets(
-    path: &Path,
-    questions: usize,
-    per_question: usize,
-) -> Result<Vec<(String, String)>> {
-    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let reader = BufReader::new(flate2::read::GzDecoder::new(file));
-    let mut sets: Vec<Vec<(String, String)>> = vec![Vec::new(); questions];
-    for line in reader.lines() {
-        let row: serde_json::Value = serde_json::from_str(&line?)?;
-        let id = row["id"].as_str().unwrap_or_default();
-        let Some(number) = id.rsplit('#').next().and_then(|n| n.parse::<usize>().ok()) else {
-            continue;
-        };
-        if number < questions && sets[number].len() < per_question {
-            sets[number].push((
-                row["question"].as_str().unwrap_or_default().to_owned(),
-                row["output"].as_str().unwrap_or_default().to_owned(),
-            ));
-        }
-        if sets.iter().all(|set| set.len() == per_question) {
-            break;
-        }
-    }
-    if let Some(short) = sets.iter().position(|set| set.len() < per_question) {
-        bail!("question #{short} has fewer than {per_question} solutions");
-    }
-    Ok((0..per_question)
-        .flat_map(|sample| sets.iter().map(move |set| set[sample].clone()))
-        .collect())
-}
-
-/// One line of results: tokens/s over the median pass, the passes, and the GFLOP/s of the work
-/// the stack ran (`flops` a pass) against its own 1024³ matmul rate `peak`. Returns the median.
-fn report(name: &str, tokens: usize, seconds: &mut [f64], flops: f64, peak: f64) -> f64 {
-    let median = median(seconds);
-    let rate = flops / median / 1e9;
-    println!(
-        "{name:<24} {:8.1} tokens/s  median {median:.3} s of {seconds:.3?}  {rate:6.1} GFLOP/s \
-         ({:.1} GFLOP a pass; its 1024³ matmul: {peak:.1} GFLOP/s; {:.0}% of it)",
-        tokens as f64 / median,
-        flops / 1e9,
-        100.0 * rate / peak
-    );
-    median
-}
-
-/// `benches/score_peer.py` under `python3`, loaded with the model directory and the batches
-/// it scores, waiting for a pass request.
-struct Peer {
-    child: Child,
-    to_peer: ChildStdin,
-    from_peer: Lines<BufReader<ChildStdout>>,
-    /// The peer's first line: `{"torch", "threads", "matmul_gflops"}`.
-    ready: serde_json::Value,
-}
-
-impl Peer {
-    /// Starts the peer on `batches` (written to `dir/batches.json`) of the model in `model_dir`.
-    /// `None`, with the reason on stdout, when python3, torch or transformers is missing: the
-    /// caller then reports qrm alone.
-    fn start(model_dir: &Path, dir: &Path, batches: &[Batch]) -> Result<Option<Peer>> {
-        let batches_path: PathBuf = dir.join("batches.json");
-        let json = serde_json::json!({"batches": batches.iter().map(|(ids, mask)| {
-            serde_json::json!({"input_ids": ids, "attention_mask": mask})
-        }).collect::<Vec<_>>()});
-        std::fs::write(&batches_path, json.to_string())?;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/score_peer.py");
-        let child = Command::new("python3")
-            .arg(&script)
-            .arg(model_dir)
-            .arg(&batches_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn();
-        let mut child = match child {
-            Ok(child) => child,
-            Err(e) => {
-                println!("cannot run python3 ({e}): reporting qrm alone");
-                return Ok(None);
-            }
-        };
-        let to_peer = child.stdin.take().context("peer stdin")?;
-        let from_peer = BufReader::new(child.stdout.take().context("peer stdout")?).lines();
-        let mut peer = Peer {
-            child,
-            to_peer,
-            from_peer,
-            ready: serde_json::Value::Null,
-        };
-        match peer.read() {
-            Ok(ready) => {
-                peer.ready = ready;
-                Ok(Some(peer))
-            }
-            Err(error) => {
-                println!(
-                    "the PyTorch peer did not start ({error:#}; `pip install torch transformers`): \
-                     reporting qrm alone"
-                );
-                drop(peer.to_peer);
-                peer.child.wait()?;
-                Ok(None)
-            }
-        }
-    }
-
-    fn read(&mut self) -> Result<serde_json::Value> {
-        let line = self
-            .from_peer
-            .next()
-            .context("the PyTorch peer exited (torch + transformers installed?)")??;
-        Ok(serde_json::from_str(&line)?)
-    }
-
-    /// One pass over all batches: its seconds and the sequence rewards in batch order.
-    fn pass(&mut self) -> Result<(f64, Vec<f64>)> {
-        writeln!(self.to_peer, "pass")?;
-        self.to_peer.flush()?;
-        let answer = self.read()?;
-        let seconds = answer["seconds"].as_f64().context("peer gave no seconds")?;
-        let rewards = answer["rewards"]
-            .as_array()
-            .context("peer gave no rewards")?
-            .iter()
-            .filter_map(|v| v.as_f64())
-            .collect();
-        Ok((seconds, rewards))
-    }
-
-    /// `torch <version> (<threads> thr)`.
-    fn name(&self) -> String {
-        format!(
-            "torch {} ({} thr)",
-            self.ready["torch"].as_str().unwrap_or("?"),
-            self.ready["threads"]
-        )
-    }
-
-    /// Torch's 1024³ f32 matmul rate, GFLOP/s.
-    fn matmul_gflops(&self) -> f64 {
-        self.ready["matmul_gflops"].as_f64().unwrap_or(f64::NAN)
-    }
-
-    /// Closes the peer's stdin and waits for it to exit.
-    fn finish(self) -> Result<()> {
-        let Peer {
-            mut child, to_peer, ..
-        } = self;
-        drop(to_peer);
-        child.wait()?;
-        Ok(())
-    }
-}
-
-/// The largest |a − b| over rows; a missing reward (NaN) on either side, or a missing row,
-/// counts as infinite.
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    if a.len() != b.len() {
-        return f64::INFINITY;
-    }
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let diff = (x - y).abs();
-            if diff.is_nan() {
-                f64::INFINITY
-            } else {
-                diff
-            }
-        })
-        .fold(0f64, f64::max)
+/// One peer pass over all batches: its seconds and the sequence rewards in batch order.
+fn peer_pass(peer: &mut Peer) -> Result<(f64, Vec<f64>)> {
+    let answer = peer.request("pass")?;
+    let seconds = answer["seconds"].as_f64().context("peer gave no seconds")?;
+    Ok((seconds, common::floats(&answer, "rewards")?))
 }
 
 /// The model files both stacks load, and what the sample-set bench needs to know about them.
@@ -531,7 +340,7 @@ fn sample_sets_bench(options: &Options, bench: &BenchModel) -> Result<()> {
             whole_plan.len()
         );
         let dir = tempfile::tempdir()?;
-        peer = Peer::start(bench.model_dir, dir.path(), &torch_batches)?.map(|p| (p, dir));
+        peer = start_score_peer(bench.model_dir, dir.path(), &torch_batches)?.map(|p| (p, dir));
     }
     let candle_peak = candle_matmul_gflops()?;
     // Alternate the passes so all of them see the same machine load.
@@ -545,7 +354,7 @@ fn sample_sets_bench(options: &Options, bench: &BenchModel) -> Result<()> {
         whole_seconds.push(seconds);
         whole_diff = whole_diff.max(max_abs_diff(&shared, &whole));
         if let Some((peer, _)) = &mut peer {
-            let (seconds, in_batches) = peer.pass()?;
+            let (seconds, in_batches) = peer_pass(peer)?;
             torch_seconds.push(seconds);
             // Back to row order.
             let mut torch = vec![f64::NAN; encoded.len()];
@@ -632,21 +441,9 @@ fn main() -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     // Sorting by length keeps padding low, as a scorer would.
     encodings.sort_by_key(Vec::len);
-    let checkpoint = Checkpoint::load(&gguf, &Device::Cpu, DType::F32)?;
-
-    // The same f32 reward model for both stacks. SmolLM2's GGUF declares the EOS
-    // (`<|im_end|>`) as its padding token, and transformers' sequence classifier reads the
-    // reward at the last token that is not padding, so the directory declares the padding
-    // token a trained checkpoint would (`qrm::train::run::pad_token_id`).
-    let varmap = VarMap::new();
-    let mut with_head = RewardModel::with_new_head(&checkpoint, HeadKind::Linear, &varmap, 0)?;
-    let eos_id = qrm::model::template::find_eos_id(&tokenizer, None)?;
-    let pad = qrm::train::run::pad_token_id(&tokenizer, eos_id);
-    with_head.config.pad_token_id = Some(pad);
+    // The same f32 reward model for both stacks (`common::bench_reward_model`).
     let dir = tempfile::tempdir()?;
-    with_head.save(dir.path())?;
-    drop((with_head, checkpoint));
-    let model = RewardModel::load(dir.path(), &Device::Cpu, DType::F32)?;
+    let (model, pad) = bench_reward_model(&gguf, &tokenizer, dir.path())?;
     if options.sample_sets || options.smoke {
         // Under `cargo test` a 2 × 2 smoke pass of the sample-set mode runs too (qrm only).
         let bench = BenchModel {
@@ -717,7 +514,7 @@ fn main() -> Result<()> {
         flops / 1e9,
         candle_core::utils::get_num_threads()
     );
-    let Some(mut peer) = Peer::start(dir.path(), dir.path(), &batches)? else {
+    let Some(mut peer) = start_score_peer(dir.path(), dir.path(), &batches)? else {
         let mut seconds = (0..options.repeats)
             .map(|_| one_pass().map(|(s, _)| s))
             .collect::<Result<Vec<_>>>()?;
@@ -736,7 +533,7 @@ fn main() -> Result<()> {
     for _ in 0..options.repeats {
         let (seconds, ours) = one_pass()?;
         qrm_seconds.push(seconds);
-        let (seconds, theirs) = peer.pass()?;
+        let (seconds, theirs) = peer_pass(&mut peer)?;
         torch_seconds.push(seconds);
         max_diff = max_diff.max(max_abs_diff(&ours, &theirs));
     }
