@@ -357,7 +357,12 @@ pub fn adapter_config(spec: &LoraSpec, layers: Option<&[usize]>, base: &str) -> 
         "layers_pattern": null,
         "layers_to_transform": layers,
         "loftq_config": {},
-        "lora_alpha": spec.alpha,
+        // PEFT writes an integer α as an integer.
+        "lora_alpha": if spec.alpha.fract() == 0.0 && spec.alpha < 1e15 {
+            serde_json::json!(spec.alpha as u64)
+        } else {
+            serde_json::json!(spec.alpha)
+        },
         "lora_bias": false,
         "lora_dropout": spec.dropout,
         "lora_ga_config": null,
@@ -515,6 +520,17 @@ impl Adapter {
     /// the trained modules (`model.norm`, `score`) replace the base's; a `score` head replaces
     /// whatever head the base had.
     pub fn merge_into(&self, checkpoint: &mut Checkpoint) -> Result<()> {
+        self.update(checkpoint, true)
+    }
+
+    /// Only the trained modules of [`Adapter::merge_into`] (`model.norm`, `score`), the
+    /// adapted weights left as they are: the base a model with the adapters applied (not
+    /// merged) starts from.
+    pub fn replace_saved_modules(&self, checkpoint: &mut Checkpoint) -> Result<()> {
+        self.update(checkpoint, false)
+    }
+
+    fn update(&self, checkpoint: &mut Checkpoint, merge: bool) -> Result<()> {
         let local = |name: &str| -> Option<String> {
             let name = name.strip_prefix(PEFT_PREFIX)?;
             let name = match (
@@ -538,6 +554,10 @@ impl Adapter {
             let name = local(peft).ok_or_else(|| error(format!("`{peft}` is not a PEFT name")))?;
             let tensor = &self.tensors[peft];
             if let Some(stem) = name.strip_suffix(".lora_A.weight") {
+                merged += 1;
+                if !merge {
+                    continue;
+                }
                 let b_name = format!("{}.lora_B.weight", peft.trim_end_matches(".lora_A.weight"));
                 let b = self
                     .tensors
@@ -558,7 +578,6 @@ impl Adapter {
                     .merge(weight)
                     .map_err(|e| error(format!("{peft}: {e}")))?;
                 checkpoint.tensors.insert(weight_name, updated);
-                merged += 1;
             } else if name.ends_with(".lora_B.weight") {
                 continue; // merged with its A
             } else if name.starts_with("score.") {

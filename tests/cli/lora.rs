@@ -263,3 +263,266 @@ fn lora_flags_are_checked() {
         .code(2)
         .stderr(predicates::str::contains("linear `score` head"));
 }
+
+// Golden tests against peft 0.21.2 (tests/fixtures/lora_reference.py wrote the reference and
+// the adapters it saved, tests/fixtures/lora-{llama,qwen2}/).
+
+use qrm::model::checkpoint::Checkpoint;
+use qrm::model::head::HeadKind;
+use qrm::model::last_token_values;
+use qrm::model::lora::{Adapter, LoraSpec, LoraTarget};
+use qrm::train::run::TopLayers;
+use qrm::train::trainer::TrainableRewardModel;
+
+fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+fn reference(case: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture("lora_reference.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()[case].clone()
+}
+
+/// The configuration the script gave PEFT for `case`, and the layers qrm trains for it.
+fn spec(case: &str) -> (LoraSpec, Option<usize>) {
+    use LoraTarget::*;
+    match case {
+        "llama" => (
+            LoraSpec {
+                rank: 4,
+                alpha: 8.0,
+                dropout: 0.0,
+                targets: LoraTarget::ALL.to_vec(),
+            },
+            None,
+        ),
+        _ => (
+            LoraSpec {
+                rank: 4,
+                alpha: 8.0,
+                dropout: 0.0,
+                targets: vec![Q, K, V, O],
+            },
+            Some(1),
+        ),
+    }
+}
+
+/// The reference batch: (4, 9) right-padded ids and mask.
+fn batch(reference: &serde_json::Value) -> (Tensor, Tensor) {
+    let rows = |key: &str| -> Tensor {
+        let rows: Vec<Vec<u32>> = serde_json::from_value(reference[key].clone()).unwrap();
+        let flat: Vec<u32> = rows.concat();
+        Tensor::from_vec(flat, (rows.len(), rows[0].len()), &Device::Cpu).unwrap()
+    };
+    (rows("input_ids"), rows("attention_mask"))
+}
+
+fn sequence_rewards(token_rewards: &Tensor, mask: &Tensor) -> Tensor {
+    last_token_values(token_rewards, mask).unwrap()
+}
+
+fn values(tensor: &Tensor) -> Vec<f64> {
+    tensor
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+}
+
+/// max |a − b| / max(1, max |b|).
+fn relative_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// The PEFT adapter of `case` applied (not merged) to its base: a trainable model whose
+/// adapters, final norm and head hold PEFT's values.
+fn applied(case: &str) -> (TopLayers, Adapter) {
+    let adapter =
+        Adapter::read(&fixture(&format!("lora-{case}")), &Device::Cpu, DType::F32).unwrap();
+    let mut base =
+        Checkpoint::load(adapter.base_path().unwrap(), &Device::Cpu, DType::F32).unwrap();
+    adapter.replace_saved_modules(&mut base).unwrap();
+    let (spec, layers) = spec(case);
+    let model = TopLayers::with_lora(
+        &base,
+        HeadKind::Linear,
+        layers,
+        Some(&spec),
+        0,
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (name, var) in model.trainable_variables() {
+        let peft = format!("base_model.model.{name}");
+        let tensor = adapter
+            .tensors
+            .get(&peft)
+            .unwrap_or_else(|| panic!("no {peft}"));
+        var.set(tensor).unwrap();
+    }
+    (model, adapter)
+}
+
+#[test]
+fn a_peft_adapter_loads_merged_with_pefts_rewards() {
+    for case in ["llama", "qwen2"] {
+        let reference = reference(case);
+        let (ids, mask) = batch(&reference);
+        let expected: Vec<f64> = serde_json::from_value(reference["rewards"].clone()).unwrap();
+        let model =
+            RewardModel::load(fixture(&format!("lora-{case}")), &Device::Cpu, DType::F32).unwrap();
+        let output = model.forward(&ids, &mask).unwrap();
+        let got = values(&sequence_rewards(&output.token_rewards, &mask));
+        let diff = relative_diff(&got, &expected);
+        assert!(diff < 1e-5, "{case}: {got:?} vs {expected:?} ({diff:e})");
+    }
+}
+
+#[test]
+fn lora_gradients_equal_pefts_and_no_base_weight_is_trained() {
+    for case in ["llama", "qwen2"] {
+        let reference = reference(case);
+        let (ids, mask) = batch(&reference);
+        let (model, _) = applied(case);
+        // Adapters applied: the rewards PEFT gives, so merging (the other test) changes nothing.
+        let output = qrm::model::batching::TokenModel::forward(&model, &ids, &mask).unwrap();
+        let rewards = sequence_rewards(&output.token_rewards, &mask);
+        let expected: Vec<f64> = serde_json::from_value(reference["rewards"].clone()).unwrap();
+        let diff = relative_diff(&values(&rewards), &expected);
+        assert!(diff < 1e-5, "{case}: rewards {diff:e}");
+        // Pairs (0, 2) and (1, 3): mean −log σ(r_chosen − r_rejected), as the script's loss.
+        let loss = qrm::train::loss::bradley_terry(
+            &rewards.narrow(0, 0, 2).unwrap(),
+            &rewards.narrow(0, 2, 2).unwrap(),
+            None,
+        )
+        .unwrap();
+        let loss_value = loss.to_scalar::<f32>().unwrap() as f64;
+        let expected_loss = reference["loss"].as_f64().unwrap();
+        assert!(
+            (loss_value - expected_loss).abs() < 1e-5,
+            "{loss_value} vs {expected_loss}"
+        );
+        let store = loss.backward().unwrap();
+        let variables = model.trainable_variables();
+        for (peft, gradient) in reference["gradients"].as_object().unwrap() {
+            let name = peft.strip_prefix("base_model.model.").unwrap();
+            let (_, var) = variables
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("{case}: {name} is not trained"));
+            let got = values(store.get(var).unwrap());
+            let expected: Vec<f64> = match gradient {
+                serde_json::Value::Array(rows) if rows[0].is_array() => rows
+                    .iter()
+                    .flat_map(|row| serde_json::from_value::<Vec<f64>>(row.clone()).unwrap())
+                    .collect(),
+                other => serde_json::from_value(other.clone()).unwrap(),
+            };
+            let diff = relative_diff(&got, &expected);
+            assert!(diff < 1e-5, "{case} {name}: gradient off by {diff:e}");
+        }
+        // Only adapters, the final norm and the head are variables; the base weights are plain
+        // tensors the backward pass gives nothing.
+        for (name, _) in &variables {
+            assert!(
+                name.ends_with(".lora_A.weight")
+                    || name.ends_with(".lora_B.weight")
+                    || name == "model.norm.weight"
+                    || name == "score.weight",
+                "{case}: {name} is trained"
+            );
+        }
+        let adapters = variables
+            .iter()
+            .filter(|(n, _)| n.contains(".lora_"))
+            .count();
+        assert_eq!(adapters, if case == "llama" { 2 * 7 * 2 } else { 2 * 4 });
+        for (name, linear) in model.model.transformer.linears() {
+            assert!(
+                store.get(linear.weight()).is_none(),
+                "{case}: {name} got a gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_qrm_written_adapter_is_pefts_layout_and_round_trips() {
+    for case in ["llama", "qwen2"] {
+        let reference = reference(case);
+        let (ids, mask) = batch(&reference);
+        let expected: Vec<f64> = serde_json::from_value(reference["rewards"].clone()).unwrap();
+        let (model, adapter) = applied(case);
+        let (spec, _) = spec(case);
+        let root = tempfile::tempdir().unwrap();
+        let written = root.path().join("lora");
+        let layers = (case == "qwen2").then_some(&[1usize][..]);
+        let base = adapter.base_path().unwrap();
+        qrm::train::run::save_lora(&written, &model.model, &spec, layers, &base).unwrap();
+
+        // adapter_config.json: PEFT's keys and values (target_modules as a set; the base as an
+        // absolute path where the fixture's is relative).
+        let read = |dir: &Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+                .unwrap()
+        };
+        let (mut ours, mut peft) = (read(&written), read(&fixture(&format!("lora-{case}"))));
+        let as_set = |value: &mut serde_json::Value| -> BTreeSet<String> {
+            serde_json::from_value(value["target_modules"].take()).unwrap()
+        };
+        assert_eq!(as_set(&mut ours), as_set(&mut peft), "{case}");
+        let ours_base = ours["base_model_name_or_path"].take();
+        peft["base_model_name_or_path"].take();
+        assert_eq!(
+            ours_base,
+            std::fs::canonicalize(&base).unwrap().display().to_string()
+        );
+        assert_eq!(ours, peft, "{case}: adapter_config.json differs");
+
+        // The tensors: PEFT's names, PEFT's values.
+        let load = |dir: &Path| {
+            candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu)
+                .unwrap()
+        };
+        let (ours, peft) = (load(&written), load(&fixture(&format!("lora-{case}"))));
+        let names = |t: &std::collections::HashMap<String, Tensor>| -> BTreeSet<String> {
+            t.keys().cloned().collect()
+        };
+        assert_eq!(names(&ours), names(&peft), "{case}: tensor names differ");
+        for (name, tensor) in &peft {
+            assert_eq!(values(&ours[name]), values(tensor), "{case}: {name}");
+        }
+
+        // Loaded back (merged), the same rewards; so is the in-memory model saved whole (every
+        // projection merged, W + α/r·B·A).
+        let loaded = RewardModel::load(&written, &Device::Cpu, DType::F32).unwrap();
+        let got = values(&sequence_rewards(
+            &loaded.forward(&ids, &mask).unwrap().token_rewards,
+            &mask,
+        ));
+        assert!(relative_diff(&got, &expected) < 1e-5, "{case}: {got:?}");
+        let whole = root.path().join("whole");
+        model.model.save(&whole).unwrap();
+        let merged = RewardModel::load(&whole, &Device::Cpu, DType::F32).unwrap();
+        let got = values(&sequence_rewards(
+            &merged.forward(&ids, &mask).unwrap().token_rewards,
+            &mask,
+        ));
+        assert!(
+            relative_diff(&got, &expected) < 1e-5,
+            "{case}: merged {got:?}"
+        );
+    }
+}
