@@ -1023,4 +1023,73 @@ mod tests {
         assert_ne!(halfway, straight);
         assert_eq!(run(None, true, interrupted.path()), straight);
     }
+
+    #[test]
+    fn a_resumed_lora_run_with_dropout_ends_with_the_weights_of_a_straight_one() {
+        use crate::model::lora::{LoraSpec, LoraTarget};
+        let checkpoint = tiny("tiny-qwen2");
+        let config = tiny_config(Objective::Q);
+        let pairs = random_pairs(8, 4);
+        let spec = |dropout| LoraSpec {
+            rank: 2,
+            alpha: 4.0,
+            dropout,
+            targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down],
+        };
+        let run = |dropout: f64, stop: Option<usize>, resume: bool, directory: &Path| {
+            let lora = spec(dropout);
+            let model = TopLayers::with_lora(
+                &checkpoint,
+                HeadKind::Linear,
+                None,
+                Some(&lora),
+                0,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let data = TrainData {
+                pairs: pairs.clone(),
+                trunk: None,
+            };
+            let mut stop_here = |row: &LogRow| stop.is_none_or(|last| row.step < last);
+            let options = RunOptions {
+                output: directory,
+                resume,
+                log: None,
+                quiet: true,
+                on_step: Some(&mut stop_here),
+                identity: BTreeMap::new(),
+            };
+            train(&model, &data, None, &config, options).unwrap();
+            model
+                .trainable_variables()
+                .iter()
+                .map(|(name, var)| {
+                    let values = var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    (name.clone(), values)
+                })
+                .collect::<Vec<_>>()
+        };
+        let straight = run(0.3, None, false, tempfile::tempdir().unwrap().path());
+        // 2 layers × 3 projections × (A, B), the final norm and the head.
+        assert_eq!(straight.len(), 14);
+        let b = straight
+            .iter()
+            .find(|(name, _)| name == "model.layers.0.self_attn.q_proj.lora_B.weight")
+            .unwrap();
+        assert!(b.1.iter().any(|&v| v != 0.0), "B never left zero");
+        // Dropout changes the run (its masks are drawn), yet the same seed draws them again.
+        assert_ne!(
+            run(0.0, None, false, tempfile::tempdir().unwrap().path()),
+            straight
+        );
+        assert_eq!(
+            run(0.3, None, false, tempfile::tempdir().unwrap().path()),
+            straight
+        );
+        let interrupted = tempfile::tempdir().unwrap();
+        let halfway = run(0.3, Some(2), false, interrupted.path());
+        assert_ne!(halfway, straight);
+        assert_eq!(run(0.3, None, true, interrupted.path()), straight);
+    }
 }
