@@ -597,6 +597,12 @@ fn training_record(
 /// when it has none) trainable.
 fn load_top_layers(request: &FitRequest, device: &Device) -> Result<TopLayers> {
     let config = &request.config;
+    if request.lora.is_some() && crate::model::lora::Adapter::is_adapter_dir(&request.model) {
+        return Err(Error::Usage(format!(
+            "--lora-rank on {}, itself a LoRA directory: merge it first (qrm-train --merge)",
+            request.model.display()
+        )));
+    }
     let checkpoint = Checkpoint::load(&request.model, device, request.device.dtype())?;
     let model = TopLayers::with_lora(
         &checkpoint,

@@ -204,6 +204,18 @@ fn a_lora_run_writes_a_peft_directory_that_scores_merges_and_resumes_only_alike(
         .assert()
         .success();
     assert!(scored.exists());
+    // qrm-embed too (goal states of the chosen responses).
+    let goal = root.path().join("goal.safetensors");
+    Command::cargo_bin("qrm-embed")
+        .unwrap()
+        .arg(&pairs)
+        .arg("--rm")
+        .arg(&output)
+        .args(["--template", "raw", "-q", "-o"])
+        .arg(&goal)
+        .assert()
+        .success();
+    assert!(goal.exists());
 
     // --merge writes a plain checkpoint with the same rewards.
     let merged = root.path().join("merged");
@@ -221,6 +233,18 @@ fn a_lora_run_writes_a_peft_directory_that_scores_merges_and_resumes_only_alike(
     for (reward, expected) in check_rewards(&merged, &check) {
         assert!((reward - expected).abs() < 1e-5, "{reward} vs {expected}");
     }
+
+    // Adapters on adapters are refused: merge first.
+    lora_run(
+        &pairs,
+        &output,
+        root.path(),
+        "4",
+        &root.path().join("again"),
+    )
+    .assert()
+    .code(2)
+    .stderr(predicates::str::contains("merge it first"));
 
     // Resuming with another rank is other work.
     lora_run(&pairs, &model, root.path(), "2", &output)
