@@ -52,7 +52,8 @@ struct Args {
     lora_rank: Option<u64>,
 
     /// LoRA alpha: the adapters' output is scaled by alpha/R (PEFT's lora_alpha).
-    #[arg(long, default_value_t = 16.0, requires = "lora_rank", value_parser = qrm::model::lora::parse_alpha)]
+    #[arg(long, default_value_t = 16.0, requires = "lora_rank", value_name = "A",
+          value_parser = qrm::model::lora::parse_alpha)]
     lora_alpha: f64,
 
     /// The projections that get adapters: a comma list of q,k,v,o,gate,up,down (PEFT's
@@ -62,7 +63,8 @@ struct Args {
     lora_targets: qrm::model::lora::LoraTargets,
 
     /// Dropout probability on the adapters' input, in training only (PEFT's lora_dropout).
-    #[arg(long, default_value_t = 0.0, requires = "lora_rank", value_parser = qrm::model::lora::parse_dropout)]
+    #[arg(long, default_value_t = 0.0, requires = "lora_rank", value_name = "P",
+          value_parser = qrm::model::lora::parse_dropout)]
     lora_dropout: f64,
 
     /// Checkpoint directory to write. Training works in DIR.partial and renames it to DIR when
