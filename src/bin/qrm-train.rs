@@ -6,16 +6,26 @@
 //! fit N padded tokens; each log row and the closing summary report the process's peak resident
 //! set (host memory; on CUDA the device memory is not measured yet).
 //!
+//! With `--lora-rank R` the trained layers (all, or the top `--train-layers K`) get LoRA
+//! adapters (scale `--lora-alpha`/R, on `--lora-targets`, `--lora-dropout` on their input in
+//! training) instead of training their weights; the final norm and a linear head train fully,
+//! and DIR is a PEFT LoRA directory (`adapter_config.json`, `adapter_model.safetensors`) that
+//! qrm-score, qrm-embed and `peft.PeftModel.from_pretrained` load (docs/lora.md).
+//! `qrm-train --merge DIR -o OUT` writes the LoRA directory DIR as a plain checkpoint.
+//!
 //! `qrm-train pairs.parquet --model smollm2.gguf --objective q --train-layers 2 -o ckpt/`
 //! `qrm-import gen.jsonl | qrm-pairs --reuse | qrm-train - --model smollm2.gguf -o ckpt/`
+//! `qrm-train pairs.parquet --model smollm2.gguf --lora-rank 16 --lora-targets all-linear -o lora/`
+//! `qrm-train --merge lora/ -o merged/`
 
 use std::path::PathBuf;
 
 use clap::Parser;
 use qrm::cli::DeviceArgs;
 use qrm::model::head::HeadKind;
+use qrm::model::lora::LoraSpec;
 use qrm::model::template::{parse_template_arg, EosPolicy};
-use qrm::train::run::{fit, FitRequest};
+use qrm::train::run::{fit, merge_lora, FitRequest};
 use qrm::train::trainer::TrainConfig;
 
 #[derive(Debug, Parser)]
@@ -23,11 +33,39 @@ use qrm::train::trainer::TrainConfig;
 struct Args {
     /// Pairs table (question, chosen, rejected[, question_id, margin]); any supported format,
     /// `-` for stdin (`qrm-pairs … | qrm-train - …`).
-    pairs: PathBuf,
+    #[arg(required_unless_present = "merge")]
+    pairs: Option<PathBuf>,
 
     /// Base model: a Hugging Face directory or a .gguf file.
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "merge")]
+    model: Option<PathBuf>,
+
+    /// Write the LoRA directory DIR (a `--lora-rank` run's output) as a plain checkpoint
+    /// (weights W + alpha/r·B·A) to `-o`, and train nothing.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["pairs", "model", "lora_rank", "resume"])]
+    merge: Option<PathBuf>,
+
+    /// Train rank-R LoRA adapters on the trained layers' projections (all layers, or the top
+    /// `--train-layers K`) instead of their weights; the final norm and the (linear) head train
+    /// fully. The output is a PEFT LoRA directory.
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u64).range(1..))]
+    lora_rank: Option<u64>,
+
+    /// LoRA alpha: the adapters' output is scaled by alpha/R (PEFT's lora_alpha).
+    #[arg(long, default_value_t = 16.0, requires = "lora_rank", value_name = "A",
+          value_parser = qrm::model::lora::parse_alpha)]
+    lora_alpha: f64,
+
+    /// The projections that get adapters: a comma list of q,k,v,o,gate,up,down (PEFT's
+    /// q_proj, ... also accepted) or all-linear.
+    #[arg(long, default_value = "q,v", requires = "lora_rank", value_name = "LIST",
+          value_parser = qrm::model::lora::parse_targets)]
+    lora_targets: qrm::model::lora::LoraTargets,
+
+    /// Dropout probability on the adapters' input, in training only (PEFT's lora_dropout).
+    #[arg(long, default_value_t = 0.0, requires = "lora_rank", value_name = "P",
+          value_parser = qrm::model::lora::parse_dropout)]
+    lora_dropout: f64,
 
     /// Checkpoint directory to write. Training works in DIR.partial and renames it to DIR when
     /// the checkpoint is complete, so DIR never holds a failed run; an interrupted run stays in
@@ -94,13 +132,29 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(lora) = &args.merge {
+        merge_lora(lora, &args.output)?;
+        tracing::info!("wrote {}", args.output.display());
+        return Ok(());
+    }
+    let (Some(pairs), Some(model)) = (args.pairs, args.model) else {
+        // clap requires both unless --merge.
+        return Err(qrm::Error::Usage("PAIRS and --model are required".into()).into());
+    };
+    let lora = args.lora_rank.map(|rank| LoraSpec {
+        rank: rank as usize,
+        alpha: args.lora_alpha,
+        dropout: args.lora_dropout,
+        targets: args.lora_targets.0.clone(),
+    });
     let request = FitRequest {
-        pairs: args.pairs,
+        pairs,
         eval_pairs: args.eval_pairs,
         eval_fraction: args.eval_fraction,
-        model: args.model,
+        model,
         output: args.output,
         train_layers: args.train_layers,
+        lora,
         head: args.head,
         template: args.template,
         eos: args.eos,

@@ -12,6 +12,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 
 use crate::model::config::ModelConfig;
 use crate::model::head::{HeadKind, HeadLayout, ValueHead};
+use crate::model::lora::{Adapter, ADAPTER_CONFIG};
 use crate::pipeline::io::{file_sha256, key_of};
 use crate::{Error, Result};
 
@@ -76,8 +77,14 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 impl Checkpoint {
     /// Loads a model directory or a `.gguf` file onto `device` in `dtype`.
+    /// A LoRA directory ([`crate::model::lora`]: `adapter_config.json`) loads as its base model
+    /// with the adapter merged in, configured by the directory's own `config.json` when it has
+    /// one (qrm-train writes it).
     pub fn load(path: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
         let path = path.as_ref();
+        if Adapter::is_adapter_dir(path) {
+            return Self::load_adapter_dir(path, device, dtype);
+        }
         if path.is_dir() {
             Self::load_dir(path, device, dtype)
         } else if path.extension().is_some_and(|e| e == "gguf") {
@@ -95,6 +102,25 @@ impl Checkpoint {
                     .into(),
             })
         }
+    }
+
+    fn load_adapter_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let adapter = Adapter::read(dir, device, dtype)?;
+        let base = adapter.base_path()?;
+        if Adapter::is_adapter_dir(&base) {
+            return Err(Error::Format {
+                path: dir.join(ADAPTER_CONFIG),
+                message: format!("the base model {} is itself an adapter", base.display()),
+            });
+        }
+        let mut checkpoint = Self::load(&base, device, dtype)?;
+        let own_config = dir.join("config.json");
+        if own_config.exists() {
+            checkpoint.config = ModelConfig::from_file(own_config)?;
+        }
+        adapter.merge_into(&mut checkpoint)?;
+        checkpoint.source = dir.to_owned();
+        Ok(checkpoint)
     }
 
     fn load_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
@@ -284,15 +310,45 @@ pub fn save_reward_model(
     head: &ValueHead,
 ) -> Result<()> {
     fs_err::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let prefix = match head.kind() {
-        HeadKind::Linear => "score",
-        HeadKind::Mlp => "value_head",
-    };
+    let prefix = head_prefix(head.kind());
     let mut tensors: Vec<(String, Tensor)> = backbone
         .iter()
         .map(|(name, tensor)| (format!("model.{name}"), tensor.clone()))
         .collect();
     tensors.extend(head.named_tensors(prefix));
+    save_f32_safetensors(&dir.join("model.safetensors"), tensors)?;
+    save_reward_config(dir, config, head.kind())
+}
+
+/// The name prefix qrm writes a head under: `score` for a linear head (what
+/// `*ForSequenceClassification` reads), `value_head` for the MLP (the paper's layout).
+pub fn head_prefix(kind: HeadKind) -> &'static str {
+    match kind {
+        HeadKind::Linear => "score",
+        HeadKind::Mlp => "value_head",
+    }
+}
+
+/// Writes tensors as float32 safetensors (`format: pt` metadata, as PyTorch's writers),
+/// atomically.
+pub fn save_f32_safetensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
+    let views = tensors
+        .into_iter()
+        .map(|(name, tensor)| Ok((name, F32View::new(&tensor)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut metadata = HashMap::new();
+    metadata.insert("format".to_owned(), "pt".to_owned());
+    let bytes = safetensors::tensor::serialize(views, Some(metadata))
+        .map_err(|e| Error::Model(format!("cannot serialise safetensors: {e}")))?;
+    crate::pipeline::io::write_atomic(path, |w| {
+        std::io::Write::write_all(w, &bytes).map_err(|e| Error::io(path, e))
+    })
+}
+
+/// Writes the `config.json` of a reward model with a `kind` head (a `*ForSequenceClassification`
+/// architecture, one label, qrm's head kind), atomically.
+pub fn save_reward_config(dir: &Path, config: &ModelConfig, kind: HeadKind) -> Result<()> {
+    let prefix = head_prefix(kind);
     let mut config = config.clone();
     let family = config.family().map_err(Error::Model)?;
     let base = match family {
@@ -306,22 +362,10 @@ pub fn save_reward_model(
     config.extra.remove("label2id");
     config
         .extra
-        .insert("qrm_head".into(), head.kind().to_string().into());
+        .insert("qrm_head".into(), kind.to_string().into());
     // Keep the top-level `rope_theta` (transformers 4) equal to `rope_parameters` (transformers 5).
     config.rope_theta = config.rope_base();
 
-    let weights_path = dir.join("model.safetensors");
-    let views = tensors
-        .into_iter()
-        .map(|(name, tensor)| Ok((name, F32View::new(&tensor)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let mut metadata = HashMap::new();
-    metadata.insert("format".to_owned(), "pt".to_owned());
-    let bytes = safetensors::tensor::serialize(views, Some(metadata))
-        .map_err(|e| Error::Model(format!("cannot serialise safetensors: {e}")))?;
-    crate::pipeline::io::write_atomic(&weights_path, |w| {
-        std::io::Write::write_all(w, &bytes).map_err(|e| Error::io(&weights_path, e))
-    })?;
     let json = serde_json::to_string_pretty(&config)
         .map_err(|e| Error::Model(format!("cannot serialise config: {e}")))?;
     let config_path = dir.join("config.json");
@@ -382,17 +426,41 @@ impl safetensors::View for F32View {
 }
 
 /// Hex sha256 identifying a model: of the file itself, or for a directory of its `config.json`
-/// and `*.safetensors` files' hashes, in name order.
+/// and `*.safetensors` files' hashes, in name order; for a LoRA directory, of those, its
+/// `adapter_config.json` and its base model's identity.
 pub fn model_sha256(path: &Path) -> Result<String> {
     if !path.is_dir() {
         return file_sha256(path);
     }
+    if Adapter::is_adapter_dir(path) {
+        let text = fs_err::read_to_string(path.join(ADAPTER_CONFIG))
+            .map_err(|e| Error::io(path.join(ADAPTER_CONFIG), e))?;
+        let config: crate::model::lora::AdapterConfig =
+            serde_json::from_str(&text).map_err(|e| Error::Format {
+                path: path.join(ADAPTER_CONFIG),
+                message: format!("not a PEFT adapter config: {e}"),
+            })?;
+        let adapter = Adapter {
+            config,
+            tensors: HashMap::new(),
+            dir: path.to_owned(),
+        };
+        let base = model_sha256(&adapter.base_path()?)?;
+        let own = directory_sha256(path, |name| name == ADAPTER_CONFIG)?;
+        return Ok(key_of(&[&own, &base]));
+    }
+    directory_sha256(path, |_| false)
+}
+
+/// The sha256 of a directory's `config.json` and `*.safetensors` (and the names `also` picks)
+/// files' hashes, in name order.
+fn directory_sha256(path: &Path, also: impl Fn(&str) -> bool) -> Result<String> {
     let mut names: Vec<PathBuf> = fs_err::read_dir(path)
         .map_err(|e| Error::io(path, e))?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|file| {
             let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name == "config.json" || name.ends_with(".safetensors")
+            name == "config.json" || name.ends_with(".safetensors") || also(name)
         })
         .collect();
     names.sort();

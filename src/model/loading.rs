@@ -113,7 +113,8 @@ pub struct EncodingArgs {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelIdentity {
     /// [`model_sha256`]: of a `.gguf` file, or over a directory's config.json and
-    /// `*.safetensors` files' sha256s.
+    /// `*.safetensors` files' sha256s (for a LoRA directory, also its adapter_config.json and
+    /// its base model's identity).
     pub weights_sha256: String,
     /// Of the tokenizer.json used; a GGUF's embedded tokenizer is covered by `weights_sha256`.
     pub tokenizer_sha256: String,

@@ -33,6 +33,7 @@ pub mod device;
 pub mod gguf;
 pub mod head;
 pub mod loading;
+pub mod lora;
 pub mod record;
 pub mod reward_model;
 pub mod template;

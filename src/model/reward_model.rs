@@ -153,7 +153,7 @@ impl RewardModel {
     /// [`save_reward_model`].
     pub fn save(&self, dir: &Path) -> Result<()> {
         let backbone: HashMap<String, Tensor> =
-            self.transformer.named_tensors().into_iter().collect();
+            self.transformer.named_tensors()?.into_iter().collect();
         save_reward_model(dir, &self.config, &backbone, &self.head)
     }
 }

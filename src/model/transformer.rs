@@ -28,6 +28,7 @@ use candle_nn::{Embedding, VarBuilder};
 
 use crate::model::config::ModelConfig;
 use crate::model::cpu_kernels;
+use crate::model::lora::LoraDelta;
 use crate::{Error, Result};
 
 /// Which implementation of rms-norm, softmax and rotary embedding the forward uses.
@@ -40,7 +41,9 @@ pub enum Kernels {
     Differentiable,
 }
 
-/// A dense layer `y = x Wᵀ (+ b)` with the weight in PyTorch's `(out, in)` layout.
+/// A dense layer `y = x Wᵀ (+ b)` with the weight in PyTorch's `(out, in)` layout, plus, when
+/// it carries a LoRA adapter, the adapter's `scale · dropout(x) Aᵀ Bᵀ` ([`LoraDelta`]): every
+/// projection path (both kernel sets, the cached prefix) goes through this one forward.
 ///
 /// Unlike `candle_nn::Linear` it flattens leading dimensions into one matmul rather than
 /// broadcasting the weight over the batch.
@@ -48,6 +51,7 @@ pub enum Kernels {
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    lora: Option<LoraDelta>,
 }
 
 impl Linear {
@@ -59,17 +63,44 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            lora: None,
+        })
     }
 
     /// A layer from its weight (out, in) and optional bias (out).
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    /// Adds (or replaces) the layer's LoRA adapter; the weight itself stays as it is.
+    pub fn set_lora(&mut self, lora: LoraDelta) {
+        self.lora = Some(lora);
+    }
+
+    /// The layer's LoRA adapter, when it has one.
+    pub fn lora(&self) -> Option<&LoraDelta> {
+        self.lora.as_ref()
     }
 
     /// The weight, (out, in).
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// The weight with the LoRA adapter merged in, `W + scale · B A` (the weight itself
+    /// without one), (out, in).
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        match &self.lora {
+            Some(lora) => lora.merge(&self.weight),
+            None => Ok(self.weight.clone()),
+        }
     }
 
     /// The bias, (out), when there is one.
@@ -89,6 +120,10 @@ impl Module for Linear {
         let ys = xs.matmul(&self.weight.t()?)?; // (rows, out)
         let ys = match &self.bias {
             Some(bias) => ys.broadcast_add(bias)?,
+            None => ys,
+        };
+        let ys = match &self.lora {
+            Some(lora) => (ys + lora.forward(&xs)?)?,
             None => ys,
         };
         let mut out_dims = leading.to_vec();
@@ -462,30 +497,61 @@ impl Transformer {
         self.kernels
     }
 
+    /// Every projection, named as in a Hugging Face checkpoint below the backbone prefix
+    /// (`layers.{i}.self_attn.q_proj`, ..., `layers.{i}.mlp.down_proj`), layer by layer in the
+    /// order q, k, v, o, gate, up, down.
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::with_capacity(7 * self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (attn, mlp) = (&layer.self_attn, &layer.mlp);
+            for (name, linear) in [
+                ("self_attn.q_proj", &attn.q_proj),
+                ("self_attn.k_proj", &attn.k_proj),
+                ("self_attn.v_proj", &attn.v_proj),
+                ("self_attn.o_proj", &attn.o_proj),
+                ("mlp.gate_proj", &mlp.gate_proj),
+                ("mlp.up_proj", &mlp.up_proj),
+                ("mlp.down_proj", &mlp.down_proj),
+            ] {
+                out.push((format!("layers.{i}.{name}"), linear));
+            }
+        }
+        out
+    }
+
+    /// [`Transformer::linears`], mutable (to add LoRA adapters).
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::with_capacity(7 * self.layers.len());
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let (attn, mlp) = (&mut layer.self_attn, &mut layer.mlp);
+            for (name, linear) in [
+                ("self_attn.q_proj", &mut attn.q_proj),
+                ("self_attn.k_proj", &mut attn.k_proj),
+                ("self_attn.v_proj", &mut attn.v_proj),
+                ("self_attn.o_proj", &mut attn.o_proj),
+                ("mlp.gate_proj", &mut mlp.gate_proj),
+                ("mlp.up_proj", &mut mlp.up_proj),
+                ("mlp.down_proj", &mut mlp.down_proj),
+            ] {
+                out.push((format!("layers.{i}.{name}"), linear));
+            }
+        }
+        out
+    }
+
     /// Every weight, named as in a Hugging Face checkpoint below the backbone prefix
     /// (`embed_tokens.weight`, `layers.0.self_attn.q_proj.weight`, ..., `norm.weight`). The
     /// tensors are the model's own (for trained `Var`s, their current values).
-    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![(
             "embed_tokens.weight".to_owned(),
             self.embed_tokens.embeddings().clone(),
         )];
-        let mut linear = |name: String, layer: &Linear| {
-            out.push((format!("{name}.weight"), layer.weight.clone()));
+        for (name, layer) in self.linears() {
+            out.push((format!("{name}.weight"), layer.merged_weight()?));
             if let Some(bias) = &layer.bias {
                 out.push((format!("{name}.bias"), bias.clone()));
             }
-        };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let attn = &layer.self_attn;
-            let mlp = &layer.mlp;
-            linear(format!("layers.{i}.self_attn.q_proj"), &attn.q_proj);
-            linear(format!("layers.{i}.self_attn.k_proj"), &attn.k_proj);
-            linear(format!("layers.{i}.self_attn.v_proj"), &attn.v_proj);
-            linear(format!("layers.{i}.self_attn.o_proj"), &attn.o_proj);
-            linear(format!("layers.{i}.mlp.gate_proj"), &mlp.gate_proj);
-            linear(format!("layers.{i}.mlp.up_proj"), &mlp.up_proj);
-            linear(format!("layers.{i}.mlp.down_proj"), &mlp.down_proj);
         }
         for (i, layer) in self.layers.iter().enumerate() {
             out.push((
@@ -498,7 +564,7 @@ impl Transformer {
             ));
         }
         out.push(("norm.weight".to_owned(), self.norm.weight.clone()));
-        out
+        Ok(out)
     }
 
     pub fn num_layers(&self) -> usize {

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -23,6 +24,7 @@ use crate::model::checkpoint::model_sha256;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::device::DeviceChoice;
 use crate::model::head::HeadKind;
+use crate::model::lora::{add_adapters, LoraDropout, LoraSpec};
 use crate::model::reward_model::{last_token_values, RewardModel, RewardOutput};
 use crate::model::template::{
     find_eos_id, Encoded, Encoder, EosPolicy, Template, Truncated, Truncation, TruncationCounts,
@@ -97,6 +99,8 @@ pub struct FitRequest {
     pub output: PathBuf,
     /// Train only the top K layers (with a cached trunk); `None` trains the whole model.
     pub train_layers: Option<usize>,
+    /// LoRA adapters on the trained layers instead of their full weights.
+    pub lora: Option<LoraSpec>,
     pub head: HeadKind,
     pub template: String,
     pub eos: EosPolicy,
@@ -120,7 +124,10 @@ fn layer_of(name: &str) -> Option<usize> {
 pub struct TopLayers {
     pub model: RewardModel,
     pub first_layer: usize,
+    /// The adapters' settings when the layers train LoRA adapters rather than their weights.
+    pub lora: Option<LoraSpec>,
     variables: Vec<(String, Var)>,
+    dropout: Option<Arc<LoraDropout>>,
     device: Device,
 }
 
@@ -134,6 +141,20 @@ impl TopLayers {
         seed: u64,
         device: &Device,
     ) -> Result<TopLayers> {
+        Self::with_lora(checkpoint, head, train_layers, None, seed, device)
+    }
+
+    /// [`TopLayers::new`], or with `lora` LoRA adapters on the target projections of those
+    /// layers (A drawn from `seed`), their base weights frozen: then only the adapters, the
+    /// final norm and a linear head train.
+    pub fn with_lora(
+        checkpoint: &Checkpoint,
+        head: HeadKind,
+        train_layers: Option<usize>,
+        lora: Option<&LoraSpec>,
+        seed: u64,
+        device: &Device,
+    ) -> Result<TopLayers> {
         let layers = checkpoint.config.num_hidden_layers;
         let first_layer = match train_layers {
             Some(k) if k > layers => {
@@ -144,15 +165,48 @@ impl TopLayers {
             Some(k) => layers - k,
             None => 0,
         };
+        if lora.is_some() {
+            let kind = checkpoint.head_layout().map_or(head, |layout| layout.kind);
+            if kind != HeadKind::Linear {
+                return Err(Error::Usage(
+                    "--lora-rank trains a linear `score` head (PEFT's SEQ_CLS layout); the \
+                     model's head or --head is the MLP"
+                        .into(),
+                ));
+            }
+        }
         let varmap = VarMap::new();
-        let model = RewardModel::trainable(checkpoint, head, &varmap, seed, |name| {
-            match layer_of(name) {
-                Some(layer) => layer >= first_layer,
+        let mut model = RewardModel::trainable(checkpoint, head, &varmap, seed, |name| {
+            match (layer_of(name), lora) {
+                // With adapters no base weight of a layer trains.
+                (Some(_), Some(_)) => false,
+                (Some(layer), None) => layer >= first_layer,
                 // Outside the layers: the final norm trains with the top layers, the embedding
-                // only when the whole model trains.
-                None => train_layers.is_none() || name.ends_with("norm.weight"),
+                // only when the whole model trains without adapters.
+                (None, _) => {
+                    name.ends_with("norm.weight") || (train_layers.is_none() && lora.is_none())
+                }
             }
         })?;
+        let mut adapters = Vec::new();
+        let mut dropout = None;
+        if let Some(spec) = lora {
+            dropout = (spec.dropout > 0.0).then(|| LoraDropout::new(spec.dropout, seed));
+            let prefix = match checkpoint.backbone_prefix.as_str() {
+                "" => String::new(),
+                prefix => format!("{prefix}."),
+            };
+            adapters = add_adapters(
+                &mut model.transformer,
+                spec,
+                first_layer..layers,
+                seed,
+                dropout.clone(),
+            )?
+            .into_iter()
+            .map(|(name, var)| (format!("{prefix}{name}"), var))
+            .collect();
+        }
         let mut variables: Vec<(String, Var)> = varmap
             .data()
             .lock()
@@ -160,11 +214,14 @@ impl TopLayers {
             .iter()
             .map(|(name, var)| (name.clone(), var.clone()))
             .collect();
+        variables.extend(adapters);
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(TopLayers {
             model,
             first_layer,
+            lora: lora.cloned(),
             variables,
+            dropout,
             device: device.clone(),
         })
     }
@@ -211,6 +268,15 @@ impl TrainableRewardModel for TopLayers {
 
     fn trainable_variables(&self) -> Vec<(String, Var)> {
         self.variables.clone()
+    }
+
+    fn set_training_step(&self, step: Option<usize>) {
+        if let Some(dropout) = &self.dropout {
+            match step {
+                Some(step) => dropout.begin_step(step),
+                None => dropout.stop(),
+            }
+        }
     }
 }
 
@@ -314,6 +380,9 @@ pub struct TrainingRecord {
     pub model: PathBuf,
     pub model_sha256: String,
     pub train_layers: Option<usize>,
+    /// The LoRA adapters' settings; absent for a run that trained the weights themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSpec>,
     pub head: String,
     /// The prompt template, EOS policy and longest sequence the model was trained with.
     #[serde(flatten)]
@@ -472,6 +541,8 @@ fn run_identity(
         ("max_len", request.max_len.to_string()),
     ]
     .into_iter()
+    // Only LoRA runs carry the key, so states saved before it existed still resume.
+    .chain(request.lora.as_ref().map(|spec| ("lora", spec.describe())))
     .map(|(key, value)| (key.to_owned(), value))
     .collect()
 }
@@ -498,6 +569,7 @@ fn training_record(
         model: request.model.clone(),
         model_sha256: model_hash.to_owned(),
         train_layers: request.train_layers,
+        lora: request.lora.clone(),
         head: request.head.to_string(),
         encoding: EncodingRecord {
             template: template.name(),
@@ -525,11 +597,18 @@ fn training_record(
 /// when it has none) trainable.
 fn load_top_layers(request: &FitRequest, device: &Device) -> Result<TopLayers> {
     let config = &request.config;
+    if request.lora.is_some() && crate::model::lora::Adapter::is_adapter_dir(&request.model) {
+        return Err(Error::Usage(format!(
+            "--lora-rank on {}, itself a LoRA directory: merge it first (qrm-train --merge)",
+            request.model.display()
+        )));
+    }
     let checkpoint = Checkpoint::load(&request.model, device, request.device.dtype())?;
-    let model = TopLayers::new(
+    let model = TopLayers::with_lora(
         &checkpoint,
         request.head,
         request.train_layers,
+        request.lora.as_ref(),
         config.seed,
         device,
     )?;
@@ -662,7 +741,15 @@ fn write_checkpoint(
     }
     reward_model.config.normalize_reward = false;
     reward_model.config.pad_token_id = Some(pad_token_id(tokenizer, eos_id));
-    reward_model.save(directory)?;
+    match &model.lora {
+        None => reward_model.save(directory)?,
+        Some(spec) => {
+            let layers = reward_model.config.num_hidden_layers;
+            let adapted: Vec<usize> = (model.first_layer..layers).collect();
+            let layers = (model.first_layer > 0).then_some(adapted.as_slice());
+            save_lora(directory, &reward_model, spec, layers, &record.model)?;
+        }
+    }
     let tokenizer_path = directory.join("tokenizer.json");
     tokenizer
         .save(&tokenizer_path, false)
@@ -670,6 +757,53 @@ fn write_checkpoint(
     write_reward_check(model, eval_data, &directory.join("reward_check.json"))?;
     let json = serde_json::to_value(record).map_err(|e| Error::Model(e.to_string()))?;
     write_json(&directory.join(TRAINING_RECORD), &json)
+}
+
+/// Writes a model with LoRA adapters as a PEFT LoRA directory ([`crate::model::lora`]):
+/// `adapter_config.json` (the base named by its absolute path), `adapter_model.safetensors`,
+/// and qrm's `config.json` of the reward model (eval reward distribution, pad token), which
+/// qrm-score reads with the merged weights.
+pub fn save_lora(
+    directory: &Path,
+    model: &RewardModel,
+    spec: &LoraSpec,
+    layers: Option<&[usize]>,
+    base: &Path,
+) -> Result<()> {
+    use crate::model::checkpoint::{head_prefix, save_f32_safetensors, save_reward_config};
+    use crate::model::lora::{adapter_config, adapter_tensors, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+    fs_err::create_dir_all(directory).map_err(|e| Error::io(directory, e))?;
+    let base = fs_err::canonicalize(base).map_err(|e| Error::io(base, e))?;
+    let head = model.head.named_tensors(head_prefix(model.head.kind()));
+    let tensors = adapter_tensors(&model.transformer, head)?;
+    save_f32_safetensors(&directory.join(ADAPTER_WEIGHTS), tensors)?;
+    let config = adapter_config(spec, layers, &base.display().to_string());
+    write_json(&directory.join(ADAPTER_CONFIG), &config)?;
+    save_reward_config(directory, &model.config, model.head.kind())
+}
+
+/// `qrm-train --merge`: the LoRA directory `lora` as a plain checkpoint in `output` (weights
+/// `W + (α/r) · B A`, its `config.json`), which qrm-score and transformers load, with the
+/// tokenizer, reward check and training record copied over.
+pub fn merge_lora(lora: &Path, output: &Path) -> Result<()> {
+    if !crate::model::lora::Adapter::is_adapter_dir(lora) {
+        return Err(Error::Usage(format!(
+            "--merge {}: not a LoRA directory (no adapter_config.json)",
+            lora.display()
+        )));
+    }
+    let checkpoint = Checkpoint::load(lora, &Device::Cpu, DType::F32)?;
+    let model = RewardModel::from_checkpoint(&checkpoint)?;
+    let partial = partial_output(output);
+    model.save(&partial)?;
+    for name in ["tokenizer.json", "reward_check.json", TRAINING_RECORD] {
+        let from = lora.join(name);
+        if from.exists() {
+            let to = partial.join(name);
+            fs_err::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+        }
+    }
+    publish(&partial, output)
 }
 
 /// Up to four eval responses with the reward qrm computes, for
@@ -894,5 +1028,74 @@ mod tests {
         let halfway = run(Some(2), false, interrupted.path());
         assert_ne!(halfway, straight);
         assert_eq!(run(None, true, interrupted.path()), straight);
+    }
+
+    #[test]
+    fn a_resumed_lora_run_with_dropout_ends_with_the_weights_of_a_straight_one() {
+        use crate::model::lora::{LoraSpec, LoraTarget};
+        let checkpoint = tiny("tiny-qwen2");
+        let config = tiny_config(Objective::Q);
+        let pairs = random_pairs(8, 4);
+        let spec = |dropout| LoraSpec {
+            rank: 2,
+            alpha: 4.0,
+            dropout,
+            targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down],
+        };
+        let run = |dropout: f64, stop: Option<usize>, resume: bool, directory: &Path| {
+            let lora = spec(dropout);
+            let model = TopLayers::with_lora(
+                &checkpoint,
+                HeadKind::Linear,
+                None,
+                Some(&lora),
+                0,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let data = TrainData {
+                pairs: pairs.clone(),
+                trunk: None,
+            };
+            let mut stop_here = |row: &LogRow| stop.is_none_or(|last| row.step < last);
+            let options = RunOptions {
+                output: directory,
+                resume,
+                log: None,
+                quiet: true,
+                on_step: Some(&mut stop_here),
+                identity: BTreeMap::new(),
+            };
+            train(&model, &data, None, &config, options).unwrap();
+            model
+                .trainable_variables()
+                .iter()
+                .map(|(name, var)| {
+                    let values = var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    (name.clone(), values)
+                })
+                .collect::<Vec<_>>()
+        };
+        let straight = run(0.3, None, false, tempfile::tempdir().unwrap().path());
+        // 2 layers × 3 projections × (A, B), the final norm and the head.
+        assert_eq!(straight.len(), 14);
+        let b = straight
+            .iter()
+            .find(|(name, _)| name == "model.layers.0.self_attn.q_proj.lora_B.weight")
+            .unwrap();
+        assert!(b.1.iter().any(|&v| v != 0.0), "B never left zero");
+        // Dropout changes the run (its masks are drawn), yet the same seed draws them again.
+        assert_ne!(
+            run(0.0, None, false, tempfile::tempdir().unwrap().path()),
+            straight
+        );
+        assert_eq!(
+            run(0.3, None, false, tempfile::tempdir().unwrap().path()),
+            straight
+        );
+        let interrupted = tempfile::tempdir().unwrap();
+        let halfway = run(0.3, Some(2), false, interrupted.path());
+        assert_ne!(halfway, straight);
+        assert_eq!(run(0.3, None, true, interrupted.path()), straight);
     }
 }

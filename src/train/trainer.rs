@@ -323,6 +323,10 @@ pub trait TrainableRewardModel: TokenModel {
 
     /// The weights the optimiser updates, with stable names.
     fn trainable_variables(&self) -> Vec<(String, Var)>;
+
+    /// Training step `step` begins (`Some`: dropout on, its masks those of the step) or
+    /// evaluation does (`None`: no dropout). Models without dropout ignore it.
+    fn set_training_step(&self, _step: Option<usize>) {}
 }
 
 /// Training data: pairs plus, when the trunk is frozen and cached, each response's trunk output
@@ -806,8 +810,10 @@ pub fn gradient_norms(
         return Ok(Vec::new());
     };
     let draws = train_draws(config, 0, 0, micro);
-    let result = micro_batch_loss(model, data, micro, config, &config.sampling()?, draws)?;
-    let store = result.total.backward()?;
+    model.set_training_step(Some(0));
+    let result = micro_batch_loss(model, data, micro, config, &config.sampling()?, draws);
+    model.set_training_step(None);
+    let store = result?.total.backward()?;
     model
         .trainable_variables()
         .into_iter()
@@ -832,6 +838,7 @@ pub fn evaluate(
     config: &TrainConfig,
 ) -> Result<EvalMetrics> {
     let sampling = config.sampling()?;
+    model.set_training_step(None);
     let mut eval_config = config.clone();
     if eval_config.goal_strategy == GoalStrategy::Random {
         eval_config.goal_strategy = GoalStrategy::Single;
@@ -1026,6 +1033,7 @@ fn accumulate_gradients(
     optimiser: &AdamW,
 ) -> Result<(Vec<Tensor>, StepTotals)> {
     let micro_batches = step_micro_batches(data, config, step, steps_per_epoch);
+    model.set_training_step(Some(step));
     let mut gradients: Vec<Option<Tensor>> = vec![None; optimiser.params().len()];
     let mut totals = StepTotals::default();
     for (index, micro) in micro_batches.iter().enumerate() {
@@ -1264,6 +1272,7 @@ pub fn train(
         }
     }
     progress.finish_and_clear();
+    model.set_training_step(None);
     // Resuming a finished run trains nothing; its summary still evaluates the saved weights, so
     // rewriting train_config.json does not lose the eval metrics.
     if last_row.is_none() && first_step == total_steps {

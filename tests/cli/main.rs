@@ -6,6 +6,7 @@ mod support;
 
 mod cli_common;
 mod cli_data;
+mod lora;
 mod metrics_cli;
 mod metrics_reference;
 mod model;

@@ -5,8 +5,16 @@ use std::path::{Path, PathBuf};
 /// A model directory: the tiny llama's weights and config, a word-level tokenizer over
 /// `w3 … w99` (`<unk>` 0, `<s>` 1, `</s>` 2 = EOS) and a tokenizer_config naming the EOS.
 pub fn tiny_model_dir(root: &Path) -> PathBuf {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
-    let dir = root.join("tiny-llama");
+    tiny_fixture_dir(root, "tiny-llama")
+}
+
+/// [`tiny_model_dir`] of the fixture `name` (`tiny-llama`, or `tiny-qwen2` with its `score`
+/// head).
+pub fn tiny_fixture_dir(root: &Path, name: &str) -> PathBuf {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     for file in ["config.json", "model.safetensors"] {
         std::fs::copy(fixtures.join(file), dir.join(file)).unwrap();
