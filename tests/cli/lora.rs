@@ -9,30 +9,7 @@ use assert_cmd::Command;
 use candle_core::{DType, Device, Tensor};
 use qrm::model::RewardModel;
 
-use crate::support::tiny_fixture_dir;
-
-/// Twelve questions with two pairs each, as in `train.rs`: chosen responses hold `w5`.
-fn pairs_file(root: &Path) -> PathBuf {
-    let path = root.join("pairs.jsonl");
-    let mut lines = Vec::new();
-    for question in 0..12 {
-        for pair in 0..2 {
-            let filler = format!("w{} w{}", 10 + question, 40 + pair);
-            lines.push(
-                serde_json::json!({
-                    "pair_id": format!("{question}-{pair}"),
-                    "question_id": format!("q{question}"),
-                    "question": format!("w{} w{}", 20 + question, 30 + pair),
-                    "chosen": format!("{filler} w5 w7"),
-                    "rejected": format!("{filler} w6 w7 w8"),
-                })
-                .to_string(),
-            );
-        }
-    }
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    path
-}
+use crate::support::{pairs_file, tiny_fixture_dir};
 
 fn lora_run(pairs: &Path, model: &Path, root: &Path, rank: &str, output: &Path) -> Command {
     let mut command = Command::cargo_bin("qrm-train").unwrap();

@@ -40,3 +40,27 @@ pub fn tiny_fixture_dir(root: &Path, name: &str) -> PathBuf {
     .unwrap();
     dir
 }
+
+/// A JSONL pairs file in `root` over the tiny tokenizer's words: twelve questions with two pairs
+/// each; chosen responses contain `w5`, rejected ones `w6` (what qrm-train's tests learn).
+pub fn pairs_file(root: &Path) -> PathBuf {
+    let path = root.join("pairs.jsonl");
+    let mut lines = Vec::new();
+    for question in 0..12 {
+        for pair in 0..2 {
+            let filler = format!("w{} w{}", 10 + question, 40 + pair);
+            lines.push(
+                serde_json::json!({
+                    "pair_id": format!("{question}-{pair}"),
+                    "question_id": format!("q{question}"),
+                    "question": format!("w{} w{}", 20 + question, 30 + pair),
+                    "chosen": format!("{filler} w5 w7"),
+                    "rejected": format!("{filler} w6 w7 w8"),
+                })
+                .to_string(),
+            );
+        }
+    }
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}

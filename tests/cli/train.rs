@@ -2,35 +2,12 @@
 //! with a word-level tokenizer written here: the checkpoint directory, the log, loading the
 //! result back for scoring, and usage errors.
 
-use crate::support::tiny_model_dir;
+use crate::support::{pairs_file, tiny_model_dir};
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use candle_core::{DType, Device, Tensor};
 use qrm::model::RewardModel;
-
-/// Twelve questions with two pairs each; chosen responses contain `w5`, rejected ones `w6`.
-fn pairs_file(root: &Path) -> PathBuf {
-    let path = root.join("pairs.jsonl");
-    let mut lines = Vec::new();
-    for question in 0..12 {
-        for pair in 0..2 {
-            let filler = format!("w{} w{}", 10 + question, 40 + pair);
-            lines.push(
-                serde_json::json!({
-                    "pair_id": format!("{question}-{pair}"),
-                    "question_id": format!("q{question}"),
-                    "question": format!("w{} w{}", 20 + question, 30 + pair),
-                    "chosen": format!("{filler} w5 w7"),
-                    "rejected": format!("{filler} w6 w7 w8"),
-                })
-                .to_string(),
-            );
-        }
-    }
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    path
-}
 
 fn qrm_train() -> Command {
     Command::cargo_bin("qrm-train").unwrap()
