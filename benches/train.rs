@@ -36,7 +36,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use common::{floats, median, zeroeval_sample_sets, Peer};
 use qrm::model::template::{find_eos_id, Encoder, EosPolicy, Template, Truncation};
-use qrm::model::{Checkpoint, HeadKind, Kernels};
+use qrm::model::{Checkpoint, HeadKind};
 use qrm::pipeline::schema::Pair;
 use qrm::train::run::{encode_pairs, TopLayers};
 use qrm::train::trainer::{train, LogRow, Objective, RunOptions, TrainConfig, TrainData};
@@ -113,18 +113,7 @@ fn qrm_run(
     let initial = tempfile::tempdir()?;
     common::save_for_peer(&model.model, tokenizer, initial.path())?;
     let trunk = if setting.cached_trunk {
-        let fused = model.model.transformer.clone().with_kernels(Kernels::Fused);
-        Some(
-            pairs
-                .iter()
-                .map(|pair| {
-                    Ok([
-                        model.trunk(&fused, &pair.chosen)?,
-                        model.trunk(&fused, &pair.rejected)?,
-                    ])
-                })
-                .collect::<qrm::Result<Vec<_>>>()?,
-        )
+        Some(model.pair_trunks(pairs)?)
     } else {
         None
     };

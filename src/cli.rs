@@ -58,7 +58,7 @@ fn parse_from<T: clap::Parser>(
 pub struct BatchArgs {
     /// Padded tokens per forward pass (rows × longest row). The default suits a CPU; raise it
     /// on a GPU.
-    #[arg(long, default_value_t = 2048, value_name = "N",
+    #[arg(long, default_value_t = crate::model::batching::DEFAULT_BATCH_TOKENS, value_name = "N",
           value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch_tokens: usize,
 }

@@ -59,6 +59,10 @@ pub trait TokenModel {
     }
 }
 
+/// Padded tokens (rows × longest row) per forward pass when nothing else is asked: qrm-score's
+/// and qrm-embed's `--batch-tokens` default, chosen on a CPU (`docs/cuda.md`).
+pub const DEFAULT_BATCH_TOKENS: usize = 2048;
+
 /// Largest share of a batch's `rows × longest` positions that may be padding; a row that would
 /// take the batch over it starts the next batch. A padded position costs the linear layers as
 /// much as a real one, and rows of very different lengths (the solutions of 12 models to one

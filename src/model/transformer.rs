@@ -654,6 +654,47 @@ impl Transformer {
         Ok((hidden, KvCache { layers, len }))
     }
 
+    /// The hidden state entering layer `depth` (no final norm) for unpadded rows starting at
+    /// position 0, and the keys and values of layers `0..depth`: the frozen trunk of a prompt,
+    /// which [`Transformer::trunk_with_prefix`] continues. `depth` equal to the layer count
+    /// gives the last layer's output before the final norm.
+    ///
+    /// # Shapes
+    /// `input_ids` (batch, seq_len) u32, every token real → (batch, seq_len, hidden) and a
+    /// cache of `depth` layers, batch `batch` and length `seq_len`.
+    pub fn prefill_trunk(&self, input_ids: &Tensor, depth: usize) -> Result<(Tensor, KvCache)> {
+        let (batch, seq_len) = input_ids.dims2()?;
+        let mask = Tensor::ones((batch, seq_len), DType::U32, &self.device)?;
+        let (hidden, layers) = self.run_cached(input_ids, &mask, None, true, depth)?;
+        Ok((
+            hidden,
+            KvCache {
+                layers,
+                len: seq_len,
+            },
+        ))
+    }
+
+    /// The hidden state entering layer `prefix`'s depth (its layer count; no final norm) for
+    /// right-padded rows that all continue the cached trunk `prefix` from
+    /// [`Transformer::prefill_trunk`]: equals the rows of [`Transformer::run_layers`] over
+    /// `0..depth` on the prefix followed by each row, at the row's positions.
+    ///
+    /// # Shapes
+    /// `input_ids` (batch, seq_len) u32, `attention_mask` (batch, seq_len) right-padded 0/1;
+    /// `prefix` of batch 1 or `batch` → (batch, seq_len, hidden).
+    pub fn trunk_with_prefix(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        prefix: &KvCache,
+    ) -> Result<Tensor> {
+        let depth = prefix.layers.len();
+        Ok(self
+            .run_cached(input_ids, attention_mask, Some(prefix), false, depth)?
+            .0)
+    }
+
     /// Final hidden states of right-padded rows that all continue the cached `prefix`: every
     /// real token attends to the whole prefix and to the row's tokens before it, at positions
     /// `prefix.len()..`. Equals the rows of [`Transformer::forward`] on the prefix followed by
@@ -673,8 +714,8 @@ impl Transformer {
             .0)
     }
 
-    /// The whole stack after an optional cached prefix; the keys and values of every layer
-    /// (prefix and new tokens) when `keep`, none otherwise.
+    /// The whole stack and the final norm after an optional cached prefix; the keys and values
+    /// of every layer (prefix and new tokens) when `keep`, none otherwise.
     fn forward_cached(
         &self,
         input_ids: &Tensor,
@@ -682,13 +723,34 @@ impl Transformer {
         past: Option<&KvCache>,
         keep: bool,
     ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let (xs, kept) =
+            self.run_cached(input_ids, attention_mask, past, keep, self.layers.len())?;
+        Ok((self.norm.forward(&xs, self.kernels)?, kept))
+    }
+
+    /// Layers `0..depth` (no final norm) after an optional cached prefix of exactly `depth`
+    /// layers; their keys and values when `keep`.
+    fn run_cached(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        past: Option<&KvCache>,
+        keep: bool,
+        depth: usize,
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
         let (batch, seq_len) = input_ids.dims2()?;
+        if depth > self.layers.len() {
+            return Err(Error::Model(format!(
+                "a trunk of {depth} layers is deeper than the model's {}",
+                self.layers.len()
+            )));
+        }
         if let Some(past) = past {
             let past_batch = past.batch()?;
-            if past.layers.len() != self.layers.len() || (past_batch != 1 && past_batch != batch) {
+            if past.layers.len() != depth || (past_batch != 1 && past_batch != batch) {
                 return Err(Error::Model(format!(
                     "a cache of {} layers and {past_batch} rows cannot continue {batch} rows \
-                     of a {}-layer model",
+                     through {depth} layers of a {}-layer model",
                     past.layers.len(),
                     self.layers.len()
                 )));
@@ -697,8 +759,8 @@ impl Transformer {
         let prefix = past.map_or(0, KvCache::len);
         let prepared = self.prepare(attention_mask, batch, seq_len, prefix)?;
         let mut xs = self.embed(input_ids)?;
-        let mut kept = Vec::with_capacity(if keep { self.layers.len() } else { 0 });
-        for (i, layer) in self.layers.iter().enumerate() {
+        let mut kept = Vec::with_capacity(if keep { depth } else { 0 });
+        for (i, layer) in self.layers[..depth].iter().enumerate() {
             let layer_past = past.map(|p| &p.layers[i]);
             let (out, kv) = layer.forward(&xs, &prepared, self.kernels, layer_past)?;
             xs = out;
@@ -706,7 +768,7 @@ impl Transformer {
                 kept.push(kv);
             }
         }
-        Ok((self.norm.forward(&xs, self.kernels)?, kept))
+        Ok((xs, kept))
     }
 
     fn prepare(

@@ -37,7 +37,7 @@ use crate::train::trainer::{
     state_directory, train, BatchInput, EncodedPair, EvalMetrics, RunOptions, TrainConfig,
     TrainData, TrainSummary, TrainableRewardModel,
 };
-use crate::train::trunk::{TrunkCache, TRUNK_CACHE_FORMAT};
+use crate::train::trunk::{compute_trunks, TrunkCache, TRUNK_BATCH_TOKENS, TRUNK_CACHE_FORMAT};
 
 /// Tokenises pairs with the shared template and EOS policy. A pair is dropped when either side
 /// is skipped by the truncation policy or has no token to read a reward at; the counts say how
@@ -226,13 +226,41 @@ impl TopLayers {
         })
     }
 
-    /// The frozen trunk's output for one response: layers `0..first_layer` with the fused
-    /// kernels, (len, H) on the CPU.
-    pub fn trunk(&self, fused: &Transformer, response: &Encoded) -> Result<Tensor> {
-        let (ids, mask) = pad_right(&[response], &self.device)?; // (1, len) each
-        let hidden = fused.embed(&ids)?;
-        let hidden = fused.run_layers(&hidden, &mask, 0..self.first_layer)?; // (1, len, H)
-        Ok(hidden.squeeze(0)?.to_device(&Device::Cpu)?)
+    /// The frozen trunk's output for each response: layers `0..first_layer` with the fused
+    /// kernels `fused`, (len, H) on the CPU, in order ([`compute_trunks`]: batched, a shared
+    /// prompt's trunk once).
+    pub fn trunks(
+        &self,
+        fused: &Transformer,
+        responses: &[&Encoded],
+        progress: &indicatif::ProgressBar,
+    ) -> Result<Vec<Tensor>> {
+        compute_trunks(
+            fused,
+            self.first_layer,
+            responses,
+            TRUNK_BATCH_TOKENS,
+            progress,
+        )
+    }
+
+    /// [`TopLayers::trunks`] of every pair's (chosen, rejected), for [`TrainData::trunk`]
+    /// without a cache.
+    pub fn pair_trunks(&self, pairs: &[EncodedPair]) -> Result<Vec<[Tensor; 2]>> {
+        let fused = self.model.transformer.clone().with_kernels(Kernels::Fused);
+        let responses: Vec<&Encoded> = pairs
+            .iter()
+            .flat_map(|pair| [&pair.chosen, &pair.rejected])
+            .collect();
+        let mut trunks = self
+            .trunks(&fused, &responses, &indicatif::ProgressBar::hidden())?
+            .into_iter();
+        let mut next = || {
+            trunks
+                .next()
+                .ok_or_else(|| Error::Model("a pair lacks its trunk output".into()))
+        };
+        pairs.iter().map(|_| Ok([next()?, next()?])).collect()
     }
 }
 
@@ -509,8 +537,8 @@ fn cached_trunks(
         // Sized by `load_or_compute` to the distinct responses.
         let progress = crate::cli::progress_bar(0, name, request.quiet);
         let cache = TrunkCache::new(&request.cache, &key);
-        let trunk = cache.load_or_compute(encoded, &Device::Cpu, &progress, |response| {
-            model.trunk(&fused, response)
+        let trunk = cache.load_or_compute(encoded, &Device::Cpu, &progress, |responses, bar| {
+            model.trunks(&fused, responses, bar)
         })?;
         progress.finish_and_clear();
         *slot = Some(trunk);
@@ -897,16 +925,7 @@ mod tests {
     }
 
     fn trunk_data(model: &TopLayers, pairs: Vec<EncodedPair>) -> TrainData {
-        let fused = model.model.transformer.clone().with_kernels(Kernels::Fused);
-        let trunk = pairs
-            .iter()
-            .map(|pair| {
-                [
-                    model.trunk(&fused, &pair.chosen).unwrap(),
-                    model.trunk(&fused, &pair.rejected).unwrap(),
-                ]
-            })
-            .collect();
+        let trunk = model.pair_trunks(&pairs).unwrap();
         TrainData {
             pairs,
             trunk: Some(trunk),

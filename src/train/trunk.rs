@@ -2,7 +2,8 @@
 //!
 //! With `--train-layers K` only the top K layers, the final norm and the head train; the
 //! frozen layers [0, L − K) give the same output every epoch and in every run on the same data,
-//! so their output is computed once per response and cached under
+//! so their output is computed once per response ([`compute_trunks`]: batched, each prompt's
+//! trunk once for the responses that share it) and cached under
 //! `.cache/trunk/<key>/trunk.safetensors` (one tensor per distinct response). The key hashes the
 //! model file, the template, the EOS policy, K and the pairs file: the BT and the Q runs share
 //! one computation.
@@ -11,11 +12,13 @@ use std::collections::HashMap;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use indicatif::ProgressBar;
 
 use crate::error::{Error, Result};
-
+use crate::model::batching::{pad_right, plan_batches, prompt_groups, DEFAULT_BATCH_TOKENS};
 use crate::model::template::Encoded;
+use crate::model::transformer::Transformer;
 use crate::train::trainer::{save_tensors, EncodedPair};
 
 /// Part of every cache key: bumped when the cache file's layout changes, so an old cache is
@@ -39,16 +42,18 @@ impl TrunkCache {
         self.directory.join("trunk.safetensors")
     }
 
-    /// Loads the cached trunk outputs, or computes them with `compute` (one response at a time,
-    /// `(len, H)` each) and stores them. A response that appears in several pairs (`qrm-pairs
-    /// --reuse`, or a shared chosen solution) is computed and stored once; `progress` is sized
-    /// to the distinct responses. Also checks the cached lengths against `pairs`.
+    /// Loads the cached trunk outputs, or computes them with `compute` (called once with the
+    /// distinct responses and `progress`; returns `(len, H)` for each, in order, usually
+    /// [`compute_trunks`]) and stores them. A response that appears in several pairs
+    /// (`qrm-pairs --reuse`, or a shared chosen solution) is computed and stored once;
+    /// `progress` is sized to the distinct responses. Also checks the cached lengths against
+    /// `pairs`.
     pub fn load_or_compute(
         &self,
         pairs: &[EncodedPair],
         device: &Device,
-        progress: &indicatif::ProgressBar,
-        mut compute: impl FnMut(&Encoded) -> Result<Tensor>,
+        progress: &ProgressBar,
+        compute: impl FnOnce(&[&Encoded], &ProgressBar) -> Result<Vec<Tensor>>,
     ) -> Result<Vec<[Tensor; 2]>> {
         // Distinct responses in first-seen order; `slots[i]` = (chosen, rejected) of pair i.
         let mut distinct: Vec<&Encoded> = Vec::new();
@@ -98,10 +103,16 @@ impl TrunkCache {
                 pairs.len(),
                 file.display()
             );
-            let mut outputs = Vec::with_capacity(distinct.len());
-            for response in &distinct {
-                outputs.push(compute(response)?);
-                progress.inc(1);
+            let outputs = compute(&distinct, progress)?;
+            if outputs.len() != distinct.len()
+                || outputs
+                    .iter()
+                    .zip(&distinct)
+                    .any(|(output, response)| output.dim(0).ok() != Some(response.input_ids.len()))
+            {
+                return Err(Error::Model(
+                    "the frozen trunk's outputs do not match its responses".into(),
+                ));
             }
             let named: HashMap<String, Tensor> = outputs
                 .iter()
@@ -120,10 +131,95 @@ impl TrunkCache {
     }
 }
 
+/// Padded tokens (rows × longest row) per batch of the frozen trunk's forward passes: no
+/// gradient is kept, so a batch costs what a scoring batch does ([`DEFAULT_BATCH_TOKENS`]).
+pub const TRUNK_BATCH_TOKENS: usize = DEFAULT_BATCH_TOKENS;
+
+/// The frozen trunk's output for each response: the hidden state entering layer `depth`,
+/// `(len, H)` on the CPU, in the order given. Responses that share an encoded prompt
+/// ([`prompt_groups`]) run after that prompt's trunk, computed once
+/// ([`Transformer::prefill_trunk`]); the others, and each group's continuations, run in
+/// length-sorted batches of at most `batch_tokens` padded tokens ([`plan_batches`]). Equals
+/// running each response alone through layers `0..depth` to float rounding (test).
+pub fn compute_trunks(
+    transformer: &Transformer,
+    depth: usize,
+    responses: &[&Encoded],
+    batch_tokens: usize,
+    progress: &ProgressBar,
+) -> Result<Vec<Tensor>> {
+    let device = transformer.device();
+    let examples: Vec<Encoded> = responses.iter().map(|&response| response.clone()).collect();
+    // A trunk of no layers is the embedding: nothing to share.
+    let groups = if depth == 0 {
+        Vec::new()
+    } else {
+        prompt_groups(&examples)
+    };
+    let mut outputs: Vec<Option<Tensor>> = vec![None; examples.len()];
+    let mut lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
+    for &index in groups.iter().flatten() {
+        lengths[index] = 0; // run below, after their prompt's trunk
+    }
+    for indices in plan_batches(&lengths, batch_tokens) {
+        let batch: Vec<&Encoded> = indices.iter().map(|&i| &examples[i]).collect();
+        let (input_ids, attention_mask) = pad_right(&batch, device)?;
+        let embedded = transformer.embed(&input_ids)?;
+        let hidden = transformer.run_layers(&embedded, &attention_mask, 0..depth)?; // (B, L, H)
+        for (row, &index) in indices.iter().enumerate() {
+            let len = examples[index].input_ids.len();
+            outputs[index] = Some(hidden.i((row, ..len))?.to_device(&Device::Cpu)?.copy()?);
+            progress.inc(1);
+        }
+    }
+    for group in &groups {
+        let first = &examples[group[0]];
+        let prompt_len = first.response_start;
+        let prompt = Tensor::new(&first.input_ids[..prompt_len], device)?.unsqueeze(0)?;
+        let (prompt_hidden, cache) = transformer.prefill_trunk(&prompt, depth)?;
+        let prompt_hidden = prompt_hidden.squeeze(0)?; // (prompt_len, H)
+        let continuations: Vec<Encoded> = group
+            .iter()
+            .map(|&i| Encoded {
+                input_ids: examples[i].input_ids[prompt_len..].to_vec(),
+                ..Encoded::default()
+            })
+            .collect();
+        let whole: Vec<usize> = group.iter().map(|&i| examples[i].input_ids.len()).collect();
+        for members in plan_batches(&whole, batch_tokens) {
+            let batch: Vec<&Encoded> = members.iter().map(|&m| &continuations[m]).collect();
+            let (input_ids, attention_mask) = pad_right(&batch, device)?;
+            let hidden = transformer.trunk_with_prefix(&input_ids, &attention_mask, &cache)?;
+            for (row, &member) in members.iter().enumerate() {
+                let own = continuations[member].input_ids.len();
+                let whole = Tensor::cat(&[&prompt_hidden, &hidden.i((row, ..own))?], 0)?;
+                outputs[group[member]] = Some(whole.to_device(&Device::Cpu)?);
+                progress.inc(1);
+            }
+        }
+    }
+    outputs
+        .into_iter()
+        .zip(&examples)
+        .map(|(output, example)| match output {
+            Some(output) => Ok(output),
+            // `plan_batches` leaves empty responses out: their trunk has no rows.
+            None => Ok(Tensor::zeros(
+                (example.input_ids.len(), transformer.hidden_size()),
+                DType::F32,
+                &Device::Cpu,
+            )?
+            .to_dtype(transformer.dtype())?),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::transformer::Kernels;
     use crate::pipeline::io::key_of;
+    use crate::testing::max_abs_diff;
 
     #[test]
     fn trunk_cache_computes_once_then_loads() {
@@ -149,18 +245,23 @@ mod tests {
         let cache = TrunkCache::new(directory.path(), &key_of(&["model", "template", "1"]));
         let progress = indicatif::ProgressBar::hidden();
         let mut calls = 0;
-        let mut compute = |r: &Encoded| {
-            calls += 1;
-            let values: Vec<f32> = r
-                .input_ids
+        let mut compute = |responses: &[&Encoded], _: &ProgressBar| {
+            calls += responses.len();
+            responses
                 .iter()
-                .flat_map(|&id| [id as f32, 0.5])
-                .collect();
-            Ok(Tensor::from_vec(
-                values,
-                (r.input_ids.len(), 2),
-                &Device::Cpu,
-            )?)
+                .map(|r| {
+                    let values: Vec<f32> = r
+                        .input_ids
+                        .iter()
+                        .flat_map(|&id| [id as f32, 0.5])
+                        .collect();
+                    Ok(Tensor::from_vec(
+                        values,
+                        (r.input_ids.len(), 2),
+                        &Device::Cpu,
+                    )?)
+                })
+                .collect()
         };
         let first = cache
             .load_or_compute(&pairs, &Device::Cpu, &progress, &mut compute)
@@ -185,5 +286,69 @@ mod tests {
             key_of(&["model", "template", "1"]),
             key_of(&["model", "template", "2"])
         );
+    }
+
+    #[test]
+    fn batched_trunks_with_shared_prompts_equal_each_response_run_alone() {
+        // Tiny llama (2 layers, vocabulary 100): two responses after one 3-token prompt, one
+        // after another prompt, one with no prompt (response_start 0), one of a single prompt
+        // token plus one; trunks of depth 0 (the embedding), 1 and 2 (every layer, no final
+        // norm), with budgets that put every row alone (1) or together (1000).
+        let model = crate::testing::tiny_llama();
+        let transformer = model.transformer.clone().with_kernels(Kernels::Fused);
+        let encoded = |ids: &[u32], response_start: usize| Encoded {
+            input_ids: ids.to_vec(),
+            response_start,
+            ..Encoded::default()
+        };
+        let responses = [
+            encoded(&[5, 6, 7, 8, 9, 10], 3),
+            encoded(&[5, 6, 7, 11], 3),
+            encoded(&[12, 13, 14, 15, 16], 2),
+            encoded(&[17, 18, 19], 0),
+            encoded(&[5, 6, 7, 20, 21, 22, 23, 24], 3),
+            encoded(&[25, 26], 1),
+        ];
+        let refs: Vec<&Encoded> = responses.iter().collect();
+        for depth in [0, 1, 2] {
+            for batch_tokens in [1, 1000] {
+                let progress = ProgressBar::new(responses.len() as u64);
+                let trunks =
+                    compute_trunks(&transformer, depth, &refs, batch_tokens, &progress).unwrap();
+                assert_eq!(progress.position(), responses.len() as u64);
+                for (response, trunk) in responses.iter().zip(&trunks) {
+                    let ids = Tensor::new(response.input_ids.as_slice(), &Device::Cpu)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap();
+                    let mask = Tensor::ones(ids.dims(), DType::U32, &Device::Cpu).unwrap();
+                    let alone = transformer
+                        .run_layers(&transformer.embed(&ids).unwrap(), &mask, 0..depth)
+                        .unwrap()
+                        .squeeze(0)
+                        .unwrap();
+                    assert_eq!(trunk.dims(), alone.dims());
+                    // Relative to the largest |value|: the residual stream before the final
+                    // norm grows with depth.
+                    let scale = alone
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    let diff = max_abs_diff(trunk, &alone) / scale.max(1.0);
+                    assert!(
+                        diff < 1e-5,
+                        "depth {depth}, budget {batch_tokens}, {:?}: max |Δ| / scale = {diff:e}",
+                        response.input_ids
+                    );
+                }
+            }
+        }
+        // A trunk deeper than the model is refused.
+        let error =
+            compute_trunks(&transformer, 3, &refs, 1000, &ProgressBar::hidden()).unwrap_err();
+        assert!(error.to_string().contains("the model's 2"), "{error}");
     }
 }
