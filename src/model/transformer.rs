@@ -203,6 +203,10 @@ struct Prepared {
     sin: Tensor,
 }
 
+/// The mask and rotary tables of one batch for [`Transformer::run_layer`] (from
+/// [`Transformer::layer_context`]).
+pub struct LayerContext(Prepared);
+
 /// Whether the forward uses qrm's CPU kernels ([`cpu_kernels`]): fused kernels, f32, CPU.
 fn uses_cpu_kernels(kernels: Kernels, device: &Device, dtype: DType) -> bool {
     kernels == Kernels::Fused && device.is_cpu() && dtype == DType::F32
@@ -636,6 +640,46 @@ impl Transformer {
             xs = layer.forward(&xs, &prepared, self.kernels, None)?.0;
         }
         Ok(xs)
+    }
+
+    /// The attention mask and rotary tables of a right-padded batch, shared by the layers that
+    /// [`Transformer::run_layer`] runs one at a time (gradient checkpointing).
+    ///
+    /// # Shapes
+    /// `attention_mask` (batch, seq_len) right-padded 0/1.
+    pub fn layer_context(&self, attention_mask: &Tensor) -> Result<LayerContext> {
+        let (batch, seq_len) = attention_mask.dims2()?;
+        Ok(LayerContext(self.prepare(
+            attention_mask,
+            batch,
+            seq_len,
+            0,
+        )?))
+    }
+
+    /// Runs layer `index` alone on the hidden state entering it: one step of
+    /// [`Transformer::run_layers`], for a trainer that checkpoints layer by layer.
+    ///
+    /// # Shapes
+    /// `hidden` (batch, seq_len, hidden) → (batch, seq_len, hidden).
+    pub fn run_layer(
+        &self,
+        index: usize,
+        hidden: &Tensor,
+        context: &LayerContext,
+    ) -> Result<Tensor> {
+        let layer = self.layers.get(index).ok_or_else(|| {
+            Error::Model(format!(
+                "layer {index} is outside the model's {} layers",
+                self.layers.len()
+            ))
+        })?;
+        Ok(layer.forward(hidden, &context.0, self.kernels, None)?.0)
+    }
+
+    /// The final norm on the last layer's output, as [`Transformer::forward_from_layer`] ends.
+    pub fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.norm.forward(hidden, self.kernels)
     }
 
     /// Final hidden states of unpadded rows that continue `past` (none: they start at position
