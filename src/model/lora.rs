@@ -205,8 +205,9 @@ impl LoraDelta {
             Some(dropout) => dropout.apply(xs)?,
             None => xs.clone(),
         };
-        let low = xs.matmul(&self.a.t()?)?; // (rows, r)
-        low.matmul(&self.b.t()?)? * self.scale // (rows, out)
+        // The scale on the (rows, r) factor: one pass over r columns, not over `out`.
+        let low = (xs.matmul(&self.a.t()?)? * self.scale)?; // (rows, r)
+        low.matmul(&self.b.t()?) // (rows, out)
     }
 
     /// `weight + scale · B A`, (out, in).
