@@ -1153,7 +1153,8 @@ mod tests {
         // backward passes, and under dropout the second micro-batch's masks follow the first's.
         for name in ["tiny-llama", "tiny-qwen2"] {
             let checkpoint = tiny(name);
-            let cases: [(&str, Option<usize>, bool, Option<f64>, Objective); 7] = [
+            // (label, --train-layers, cached trunk, LoRA dropout, objective)
+            let cases = [
                 (
                     "BT, top layer from a cached trunk",
                     Some(1),
