@@ -4,28 +4,40 @@
 //!
 //! ```text
 //! scripts/install-model.sh
-//! PATH=/path/to/venv-with-torch/bin:$PATH cargo bench --bench train -- [--pairs 4] [--steps 3] [--repeats 2]
+//! PATH=/path/to/venv-with-torch/bin:$PATH cargo bench --bench train -- [--pairs 4] [--steps 3] [--repeats 2] [--rows top2,lora-ckpt]
 //! ```
 //! The workload is one optimiser step on a batch of `--pairs` ZeroEval GSM8K pairs of realistic
 //! length (`../shared/data/zeroeval`: for questions #0.. the first model's solution as chosen and
 //! the second's as rejected; which is correct does not change the work), encoded as `qrm-train`
-//! encodes them (chatml, EOS appended, at most 1,024 tokens), all pairs in one micro-batch. For
-//! each setting — (a) the top 2 layers, the final norm and the head trained, the frozen layers
-//! run from tokens every step (the work a PyTorch trainer does); (b) the same with qrm's cached
-//! frozen trunk (`qrm-train --cache`: the frozen layers never run, their output computed once;
-//! qrm only, since transformers has no such mode); (c) the whole model — qrm's trainer
-//! (`qrm::train::trainer::train`, the loop `qrm-train` runs) does `--steps` timed steps after one
-//! warm-up step, then `benches/train_peer.py` loads the very weights qrm started from (head
-//! included) and runs the same steps with the learning rates qrm's log gave: forward, BT loss,
-//! backward, clipping to 1.0, AdamW (β 0.9/0.95). Runs alternate between the stacks `--repeats`
-//! times. It prints tokens/s (the batch's real tokens over the median step), the ratio qrm /
-//! torch, each stack's peak resident set after the setting (settings run in order of memory,
-//! so the process peak is the setting's), and the largest difference of the per-step losses and
-//! gradient norms of qrm against torch (the first step's loss above 1e-4 fails the bench: the
-//! two stacks would not be computing the same thing).
+//! encodes them (chatml, EOS appended, at most 1,024 tokens), all pairs in one micro-batch. The
+//! settings (`--rows KEY,...` runs some of them; all by default):
+//! - `cached`: the top 2 layers, the final norm and the head trained from qrm's cached frozen
+//!   trunk (`qrm-train --cache`: the frozen layers never run, their output computed once; qrm
+//!   only, since transformers has no such mode);
+//! - `top2`: the same with the frozen layers run from tokens every step (the work a PyTorch
+//!   trainer does);
+//! - `lora`: LoRA r 16, α 16 on every projection of every layer (PEFT's `all-linear`), the final
+//!   norm and the head trained (PEFT's `modules_to_save`); the peer loads qrm's initial adapters
+//!   with `PeftModel.from_pretrained`;
+//! - `full`: the whole model;
+//! - `top2-ckpt`, `lora-ckpt`, `full-ckpt`: the same with gradient checkpointing
+//!   (`qrm-train --checkpoint-layers`; the peer's `gradient_checkpointing_enable(use_reentrant=
+//!   False)`, which wraps every decoder layer: for `top2-ckpt` the frozen layers have nothing to
+//!   save, so both stacks recompute the two trained layers).
+//!
+//! qrm's trainer (`qrm::train::trainer::train`, the loop `qrm-train` runs) does `--steps` timed
+//! steps after one warm-up step, then `benches/train_peer.py` loads the very weights qrm started
+//! from (head and adapters included) and runs the same steps with the learning rates qrm's log
+//! gave: forward, BT loss, backward, clipping to 1.0, AdamW (β 0.9/0.95). Runs alternate between
+//! the stacks `--repeats` times. It prints tokens/s (the batch's real tokens over the median
+//! step), the ratio qrm / torch, each stack's peak resident set during the setting's run (the
+//! high-water mark reset before it, [`qrm::memory::reset_peak_rss`]), and the largest difference
+//! of the per-step losses and gradient norms of qrm against torch (the first step's loss above
+//! 1e-4 fails the bench: the two stacks would not be computing the same thing).
 //!
 //! `RAYON_NUM_THREADS` sets qrm's threads and `OMP_NUM_THREADS` torch's. Under `cargo test` a
-//! smoke pass (one short pair, one step, qrm only) checks that the bench still runs.
+//! smoke pass (one short pair, one step after the warm-up, qrm only: the top 2 layers, and LoRA
+//! on them with checkpointing) checks that the bench still runs.
 
 mod common;
 
@@ -35,16 +47,19 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use common::{floats, median, zeroeval_sample_sets, Peer};
+use qrm::model::lora::{LoraSpec, LoraTarget};
 use qrm::model::template::{find_eos_id, Encoder, EosPolicy, Template, Truncation};
 use qrm::model::{Checkpoint, HeadKind};
 use qrm::pipeline::schema::Pair;
-use qrm::train::run::{encode_pairs, TopLayers};
+use qrm::train::run::{encode_pairs, save_lora, TopLayers};
 use qrm::train::trainer::{train, LogRow, Objective, RunOptions, TrainConfig, TrainData};
 
 struct Options {
     pairs: usize,
     steps: usize,
     repeats: usize,
+    /// The settings to run, by key ([`SETTINGS`]); all when empty.
+    rows: Vec<String>,
     /// Under `cargo test`: one short pair, one step, qrm only.
     smoke: bool,
 }
@@ -56,6 +71,7 @@ fn parse_options() -> Result<Options> {
         pairs: if bench { 4 } else { 1 },
         steps: if bench { 3 } else { 1 },
         repeats: if bench { 2 } else { 1 },
+        rows: Vec::new(),
         smoke: !bench,
     };
     let mut args = arguments.into_iter();
@@ -70,6 +86,16 @@ fn parse_options() -> Result<Options> {
             "--pairs" => options.pairs = value("--pairs")?,
             "--steps" => options.steps = value("--steps")?,
             "--repeats" => options.repeats = value("--repeats")?,
+            "--rows" => {
+                let list = args.next().context("--rows needs a value")?;
+                options.rows = list.split(',').map(|key| key.trim().to_owned()).collect();
+                for key in &options.rows {
+                    if !SETTINGS.iter().any(|setting| setting.key == key) {
+                        let keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+                        bail!("--rows: no setting `{key}` (one of {})", keys.join(", "));
+                    }
+                }
+            }
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -83,9 +109,91 @@ fn parse_options() -> Result<Options> {
 /// What one setting trains.
 #[derive(Clone, Copy)]
 struct Setting {
+    /// Its name in `--rows`.
+    key: &'static str,
     name: &'static str,
     train_layers: Option<usize>,
     cached_trunk: bool,
+    /// LoRA r 16, α 16, on every projection of the trained layers (PEFT's `all-linear`).
+    lora: bool,
+    /// `qrm-train --checkpoint-layers`; the peer's `gradient_checkpointing_enable`.
+    checkpoint_layers: bool,
+}
+
+const fn setting(
+    key: &'static str,
+    name: &'static str,
+    train_layers: Option<usize>,
+    cached_trunk: bool,
+    lora: bool,
+    checkpoint_layers: bool,
+) -> Setting {
+    Setting {
+        key,
+        name,
+        train_layers,
+        cached_trunk,
+        lora,
+        checkpoint_layers,
+    }
+}
+
+/// Every setting, in the order they run: by the memory they take, since memory the allocator
+/// keeps after a setting stays resident and counts toward the next one's peak.
+const SETTINGS: [Setting; 7] = [
+    setting(
+        "cached",
+        "top 2 layers, cached trunk",
+        Some(2),
+        true,
+        false,
+        false,
+    ),
+    setting(
+        "top2-ckpt",
+        "top 2 layers, checkpointed",
+        Some(2),
+        false,
+        false,
+        true,
+    ),
+    setting("top2", "top 2 layers", Some(2), false, false, false),
+    setting(
+        "lora-ckpt",
+        "LoRA r16 all-linear, all layers, checkpointed",
+        None,
+        false,
+        true,
+        true,
+    ),
+    setting(
+        "full-ckpt",
+        "full model, checkpointed",
+        None,
+        false,
+        false,
+        true,
+    ),
+    setting(
+        "lora",
+        "LoRA r16 all-linear, all layers",
+        None,
+        false,
+        true,
+        false,
+    ),
+    setting("full", "full model", None, false, false, false),
+];
+
+/// The adapters of the LoRA settings (PEFT's `LoraConfig(r=16, lora_alpha=16,
+/// target_modules="all-linear")`).
+fn lora_spec() -> LoraSpec {
+    LoraSpec {
+        rank: 16,
+        alpha: 16.0,
+        dropout: 0.0,
+        targets: LoraTarget::ALL.to_vec(),
+    }
 }
 
 /// One qrm run of a setting: the timed steps' seconds, every step's log row, and where its
@@ -94,6 +202,8 @@ struct QrmRun {
     seconds: Vec<f64>,
     rows: Vec<LogRow>,
     initial: tempfile::TempDir,
+    /// The peak resident set of the run (reset before it), MiB.
+    peak_rss_mib: f64,
 }
 
 fn qrm_run(
@@ -103,15 +213,28 @@ fn qrm_run(
     setting: Setting,
     options: &Options,
 ) -> Result<QrmRun> {
-    let model = TopLayers::new(
+    qrm::memory::reset_peak_rss();
+    let lora = setting.lora.then(lora_spec);
+    let model = TopLayers::with_lora(
         checkpoint,
         HeadKind::Linear,
         setting.train_layers,
+        lora.as_ref(),
         0,
         &Device::Cpu,
     )?;
     let initial = tempfile::tempdir()?;
     common::save_for_peer(&model.model, tokenizer, initial.path())?;
+    if let Some(spec) = &lora {
+        // The initial adapters (B zero, A qrm's draw) for the peer to start from.
+        save_lora(
+            &initial.path().join("lora"),
+            &model.model,
+            spec,
+            None,
+            initial.path(),
+        )?;
+    }
     let trunk = if setting.cached_trunk {
         Some(model.pair_trunks(pairs)?)
     } else {
@@ -129,6 +252,7 @@ fn qrm_run(
         learning_rate: 1e-5,
         warmup_fraction: 0.0,
         seed: 0,
+        checkpoint_layers: setting.checkpoint_layers,
         ..TrainConfig::default()
     };
     let output = tempfile::tempdir()?;
@@ -163,6 +287,7 @@ fn qrm_run(
         seconds,
         rows,
         initial,
+        peak_rss_mib: qrm::memory::peak_rss_mib().unwrap_or(f64::NAN),
     })
 }
 
@@ -219,19 +344,28 @@ fn main() -> Result<()> {
     let checkpoint = Checkpoint::load(&gguf, &Device::Cpu, DType::F32)?;
 
     if options.smoke {
-        let setting = Setting {
-            name: "top 2 layers",
-            train_layers: Some(2),
-            cached_trunk: false,
-        };
-        let run = qrm_run(&checkpoint, &tokenizer, &encoded, setting, &options)?;
-        if run.rows.len() != 2 || run.rows.iter().any(|r| !r.loss.is_finite()) {
-            bail!("the smoke run logged {:?}", run.rows);
+        let top2 = SETTINGS
+            .into_iter()
+            .find(|s| s.key == "top2")
+            .context("the top2 setting")?;
+        // And LoRA with checkpointing on the same layers: the adapters' and the recompute's path.
+        let lora_top2 = setting(
+            "",
+            "LoRA, top 2 layers, checkpointed",
+            Some(2),
+            false,
+            true,
+            true,
+        );
+        for setting in [top2, lora_top2] {
+            let run = qrm_run(&checkpoint, &tokenizer, &encoded, setting, &options)?;
+            if run.rows.len() != 2 || run.rows.iter().any(|r| !r.loss.is_finite()) {
+                bail!("the smoke run of {} logged {:?}", setting.name, run.rows);
+            }
         }
         println!(
-            "train bench smoke pass: qrm trained {} steps on {tokens} tokens; the PyTorch peer \
-             runs only under `cargo bench --bench train`",
-            run.rows.len()
+            "train bench smoke pass: qrm trained 2 × 2 steps (top 2 layers; LoRA, checkpointed) \
+             on {tokens} tokens; the PyTorch peer runs only under `cargo bench --bench train`"
         );
         return Ok(());
     }
@@ -264,31 +398,18 @@ fn main() -> Result<()> {
         "| setting | qrm tokens/s | torch tokens/s | qrm / torch | qrm peak RSS MiB | torch peak RSS MiB | max |Δ loss| | max |Δ grad norm| |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    let settings = [
-        Setting {
-            name: "top 2 layers, cached trunk",
-            train_layers: Some(2),
-            cached_trunk: true,
-        },
-        Setting {
-            name: "top 2 layers",
-            train_layers: Some(2),
-            cached_trunk: false,
-        },
-        Setting {
-            name: "full model",
-            train_layers: None,
-            cached_trunk: false,
-        },
-    ];
+    let settings = SETTINGS
+        .into_iter()
+        .filter(|s| options.rows.is_empty() || options.rows.iter().any(|key| key == s.key));
     let mut first_loss_gap = 0f64;
     for setting in settings {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         let (mut loss_gap, mut norm_gap) = (0f64, 0f64);
-        let mut torch_peak = f64::NAN;
+        let (mut qrm_peak, mut torch_peak) = (0f64, 0f64);
         for _ in 0..options.repeats {
             let run = qrm_run(&checkpoint, &tokenizer, &encoded, setting, &options)?;
             ours.extend(&run.seconds);
+            qrm_peak = qrm_peak.max(run.peak_rss_mib);
             let Some(peer) = peer.as_mut().filter(|_| !setting.cached_trunk) else {
                 continue;
             };
@@ -300,10 +421,12 @@ fn main() -> Result<()> {
                 "first_layer": first_layer,
                 "learning_rates": run.rows.iter().map(|r| r.learning_rate).collect::<Vec<_>>(),
                 "max_grad_norm": TrainConfig::default().max_grad_norm,
+                "lora_dir": setting.lora.then(|| run.initial.path().join("lora")),
+                "checkpointing": setting.checkpoint_layers,
             });
             let answer = peer.request(&request.to_string())?;
             theirs.extend(floats(&answer, "seconds")?.into_iter().skip(1));
-            torch_peak = answer["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
+            torch_peak = torch_peak.max(answer["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
             let losses = floats(&answer, "losses")?;
             let norms = floats(&answer, "grad_norms")?;
             let qrm_losses: Vec<f64> = run.rows.iter().map(|r| r.loss).collect();
@@ -313,7 +436,6 @@ fn main() -> Result<()> {
             first_loss_gap = first_loss_gap.max((qrm_losses[0] - losses[0]).abs());
         }
         let qrm_rate = tokens as f64 / median(&mut ours);
-        let qrm_peak = qrm::memory::peak_rss_mib().unwrap_or(f64::NAN);
         if theirs.is_empty() {
             println!(
                 "| {} | {qrm_rate:.1} | – | – | {qrm_peak:.0} | – | – | – |",

@@ -13,9 +13,15 @@
 //! qrm-score, qrm-embed and `peft.PeftModel.from_pretrained` load (docs/lora.md).
 //! `qrm-train --merge DIR -o OUT` writes the LoRA directory DIR as a plain checkpoint.
 //!
+//! `--checkpoint-layers` (gradient checkpointing) keeps only each trained layer's input during
+//! the forward and recomputes the layer in the backward pass: the same gradients, one more
+//! forward of the trained layers, and the memory of one layer's graph instead of all of them
+//! (docs/training-speed.md). A run may be resumed with or without it.
+//!
 //! `qrm-train pairs.parquet --model smollm2.gguf --objective q --train-layers 2 -o ckpt/`
 //! `qrm-import gen.jsonl | qrm-pairs --reuse | qrm-train - --model smollm2.gguf -o ckpt/`
 //! `qrm-train pairs.parquet --model smollm2.gguf --lora-rank 16 --lora-targets all-linear -o lora/`
+//! `qrm-train pairs.parquet --model smollm2.gguf --checkpoint-layers --micro-batch 16 -o ckpt/`
 //! `qrm-train --merge lora/ -o merged/`
 
 use std::path::PathBuf;

@@ -205,8 +205,9 @@ impl LoraDelta {
             Some(dropout) => dropout.apply(xs)?,
             None => xs.clone(),
         };
-        let low = xs.matmul(&self.a.t()?)?; // (rows, r)
-        low.matmul(&self.b.t()?)? * self.scale // (rows, out)
+        // The scale on the (rows, r) factor: one pass over r columns, not over `out`.
+        let low = (xs.matmul(&self.a.t()?)? * self.scale)?; // (rows, r)
+        low.matmul(&self.b.t()?) // (rows, out)
     }
 
     /// `weight + scale · B A`, (out, in).
@@ -251,6 +252,19 @@ impl LoraDropout {
         }
     }
 
+    /// Where the masks stand now (the generator's position, or off).
+    pub fn state(&self) -> DropoutState {
+        DropoutState(self.rng.lock().ok().and_then(|slot| slot.clone()))
+    }
+
+    /// Returns to a [`LoraDropout::state`]: the forwards that follow draw the masks drawn after
+    /// it, so gradient checkpointing's recomputed layer sees the masks of its first forward.
+    pub fn restore(&self, state: &DropoutState) {
+        if let Ok(mut slot) = self.rng.lock() {
+            *slot = state.0.clone();
+        }
+    }
+
     /// `xs` with each element zeroed with probability p and the rest scaled by 1/(1 − p), or
     /// `xs` itself when stopped.
     fn apply(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -275,6 +289,10 @@ impl LoraDropout {
         xs * mask
     }
 }
+
+/// A position of [`LoraDropout`]'s mask generator (or dropout off), to return to.
+#[derive(Debug, Clone)]
+pub struct DropoutState(Option<ChaCha8Rng>);
 
 /// Adds adapters to the target projections of `layers` (A Kaiming-uniform from `seed`, drawn
 /// projection after projection in [`Transformer::linears`] order; B zeros) and returns the new

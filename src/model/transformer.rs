@@ -23,7 +23,10 @@
 
 use std::ops::Range;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, DType, Device, Layout, Module, Shape, Tensor, D,
+};
 use candle_nn::{Embedding, VarBuilder};
 
 use crate::model::config::ModelConfig;
@@ -117,7 +120,13 @@ impl Module for Linear {
         })?;
         let rows: usize = leading.iter().product();
         let xs = xs.reshape((rows, *last))?; // (rows, in)
-        let ys = xs.matmul(&self.weight.t()?)?; // (rows, out)
+        let ys = if xs.track_op() && !self.weight.track_op() {
+            // A frozen weight under a graph (LoRA, layers above a trained one): no gradient
+            // for the weight itself.
+            xs.apply_op2(&self.weight.t()?, FrozenMatmul)? // (rows, out)
+        } else {
+            xs.matmul(&self.weight.t()?)? // (rows, out)
+        };
         let ys = match &self.bias {
             Some(bias) => ys.broadcast_add(bias)?,
             None => ys,
@@ -129,6 +138,67 @@ impl Module for Linear {
         let mut out_dims = leading.to_vec();
         out_dims.push(self.weight.dim(0)?);
         ys.reshape(out_dims)
+    }
+}
+
+/// `x · Wᵀ` for a weight that does not train: the forward is candle's matmul, the backward
+/// gives the gradient of `x` only. candle's own matmul backward computes the gradient of both
+/// operands whether they train or not, so under LoRA every frozen projection paid a full-size
+/// weight-gradient matmul (a third of its backward work) and kept that gradient until the
+/// backward pass ended.
+///
+/// # Shapes
+/// `x` (rows, in), `Wᵀ` (in, out) → (rows, out).
+struct FrozenMatmul;
+
+impl FrozenMatmul {
+    fn dims(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+        let (rows, inner) = l1.shape().dims2()?;
+        let (inner2, out) = l2.shape().dims2()?;
+        if inner != inner2 {
+            candle_core::bail!("frozen matmul: ({rows}, {inner}) · ({inner2}, {out})");
+        }
+        Ok((rows, inner, out))
+    }
+}
+
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, inner, out) = Self::dims(l1, l2)?;
+        let ys = s1.matmul(s2, (1, rows, out, inner), l1, l2)?;
+        Ok((ys, Shape::from((rows, out))))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (rows, inner, out) = Self::dims(l1, l2)?;
+        let ys = s1.matmul(s2, (1, rows, out, inner), l1, l2)?;
+        Ok((ys, Shape::from((rows, out))))
+    }
+
+    fn bwd(
+        &self,
+        _xs: &Tensor,
+        weight_t: &Tensor,
+        _ys: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&weight_t.t()?)?), None))
     }
 }
 
@@ -202,6 +272,10 @@ struct Prepared {
     /// (seq_len, head_size / 2).
     sin: Tensor,
 }
+
+/// The mask and rotary tables of one batch for [`Transformer::run_layer`] (from
+/// [`Transformer::layer_context`]).
+pub struct LayerContext(Prepared);
 
 /// Whether the forward uses qrm's CPU kernels ([`cpu_kernels`]): fused kernels, f32, CPU.
 fn uses_cpu_kernels(kernels: Kernels, device: &Device, dtype: DType) -> bool {
@@ -638,6 +712,46 @@ impl Transformer {
         Ok(xs)
     }
 
+    /// The attention mask and rotary tables of a right-padded batch, shared by the layers that
+    /// [`Transformer::run_layer`] runs one at a time (gradient checkpointing).
+    ///
+    /// # Shapes
+    /// `attention_mask` (batch, seq_len) right-padded 0/1.
+    pub fn layer_context(&self, attention_mask: &Tensor) -> Result<LayerContext> {
+        let (batch, seq_len) = attention_mask.dims2()?;
+        Ok(LayerContext(self.prepare(
+            attention_mask,
+            batch,
+            seq_len,
+            0,
+        )?))
+    }
+
+    /// Runs layer `index` alone on the hidden state entering it: one step of
+    /// [`Transformer::run_layers`], for a trainer that checkpoints layer by layer.
+    ///
+    /// # Shapes
+    /// `hidden` (batch, seq_len, hidden) → (batch, seq_len, hidden).
+    pub fn run_layer(
+        &self,
+        index: usize,
+        hidden: &Tensor,
+        context: &LayerContext,
+    ) -> Result<Tensor> {
+        let layer = self.layers.get(index).ok_or_else(|| {
+            Error::Model(format!(
+                "layer {index} is outside the model's {} layers",
+                self.layers.len()
+            ))
+        })?;
+        Ok(layer.forward(hidden, &context.0, self.kernels, None)?.0)
+    }
+
+    /// The final norm on the last layer's output, as [`Transformer::forward_from_layer`] ends.
+    pub fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.norm.forward(hidden, self.kernels)
+    }
+
     /// Final hidden states of unpadded rows that continue `past` (none: they start at position
     /// 0), and the cache of `past`'s tokens followed by theirs. A prompt run once this way is
     /// the prefix of [`Transformer::forward_with_prefix`]; one more token at a time with the
@@ -875,6 +989,36 @@ mod tests {
     use crate::model::Checkpoint;
     use crate::testing::{max_abs_diff, project_root};
     use candle_core::IndexOp;
+
+    /// A frozen weight under a graph: the same output and input gradient as candle's matmul,
+    /// and no gradient for the weight.
+    #[test]
+    fn a_frozen_weight_passes_the_input_gradient_and_takes_none() {
+        let device = Device::Cpu;
+        // W (out 2, in 3), x (rows 2, in 3).
+        let weight = Tensor::new(&[[1f32, 2., 3.], [-1., 0.5, 2.]], &device).unwrap();
+        let x = candle_core::Var::new(&[[0.5f32, -1., 2.], [1., 1., -0.5]], &device).unwrap();
+        let linear = Linear::from_parts(weight.clone(), None);
+        let ys = linear.forward(x.as_tensor()).unwrap();
+        // Row 0: 0.5 − 2 + 6 = 4.5 and −0.5 − 0.5 + 4 = 3; row 1: 1 + 2 − 1.5 = 1.5 and
+        // −1 + 0.5 − 1 = −1.5.
+        assert_eq!(
+            ys.to_vec2::<f32>().unwrap(),
+            vec![vec![4.5, 3.], vec![1.5, -1.5]]
+        );
+        // d sum(ys ⊙ c)/dx = c · W: c = [[1, 2], [0, 1]] → row 0 [1 − 2, 2 + 1, 3 + 4] = [−1, 3, 7],
+        // row 1 [−1, 0.5, 2].
+        let c = Tensor::new(&[[1f32, 2.], [0., 1.]], &device).unwrap();
+        let grads = (ys * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(
+            grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![-1., 3., 7.], vec![-1., 0.5, 2.]]
+        );
+        assert!(
+            grads.get(&weight).is_none(),
+            "a gradient for the frozen weight"
+        );
+    }
 
     /// Token ids `(seed·7 + i·13) % vocab` for `len` positions, deterministic and varied.
     fn ids(len: usize, seed: usize, vocab: usize) -> Vec<u32> {

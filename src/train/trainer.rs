@@ -41,6 +41,7 @@ use crate::model::batching::{pad_right, plan_in_order, TokenModel};
 use crate::model::loading::short_hash;
 use crate::model::reward_model::{last_token_values, RewardOutput};
 use crate::model::template::Encoded;
+use crate::train::checkpointing::{self, LayerStack};
 use crate::train::loss;
 use crate::train::optim::{clip_gradient_norm, AdamW, AdamWConfig, CosineSchedule};
 use crate::train::sampling::{
@@ -198,6 +199,13 @@ pub struct TrainConfig {
     /// Seed of the data order, the eval split and the contrastive positions.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Gradient checkpointing: keep only each trained layer's input during the forward and
+    /// recompute the layer in the backward pass (one more forward of the trained layers, much
+    /// less memory held); the same gradients. Not part of the resume identity: a run may be
+    /// resumed with or without it.
+    #[arg(long)]
+    #[serde(default)]
+    pub checkpoint_layers: bool,
 }
 
 /// Checks an `a:b` window flag.
@@ -234,6 +242,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             save_every: 0,
             seed: 42,
+            checkpoint_layers: false,
         }
     }
 }
@@ -327,6 +336,12 @@ pub trait TrainableRewardModel: TokenModel {
     /// Training step `step` begins (`Some`: dropout on, its masks those of the step) or
     /// evaluation does (`None`: no dropout). Models without dropout ignore it.
     fn set_training_step(&self, _step: Option<usize>) {}
+
+    /// The model as a stack of layers for gradient checkpointing (`--checkpoint-layers`,
+    /// [`LayerStack::backward`]); `None` (the default) for a model that cannot be checkpointed.
+    fn layer_stack(&self) -> Option<LayerStack<'_>> {
+        None
+    }
 }
 
 /// Training data: pairs plus, when the trunk is frozen and cached, each response's trunk output
@@ -530,6 +545,25 @@ fn micro_batch_loss(
     sampling: &SamplingConfig,
     draws: Draws,
 ) -> Result<MicroLoss> {
+    let batch = micro_batch_input(data, micro, model.device())?;
+    let output = model.forward_batch(&batch.input)?;
+    micro_batch_loss_of(data, micro, config, sampling, draws, &batch, &output)
+}
+
+/// The rows of one micro-batch as the model sees them: chosen responses, rejected ones, then
+/// the random negatives.
+struct MicroInput<'a> {
+    input: BatchInput,
+    /// Each pair's negative response (the rejected one, or the random one).
+    rows: Vec<&'a Encoded>,
+    tokens: usize,
+}
+
+fn micro_batch_input<'a>(
+    data: &'a TrainData,
+    micro: &MicroBatch,
+    device: &Device,
+) -> Result<MicroInput<'a>> {
     let count = micro.pairs.len();
     let mut rows: Vec<(&Encoded, Option<&Tensor>)> = Vec::with_capacity(3 * count);
     rows.extend(micro.pairs.iter().map(|&pair| response(data, pair, 0)));
@@ -541,8 +575,25 @@ fn micro_batch_loss(
             .map(|&(pair, side)| response(data, pair, side)),
     );
     let tokens = rows.iter().map(|(r, _)| r.input_ids.len()).sum();
-    let input = batch_input(&rows, model.device())?;
-    let output = model.forward_batch(&input)?; // hidden (R, L, H), token_rewards (R, L)
+    let input = batch_input(&rows, device)?;
+    Ok(MicroInput {
+        input,
+        rows: rows.into_iter().map(|(response, _)| response).collect(),
+        tokens,
+    })
+}
+
+/// The loss of one micro-batch from the model's output on its rows ([`micro_batch_input`]).
+fn micro_batch_loss_of(
+    data: &TrainData,
+    micro: &MicroBatch,
+    config: &TrainConfig,
+    sampling: &SamplingConfig,
+    draws: Draws,
+    batch: &MicroInput<'_>,
+    output: &RewardOutput, // hidden (R, L, H), token_rewards (R, L)
+) -> Result<MicroLoss> {
+    let (count, input, rows, tokens) = (micro.pairs.len(), &batch.input, &batch.rows, batch.tokens);
     let token_rewards = output.token_rewards.to_dtype(DType::F32)?;
     let rewards = last_token_values(&token_rewards, &input.attention_mask)?; // (R,)
     let chosen = rewards.narrow(0, 0, count)?; // (B,)
@@ -561,8 +612,8 @@ fn micro_batch_loss(
     if config.objective == Objective::Q {
         let negatives: Vec<&Encoded> = (0..count)
             .map(|index| match config.goal_strategy {
-                GoalStrategy::Random => rows[2 * count + index].0,
-                _ => rows[count + index].0,
+                GoalStrategy::Random => rows[2 * count + index],
+                _ => rows[count + index],
             })
             .collect();
         let hidden = output.hidden.to_dtype(DType::F32)?;
@@ -983,6 +1034,8 @@ fn load_state(
     expected.max_steps = state.config.max_steps;
     expected.eval_every = state.config.eval_every;
     expected.save_every = state.config.save_every;
+    // Checkpointing changes the memory held, not the gradients.
+    expected.checkpoint_layers = state.config.checkpoint_layers;
     if expected != state.config {
         return Err(Error::Usage(format!(
             "{}: the run being resumed used different settings: {:?}",
@@ -1036,21 +1089,46 @@ fn accumulate_gradients(
     model.set_training_step(Some(step));
     let mut gradients: Vec<Option<Tensor>> = vec![None; optimiser.params().len()];
     let mut totals = StepTotals::default();
+    let stack = match config.checkpoint_layers {
+        true => Some(model.layer_stack().ok_or_else(checkpointing::unsupported)?),
+        false => None,
+    };
     for (index, micro) in micro_batches.iter().enumerate() {
         let draws = train_draws(config, step, index, micro);
-        let result = micro_batch_loss(model, data, micro, config, sampling, draws)?;
         let count = micro.pairs.len() as f64;
         // pairs / batch_size; for `--micro-batch` exactly 1/accumulation (both are 1/k rounded).
         let weight = count / config.batch_size as f64;
-        let store = (&result.total * weight)?.backward()?;
-        for (slot, (_, var)) in gradients.iter_mut().zip(optimiser.params()) {
-            if let Some(gradient) = store.get(var) {
-                *slot = Some(match slot.take() {
-                    Some(sum) => (sum + gradient)?,
-                    None => gradient.clone(),
-                });
+        let mut absorb = |store: &candle_core::backprop::GradStore| -> Result<()> {
+            for (slot, (_, var)) in gradients.iter_mut().zip(optimiser.params()) {
+                if let Some(gradient) = store.get(var) {
+                    *slot = Some(match slot.take() {
+                        Some(sum) => (sum + gradient)?,
+                        None => gradient.clone(),
+                    });
+                }
             }
-        }
+            Ok(())
+        };
+        let result = match &stack {
+            None => {
+                let result = micro_batch_loss(model, data, micro, config, sampling, draws)?;
+                absorb(&(&result.total * weight)?.backward()?)?;
+                result
+            }
+            Some(stack) => {
+                let batch = micro_batch_input(data, micro, model.device())?;
+                let mut result = None;
+                let mut loss = |output: &RewardOutput| -> Result<Tensor> {
+                    let micro_loss =
+                        micro_batch_loss_of(data, micro, config, sampling, draws, &batch, output)?;
+                    let weighted = (&micro_loss.total * weight)?;
+                    result = Some(micro_loss);
+                    Ok(weighted)
+                };
+                stack.backward(&batch.input, &mut loss, &mut absorb)?;
+                result.ok_or_else(|| Error::Model("the checkpointed loss was not built".into()))?
+            }
+        };
         totals.loss += result.total.to_dtype(DType::F64)?.to_scalar::<f64>()? * count;
         totals.bt += result.bt * count;
         totals.contrastive += result.contrastive.unwrap_or(0.0) * count;
@@ -1072,6 +1150,37 @@ fn accumulate_gradients(
         })
         .collect::<candle_core::Result<_>>()?;
     Ok((gradients, totals))
+}
+
+/// The gradients of training step `step` as the optimiser receives them (summed over the step's
+/// micro-batches, before clipping), by trainable variable: what `--checkpoint-layers` must not
+/// change.
+pub fn step_gradients(
+    model: &dyn TrainableRewardModel,
+    data: &TrainData,
+    config: &TrainConfig,
+    step: usize,
+) -> Result<Vec<(String, Tensor)>> {
+    config.validate()?;
+    let optimiser = AdamW::new(model.trainable_variables(), AdamWConfig::default())?;
+    let steps_per_epoch = (data.pairs.len() / config.batch_size).max(1);
+    let sampling = config.sampling()?;
+    let (gradients, _) = accumulate_gradients(
+        model,
+        data,
+        config,
+        &sampling,
+        step,
+        steps_per_epoch,
+        &optimiser,
+    )?;
+    model.set_training_step(None);
+    Ok(optimiser
+        .params()
+        .iter()
+        .map(|(name, _)| name.clone())
+        .zip(gradients)
+        .collect())
 }
 
 /// Evaluates on the eval pairs and records the metrics in the step's log row.

@@ -478,3 +478,63 @@ fn a_bad_device_is_a_usage_error() {
         .code(2)
         .stderr(predicates::str::contains("unknown device `gpu0`"));
 }
+
+#[test]
+fn checkpoint_layers_trains_the_same_steps_and_is_recorded() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(root.path());
+    let pairs = pairs_file(root.path());
+    let run = |name: &str, checkpoint: bool| -> (Vec<serde_json::Value>, serde_json::Value) {
+        let output = root.path().join(name);
+        let log = root.path().join(format!("{name}.jsonl"));
+        let mut command = qrm_train();
+        command
+            .arg(&pairs)
+            .arg("--model")
+            .arg(&model)
+            .args(["--template", "raw", "--objective", "q", "--lr", "1e-3"])
+            .args([
+                "--batch-size",
+                "4",
+                "--micro-batch",
+                "2",
+                "--max-steps",
+                "3",
+            ])
+            .args([
+                "--positives",
+                "4",
+                "--negatives",
+                "4",
+                "--eval-fraction",
+                "0",
+            ])
+            .args(["-q", "--log"])
+            .arg(&log)
+            .arg("-o")
+            .arg(&output);
+        if checkpoint {
+            command.arg("--checkpoint-layers");
+        }
+        command.assert().success();
+        let rows = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let record = std::fs::read_to_string(output.join("train_config.json")).unwrap();
+        (rows, serde_json::from_str(&record).unwrap())
+    };
+    // The whole model from tokens, the Q objective: the embedding, both layers, norm and head.
+    let (plain, plain_record) = run("plain", false);
+    let (checkpointed, record) = run("checkpointed", true);
+    assert_eq!(plain.len(), 3);
+    for (a, b) in plain.iter().zip(&checkpointed) {
+        for key in ["loss", "loss_contrastive", "grad_norm"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() < 1e-6, "step {}: {key} {x} vs {y}", a["step"]);
+        }
+    }
+    assert_eq!(record["config"]["checkpoint_layers"], true);
+    assert_eq!(plain_record["config"]["checkpoint_layers"], false);
+}
