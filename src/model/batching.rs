@@ -173,13 +173,86 @@ pub fn prompt_groups(examples: &[Encoded]) -> Vec<Vec<usize>> {
     groups
 }
 
+/// The examples of one shared prompt ([`prompt_groups`]), packed for the forward passes after
+/// that prompt's cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptBatches {
+    /// The shared prompt's tokens.
+    pub prompt: Vec<u32>,
+    /// Example indices of each forward pass after the prompt, packed by [`plan_batches`] on
+    /// the examples' whole lengths (prompt + own tokens), as when they run whole.
+    pub batches: Vec<Vec<usize>>,
+}
+
+impl PromptBatches {
+    /// The prompt as a (1, prompt_len) u32 tensor.
+    pub fn prompt_ids(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::new(self.prompt.as_slice(), device)?.unsqueeze(0)?)
+    }
+
+    /// Right-padded `(input_ids, attention_mask)` of the batch's own tokens after the prompt
+    /// ([`pad_right`] of each example's tokens from `prompt.len()` on).
+    ///
+    /// # Shapes
+    /// → (rows, longest own length) u32 each.
+    pub fn pad_after_prompt(
+        &self,
+        examples: &[Encoded],
+        batch: &[usize],
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let own: Vec<Encoded> = batch
+            .iter()
+            .map(|&i| Encoded {
+                input_ids: examples[i].input_ids[self.prompt.len()..].to_vec(),
+                ..Encoded::default()
+            })
+            .collect();
+        pad_right(&own.iter().collect::<Vec<_>>(), device)
+    }
+}
+
+/// The forward passes of `examples`: batches of examples run whole ([`plan_batches`] within
+/// `batch_tokens`) and, when `share_prompts`, the examples of each shared prompt
+/// ([`prompt_groups`]) packed to run after that prompt's cache instead. Every non-empty example
+/// is in exactly one batch.
+pub fn plan_sharing_prompts(
+    examples: &[Encoded],
+    batch_tokens: usize,
+    share_prompts: bool,
+) -> (Vec<Vec<usize>>, Vec<PromptBatches>) {
+    let groups = if share_prompts {
+        prompt_groups(examples)
+    } else {
+        Vec::new()
+    };
+    let mut lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
+    for &index in groups.iter().flatten() {
+        lengths[index] = 0; // run after their prompt's cache
+    }
+    let shared = groups
+        .iter()
+        .map(|group| {
+            let whole: Vec<usize> = group.iter().map(|&i| examples[i].input_ids.len()).collect();
+            let first = &examples[group[0]];
+            PromptBatches {
+                prompt: first.input_ids[..first.response_start].to_vec(),
+                batches: plan_batches(&whole, batch_tokens)
+                    .into_iter()
+                    .map(|members| members.iter().map(|&m| group[m]).collect())
+                    .collect(),
+            }
+        })
+        .collect();
+    (plan_batches(&lengths, batch_tokens), shared)
+}
+
 /// As [`run_batches`], but with `share_prompts` (and a model with a prompt cache) the examples
-/// of one encoded prompt ([`prompt_groups`]) run after that prompt's cache, computed once
-/// (batch 1): their own tokens in length-sorted batches whose rows × (prompt + longest row)
-/// stay within `batch_tokens`, as when they run whole. `on_batch(indices, output, offset)`:
-/// row `r` of `output` belongs to `examples[indices[r]]`, whose position `p` is column
-/// `p − offset` (`offset` the cached prompt's length, 0 for examples run whole). The outputs
-/// equal those of the whole sequences (to float rounding).
+/// of one encoded prompt run after that prompt's cache, computed once (batch 1), in the
+/// batches [`plan_sharing_prompts`] packs. `on_batch(indices, output, offset)`: row `r` of
+/// `output` belongs to `examples[indices[r]]`, whose position `p` is column `p − offset`
+/// (`offset` the cached prompt's length, 0 for examples run whole). The outputs equal those of
+/// the whole sequences (to float rounding).
 pub fn run_batches_sharing_prompts(
     model: &dyn TokenModel,
     examples: &[Encoded],
@@ -187,40 +260,23 @@ pub fn run_batches_sharing_prompts(
     share_prompts: bool,
     mut on_batch: impl FnMut(&[usize], &RewardOutput, usize) -> Result<()>,
 ) -> Result<()> {
-    let groups = if share_prompts && model.has_prompt_cache() {
-        prompt_groups(examples)
-    } else {
-        Vec::new()
-    };
     let device = model.device();
-    let mut lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
-    for &index in groups.iter().flatten() {
-        lengths[index] = 0; // run below, after their prompt's cache
-    }
-    for indices in plan_batches(&lengths, batch_tokens) {
+    let (whole, shared) = plan_sharing_prompts(
+        examples,
+        batch_tokens,
+        share_prompts && model.has_prompt_cache(),
+    );
+    for indices in whole {
         let batch: Vec<&Encoded> = indices.iter().map(|&i| &examples[i]).collect();
         let (input_ids, attention_mask) = pad_right(&batch, device)?;
         on_batch(&indices, &model.forward(&input_ids, &attention_mask)?, 0)?;
     }
-    for group in &groups {
-        let first = &examples[group[0]];
-        let prompt_len = first.response_start;
-        let prompt = Tensor::new(&first.input_ids[..prompt_len], device)?.unsqueeze(0)?;
-        let cache = model.prompt_cache(&prompt)?;
-        let continuations: Vec<Encoded> = group
-            .iter()
-            .map(|&i| Encoded {
-                input_ids: examples[i].input_ids[prompt_len..].to_vec(),
-                ..Encoded::default()
-            })
-            .collect();
-        let whole: Vec<usize> = group.iter().map(|&i| examples[i].input_ids.len()).collect();
-        for members in plan_batches(&whole, batch_tokens) {
-            let batch: Vec<&Encoded> = members.iter().map(|&m| &continuations[m]).collect();
-            let (input_ids, attention_mask) = pad_right(&batch, device)?;
+    for prompt in &shared {
+        let cache = model.prompt_cache(&prompt.prompt_ids(device)?)?;
+        for indices in &prompt.batches {
+            let (input_ids, attention_mask) = prompt.pad_after_prompt(examples, indices, device)?;
             let output = model.forward_after(&input_ids, &attention_mask, &cache)?;
-            let indices: Vec<usize> = members.iter().map(|&m| group[m]).collect();
-            on_batch(&indices, &output, prompt_len)?;
+            on_batch(indices, &output, prompt.prompt.len())?;
         }
     }
     Ok(())
@@ -296,6 +352,50 @@ mod tests {
         // A budget above everything: one run; nothing in: no runs.
         assert_eq!(plan_in_order(&items, 1000), vec![0..7]);
         assert!(plan_in_order(&[], 10).is_empty());
+    }
+
+    #[test]
+    fn shared_prompt_plans_run_every_example_once() {
+        let encoded = |ids: &[u32], response_start: usize| Encoded {
+            input_ids: ids.to_vec(),
+            response_start,
+            ..Encoded::default()
+        };
+        // 0, 2 and 3 share the prompt [1, 2]; 1 is alone with its prompt [9]; 4 has no prompt;
+        // 5 is only its prompt (no token after it), so it runs whole.
+        let examples = [
+            encoded(&[1, 2, 3, 4], 2),
+            encoded(&[9, 3], 1),
+            encoded(&[1, 2, 5], 2),
+            encoded(&[1, 2, 6, 7, 8], 2),
+            encoded(&[4, 4], 0),
+            encoded(&[1, 2], 2),
+        ];
+        let (whole, shared) = plan_sharing_prompts(&examples, 100, true);
+        assert_eq!(shared.len(), 1);
+        assert_eq!(shared[0].prompt, vec![1, 2]);
+        // Packed by whole lengths, longest first: 3 (5 tokens), 0 (4): 2 × 5 = 10, padding
+        // 1/10 ≤ 1/8; + 2 (3): 3 × 5 = 15, padding 3/15 > 1/8 → its own batch.
+        assert_eq!(shared[0].batches, vec![vec![3, 0], vec![2]]);
+        let (ids, mask) = shared[0]
+            .pad_after_prompt(&examples, &shared[0].batches[0], &Device::Cpu)
+            .unwrap();
+        assert_eq!(
+            ids.to_vec2::<u32>().unwrap(),
+            vec![vec![6, 7, 8], vec![3, 4, 0]]
+        );
+        assert_eq!(
+            mask.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 1, 1], vec![1, 1, 0]]
+        );
+        let mut seen: Vec<usize> = whole.concat();
+        seen.extend(shared.iter().flat_map(|p| p.batches.concat()));
+        seen.sort();
+        assert_eq!(seen, vec![0, 1, 2, 3, 4, 5]);
+        // Without sharing every example runs whole.
+        let (whole, shared) = plan_sharing_prompts(&examples, 100, false);
+        assert!(shared.is_empty());
+        assert_eq!(whole, plan_batches(&[4, 2, 3, 5, 2, 2], 100));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use indicatif::ProgressBar;
 
 use crate::error::{Error, Result};
-use crate::model::batching::{pad_right, plan_batches, prompt_groups, DEFAULT_BATCH_TOKENS};
+use crate::model::batching::{pad_right, plan_sharing_prompts, DEFAULT_BATCH_TOKENS};
 use crate::model::template::Encoded;
 use crate::model::transformer::Transformer;
 use crate::train::trainer::{save_tensors, EncodedPair};
@@ -137,10 +137,10 @@ pub const TRUNK_BATCH_TOKENS: usize = DEFAULT_BATCH_TOKENS;
 
 /// The frozen trunk's output for each response: the hidden state entering layer `depth`,
 /// `(len, H)` on the CPU, in the order given. Responses that share an encoded prompt
-/// ([`prompt_groups`]) run after that prompt's trunk, computed once
+/// ([`crate::model::batching::prompt_groups`]) run after that prompt's trunk, computed once
 /// ([`Transformer::prefill_trunk`]); the others, and each group's continuations, run in
-/// length-sorted batches of at most `batch_tokens` padded tokens ([`plan_batches`]). Equals
-/// running each response alone through layers `0..depth` to float rounding (test).
+/// length-sorted batches of at most `batch_tokens` padded tokens ([`plan_sharing_prompts`]).
+/// Equals running each response alone through layers `0..depth` to float rounding (test).
 pub fn compute_trunks(
     transformer: &Transformer,
     depth: usize,
@@ -151,17 +151,9 @@ pub fn compute_trunks(
     let device = transformer.device();
     let examples: Vec<Encoded> = responses.iter().map(|&response| response.clone()).collect();
     // A trunk of no layers is the embedding: nothing to share.
-    let groups = if depth == 0 {
-        Vec::new()
-    } else {
-        prompt_groups(&examples)
-    };
+    let (whole, shared) = plan_sharing_prompts(&examples, batch_tokens, depth > 0);
     let mut outputs: Vec<Option<Tensor>> = vec![None; examples.len()];
-    let mut lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
-    for &index in groups.iter().flatten() {
-        lengths[index] = 0; // run below, after their prompt's trunk
-    }
-    for indices in plan_batches(&lengths, batch_tokens) {
+    for indices in whole {
         let batch: Vec<&Encoded> = indices.iter().map(|&i| &examples[i]).collect();
         let (input_ids, attention_mask) = pad_right(&batch, device)?;
         let embedded = transformer.embed(&input_ids)?;
@@ -172,28 +164,18 @@ pub fn compute_trunks(
             progress.inc(1);
         }
     }
-    for group in &groups {
-        let first = &examples[group[0]];
-        let prompt_len = first.response_start;
-        let prompt = Tensor::new(&first.input_ids[..prompt_len], device)?.unsqueeze(0)?;
-        let (prompt_hidden, cache) = transformer.prefill_trunk(&prompt, depth)?;
+    for prompt in &shared {
+        let (prompt_hidden, cache) =
+            transformer.prefill_trunk(&prompt.prompt_ids(device)?, depth)?;
         let prompt_hidden = prompt_hidden.squeeze(0)?; // (prompt_len, H)
-        let continuations: Vec<Encoded> = group
-            .iter()
-            .map(|&i| Encoded {
-                input_ids: examples[i].input_ids[prompt_len..].to_vec(),
-                ..Encoded::default()
-            })
-            .collect();
-        let whole: Vec<usize> = group.iter().map(|&i| examples[i].input_ids.len()).collect();
-        for members in plan_batches(&whole, batch_tokens) {
-            let batch: Vec<&Encoded> = members.iter().map(|&m| &continuations[m]).collect();
-            let (input_ids, attention_mask) = pad_right(&batch, device)?;
+        for indices in &prompt.batches {
+            let (input_ids, attention_mask) =
+                prompt.pad_after_prompt(&examples, indices, device)?;
             let hidden = transformer.trunk_with_prefix(&input_ids, &attention_mask, &cache)?;
-            for (row, &member) in members.iter().enumerate() {
-                let own = continuations[member].input_ids.len();
+            for (row, &index) in indices.iter().enumerate() {
+                let own = examples[index].input_ids.len() - prompt.prompt.len();
                 let whole = Tensor::cat(&[&prompt_hidden, &hidden.i((row, ..own))?], 0)?;
-                outputs[group[member]] = Some(whole.to_device(&Device::Cpu)?);
+                outputs[index] = Some(whole.to_device(&Device::Cpu)?);
                 progress.inc(1);
             }
         }
