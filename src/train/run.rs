@@ -940,6 +940,32 @@ mod tests {
         }
     }
 
+    /// Trains `model` on `pairs` from tokens (no trunk) into `directory`, continuing a partial
+    /// run there when `resume`, and stopping after step `stop` when given (an interrupted run).
+    fn train_until(
+        model: &TopLayers,
+        pairs: &[EncodedPair],
+        config: &TrainConfig,
+        stop: Option<usize>,
+        resume: bool,
+        directory: &Path,
+    ) {
+        let data = TrainData {
+            pairs: pairs.to_vec(),
+            trunk: None,
+        };
+        let mut stop_here = |row: &LogRow| stop.is_none_or(|last| row.step < last);
+        let options = RunOptions {
+            output: directory,
+            resume,
+            log: None,
+            quiet: true,
+            on_step: Some(&mut stop_here),
+            identity: BTreeMap::new(),
+        };
+        train(model, &data, None, config, options).unwrap();
+    }
+
     fn tiny_config(objective: Objective) -> TrainConfig {
         TrainConfig {
             objective,
@@ -1034,20 +1060,7 @@ mod tests {
         let run = |stop: Option<usize>, resume: bool, directory: &Path| {
             let model =
                 TopLayers::new(&checkpoint, HeadKind::Linear, None, 0, &Device::Cpu).unwrap();
-            let data = TrainData {
-                pairs: pairs.clone(),
-                trunk: None,
-            };
-            let mut stop_here = |row: &LogRow| stop.is_none_or(|last| row.step < last);
-            let options = RunOptions {
-                output: directory,
-                resume,
-                log: None,
-                quiet: true,
-                on_step: Some(&mut stop_here),
-                identity: BTreeMap::new(),
-            };
-            train(&model, &data, None, &config, options).unwrap();
+            train_until(&model, &pairs, &config, stop, resume, directory);
             weights(&model)
         };
         let straight = run(None, false, tempfile::tempdir().unwrap().path());
@@ -1080,20 +1093,7 @@ mod tests {
                 &Device::Cpu,
             )
             .unwrap();
-            let data = TrainData {
-                pairs: pairs.clone(),
-                trunk: None,
-            };
-            let mut stop_here = |row: &LogRow| stop.is_none_or(|last| row.step < last);
-            let options = RunOptions {
-                output: directory,
-                resume,
-                log: None,
-                quiet: true,
-                on_step: Some(&mut stop_here),
-                identity: BTreeMap::new(),
-            };
-            train(&model, &data, None, &config, options).unwrap();
+            train_until(&model, &pairs, &config, stop, resume, directory);
             model
                 .trainable_variables()
                 .iter()
@@ -1292,25 +1292,12 @@ mod tests {
                 &Device::Cpu,
             )
             .unwrap();
-            let data = TrainData {
-                pairs: pairs.clone(),
-                trunk: None,
-            };
             let config = TrainConfig {
                 checkpoint_layers,
                 micro_batch: 1,
                 ..tiny_config(Objective::Q)
             };
-            let mut stop_here = |row: &LogRow| stop.is_none_or(|last| row.step < last);
-            let options = RunOptions {
-                output: directory,
-                resume,
-                log: None,
-                quiet: true,
-                on_step: Some(&mut stop_here),
-                identity: BTreeMap::new(),
-            };
-            train(&model, &data, None, &config, options).unwrap();
+            train_until(&model, &pairs, &config, stop, resume, directory);
             model
                 .trainable_variables()
                 .iter()
