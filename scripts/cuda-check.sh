@@ -247,6 +247,9 @@ if want train; then
         printf '}}}\n'
     } > "$M/tokenizer.json"
     echo '{"eos_token": "</s>"}' > "$M/tokenizer_config.json"
+    # the tiny qwen2 (a linear `score` head, as LoRA needs) with the same tokenizer
+    M2="$WORK/tiny-qwen2-word"; mkdir -p "$M2"
+    cp "$FIX/tiny-qwen2/config.json" "$FIX/tiny-qwen2/model.safetensors" "$M/tokenizer.json" "$M/tokenizer_config.json" "$M2/"
     for q in $(seq 0 11); do for p in 0 1; do
         printf '{"pair_id":"%d-%d","question_id":"q%d","question":"w%d w%d","chosen":"w%d w%d w5 w7","rejected":"w%d w%d w6 w7 w8"}\n' \
             "$q" "$p" "$q" $((20 + q)) $((30 + p)) $((10 + q)) $((40 + p)) $((10 + q)) $((40 + p))
@@ -255,38 +258,70 @@ if want train; then
         printf '{"question_id":"q%d","question":"w%d w30","response":"w%d w40 %s","is_correct":%s}\n' \
             "$q" $((20 + q)) $((10 + q)) "$r" "$([[ $r == "w5 w7" ]] && echo true || echo false)"
     done; done > "$DATA/train-gens.jsonl"
-    for side in ref dut; do
-        dev=cpu; [[ $side == dut ]] && dev="$DEVICE"
-        tag="$side-${dev//:/}"
-        t0=$(date +%s.%N)
-        if run_logged "train $tag" "$WORK/train-$tag.log" \
-            "$BIN/qrm-train" "$DATA/train-pairs.jsonl" --model "$M" --template raw --objective q \
-            --train-layers 1 --batch-size 4 --micro-batch 2 --max-steps 6 --positives 4 --negatives 4 \
-            --eval-fraction 0.25 --lr 1e-3 --eval-every 3 -q --device "$dev" \
-            --cache "$WORK/trunk-$tag" --log "$WORK/train-$tag.jsonl" -o "$WORK/ckpt-$tag"; then
-            t1=$(date +%s.%N)
-            note "train $tag: 6 steps in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s, last log line: $(tail -1 "$WORK/train-$tag.jsonl" | cut -c1-160)"
-            run_logged "score with the $tag checkpoint" "$WORK/score-ckpt-$tag.log" \
-                "$BIN/qrm-score" "$DATA/train-gens.jsonl" --rm "$WORK/ckpt-$tag" --template raw --device "$dev" -q \
-                -o "$WORK/scores-ckpt-$tag.jsonl" || true
-        fi
-    done
-    if [[ -n "$PY" && -f "$WORK/train-ref-cpu.jsonl" && -f "$WORK/train-dut-${DEVICE//:/}.jsonl" ]]; then
-        if out=$($PY - "$WORK/train-ref-cpu.jsonl" "$WORK/train-dut-${DEVICE//:/}.jsonl" <<'EOF'
+    # Variants: the plain top-layer run on the tiny llama, and LoRA on every linear layer with
+    # gradient checkpointing on the tiny qwen2. The reference is f32 on the CPU; the device runs bf16 (its default: mixed
+    # precision, f32 masters) and f32. Each device run's first-step loss must agree with the
+    # reference to 5 % (bf16) or 1 % (f32), and a bf16 run's resumable state must hold f32 masters.
+    VARIANTS=("plain|$M|" "lora-ckpt|$M2|--lora-rank 4 --lora-alpha 8 --lora-targets all-linear --checkpoint-layers")
+    train_parity() {  # reference log, device log, relative tolerance
+        $PY - "$1" "$2" "$3" <<'EOF'
 import json, sys, math
 def losses(path):
     rows = [json.loads(l) for l in open(path)]
     keys = [k for k in ("loss", "loss_bt", "train_loss") if any(k in r for r in rows)]
     return [r.get(keys[0]) for r in rows if keys and r.get(keys[0]) is not None], keys
-a, ka = losses(sys.argv[1]); b, kb = losses(sys.argv[2])
+a, ka = losses(sys.argv[1]); b, kb = losses(sys.argv[2]); tol = float(sys.argv[3])
 if not a or not b:
-    print(f"no loss column found (keys {ka} {kb})"); sys.exit(0)
+    print(f"no loss column found (keys {ka} {kb})"); sys.exit(1)
 bad = [x for x in b if not math.isfinite(x)]
-print(f"{ka[0]} cpu {[round(x, 4) for x in a]} vs device {[round(x, 4) for x in b]} (first step must agree to 5%)")
-sys.exit(1 if bad or abs(a[0] - b[0]) > 0.05 * max(1, abs(a[0])) else 0)
+print(f"{ka[0]} cpu {[round(x, 4) for x in a]} vs device {[round(x, 4) for x in b]} (first step within {tol:.0%})")
+sys.exit(1 if bad or abs(a[0] - b[0]) > tol * max(1, abs(a[0])) else 0)
 EOF
-        ); then note "train parity: $out"; else fail "train parity: $out"; fi
-    fi
+    }
+    masters_f32() {  # a state/trainable.safetensors: every tensor F32 (from the safetensors header)
+        $PY - "$1" <<'EOF'
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+header.pop("__metadata__", None)
+dtypes = sorted({v["dtype"] for v in header.values()})
+print(f"{len(header)} master tensors in {dtypes}")
+sys.exit(0 if dtypes == ["F32"] else 1)
+EOF
+    }
+    for variant in "${VARIANTS[@]}"; do
+        IFS='|' read -r name model flags <<< "$variant"; read -r -a extra <<< "$flags"
+        runs=("ref|cpu|f32")
+        if [[ "$DEVICE" == cpu ]]; then runs+=("dut|cpu|bf16"); else runs+=("dut|$DEVICE|bf16" "dut|$DEVICE|f32"); fi
+        for run in "${runs[@]}"; do
+            IFS='|' read -r side dev dtype <<< "$run"
+            tag="$side-${dev//:/}-$name-$dtype"
+            t0=$(date +%s.%N)
+            if run_logged "train $tag" "$WORK/train-$tag.log" \
+                "$BIN/qrm-train" "$DATA/train-pairs.jsonl" --model "$model" --template raw --objective q \
+                --train-layers 1 --batch-size 4 --micro-batch 2 --max-steps 6 --positives 4 --negatives 4 \
+                --eval-fraction 0.25 --lr 1e-3 --eval-every 3 -q --device "$dev" --dtype "$dtype" "${extra[@]}" \
+                --cache "$WORK/trunk-$tag" --log "$WORK/train-$tag.jsonl" -o "$WORK/ckpt-$tag"; then
+                t1=$(date +%s.%N)
+                note "train $tag: 6 steps in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s, last log line: $(tail -1 "$WORK/train-$tag.jsonl" | cut -c1-160)"
+                run_logged "score with the $tag checkpoint" "$WORK/score-ckpt-$tag.log" \
+                    "$BIN/qrm-score" "$DATA/train-gens.jsonl" --rm "$WORK/ckpt-$tag" --template raw --device "$dev" -q \
+                    -o "$WORK/scores-ckpt-$tag.jsonl" || true
+                if [[ -n "$PY" && "$dtype" == bf16 ]]; then
+                    if out=$(masters_f32 "$WORK/ckpt-$tag/state/trainable.safetensors" 2>&1); then
+                        note "train $tag: $out"
+                    else fail "train $tag masters: $out"; fi
+                fi
+            fi
+            ref="$WORK/train-ref-cpu-$name-f32.jsonl"
+            if [[ -n "$PY" && $side == dut && -f "$ref" && -f "$WORK/train-$tag.jsonl" ]]; then
+                tolerance=0.05; [[ "$dtype" == f32 ]] && tolerance=0.01
+                if out=$(train_parity "$ref" "$WORK/train-$tag.jsonl" "$tolerance" 2>&1); then
+                    note "train parity $tag: $out"
+                else fail "train parity $tag: $out"; fi
+            fi
+        done
+    done
 fi
 
 # ---------------------------------------------------------------- throughput on a SmolLM2-135M shape

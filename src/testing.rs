@@ -123,3 +123,15 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .and_then(|d| d.to_scalar::<f32>())
         .expect("two f32 tensors of one shape")
 }
+
+/// max |a − b| / max(1, max |b|) over two f32 tensors of one shape: hidden states of real models
+/// (and the residual stream before the final norm, which grows with depth) reach magnitudes of
+/// tens, where f32 rounding alone is above 1e-5 in absolute terms.
+pub fn relative_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    let scale = b
+        .abs()
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("an f32 tensor");
+    max_abs_diff(a, b) / scale.max(1.0)
+}

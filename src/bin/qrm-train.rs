@@ -18,6 +18,10 @@
 //! forward of the trained layers, and the memory of one layer's graph instead of all of them
 //! (docs/training-speed.md). A run may be resumed with or without it.
 //!
+//! `--dtype bf16` (the default with `--device cuda`) trains in mixed precision: bf16 weights and
+//! activations, f32 master weights, AdamW moments, gradient sums and loss; the checkpoint holds
+//! the bf16 weights, the resumable state the f32 masters. `--dtype f32` is the CPU's default.
+//!
 //! `qrm-train pairs.parquet --model smollm2.gguf --objective q --train-layers 2 -o ckpt/`
 //! `qrm-import gen.jsonl | qrm-pairs --reuse | qrm-train - --model smollm2.gguf -o ckpt/`
 //! `qrm-train pairs.parquet --model smollm2.gguf --lora-rank 16 --lora-targets all-linear -o lora/`
@@ -166,6 +170,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         eos: args.eos,
         max_len: args.max_len,
         device: args.device.device,
+        dtype: args.device.dtype,
         resume: args.resume,
         log: args.log,
         cache: args.cache,

@@ -1,5 +1,5 @@
 //! `--device cpu|cuda[:N]`: the candle device and the dtype the model runs in there (f32 on the
-//! CPU, bf16 on a GPU). CUDA needs the crate's `cuda` feature.
+//! CPU, bf16 on a GPU; `--dtype` chooses another). CUDA needs the crate's `cuda` feature.
 
 use std::str::FromStr;
 
@@ -70,6 +70,27 @@ impl DeviceChoice {
             DeviceChoice::Cuda(_) => DType::BF16,
         }
     }
+
+    /// The dtype `choice` asks for, the device's own ([`DeviceChoice::dtype`]) for `auto`.
+    pub fn dtype_for(self, choice: DtypeChoice) -> DType {
+        match choice {
+            DtypeChoice::Auto => self.dtype(),
+            DtypeChoice::F32 => DType::F32,
+            DtypeChoice::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// `--dtype auto|f32|bf16`: the dtype weights and activations run in. In training, bf16 is mixed
+/// precision: the optimiser keeps f32 master weights and moments, and the loss is computed in
+/// f32 ([`crate::train::optim::AdamW`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DtypeChoice {
+    /// f32 on the CPU, bf16 on a GPU.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
 }
 
 #[cfg(test)]
@@ -98,5 +119,19 @@ mod tests {
         assert_eq!(DeviceChoice::Cpu.dtype(), DType::F32);
         assert_eq!(DeviceChoice::Cuda(0).dtype(), DType::BF16);
         assert!(DeviceChoice::Cpu.device().unwrap().is_cpu());
+    }
+
+    #[test]
+    fn an_explicit_dtype_overrides_the_devices_own() {
+        assert_eq!(DeviceChoice::Cpu.dtype_for(DtypeChoice::Auto), DType::F32);
+        assert_eq!(
+            DeviceChoice::Cuda(0).dtype_for(DtypeChoice::Auto),
+            DType::BF16
+        );
+        assert_eq!(DeviceChoice::Cpu.dtype_for(DtypeChoice::Bf16), DType::BF16);
+        assert_eq!(
+            DeviceChoice::Cuda(1).dtype_for(DtypeChoice::F32),
+            DType::F32
+        );
     }
 }

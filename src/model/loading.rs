@@ -24,7 +24,7 @@ use crate::model::gguf::tokenizer_from_gguf;
 use crate::model::template::{
     find_eos_id, parse_template_arg, Encoder, EosPolicy, Template, Truncation,
 };
-use crate::model::{Checkpoint, DeviceChoice, HeadKind, RewardModel};
+use crate::model::{Checkpoint, DeviceChoice, DtypeChoice, HeadKind, RewardModel};
 use crate::pipeline::io::{file_sha256, key_of};
 
 use crate::model::record::{EncodingRecord, STATE_DIR, TRAINING_RECORD};
@@ -43,6 +43,11 @@ pub struct DeviceArgs {
     /// cpu, cuda or cuda:N (gpu means cuda:0).
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: DeviceChoice,
+
+    /// Weights and activations: auto (f32 on the CPU, bf16 on a GPU), f32, or bf16 (mixed
+    /// precision: f32 master weights, optimiser state and loss).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: DtypeChoice,
 }
 
 /// `--rm`, `--tokenizer`, `--device`, `--head`, `--seed`.

@@ -41,7 +41,7 @@ pub mod transformer;
 
 pub use checkpoint::Checkpoint;
 pub use config::{Family, ModelConfig};
-pub use device::DeviceChoice;
+pub use device::{DeviceChoice, DtypeChoice};
 pub use head::{HeadKind, HeadLayout, ValueHead};
 pub use reward_model::{last_token_hidden, last_token_values, RewardModel, RewardOutput};
 pub use transformer::{Kernels, KvCache, Transformer};

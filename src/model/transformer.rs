@@ -987,7 +987,7 @@ pub fn attention_mask_rows(
 mod tests {
     use super::*;
     use crate::model::Checkpoint;
-    use crate::testing::{max_abs_diff, project_root};
+    use crate::testing::{project_root, relative_diff};
     use candle_core::IndexOp;
 
     /// A frozen weight under a graph: the same output and input gradient as candle's matmul,
@@ -1025,19 +1025,6 @@ mod tests {
         (0..len)
             .map(|i| ((seed * 7 + i * 13 + 1) % vocab) as u32)
             .collect()
-    }
-
-    /// max |a − b| / max(1, max |b|): hidden states of real models reach magnitudes of tens,
-    /// where f32 rounding alone is above 1e-5 in absolute terms.
-    fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let scale = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        max_abs_diff(a, b) / scale.max(1.0)
     }
 
     /// The hidden states of `prompt ++ row` run alone, at the row's positions.

@@ -3,6 +3,13 @@
 //! candle-nn ships an `AdamW`, but its moment estimates are private, so a checkpoint could not
 //! carry them and `--resume` could not continue exactly. This one keeps them in the open; it
 //! computes the same update as `torch.optim.AdamW` and DeepSpeed's FusedAdam in AdamW mode.
+//!
+//! Mixed precision (`qrm-train --dtype bf16`): a variable in a half dtype (bf16, f16) is the
+//! model's working copy; the optimiser keeps an f32 master of it and f32 moments, applies the
+//! update to the master, and writes the master rounded to the half dtype back into the variable
+//! (DeepSpeed's bf16 optimiser, apex's O2). Updates smaller than the half dtype's spacing, which
+//! a bf16 weight alone would round away (an lr of 1e-5 on a weight of 1 is 1/780 of bf16's
+//! spacing there), accumulate in the master.
 
 use std::collections::HashMap;
 
@@ -42,6 +49,9 @@ pub fn is_decayed(name: &str) -> bool {
 /// θ ← θ − η·(m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε).
 pub struct AdamW {
     params: Vec<(String, Var)>,
+    /// The f32 master of each variable in a half dtype (None for f32 and f64 variables, which
+    /// are their own master).
+    masters: Vec<Option<Tensor>>,
     first_moments: Vec<Tensor>,
     second_moments: Vec<Tensor>,
     step: usize,
@@ -51,13 +61,22 @@ pub struct AdamW {
 impl AdamW {
     /// A fresh optimiser (step 0, zero moments) over `params`.
     pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
+        let masters = params
+            .iter()
+            .map(|(_, var)| master_of(var))
+            .collect::<Result<Vec<_>>>()?;
         let first_moments = params
             .iter()
-            .map(|(_, var)| var.as_tensor().zeros_like())
+            .map(|(_, var)| {
+                var.as_tensor()
+                    .zeros_like()?
+                    .to_dtype(state_dtype(var.dtype()))
+            })
             .collect::<Result<Vec<_>>>()?;
         let second_moments = first_moments.clone();
         Ok(AdamW {
             params,
+            masters,
             first_moments,
             second_moments,
             step: 0,
@@ -68,6 +87,34 @@ impl AdamW {
     /// The optimised variables with their names, in order.
     pub fn params(&self) -> &[(String, Var)] {
         &self.params
+    }
+
+    /// The optimised values by name: the f32 master of a half-dtype variable, else the variable
+    /// itself (what a resumable state saves).
+    pub fn weights(&self) -> HashMap<String, Tensor> {
+        self.params
+            .iter()
+            .zip(&self.masters)
+            .map(|((name, var), master)| {
+                let value = master.clone().unwrap_or_else(|| var.as_tensor().clone());
+                (name.clone(), value)
+            })
+            .collect()
+    }
+
+    /// Sets every variable (and its master) from `weights` as [`AdamW::weights`] saved them.
+    pub fn load_weights(&mut self, weights: &HashMap<String, Tensor>) -> Result<()> {
+        for ((name, var), master) in self.params.iter().zip(&mut self.masters) {
+            let Some(tensor) = weights.get(name) else {
+                candle_core::bail!("resume state lacks weight `{name}`");
+            };
+            let tensor = tensor.to_device(var.device())?;
+            var.set(&tensor.to_dtype(var.dtype())?)?;
+            if master.is_some() {
+                *master = Some(tensor.to_dtype(DType::F32)?);
+            }
+        }
+        Ok(())
     }
 
     /// Number of updates applied so far.
@@ -94,15 +141,24 @@ impl AdamW {
         let first_correction = 1.0 - beta1.powi(self.step as i32);
         let second_correction = 1.0 - beta2.powi(self.step as i32);
         for (index, ((name, var), gradient)) in self.params.iter().zip(gradients).enumerate() {
-            let gradient = gradient.to_dtype(var.dtype())?;
+            let master = &mut self.masters[index];
+            let value = master.clone().unwrap_or_else(|| var.as_tensor().clone());
+            let gradient = gradient.to_dtype(value.dtype())?;
             let first = ((&self.first_moments[index] * beta1)? + (&gradient * (1.0 - beta1))?)?;
             let second =
                 ((&self.second_moments[index] * beta2)? + (gradient.sqr()? * (1.0 - beta2))?)?;
             let denominator = ((&second / second_correction)?.sqrt()? + eps)?;
             let update = ((&first / first_correction)? / denominator)?;
             let decay = if is_decayed(name) { weight_decay } else { 0.0 };
-            let decayed = (var.as_tensor() * (1.0 - learning_rate * decay))?;
-            var.set(&(decayed - (update * learning_rate)?)?)?;
+            let decayed = (value * (1.0 - learning_rate * decay))?;
+            let updated = (decayed - (update * learning_rate)?)?;
+            match master {
+                Some(master) => {
+                    var.set(&updated.to_dtype(var.dtype())?)?;
+                    *master = updated;
+                }
+                None => var.set(&updated)?,
+            }
             self.first_moments[index] = first;
             self.second_moments[index] = second;
         }
@@ -130,11 +186,31 @@ impl AdamW {
                 let Some(tensor) = state.get(&key) else {
                     candle_core::bail!("optimiser state lacks `{key}`");
                 };
-                *slot = tensor.to_dtype(var.dtype())?.to_device(var.device())?;
+                *slot = tensor
+                    .to_dtype(state_dtype(var.dtype()))?
+                    .to_device(var.device())?;
             }
         }
         self.step = step;
         Ok(())
+    }
+}
+
+/// The dtype of a variable's master and moments: f32 for a half dtype, else its own.
+pub fn state_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
+}
+
+/// A half-dtype variable's f32 master (None when the variable is its own master).
+fn master_of(var: &Var) -> Result<Option<Tensor>> {
+    let dtype = state_dtype(var.dtype());
+    match dtype == var.dtype() {
+        true => Ok(None),
+        // A copy, not a view of the variable: the master must not change when it is set.
+        false => Ok(Some(var.as_tensor().to_dtype(dtype)?.copy()?)),
     }
 }
 
@@ -264,6 +340,74 @@ mod tests {
         optimiser.step(&gradients, 0.1).unwrap();
         assert!((weight.to_vec1::<f64>().unwrap()[0] - 0.85).abs() < 1e-9);
         assert!((norm.to_vec1::<f64>().unwrap()[0] - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_bf16_variable_steps_from_its_f32_master() {
+        // θ = 1 in bf16 (spacing 2⁻⁷ = 0.0078 just above 1), η = 1e-4, g = 1: each AdamW step
+        // moves θ by η·m̂/(√v̂ + ε) = 1e-4 (m̂ = g and v̂ = g² for a constant gradient). Ten steps
+        // give the f32 master 1.001, which rounds to bf16 1.0: a bf16 weight updated in bf16
+        // would stay 1 for ever (1 − 1e-4 rounds to 1), the master keeps every step.
+        let device = Device::Cpu;
+        let weight = Var::new(&[1f32, -2.0], &device).unwrap();
+        let weight = Var::from_tensor(&weight.to_dtype(DType::BF16).unwrap()).unwrap();
+        let mut optimiser =
+            AdamW::new(vec![("w".into(), weight.clone())], AdamWConfig::default()).unwrap();
+        let gradient = Tensor::new(&[-1f32, 1.0], &device)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        for _ in 0..10 {
+            optimiser
+                .step(std::slice::from_ref(&gradient), 1e-4)
+                .unwrap();
+        }
+        let master = optimiser.weights()["w"].clone();
+        assert_eq!(master.dtype(), DType::F32);
+        let master = master.to_vec1::<f32>().unwrap();
+        assert!((master[0] - 1.001).abs() < 1e-6, "{master:?}");
+        assert!((master[1] + 2.001).abs() < 1e-6, "{master:?}");
+        // The variable is the master rounded to bf16, still in bf16.
+        assert_eq!(weight.dtype(), DType::BF16);
+        let rounded = optimiser.weights()["w"]
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert_eq!(
+            weight
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            rounded.to_vec1::<f32>().unwrap()
+        );
+        // The moments are f32; state and master round-trip into a fresh optimiser, which then
+        // takes the same step.
+        assert!(optimiser.state().values().all(|t| t.dtype() == DType::F32));
+        let copy = Var::from_tensor(&weight.as_tensor().copy().unwrap()).unwrap();
+        let mut restored =
+            AdamW::new(vec![("w".into(), copy.clone())], AdamWConfig::default()).unwrap();
+        restored.load_weights(&optimiser.weights()).unwrap();
+        restored
+            .load_state(&optimiser.state(), optimiser.step_count())
+            .unwrap();
+        for _ in 0..200 {
+            optimiser
+                .step(std::slice::from_ref(&gradient), 1e-4)
+                .unwrap();
+            restored
+                .step(std::slice::from_ref(&gradient), 1e-4)
+                .unwrap();
+        }
+        // 210 steps of 1e-4: 1.021 in the master, which bf16 now shows (1.0234375 = 1 + 3·2⁻⁷).
+        let values = |var: &Var| var.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values(&weight), values(&copy));
+        assert_eq!(values(&weight)[0], 1.0234375);
+        assert_eq!(
+            optimiser.weights()["w"].to_vec1::<f32>().unwrap(),
+            restored.weights()["w"].to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]

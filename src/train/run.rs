@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::model::batching::{pad_right, TokenModel};
 use crate::model::checkpoint::model_sha256;
 use crate::model::checkpoint::Checkpoint;
-use crate::model::device::DeviceChoice;
+use crate::model::device::{DeviceChoice, DtypeChoice};
 use crate::model::head::HeadKind;
 use crate::model::lora::{add_adapters, LoraDropout, LoraSpec};
 use crate::model::reward_model::{last_token_values, RewardModel, RewardOutput};
@@ -107,6 +107,8 @@ pub struct FitRequest {
     pub eos: EosPolicy,
     pub max_len: usize,
     pub device: DeviceChoice,
+    /// `--dtype`: bf16 trains in mixed precision (f32 masters in the optimiser).
+    pub dtype: DtypeChoice,
     pub resume: bool,
     pub log: Option<PathBuf>,
     pub cache: PathBuf,
@@ -424,6 +426,10 @@ pub struct TrainingRecord {
     #[serde(flatten)]
     pub encoding: EncodingRecord,
     pub device: String,
+    /// The dtype weights and activations ran in (`f32`, `bf16`); absent in records written
+    /// before `--dtype`, which trained in the device's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
     pub steps: usize,
     pub eval: Option<EvalMetrics>,
     pub eval_accuracy_interval: Option<AccuracyInterval>,
@@ -526,22 +532,31 @@ fn cached_trunks(
 ) -> Result<[Option<Vec<[Tensor; 2]>>; 2]> {
     let fused = model.model.transformer.clone().with_kernels(Kernels::Fused);
     let mut trunks = [None, None];
+    let (template_name, dtype) = (template.name(), request.dtype());
+    let first_layer = model.first_layer.to_string();
+    let max_len = request.max_len.to_string();
     let parts = [
         ("train", pairs.sha256.as_str()),
         ("eval", pairs.eval_hash()),
     ];
     for ((slot, (name, pairs_hash)), encoded) in trunks.iter_mut().zip(parts).zip(encoded) {
-        let key = key_of(&[
+        let split = format!("{}:{}", request.eval_fraction, request.config.seed);
+        let mut key_parts = vec![
             TRUNK_CACHE_FORMAT,
             model_hash,
-            &template.name(),
+            &template_name,
             request.eos.name(),
-            &model.first_layer.to_string(),
-            &request.max_len.to_string(),
+            &first_layer,
+            &max_len,
             pairs_hash,
             name,
-            &format!("{}:{}", request.eval_fraction, request.config.seed),
-        ]);
+            &split,
+        ];
+        // f32 trunks keep the keys they had before `--dtype`.
+        if dtype != DType::F32 {
+            key_parts.push(dtype.as_str());
+        }
+        let key = key_of(&key_parts);
         // Sized by `load_or_compute` to the distinct responses.
         let progress = crate::cli::progress_bar(0, name, request.quiet);
         let cache = TrunkCache::new(&request.cache, &key);
@@ -579,6 +594,8 @@ fn run_identity(
     .into_iter()
     // Only LoRA runs carry the key, so states saved before it existed still resume.
     .chain(request.lora.as_ref().map(|spec| ("lora", spec.describe())))
+    // Only runs in another dtype than f32 carry it, for the same reason.
+    .chain((request.dtype() != DType::F32).then(|| ("dtype", dtype_name(request.dtype()))))
     .map(|(key, value)| (key.to_owned(), value))
     .collect()
 }
@@ -613,6 +630,7 @@ fn training_record(
             max_len: request.max_len,
         },
         device: request.device.to_string(),
+        dtype: Some(dtype_name(request.dtype())),
         steps: summary.steps,
         eval: summary.eval,
         eval_accuracy_interval: summary.eval.and_then(|eval| eval.accuracy_interval()).map(
@@ -629,6 +647,18 @@ fn training_record(
     }
 }
 
+impl FitRequest {
+    /// The dtype the run trains in: `--dtype`, or the device's own.
+    pub fn dtype(&self) -> DType {
+        self.device.dtype_for(self.dtype)
+    }
+}
+
+/// `f32`, `bf16`: a dtype as the training record and the resume identity spell it.
+fn dtype_name(dtype: DType) -> String {
+    dtype.as_str().to_owned()
+}
+
 /// The model `request` names on `device`, its top `--train-layers` layers (and a new head
 /// when it has none) trainable.
 fn load_top_layers(request: &FitRequest, device: &Device) -> Result<TopLayers> {
@@ -639,7 +669,7 @@ fn load_top_layers(request: &FitRequest, device: &Device) -> Result<TopLayers> {
             request.model.display()
         )));
     }
-    let checkpoint = Checkpoint::load(&request.model, device, request.device.dtype())?;
+    let checkpoint = Checkpoint::load(&request.model, device, request.dtype())?;
     let model = TopLayers::with_lora(
         &checkpoint,
         request.head,
@@ -1124,6 +1154,85 @@ mod tests {
         let halfway = run(0.3, Some(2), false, interrupted.path());
         assert_ne!(halfway, straight);
         assert_eq!(run(0.3, None, true, interrupted.path()), straight);
+    }
+
+    #[test]
+    fn bf16_training_follows_f32_and_resumes_from_its_f32_masters() {
+        // Mixed precision on the CPU (candle widens bf16 matmuls to f32 there): the model runs
+        // in bf16, the gradients the optimiser receives are f32 and point where f32's do, and the
+        // resumable state holds f32 masters from which an interrupted run continues exactly.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen2");
+        let half = Checkpoint::load(&path, &Device::Cpu, DType::BF16).unwrap();
+        let full = tiny("tiny-qwen2");
+        let config = tiny_config(Objective::Q);
+        let pairs = random_pairs(8, 5);
+        let data = TrainData {
+            pairs: pairs.clone(),
+            trunk: None,
+        };
+        let gradients = |checkpoint: &Checkpoint| {
+            let model =
+                TopLayers::new(checkpoint, HeadKind::Linear, None, 0, &Device::Cpu).unwrap();
+            crate::train::trainer::step_gradients(&model, &data, &config, 1).unwrap()
+        };
+        let (from_half, from_full) = (gradients(&half), gradients(&full));
+        assert_eq!(from_half.len(), from_full.len());
+        let (mut dot, mut half_norm, mut full_norm) = (0f64, 0f64, 0f64);
+        for ((name, g_half), (_, g_full)) in from_half.iter().zip(&from_full) {
+            assert_eq!(g_half.dtype(), DType::F32, "{name}");
+            let a = g_half.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = g_full.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                dot += (*x as f64) * (*y as f64);
+                half_norm += (*x as f64).powi(2);
+                full_norm += (*y as f64).powi(2);
+            }
+        }
+        let cosine = dot / (half_norm.sqrt() * full_norm.sqrt());
+        assert!(cosine > 0.99, "bf16 and f32 gradients: cosine {cosine}");
+
+        let masters = |directory: &Path| {
+            let file = state_directory(directory).join(crate::train::trainer::STATE_WEIGHTS);
+            let mut tensors: Vec<_> = candle_core::safetensors::load(file, &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .map(|(name, tensor)| {
+                    assert_eq!(tensor.dtype(), DType::F32, "{name}");
+                    (
+                        name,
+                        tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    )
+                })
+                .collect();
+            tensors.sort_by(|a, b| a.0.cmp(&b.0));
+            tensors
+        };
+        let run = |stop: Option<usize>, resume: bool, directory: &Path| {
+            let model = TopLayers::new(&half, HeadKind::Linear, None, 0, &Device::Cpu).unwrap();
+            train_until(&model, &pairs, &config, stop, resume, directory);
+            assert!(model
+                .trainable_variables()
+                .iter()
+                .all(|(_, var)| var.dtype() == DType::BF16));
+            masters(directory)
+        };
+        let straight_directory = tempfile::tempdir().unwrap();
+        let straight = run(None, false, straight_directory.path());
+        let interrupted = tempfile::tempdir().unwrap();
+        assert_ne!(run(Some(2), false, interrupted.path()), straight);
+        assert_eq!(run(None, true, interrupted.path()), straight);
+        // The masters carry what bf16 rounds away: some differ from their bf16 rounding.
+        let rounded_away = straight.iter().any(|(_, values)| {
+            let rounded = Tensor::new(values.as_slice(), &Device::Cpu)
+                .and_then(|t| {
+                    t.to_dtype(DType::BF16)?
+                        .to_dtype(DType::F32)?
+                        .to_vec1::<f32>()
+                })
+                .unwrap();
+            &rounded != values
+        });
+        assert!(rounded_away, "the masters hold nothing beyond bf16");
     }
 
     /// The largest |a − b| over every gradient (or weight) of two runs, and the largest |a|.

@@ -43,7 +43,7 @@ use crate::model::reward_model::{last_token_values, RewardOutput};
 use crate::model::template::Encoded;
 use crate::train::checkpointing::{self, LayerStack};
 use crate::train::loss;
-use crate::train::optim::{clip_gradient_norm, AdamW, AdamWConfig, CosineSchedule};
+use crate::train::optim::{clip_gradient_norm, state_dtype, AdamW, AdamWConfig, CosineSchedule};
 use crate::train::sampling::{
     sample_paper, sample_reference, ContrastivePositions, ResponseSpan, SamplingConfig, Window,
 };
@@ -425,7 +425,7 @@ pub struct TrainSummary {
 }
 
 pub use crate::model::record::STATE_DIR;
-const STATE_WEIGHTS: &str = "trainable.safetensors";
+pub(crate) const STATE_WEIGHTS: &str = "trainable.safetensors";
 const STATE_OPTIMISER: &str = "optimizer.safetensors";
 const STATE_JSON: &str = "state.json";
 
@@ -957,12 +957,8 @@ fn save_state(
     identity: &BTreeMap<String, String>,
 ) -> Result<()> {
     fs_err::create_dir_all(directory).map_err(|e| Error::io(directory, e))?;
-    let weights: HashMap<String, Tensor> = optimiser
-        .params()
-        .iter()
-        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
-        .collect();
-    save_tensors(&weights, &directory.join(STATE_WEIGHTS))?;
+    // The f32 masters of a mixed-precision run, so a resumed run continues exactly.
+    save_tensors(&optimiser.weights(), &directory.join(STATE_WEIGHTS))?;
     save_tensors(&optimiser.state(), &directory.join(STATE_OPTIMISER))?;
     let state = ResumeState {
         step,
@@ -1049,12 +1045,9 @@ fn load_state(
         .map(|(_, var)| var.device().clone())
         .unwrap_or(Device::Cpu);
     let weights = candle_core::safetensors::load(directory.join(STATE_WEIGHTS), &device)?;
-    for (name, var) in optimiser.params() {
-        let Some(tensor) = weights.get(name) else {
-            return Err(Error::Model(format!("resume state lacks weight `{name}`")));
-        };
-        var.set(&tensor.to_dtype(var.dtype())?)?;
-    }
+    optimiser
+        .load_weights(&weights)
+        .map_err(|e| Error::Model(format!("{}: {e}", directory.join(STATE_WEIGHTS).display())))?;
     let moments = candle_core::safetensors::load(directory.join(STATE_OPTIMISER), &device)?;
     optimiser.load_state(&moments, state.step)?;
     Ok(state.step)
@@ -1101,9 +1094,11 @@ fn accumulate_gradients(
         let mut absorb = |store: &candle_core::backprop::GradStore| -> Result<()> {
             for (slot, (_, var)) in gradients.iter_mut().zip(optimiser.params()) {
                 if let Some(gradient) = store.get(var) {
+                    // Summed in the optimiser's dtype: f32 for a bf16 model.
+                    let gradient = gradient.to_dtype(state_dtype(var.dtype()))?;
                     *slot = Some(match slot.take() {
                         Some(sum) => (sum + gradient)?,
-                        None => gradient.clone(),
+                        None => gradient,
                     });
                 }
             }
@@ -1146,7 +1141,10 @@ fn accumulate_gradients(
         .zip(optimiser.params())
         .map(|(gradient, (_, var))| match gradient {
             Some(gradient) => Ok(gradient),
-            None => var.as_tensor().zeros_like(),
+            None => var
+                .as_tensor()
+                .zeros_like()?
+                .to_dtype(state_dtype(var.dtype())),
         })
         .collect::<candle_core::Result<_>>()?;
     Ok((gradients, totals))

@@ -201,7 +201,7 @@ mod tests {
     use super::*;
     use crate::model::transformer::Kernels;
     use crate::pipeline::io::key_of;
-    use crate::testing::max_abs_diff;
+    use crate::testing::relative_diff;
 
     #[test]
     fn trunk_cache_computes_once_then_loads() {
@@ -312,14 +312,7 @@ mod tests {
                     assert_eq!(trunk.dims(), alone.dims());
                     // Relative to the largest |value|: the residual stream before the final
                     // norm grows with depth.
-                    let scale = alone
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
-                    let diff = max_abs_diff(trunk, &alone) / scale.max(1.0);
+                    let diff = relative_diff(trunk, &alone);
                     assert!(
                         diff < 1e-5,
                         "depth {depth}, budget {batch_tokens}, {:?}: max |Δ| / scale = {diff:e}",

@@ -538,3 +538,71 @@ fn checkpoint_layers_trains_the_same_steps_and_is_recorded() {
     assert_eq!(record["config"]["checkpoint_layers"], true);
     assert_eq!(plain_record["config"]["checkpoint_layers"], false);
 }
+
+#[test]
+fn dtype_bf16_trains_in_mixed_precision_and_a_resume_must_keep_it() {
+    // The top layer from a cached trunk, BT, 3 steps: f32, then bf16 (mixed precision on the
+    // CPU, where candle widens bf16 matmuls to f32).
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(root.path());
+    let pairs = pairs_file(root.path());
+    let cache = root.path().join("cache");
+    let run = |name: &str, dtype: &str| -> (Vec<serde_json::Value>, serde_json::Value) {
+        let output = root.path().join(name);
+        let log = root.path().join(format!("{name}.jsonl"));
+        let mut command = qrm_train();
+        command.arg(&pairs);
+        small_run(&mut command, &model, &cache);
+        command
+            .args(["--max-steps", "3", "--dtype", dtype, "--log"])
+            .arg(&log)
+            .arg("-o")
+            .arg(&output)
+            .assert()
+            .success();
+        let rows = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let record = std::fs::read_to_string(output.join("train_config.json")).unwrap();
+        (rows, serde_json::from_str(&record).unwrap())
+    };
+    let (full, full_record) = run("f32", "f32");
+    let (half, half_record) = run("bf16", "bf16");
+    assert_eq!(full_record["dtype"], "f32");
+    assert_eq!(half_record["dtype"], "bf16");
+    // The same first-step loss to bf16's precision (8 bits of mantissa: ~0.4 % a rounding).
+    let (a, b) = (
+        full[0]["loss"].as_f64().unwrap(),
+        half[0]["loss"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - b).abs() < 0.05 * a.max(1.0),
+        "loss f32 {a} vs bf16 {b}"
+    );
+    assert!(half
+        .iter()
+        .all(|row| row["loss"].as_f64().unwrap().is_finite()));
+    // The saved checkpoint loads in f32 for scoring.
+    let checkpoint =
+        qrm::model::Checkpoint::load(root.path().join("bf16"), &Device::Cpu, DType::F32).unwrap();
+    RewardModel::from_checkpoint(&checkpoint).unwrap();
+
+    // Continuing the bf16 run in f32 is other work: refused, naming the dtype.
+    let mut resumed = qrm_train();
+    resumed.arg(&pairs);
+    small_run(&mut resumed, &model, &cache);
+    resumed
+        .args(["--max-steps", "4", "--dtype", "f32", "--resume", "-o"])
+        .arg(root.path().join("bf16"))
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("dtype changed (bf16 → none)"));
+
+    qrm_train()
+        .args(["pairs.jsonl", "--model", "m", "--dtype", "f16", "-o", "x"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("f16"));
+}
