@@ -259,9 +259,10 @@ if want train; then
             "$q" $((20 + q)) $((10 + q)) "$r" "$([[ $r == "w5 w7" ]] && echo true || echo false)"
     done; done > "$DATA/train-gens.jsonl"
     # Variants: the plain top-layer run on the tiny llama, and LoRA on every linear layer with
-    # gradient checkpointing on the tiny qwen2. The reference is f32 on the CPU; the device runs bf16 (its default: mixed
-    # precision, f32 masters) and f32. Each device run's first-step loss must agree with the
-    # reference to 5 % (bf16) or 1 % (f32), and a bf16 run's resumable state must hold f32 masters.
+    # gradient checkpointing on the tiny qwen2. The reference is f32 on the CPU; the device runs
+    # bf16 (its default: mixed precision, f32 masters) and f32. Each device run's first-step loss
+    # must agree with the reference to 5 % (bf16) or 1 % (f32), and a bf16 run's resumable state
+    # must hold f32 masters.
     VARIANTS=("plain|$M|" "lora-ckpt|$M2|--lora-rank 4 --lora-alpha 8 --lora-targets all-linear --checkpoint-layers")
     train_parity() {  # reference log, device log, relative tolerance
         $PY - "$1" "$2" "$3" <<'EOF'

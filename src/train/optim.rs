@@ -111,7 +111,7 @@ impl AdamW {
             let tensor = tensor.to_device(var.device())?;
             var.set(&tensor.to_dtype(var.dtype())?)?;
             if master.is_some() {
-                *master = Some(tensor.to_dtype(DType::F32)?);
+                *master = Some(tensor.to_dtype(state_dtype(var.dtype()))?);
             }
         }
         Ok(())
@@ -344,10 +344,11 @@ mod tests {
 
     #[test]
     fn a_bf16_variable_steps_from_its_f32_master() {
-        // θ = 1 in bf16 (spacing 2⁻⁷ = 0.0078 just above 1), η = 1e-4, g = 1: each AdamW step
-        // moves θ by η·m̂/(√v̂ + ε) = 1e-4 (m̂ = g and v̂ = g² for a constant gradient). Ten steps
-        // give the f32 master 1.001, which rounds to bf16 1.0: a bf16 weight updated in bf16
-        // would stay 1 for ever (1 − 1e-4 rounds to 1), the master keeps every step.
+        // θ = (1, −2) in bf16 (spacing 2⁻⁷ = 0.0078 just above 1), η = 1e-4, g = (−1, +1): each
+        // AdamW step moves θ by −η·m̂/(√v̂ + ε) = ±1e-4 (m̂ = g and v̂ = g² for a constant
+        // gradient), away from zero. Ten steps give the f32 master (1.001, −2.001), which rounds
+        // to bf16 (1, −2): a bf16 weight updated in bf16 would stay 1 for ever (1 + 1e-4 rounds
+        // to 1), the master keeps every step.
         let device = Device::Cpu;
         let weight = Var::new(&[1f32, -2.0], &device).unwrap();
         let weight = Var::from_tensor(&weight.to_dtype(DType::BF16).unwrap()).unwrap();

@@ -532,16 +532,16 @@ fn cached_trunks(
 ) -> Result<[Option<Vec<[Tensor; 2]>>; 2]> {
     let fused = model.model.transformer.clone().with_kernels(Kernels::Fused);
     let mut trunks = [None, None];
-    let (template_name, dtype) = (template.name(), request.dtype());
+    let template_name = template.name();
     let first_layer = model.first_layer.to_string();
     let max_len = request.max_len.to_string();
+    let split = format!("{}:{}", request.eval_fraction, request.config.seed);
     let parts = [
         ("train", pairs.sha256.as_str()),
         ("eval", pairs.eval_hash()),
     ];
     for ((slot, (name, pairs_hash)), encoded) in trunks.iter_mut().zip(parts).zip(encoded) {
-        let split = format!("{}:{}", request.eval_fraction, request.config.seed);
-        let mut key_parts = vec![
+        let key_parts: Vec<&str> = [
             TRUNK_CACHE_FORMAT,
             model_hash,
             &template_name,
@@ -551,11 +551,10 @@ fn cached_trunks(
             pairs_hash,
             name,
             &split,
-        ];
-        // f32 trunks keep the keys they had before `--dtype`.
-        if dtype != DType::F32 {
-            key_parts.push(dtype.as_str());
-        }
+        ]
+        .into_iter()
+        .chain(request.dtype_key())
+        .collect();
         let key = key_of(&key_parts);
         // Sized by `load_or_compute` to the distinct responses.
         let progress = crate::cli::progress_bar(0, name, request.quiet);
@@ -594,8 +593,7 @@ fn run_identity(
     .into_iter()
     // Only LoRA runs carry the key, so states saved before it existed still resume.
     .chain(request.lora.as_ref().map(|spec| ("lora", spec.describe())))
-    // Only runs in another dtype than f32 carry it, for the same reason.
-    .chain((request.dtype() != DType::F32).then(|| ("dtype", dtype_name(request.dtype()))))
+    .chain(request.dtype_key().map(|dtype| ("dtype", dtype.to_owned())))
     .map(|(key, value)| (key.to_owned(), value))
     .collect()
 }
@@ -630,7 +628,7 @@ fn training_record(
             max_len: request.max_len,
         },
         device: request.device.to_string(),
-        dtype: Some(dtype_name(request.dtype())),
+        dtype: Some(request.dtype().as_str().to_owned()),
         steps: summary.steps,
         eval: summary.eval,
         eval_accuracy_interval: summary.eval.and_then(|eval| eval.accuracy_interval()).map(
@@ -652,11 +650,13 @@ impl FitRequest {
     pub fn dtype(&self) -> DType {
         self.device.dtype_for(self.dtype)
     }
-}
 
-/// `f32`, `bf16`: a dtype as the training record and the resume identity spell it.
-fn dtype_name(dtype: DType) -> String {
-    dtype.as_str().to_owned()
+    /// The dtype as the resume identity and the trunk-cache key carry it (`bf16`): none for
+    /// f32, so states and trunks saved before `--dtype` existed still resume and load.
+    fn dtype_key(&self) -> Option<&'static str> {
+        let dtype = self.dtype();
+        (dtype != DType::F32).then(|| dtype.as_str())
+    }
 }
 
 /// The model `request` names on `device`, its top `--train-layers` layers (and a new head

@@ -9,7 +9,7 @@ use assert_cmd::Command;
 use candle_core::{DType, Device, Tensor};
 use qrm::model::RewardModel;
 
-use crate::support::{pairs_file, tiny_fixture_dir};
+use crate::support::{pairs_file, read_json, tiny_fixture_dir};
 
 fn lora_run(pairs: &Path, model: &Path, root: &Path, rank: &str, output: &Path) -> Command {
     let mut command = Command::cargo_bin("qrm-train").unwrap();
@@ -53,8 +53,7 @@ fn lora_run(pairs: &Path, model: &Path, root: &Path, rank: &str, output: &Path) 
 
 /// The reward at the last token of each `reward_check.json` row, from the model at `dir`.
 fn check_rewards(dir: &Path, check: &Path) -> Vec<(f64, f64)> {
-    let check: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(check).unwrap()).unwrap();
+    let check = read_json(check);
     let loaded = RewardModel::load(dir, &Device::Cpu, DType::F32).unwrap();
     check["rows"]
         .as_array()
@@ -94,9 +93,7 @@ fn a_lora_run_writes_a_peft_directory_that_scores_merges_and_resumes_only_alike(
         assert!(output.join(file).exists(), "{file} missing");
     }
     assert!(!output.join("model.safetensors").exists());
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let config = read_json(&output.join("adapter_config.json"));
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["task_type"], "SEQ_CLS");
     assert_eq!(config["r"], 4);
@@ -140,9 +137,7 @@ fn a_lora_run_writes_a_peft_directory_that_scores_merges_and_resumes_only_alike(
             .unwrap()
             > 0.0
     );
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("train_config.json")).unwrap())
-            .unwrap();
+    let record = read_json(&output.join("train_config.json"));
     assert_eq!(record["lora"]["rank"], 4);
     assert_eq!(
         record["lora"]["targets"],
@@ -475,10 +470,7 @@ fn a_qrm_written_adapter_is_pefts_layout_and_round_trips() {
 
         // adapter_config.json: PEFT's keys and values (target_modules as a set; the base as an
         // absolute path where the fixture's is relative).
-        let read = |dir: &Path| -> serde_json::Value {
-            serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
-                .unwrap()
-        };
+        let read = |dir: &Path| read_json(&dir.join("adapter_config.json"));
         let (mut ours, mut peft) = (read(&written), read(&fixture(&format!("lora-{case}"))));
         let as_set = |value: &mut serde_json::Value| -> BTreeSet<String> {
             serde_json::from_value(value["target_modules"].take()).unwrap()

@@ -11,6 +11,8 @@ use assert_cmd::prelude::*;
 use predicates::prelude::*;
 use serde_json::{json, Value};
 
+use crate::support::read_jsonl;
+
 /// Writes JSON lines into a temporary directory and returns (dir, path).
 fn write_jsonl(rows: &[Value]) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -18,14 +20,6 @@ fn write_jsonl(rows: &[Value]) -> (tempfile::TempDir, PathBuf) {
     let text: Vec<String> = rows.iter().map(Value::to_string).collect();
     std::fs::write(&path, text.join("\n") + "\n").unwrap();
     (dir, path)
-}
-
-fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 /// Two RMs × two sample sets × 6 questions on `gsm8k`, plus a one-class `math` group.

@@ -1,4 +1,5 @@
-//! What the integration tests share: the tiny model directory qrm-train and qrm-score run on.
+//! What the integration tests share: the tiny model directory qrm-train and qrm-score run on, and
+//! readers of the JSON and JSON-lines files the tools write.
 
 use std::path::{Path, PathBuf};
 
@@ -63,4 +64,18 @@ pub fn pairs_file(root: &Path) -> PathBuf {
     }
     std::fs::write(&path, lines.join("\n")).unwrap();
     path
+}
+
+/// The rows of a JSON-lines file (a qrm-train log, a JSONL report).
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// A JSON file (`train_config.json`, `config.json`).
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }

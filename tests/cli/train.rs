@@ -2,7 +2,7 @@
 //! with a word-level tokenizer written here: the checkpoint directory, the log, loading the
 //! result back for scoring, and usage errors.
 
-use crate::support::{pairs_file, tiny_model_dir};
+use crate::support::{pairs_file, read_json, read_jsonl, tiny_model_dir};
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -67,23 +67,15 @@ fn q_run_writes_a_checkpoint_that_loads_and_scores_as_trained() {
     ] {
         assert!(output.join(file).exists(), "{file} missing");
     }
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let rows = read_jsonl(&log);
     assert_eq!(rows.len(), 3);
     assert!(rows[1]["eval_accuracy"].is_number() && rows[2]["eval_accuracy"].is_number());
     assert!(rows.iter().all(|row| row["loss_contrastive"].is_number()));
 
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("config.json")).unwrap())
-            .unwrap();
+    let config = read_json(&output.join("config.json"));
     assert_eq!(config["num_labels"], 1);
     assert!(config["std"].as_f64().unwrap() >= 0.0);
-    let train_config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("train_config.json")).unwrap())
-            .unwrap();
+    let train_config = read_json(&output.join("train_config.json"));
     assert_eq!(train_config["config"]["objective"], "q");
     assert_eq!(train_config["train_layers"], 1);
     assert_eq!(train_config["eval_pairs_used"], 6); // ⌈0.25·12⌉ = 3 questions × 2 pairs
@@ -104,9 +96,7 @@ fn q_run_writes_a_checkpoint_that_loads_and_scores_as_trained() {
 
     // The checkpoint loads as a reward model (the path qrm-score takes) and gives the rewards
     // the trainer recorded.
-    let check: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("reward_check.json")).unwrap())
-            .unwrap();
+    let check = read_json(&output.join("reward_check.json"));
     let loaded = RewardModel::load(&output, &Device::Cpu, DType::F32).unwrap();
     for row in check["rows"].as_array().unwrap() {
         let ids: Vec<u32> = serde_json::from_value(row["input_ids"].clone()).unwrap();
@@ -227,20 +217,14 @@ fn micro_batch_tokens_packs_by_tokens_and_reports_the_peak_memory() {
         .success();
     let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
     assert!(stderr.contains("peak resident set"), "{stderr}");
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let rows = read_jsonl(&log);
     assert_eq!(rows.len(), 2);
     if cfg!(target_os = "linux") {
         assert!(rows
             .iter()
             .all(|row| row["peak_rss_mib"].as_f64().unwrap() > 0.0));
     }
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("train_config.json")).unwrap())
-            .unwrap();
+    let record = read_json(&output.join("train_config.json"));
     assert_eq!(record["config"]["micro_batch_tokens"], 40);
 
     // An explicit --micro-batch with it is a usage error; so is a zero budget.
@@ -312,9 +296,7 @@ fn pairs_can_come_from_stdin() {
         .write_stdin(std::fs::read(&pairs).unwrap())
         .assert()
         .success();
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("train_config.json")).unwrap())
-            .unwrap();
+    let record = read_json(&output.join("train_config.json"));
     assert_eq!(record["pairs"], "<stdin>");
     // The hash is of what was read, the same as the file's.
     assert_eq!(
@@ -400,8 +382,7 @@ fn an_interrupted_run_leaves_no_checkpoint_and_resumes_only_the_same_work() {
     );
     assert!(partial.exists());
     // The state file is written atomically, so it is complete even though the run was killed.
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let saved = read_json(&state);
     let step = saved["step"].as_u64().unwrap();
 
     // Without --resume the partial run is not silently overwritten: the message says what to do.
@@ -445,9 +426,7 @@ fn an_interrupted_run_leaves_no_checkpoint_and_resumes_only_the_same_work() {
         .success();
     assert!(output.join("train_config.json").exists());
     assert!(!partial.exists());
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("train_config.json")).unwrap())
-            .unwrap();
+    let record = read_json(&output.join("train_config.json"));
     assert_eq!(record["steps"], step + 1);
 }
 
@@ -517,13 +496,10 @@ fn checkpoint_layers_trains_the_same_steps_and_is_recorded() {
             command.arg("--checkpoint-layers");
         }
         command.assert().success();
-        let rows = std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect();
-        let record = std::fs::read_to_string(output.join("train_config.json")).unwrap();
-        (rows, serde_json::from_str(&record).unwrap())
+        (
+            read_jsonl(&log),
+            read_json(&output.join("train_config.json")),
+        )
     };
     // The whole model from tokens, the Q objective: the embedding, both layers, norm and head.
     let (plain, plain_record) = run("plain", false);
@@ -560,13 +536,10 @@ fn dtype_bf16_trains_in_mixed_precision_and_a_resume_must_keep_it() {
             .arg(&output)
             .assert()
             .success();
-        let rows = std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect();
-        let record = std::fs::read_to_string(output.join("train_config.json")).unwrap();
-        (rows, serde_json::from_str(&record).unwrap())
+        (
+            read_jsonl(&log),
+            read_json(&output.join("train_config.json")),
+        )
     };
     let (full, full_record) = run("f32", "f32");
     let (half, half_record) = run("bf16", "bf16");
