@@ -308,6 +308,12 @@ EOF
                 run_logged "score with the $tag checkpoint" "$WORK/score-ckpt-$tag.log" \
                     "$BIN/qrm-score" "$DATA/train-gens.jsonl" --rm "$WORK/ckpt-$tag" --template raw --device "$dev" -q \
                     -o "$WORK/scores-ckpt-$tag.jsonl" || true
+                # A device run logs the GPU memory it saw in use (peak_device_mib); a CPU run none.
+                if [[ -n "$PY" && "$dev" != cpu ]]; then
+                    if out=$($PY -c 'import json,sys; v=[json.loads(l).get("peak_device_mib") for l in open(sys.argv[1])]; print(f"peak_device_mib {v[-1]} MiB"); sys.exit(0 if v[-1] and v[-1] > 0 else 1)' "$WORK/train-$tag.jsonl" 2>&1); then
+                        note "train $tag: $out"
+                    else fail "train $tag device memory: $out"; fi
+                fi
                 if [[ -n "$PY" && "$dtype" == bf16 ]]; then
                     if out=$(masters_f32 "$WORK/ckpt-$tag/state/trainable.safetensors" 2>&1); then
                         note "train $tag: $out"

@@ -178,10 +178,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         config: args.config,
     };
     let summary = fit(&request)?;
-    // Host memory only: on CUDA the device memory is not measured yet.
-    let peak = qrm::memory::peak_rss_mib().map_or_else(String::new, |mib| {
+    let mut peak = qrm::memory::peak_rss_mib().map_or_else(String::new, |mib| {
         format!("; peak resident set {mib:.0} MiB")
     });
+    if let Some(mib) = qrm::memory::peak_device_mib() {
+        peak.push_str(&format!(", peak GPU memory in use {mib:.0} MiB"));
+    }
     let Some(eval) = summary.eval else {
         tracing::info!("{} steps{peak}", summary.steps);
         return Ok(());

@@ -14,8 +14,9 @@
 //! the contrastive positions of micro-batch m from (seed, m) (of the step's pair p under a token
 //! budget, so the packing changes nothing: [`Draws`]), so a resumed run needs only the step.
 //!
-//! Each log row carries the process's peak resident set ([`crate::memory::peak_rss_mib`]): host
-//! memory; on CUDA the device memory is not measured yet.
+//! Each log row carries the process's peak resident set ([`crate::memory::peak_rss_mib`], host
+//! memory) and, on CUDA, the peak device memory in use sampled after each micro-batch's backward
+//! pass ([`crate::memory::peak_device_mib`]).
 //!
 //! The model is anything that implements [`TrainableRewardModel`] (a [`TokenModel`] with
 //! trainable weights): a [`RewardOutput`] (hidden states after the final norm, per-token values)
@@ -378,9 +379,14 @@ pub struct LogRow {
     #[serde(default)]
     pub eval_auroc: Option<f64>,
     /// The process's peak resident set so far, in MiB ([`crate::memory::peak_rss_mib`]; absent
-    /// off Linux). Host memory only: on CUDA the device memory is not measured yet.
+    /// off Linux). Host memory only.
     #[serde(default)]
     pub peak_rss_mib: Option<f64>,
+    /// On CUDA, the most GPU memory seen in use so far, in MiB, sampled after each micro-batch's
+    /// backward pass ([`crate::memory::peak_device_mib`]: total − free, the CUDA context and
+    /// other processes included); absent on the CPU.
+    #[serde(default)]
+    pub peak_device_mib: Option<f64>,
 }
 
 /// Eval metrics over a set of pairs.
@@ -1092,6 +1098,8 @@ fn accumulate_gradients(
         // pairs / batch_size; for `--micro-batch` exactly 1/accumulation (both are 1/k rounded).
         let weight = count / config.batch_size as f64;
         let mut absorb = |store: &candle_core::backprop::GradStore| -> Result<()> {
+            // The step's graph and gradients are all alive here: the moment of its peak.
+            crate::memory::sample_device_memory(model.device());
             for (slot, (_, var)) in gradients.iter_mut().zip(optimiser.params()) {
                 if let Some(gradient) = store.get(var) {
                     // Summed in the optimiser's dtype: f32 for a bf16 model.
@@ -1344,6 +1352,7 @@ pub fn train(
             grad_norm,
             tokens_per_s: totals.tokens as f64 / elapsed.max(1e-9),
             peak_rss_mib: crate::memory::peak_rss_mib(),
+            peak_device_mib: crate::memory::peak_device_mib(),
             ..LogRow::default()
         };
         // 3. Evaluate every `eval_every` steps and at the end; log the step.
