@@ -11,7 +11,10 @@
 //! `benches/score_peer.py`, scores GSM8K test question+answer texts, and prints tokens/s for
 //! each (passes alternate between the two stacks so both see the same machine load), their
 //! ratio, the achieved GFLOP/s, and a 1024³ f32 matmul rate in each stack. Without python3 it
-//! reports qrm alone.
+//! reports qrm alone. qrm runs its batches through its scoring loop
+//! (`model::batching::run_plan`): as many batches at once as rayon has threads, each batch's
+//! matmuls still split over the pool, rewards in order — what qrm-score does; torch runs one
+//! batch after another with its OpenMP threads, as transformers users do.
 //!
 //! `--sample-sets` measures shared-prompt scoring instead (issue 16): 96 ZeroEval GSM8K rows
 //! (`../shared/data/zeroeval`; the first 8 questions × the first 12 models' solutions, the
@@ -479,14 +482,30 @@ fn main() -> Result<()> {
         .iter()
         .map(|(ids, mask)| Ok((to_tensor(ids)?, to_tensor(mask)?)))
         .collect::<Result<Vec<_>>>()?;
+    // qrm runs the batches through its scoring loop (`model::batching::run_plan`, as qrm-score
+    // does: `batch_lanes` batches at once on the CPU, results in order); pass `i` is batch `i`.
+    let plan: Vec<Vec<usize>> = (0..tensors.len()).map(|i| vec![i]).collect();
+    let lanes = qrm::model::batching::batch_lanes(&candle_core::Device::Cpu);
     let one_pass = || -> Result<(f64, Vec<f64>)> {
+        use qrm::model::batching::{run_plan, Pass};
         let start = Instant::now();
         let mut rewards = Vec::new();
-        for (ids, mask) in &tensors {
-            let out = model.forward(ids, mask)?;
-            let last = last_token_values(&out.token_rewards, mask)?.to_vec1::<f32>()?;
-            rewards.extend(last.into_iter().map(f64::from));
-        }
+        run_plan(
+            &plan,
+            &[],
+            lanes,
+            |_| Ok(()),
+            |pass, _| {
+                let (Pass::Whole(batch) | Pass::AfterPrompt { batch, .. }) = pass;
+                let (ids, mask) = &tensors[batch[0]];
+                let out = model.forward(ids, mask)?;
+                Ok(last_token_values(&out.token_rewards, mask)?.to_vec1::<f32>()?)
+            },
+            |_, last| {
+                rewards.extend(last.into_iter().map(f64::from));
+                Ok(())
+            },
+        )?;
         Ok((start.elapsed().as_secs_f64(), rewards))
     };
     let (_, smoke_rewards) = one_pass()?;
@@ -506,7 +525,8 @@ fn main() -> Result<()> {
     }
     let candle_peak = candle_matmul_gflops()?;
     println!(
-        "workload: {} texts, batch {}, {} real tokens ({} with padding), {:.1} GFLOP per pass, {} threads",
+        "workload: {} texts, batch {}, {} real tokens ({} with padding), {:.1} GFLOP per pass, {} threads, \
+         qrm {lanes} batches at once",
         encodings.len(),
         options.batch,
         real_tokens,

@@ -2,7 +2,8 @@
 //!
 //! With `--train-layers K` only the top K layers, the final norm and the head train; the
 //! frozen layers [0, L − K) give the same output every epoch and in every run on the same data,
-//! so their output is computed once per response ([`compute_trunks`]: batched, each prompt's
+//! so their output is computed once per response ([`compute_trunks`]: batched, several batches at
+//! once on the CPU as in scoring ([`run_plan`]), each prompt's
 //! trunk once for the responses that share it) and cached under
 //! `.cache/trunk/<key>/trunk.safetensors` (one tensor per distinct response). The key hashes the
 //! model file, the template, the EOS policy, K and the pairs file: the BT and the Q runs share
@@ -16,7 +17,9 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use indicatif::ProgressBar;
 
 use crate::error::{Error, Result};
-use crate::model::batching::{pad_right, plan_sharing_prompts, DEFAULT_BATCH_TOKENS};
+use crate::model::batching::{
+    batch_lanes, pad_right, plan_sharing_prompts, run_plan, Pass, DEFAULT_BATCH_TOKENS,
+};
 use crate::model::template::Encoded;
 use crate::model::transformer::Transformer;
 use crate::train::trainer::{save_tensors, EncodedPair};
@@ -153,33 +156,56 @@ pub fn compute_trunks(
     // A trunk of no layers is the embedding: nothing to share.
     let (whole, shared) = plan_sharing_prompts(&examples, batch_tokens, depth > 0);
     let mut outputs: Vec<Option<Tensor>> = vec![None; examples.len()];
-    for indices in whole {
-        let batch: Vec<&Encoded> = indices.iter().map(|&i| &examples[i]).collect();
-        let (input_ids, attention_mask) = pad_right(&batch, device)?;
-        let embedded = transformer.embed(&input_ids)?;
-        let hidden = transformer.run_layers(&embedded, &attention_mask, 0..depth)?; // (B, L, H)
-        for (row, &index) in indices.iter().enumerate() {
-            let len = examples[index].input_ids.len();
-            outputs[index] = Some(hidden.i((row, ..len))?.to_device(&Device::Cpu)?.copy()?);
-            progress.inc(1);
-        }
-    }
-    for prompt in &shared {
-        let (prompt_hidden, cache) =
-            transformer.prefill_trunk(&prompt.prompt_ids(device)?, depth)?;
-        let prompt_hidden = prompt_hidden.squeeze(0)?; // (prompt_len, H)
-        for indices in &prompt.batches {
-            let (input_ids, attention_mask) =
-                prompt.pad_after_prompt(&examples, indices, device)?;
-            let hidden = transformer.trunk_with_prefix(&input_ids, &attention_mask, &cache)?;
-            for (row, &index) in indices.iter().enumerate() {
-                let own = examples[index].input_ids.len() - prompt.prompt.len();
-                let whole = Tensor::cat(&[&prompt_hidden, &hidden.i((row, ..own))?], 0)?;
-                outputs[index] = Some(whole.to_device(&Device::Cpu)?);
+    // Each pass's rows, cut to their own lengths and moved to the CPU, in pass order.
+    run_plan(
+        &whole,
+        &shared,
+        batch_lanes(device),
+        |prompt| {
+            let (prompt_hidden, cache) =
+                transformer.prefill_trunk(&prompt.prompt_ids(device)?, depth)?;
+            Ok((prompt_hidden.squeeze(0)?, cache)) // (prompt_len, H)
+        },
+        |pass, cache| -> Result<Vec<Tensor>> {
+            match (pass, cache) {
+                (Pass::AfterPrompt { prompt, batch }, Some((prompt_hidden, cache))) => {
+                    let prompt = &shared[prompt];
+                    let (input_ids, attention_mask) =
+                        prompt.pad_after_prompt(&examples, batch, device)?;
+                    let hidden =
+                        transformer.trunk_with_prefix(&input_ids, &attention_mask, cache)?;
+                    let mut rows = Vec::with_capacity(batch.len());
+                    for (row, &index) in batch.iter().enumerate() {
+                        let own = examples[index].input_ids.len() - prompt.prompt.len();
+                        let joined = Tensor::cat(&[prompt_hidden, &hidden.i((row, ..own))?], 0)?;
+                        rows.push(joined.to_device(&Device::Cpu)?);
+                    }
+                    Ok(rows)
+                }
+                (Pass::Whole(batch), _) | (Pass::AfterPrompt { batch, .. }, None) => {
+                    let rows: Vec<&Encoded> = batch.iter().map(|&i| &examples[i]).collect();
+                    let (input_ids, attention_mask) = pad_right(&rows, device)?;
+                    let embedded = transformer.embed(&input_ids)?;
+                    // (B, L, H)
+                    let hidden = transformer.run_layers(&embedded, &attention_mask, 0..depth)?;
+                    let mut rows = Vec::with_capacity(batch.len());
+                    for (row, &index) in batch.iter().enumerate() {
+                        let len = examples[index].input_ids.len();
+                        rows.push(hidden.i((row, ..len))?.to_device(&Device::Cpu)?.copy()?);
+                    }
+                    Ok(rows)
+                }
+            }
+        },
+        |pass, rows| {
+            let (Pass::Whole(batch) | Pass::AfterPrompt { batch, .. }) = pass;
+            for (&index, row) in batch.iter().zip(rows) {
+                outputs[index] = Some(row);
                 progress.inc(1);
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     outputs
         .into_iter()
         .zip(&examples)
