@@ -487,7 +487,7 @@ fn main() -> Result<()> {
     let plan: Vec<Vec<usize>> = (0..tensors.len()).map(|i| vec![i]).collect();
     let lanes = qrm::model::batching::batch_lanes(&candle_core::Device::Cpu);
     let one_pass = || -> Result<(f64, Vec<f64>)> {
-        use qrm::model::batching::{run_plan, Pass};
+        use qrm::model::batching::run_plan;
         let start = Instant::now();
         let mut rewards = Vec::new();
         run_plan(
@@ -496,8 +496,7 @@ fn main() -> Result<()> {
             lanes,
             |_| Ok(()),
             |pass, _| {
-                let (Pass::Whole(batch) | Pass::AfterPrompt { batch, .. }) = pass;
-                let (ids, mask) = &tensors[batch[0]];
+                let (ids, mask) = &tensors[pass.batch()[0]];
                 let out = model.forward(ids, mask)?;
                 Ok(last_token_values(&out.token_rewards, mask)?.to_vec1::<f32>()?)
             },

@@ -283,6 +283,15 @@ pub enum Pass<'a> {
     },
 }
 
+impl<'a> Pass<'a> {
+    /// The pass's example indices, whole or after a prompt.
+    pub fn batch(&self) -> &'a [usize] {
+        match *self {
+            Pass::Whole(batch) | Pass::AfterPrompt { batch, .. } => batch,
+        }
+    }
+}
+
 /// Runs the passes of a [`plan_sharing_prompts`] plan, `lanes` at a time: `forward(pass,
 /// cache)` on rayon's threads (`cache` the pass's prompt's, from `prompt_cache`, computed once
 /// per prompt and `None` for whole passes), then `on_output(pass, output)` on the calling

@@ -198,8 +198,7 @@ pub fn compute_trunks(
             }
         },
         |pass, rows| {
-            let (Pass::Whole(batch) | Pass::AfterPrompt { batch, .. }) = pass;
-            for (&index, row) in batch.iter().zip(rows) {
+            for (&index, row) in pass.batch().iter().zip(rows) {
                 outputs[index] = Some(row);
                 progress.inc(1);
             }
