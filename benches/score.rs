@@ -495,8 +495,8 @@ fn main() -> Result<()> {
             &[],
             lanes,
             |_| Ok(()),
-            |pass, _| {
-                let (ids, mask) = &tensors[pass.batch()[0]];
+            |job: qrm::model::batching::Job<'_, ()>| {
+                let (ids, mask) = &tensors[job.batch()[0]];
                 let out = model.forward(ids, mask)?;
                 Ok(last_token_values(&out.token_rewards, mask)?.to_vec1::<f32>()?)
             },

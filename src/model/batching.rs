@@ -292,9 +292,34 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// Runs the passes of a [`plan_sharing_prompts`] plan, `lanes` at a time: `forward(pass,
-/// cache)` on rayon's threads (`cache` the pass's prompt's, from `prompt_cache`, computed once
-/// per prompt and `None` for whole passes), then `on_output(pass, output)` on the calling
+/// One pass as [`run_plan`]'s `forward` gets it: examples run whole, or examples run after the
+/// cache of the shared prompt `shared[prompt]`, with that cache.
+pub enum Job<'a, C> {
+    /// Example indices run whole.
+    Whole(&'a [usize]),
+    /// Example indices run after `cache`, the cache of prompt `prompt`.
+    AfterPrompt {
+        /// Index into the shared prompts.
+        prompt: usize,
+        /// Example indices.
+        batch: &'a [usize],
+        /// The prompt's cache.
+        cache: &'a C,
+    },
+}
+
+impl<'a, C> Job<'a, C> {
+    /// The job's example indices, whole or after a prompt.
+    pub fn batch(&self) -> &'a [usize] {
+        match *self {
+            Job::Whole(batch) | Job::AfterPrompt { batch, .. } => batch,
+        }
+    }
+}
+
+/// Runs the passes of a [`plan_sharing_prompts`] plan, `lanes` at a time: `forward(job)` on
+/// rayon's threads (an after-prompt job carries its prompt's cache, from `prompt_cache`,
+/// computed once per prompt), then `on_output(pass, output)` on the calling
 /// thread, one pass after another in the plan's order (whole passes, then each prompt's),
 /// whatever `lanes` is. A prompt's cache is dropped after its last pass. The one loop of
 /// [`run_batches_sharing_prompts`] (scoring, goal states) and the frozen-trunk cache.
@@ -303,7 +328,7 @@ pub fn run_plan<C: Send + Sync, O: Send>(
     shared: &[PromptBatches],
     lanes: usize,
     prompt_cache: impl Fn(&PromptBatches) -> Result<C> + Sync,
-    forward: impl Fn(Pass, Option<&C>) -> Result<O> + Sync,
+    forward: impl Fn(Job<'_, C>) -> Result<O> + Sync,
     mut on_output: impl FnMut(Pass, O) -> Result<()>,
 ) -> Result<()> {
     use rayon::prelude::*;
@@ -341,12 +366,16 @@ pub fn run_plan<C: Send + Sync, O: Send>(
         let outputs: Vec<Result<O>> = window
             .par_iter()
             .map(|&pass| match pass {
-                Pass::Whole(_) => forward(pass, None),
-                Pass::AfterPrompt { prompt, .. } => {
+                Pass::Whole(batch) => forward(Job::Whole(batch)),
+                Pass::AfterPrompt { prompt, batch } => {
                     let cache = caches.get(&prompt).ok_or_else(|| {
                         crate::Error::Model("a shared prompt's cache is missing".into())
                     })?;
-                    forward(pass, Some(cache))
+                    forward(Job::AfterPrompt {
+                        prompt,
+                        batch,
+                        cache,
+                    })
                 }
             })
             .collect();
@@ -389,13 +418,17 @@ pub fn run_batches_sharing_prompts(
         &shared,
         batch_lanes(device),
         |prompt| model.prompt_cache(&prompt.prompt_ids(device)?),
-        |pass, cache| match (pass, cache) {
-            (Pass::AfterPrompt { prompt, batch }, Some(cache)) => {
+        |job| match job {
+            Job::AfterPrompt {
+                prompt,
+                batch,
+                cache,
+            } => {
                 let (input_ids, attention_mask) =
                     shared[prompt].pad_after_prompt(examples, batch, device)?;
                 model.forward_after(&input_ids, &attention_mask, cache)
             }
-            (Pass::Whole(batch), _) | (Pass::AfterPrompt { batch, .. }, None) => {
+            Job::Whole(batch) => {
                 let rows: Vec<&Encoded> = batch.iter().map(|&i| &examples[i]).collect();
                 let (input_ids, attention_mask) = pad_right(&rows, device)?;
                 model.forward(&input_ids, &attention_mask)

@@ -18,7 +18,7 @@ use indicatif::ProgressBar;
 
 use crate::error::{Error, Result};
 use crate::model::batching::{
-    batch_lanes, pad_right, plan_sharing_prompts, run_plan, Pass, DEFAULT_BATCH_TOKENS,
+    batch_lanes, pad_right, plan_sharing_prompts, run_plan, Job, DEFAULT_BATCH_TOKENS,
 };
 use crate::model::template::Encoded;
 use crate::model::transformer::Transformer;
@@ -166,9 +166,13 @@ pub fn compute_trunks(
                 transformer.prefill_trunk(&prompt.prompt_ids(device)?, depth)?;
             Ok((prompt_hidden.squeeze(0)?, cache)) // (prompt_len, H)
         },
-        |pass, cache| -> Result<Vec<Tensor>> {
-            match (pass, cache) {
-                (Pass::AfterPrompt { prompt, batch }, Some((prompt_hidden, cache))) => {
+        |job| -> Result<Vec<Tensor>> {
+            match job {
+                Job::AfterPrompt {
+                    prompt,
+                    batch,
+                    cache: (prompt_hidden, cache),
+                } => {
                     let prompt = &shared[prompt];
                     let (input_ids, attention_mask) =
                         prompt.pad_after_prompt(&examples, batch, device)?;
@@ -182,7 +186,7 @@ pub fn compute_trunks(
                     }
                     Ok(rows)
                 }
-                (Pass::Whole(batch), _) | (Pass::AfterPrompt { batch, .. }, None) => {
+                Job::Whole(batch) => {
                     let rows: Vec<&Encoded> = batch.iter().map(|&i| &examples[i]).collect();
                     let (input_ids, attention_mask) = pad_right(&rows, device)?;
                     let embedded = transformer.embed(&input_ids)?;
