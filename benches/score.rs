@@ -12,9 +12,10 @@
 //! each (passes alternate between the two stacks so both see the same machine load), their
 //! ratio, the achieved GFLOP/s, and a 1024³ f32 matmul rate in each stack. Without python3 it
 //! reports qrm alone. qrm runs its batches through its scoring loop
-//! (`model::batching::run_plan`): as many batches at once as rayon has threads, each batch's
-//! matmuls still split over the pool, rewards in order — what qrm-score does; torch runs one
-//! batch after another with its OpenMP threads, as transformers users do.
+//! (`model::batching::run_plan`): as many batches at once as rayon has threads, each matmul on
+//! its batch's thread (`model::batching::init_cpu_lanes`, called first in `main`), rewards in
+//! order — what qrm-score does; torch runs one batch after another with its OpenMP threads, as
+//! transformers users do.
 //!
 //! `--sample-sets` measures shared-prompt scoring instead (issue 16): 96 ZeroEval GSM8K rows
 //! (`../shared/data/zeroeval`; the first 8 questions × the first 12 models' solutions, the
@@ -32,7 +33,8 @@
 //! whole rows and against torch (either above 1e-4 fails the bench). Without torch it reports
 //! qrm alone. `--questions` and `--per-question` resize it.
 //!
-//! Both modes: the matmul peak is the fastest of 20 1024³ f32 matmuls in each stack.
+//! Both modes: the matmul peak is the fastest of 20 1024³ f32 matmuls in each stack (in qrm,
+//! one per lane at once, each on its thread, as the scoring lanes run them).
 //! `RAYON_NUM_THREADS` sets qrm's threads and `OMP_NUM_THREADS` torch's. SmolLM2's GGUF declares
 //! its EOS (`<|im_end|>`) as the padding token, and transformers' sequence classifier reads the
 //! reward at the last token that is not padding, so the model directory declares the padding
@@ -59,6 +61,11 @@
 //! threads 222.0 / 176.0 / 97.9 (2.27, 1.80), where torch's OpenMP threads lose half their speed
 //! to the co-tenant. Unique prompts at 1 thread: 0.82 (2 threads, loaded: 1.89). Rewards agree
 //! with torch to 3.8e-7.
+//!
+//! 2026-12-03, same kind of VM, idle, release, after a lane takes the next batch as soon as it
+//! finishes one and each matmul runs on its lane's thread (docs/scoring-speed.md): `--sample-sets`
+//! shared 704.2, whole 566.6, torch 407.9 tokens/s (1.73, 1.39; an earlier run 1.57, 1.28);
+//! unique prompts 501.5 vs 367.4 (1.36).
 
 mod common;
 
@@ -310,12 +317,12 @@ fn sample_sets_bench(options: &Options, bench: &BenchModel) -> Result<()> {
     println!(
         "workload: {} ZeroEval GSM8K rows ({} questions × {} models), {whole_tokens} tokens \
          ({prompt_tokens} of them prompt tokens, {} distinct prompts); with shared prompts \
-         {shared_tokens} tokens run through the model; {} threads",
+         {shared_tokens} tokens run through the model; {} threads, one-thread matmuls side by side",
         encoded.len(),
         options.questions,
         options.per_question,
         prompts.len(),
-        candle_core::utils::get_num_threads()
+        rayon::current_num_threads()
     );
     let mut peer = None;
     if !options.smoke {
@@ -345,7 +352,8 @@ fn sample_sets_bench(options: &Options, bench: &BenchModel) -> Result<()> {
         let dir = tempfile::tempdir()?;
         peer = start_score_peer(bench.model_dir, dir.path(), &torch_batches)?.map(|p| (p, dir));
     }
-    let candle_peak = candle_matmul_gflops()?;
+    let candle_peak =
+        candle_matmul_gflops(qrm::model::batching::batch_lanes(&candle_core::Device::Cpu))?;
     // Alternate the passes so all of them see the same machine load.
     let (mut shared_seconds, mut whole_seconds, mut torch_seconds) =
         (Vec::new(), Vec::new(), Vec::new());
@@ -422,6 +430,8 @@ fn sample_sets_bench(options: &Options, bench: &BenchModel) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // As qrm-score: batches side by side, each matmul on its lane's thread.
+    qrm::model::batching::init_cpu_lanes();
     let options = parse_options()?;
     let Some(gguf) = qrm::testing::default_model() else {
         return Ok(());
@@ -522,16 +532,16 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let candle_peak = candle_matmul_gflops()?;
+    let candle_peak = candle_matmul_gflops(lanes)?;
     println!(
         "workload: {} texts, batch {}, {} real tokens ({} with padding), {:.1} GFLOP per pass, {} threads, \
-         qrm {lanes} batches at once",
+         qrm {lanes} batches at once, one-thread matmuls",
         encodings.len(),
         options.batch,
         real_tokens,
         padded_tokens,
         flops / 1e9,
-        candle_core::utils::get_num_threads()
+        rayon::current_num_threads()
     );
     let Some(mut peer) = start_score_peer(dir.path(), dir.path(), &batches)? else {
         let mut seconds = (0..options.repeats)

@@ -154,20 +154,36 @@ pub fn forward_flops(config: &ModelConfig, batch: usize, seq_len: usize, past: u
         * (layers * (per_token * seq_len as f64 + attention) + 2.0 * hidden * seq_len as f64)
 }
 
-/// Candle's 1024³ f32 matmul rate, GFLOP/s.
-pub fn candle_matmul_gflops() -> Result<f64> {
+/// Candle's 1024³ f32 matmul rate, GFLOP/s, with `side_by_side` matmuls running at once on
+/// rayon's threads (1: one matmul, whose work candle splits over its threads; the scoring lanes'
+/// count after [`qrm::model::batching::init_cpu_lanes`], where each matmul runs on one thread).
+pub fn candle_matmul_gflops(side_by_side: usize) -> Result<f64> {
+    use rayon::prelude::*;
+
     let size = 1024;
-    let a = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
-    a.matmul(&b)?;
+    let operands = (0..side_by_side.max(1))
+        .map(|_| {
+            Ok((
+                Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?,
+                Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let run = || -> Result<()> {
+        operands
+            .par_iter()
+            .try_for_each(|(a, b)| a.matmul(b).map(drop))?;
+        Ok(())
+    };
+    run()?;
     // The fastest of 20 (the peak: on a shared machine a mean measures the load), as the peer.
     let mut seconds = f64::INFINITY;
     for _ in 0..20 {
         let start = Instant::now();
-        a.matmul(&b)?;
+        run()?;
         seconds = seconds.min(start.elapsed().as_secs_f64());
     }
-    Ok(2.0 * (size as f64).powi(3) / seconds / 1e9)
+    Ok(operands.len() as f64 * 2.0 * (size as f64).powi(3) / seconds / 1e9)
 }
 
 pub fn median(values: &mut [f64]) -> f64 {

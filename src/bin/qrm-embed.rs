@@ -62,6 +62,8 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // Batches side by side on the CPU, each matmul on its lane's thread (before any thread starts).
+    qrm::model::batching::init_cpu_lanes();
     qrm::cli::main(run)
 }
 

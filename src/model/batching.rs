@@ -10,18 +10,20 @@
 //! that prompt's cached keys and values, computed once.
 //!
 //! On the CPU, [`run_batches_sharing_prompts`] runs as many batches at once as rayon has
-//! threads ([`batch_lanes`]), each batch's matmuls still split over the same pool, and hands
-//! the outputs back in the planned order, so callers see exactly the sequential run. A single
-//! batch leaves cores idle in its serial steps (zeroing matmul outputs, contiguous copies,
-//! element-wise ops): on a 2-core machine two 1-thread processes scored 1.28× the tokens/s of
-//! one 2-thread process; with two batches at once qrm scored unique prompts at 1.28× PyTorch
-//! (0.94× one batch at a time, a day earlier: `docs/scoring-speed.md`). On CUDA one batch runs
+//! threads ([`batch_lanes`]; [`run_plan`]: a lane takes the next batch as soon as it finishes
+//! one) and hands the outputs back in the planned order, so callers see exactly the sequential
+//! run. A single batch leaves cores idle in its serial steps (zeroing matmul outputs, contiguous
+//! copies, element-wise ops): on a 2-core machine two 1-thread processes scored 1.28× the
+//! tokens/s of one 2-thread process. qrm-score and qrm-embed also run each matmul on its lane's
+//! own thread ([`init_cpu_lanes`]). With both, qrm scored unique prompts at 1.36× PyTorch and
+//! the repro-gsm8k sample sets at 1.57–1.73× (`docs/scoring-speed.md`). On CUDA one batch runs
 //! at a time.
 //!
 //! [`pad_right`] is the one padding rule of the crate (scoring, goal states and training):
 //! token id [`PAD_ID`] and a u32 mask with 0 at padding positions, which the model masks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use candle_core::{Device, Tensor};
 
@@ -268,6 +270,38 @@ pub fn batch_lanes(device: &Device) -> usize {
     }
 }
 
+/// Sets a process up to run batches side by side on the CPU ([`run_plan`]'s lanes) with every
+/// matmul on its lane's own thread, rather than each matmul split over all threads: rayon's
+/// global pool gets the machine's threads (`RAYON_NUM_THREADS`, else the logical CPUs), which
+/// [`batch_lanes`] then counts, and candle's CPU matmuls run single-threaded. Returns the
+/// threads. For tools that run many batches (qrm-score, qrm-embed); a single batch then uses
+/// one core for its matmuls.
+///
+/// Why: a split matmul leaves cores waiting at every join, and gemm blocks and packs a split
+/// product differently from a whole one. With two lanes on 2 cores, the sample-set bench scored
+/// 724.5 tokens/s this way against 650.5 with split matmuls (`docs/scoring-speed.md`).
+///
+/// Call it first in `main`, before any other thread starts: candle reads its matmul thread
+/// count from the `RAYON_NUM_THREADS` environment variable at every matmul (candle-core 0.11,
+/// `utils::get_num_threads`), so this sets that variable to 1 for the rest of the process (and
+/// any process it starts), after building rayon's pool. If rayon's pool was already built, its
+/// threads are kept.
+pub fn init_cpu_lanes() -> usize {
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|text| text.parse::<usize>().ok())
+        .filter(|&threads| threads > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // An error means the pool exists already (an earlier call, or a test harness): keep it.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    // Rust's environment functions take a process-wide lock, and no C code is running on
+    // another thread yet (the precondition above), so this write races with no read.
+    std::env::set_var("RAYON_NUM_THREADS", "1");
+    rayon::current_num_threads()
+}
+
 /// One planned forward pass of [`plan_sharing_prompts`]: examples run whole, or examples run
 /// after the cache of the shared prompt `shared[prompt]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -317,22 +351,30 @@ impl<'a, C> Job<'a, C> {
     }
 }
 
-/// Runs the passes of a [`plan_sharing_prompts`] plan, `lanes` at a time: `forward(job)` on
-/// rayon's threads (an after-prompt job carries its prompt's cache, from `prompt_cache`,
-/// computed once per prompt), then `on_output(pass, output)` on the calling
-/// thread, one pass after another in the plan's order (whole passes, then each prompt's),
-/// whatever `lanes` is. A prompt's cache is dropped after its last pass. The one loop of
+/// Runs the passes of a [`plan_sharing_prompts`] plan, up to `lanes` at a time on rayon's
+/// threads (the calling thread is one of them when it is a rayon thread, and otherwise only
+/// hands on): `forward(job)` for each pass (an after-prompt job carries its prompt's cache, from
+/// `prompt_cache`, computed once per prompt by the lane that takes its first pass and dropped
+/// after its last), then `on_output(pass, output)` on the calling thread, one pass after another
+/// in the plan's order (whole passes, then each prompt's), whatever `lanes` is, so callers see
+/// the sequential run. The first error in plan order stops the run and is returned; the outputs
+/// of the passes before it have been handed to `on_output`. The one loop of
 /// [`run_batches_sharing_prompts`] (scoring, goal states) and the frozen-trunk cache.
+///
+/// A lane takes the next pass as soon as it finishes one (no lane waits for the slowest pass
+/// of a window: the passes of one prompt differ by up to 8× in rows), at most `2 × lanes`
+/// passes ahead of the last one handed on, which bounds the outputs held. Lanes never wait:
+/// one with no pass it may take (none left, too far ahead, or the next one's cache still being
+/// computed) ends, and is started again when the handing-on catches up. A lane that rayon runs
+/// inside another's wait (work stealing) therefore never waits on the lane it interrupted.
 pub fn run_plan<C: Send + Sync, O: Send>(
     whole: &[Vec<usize>],
     shared: &[PromptBatches],
     lanes: usize,
     prompt_cache: impl Fn(&PromptBatches) -> Result<C> + Sync,
     forward: impl Fn(Job<'_, C>) -> Result<O> + Sync,
-    mut on_output: impl FnMut(Pass, O) -> Result<()>,
+    on_output: impl FnMut(Pass, O) -> Result<()>,
 ) -> Result<()> {
-    use rayon::prelude::*;
-
     let passes: Vec<Pass> = whole
         .iter()
         .map(|batch| Pass::Whole(batch))
@@ -344,51 +386,250 @@ pub fn run_plan<C: Send + Sync, O: Send>(
         }))
         .collect();
     let lanes = lanes.max(1);
-    let mut caches: HashMap<usize, C> = HashMap::new();
-    for (window_index, window) in passes.chunks(lanes).enumerate() {
-        // The caches this window needs and has not got, computed at once (a prompt's passes
-        // are consecutive, so `dedup` leaves each prompt once).
-        let mut missing: Vec<usize> = window
-            .iter()
-            .filter_map(|pass| match pass {
-                Pass::AfterPrompt { prompt, .. } if !caches.contains_key(prompt) => Some(*prompt),
-                _ => None,
-            })
-            .collect();
-        missing.dedup();
-        let computed: Vec<Result<C>> = missing
-            .par_iter()
-            .map(|&prompt| prompt_cache(&shared[prompt]))
-            .collect();
-        for (prompt, cache) in missing.into_iter().zip(computed) {
-            caches.insert(prompt, cache?);
-        }
-        let outputs: Vec<Result<O>> = window
-            .par_iter()
-            .map(|&pass| match pass {
-                Pass::Whole(batch) => forward(Job::Whole(batch)),
-                Pass::AfterPrompt { prompt, batch } => {
-                    let cache = caches.get(&prompt).ok_or_else(|| {
-                        crate::Error::Model("a shared prompt's cache is missing".into())
-                    })?;
-                    forward(Job::AfterPrompt {
-                        prompt,
-                        batch,
-                        cache,
-                    })
-                }
-            })
-            .collect();
-        for (&pass, output) in window.iter().zip(outputs) {
-            on_output(pass, output?)?;
-        }
-        // Only the prompt of the next pass can still be needed: its passes are consecutive.
-        let next = passes.get((window_index + 1) * lanes);
-        caches.retain(
-            |prompt, _| matches!(next, Some(Pass::AfterPrompt { prompt: p, .. }) if p == prompt),
-        );
+    // On one of rayon's threads the calling thread is a lane too; elsewhere (a binary's main
+    // thread) it only hands on, and `lanes` lanes run on rayon's threads.
+    let runs_passes = rayon::current_thread_index().is_some();
+    let plan = Plan {
+        state: Mutex::new(PlanState {
+            next: 0,
+            delivered: 0,
+            outputs: BTreeMap::new(),
+            caches: shared.iter().map(|_| CacheSlot::NotYet).collect(),
+            remaining: shared.iter().map(|prompt| prompt.batches.len()).collect(),
+            idle_lanes: if runs_passes { lanes - 1 } else { lanes },
+            stopped: false,
+        }),
+        changed: Condvar::new(),
+        ahead: 2 * lanes,
+        shared,
+        passes: &passes,
+        prompt_cache: &prompt_cache,
+        forward: &forward,
+        runs_passes,
+    };
+    rayon::in_place_scope(|scope| plan.hand_on(scope, on_output))
+}
+
+/// A prompt's cache as the lanes of [`run_plan`] see it.
+enum CacheSlot<C> {
+    NotYet,
+    /// A lane is computing it; the prompt's passes wait.
+    Computing,
+    Ready(Arc<C>),
+    /// The prompt's passes have all run.
+    Dropped,
+}
+
+/// What the lanes of [`run_plan`] share, behind one lock that is never held while a pass or a
+/// cache is computed.
+struct PlanState<C, O> {
+    /// The next pass a lane may take.
+    next: usize,
+    /// Passes handed to `on_output` (the plan's first `delivered`).
+    delivered: usize,
+    /// Finished passes not yet handed on, by pass index.
+    outputs: BTreeMap<usize, Result<O>>,
+    caches: Vec<CacheSlot<C>>,
+    /// Passes of each prompt not yet run: at 0 its cache is dropped.
+    remaining: Vec<usize>,
+    /// Lanes beside the handing-on thread that are not running.
+    idle_lanes: usize,
+    /// Set when a pass failed or `on_output` did: no lane takes another pass.
+    stopped: bool,
+}
+
+/// A pass a lane has taken, with what it needs before its forward.
+enum Taken<C> {
+    Whole(usize),
+    /// Compute the prompt's cache first.
+    FirstOfPrompt(usize),
+    AfterPrompt(usize, Arc<C>),
+}
+
+/// One [`run_plan`] run.
+struct Plan<'a, C, O, P, F> {
+    state: Mutex<PlanState<C, O>>,
+    /// Signalled when a pass finishes or a cache is ready.
+    changed: Condvar,
+    ahead: usize,
+    shared: &'a [PromptBatches],
+    passes: &'a [Pass<'a>],
+    prompt_cache: &'a P,
+    forward: &'a F,
+    /// Whether the handing-on (calling) thread also runs passes: on a rayon thread, yes.
+    runs_passes: bool,
+}
+
+fn poisoned() -> crate::Error {
+    crate::Error::Model("a batch lane panicked".into())
+}
+
+impl<'a, C, O, P, F> Plan<'a, C, O, P, F>
+where
+    C: Send + Sync,
+    O: Send,
+    P: Fn(&PromptBatches) -> Result<C> + Sync,
+    F: Fn(Job<'_, C>) -> Result<O> + Sync,
+{
+    fn lock(&self) -> Result<MutexGuard<'_, PlanState<C, O>>> {
+        self.state.lock().map_err(|_| poisoned())
     }
-    Ok(())
+
+    /// Whether a lane could take a pass now, as far as the plan's position goes.
+    fn may_take(&self, state: &PlanState<C, O>) -> bool {
+        !state.stopped
+            && state.next < self.passes.len()
+            && state.next < state.delivered + self.ahead
+    }
+
+    /// The next pass, if a lane may take it now.
+    fn take(&self, state: &mut PlanState<C, O>) -> Option<Taken<C>> {
+        if !self.may_take(state) {
+            return None;
+        }
+        let index = state.next;
+        let taken = match self.passes[index] {
+            Pass::Whole(_) => Taken::Whole(index),
+            Pass::AfterPrompt { prompt, .. } => match &state.caches[prompt] {
+                CacheSlot::NotYet => {
+                    state.caches[prompt] = CacheSlot::Computing;
+                    Taken::FirstOfPrompt(index)
+                }
+                CacheSlot::Computing => return None,
+                CacheSlot::Ready(cache) => Taken::AfterPrompt(index, Arc::clone(cache)),
+                // Passes are taken in order, so a dropped prompt has no pass left.
+                CacheSlot::Dropped => return None,
+            },
+        };
+        state.next += 1;
+        Some(taken)
+    }
+
+    /// Runs a taken pass and records its output; a panic in it becomes its error, so the
+    /// handing-on thread, which may be waiting for this output, always gets one.
+    fn run(&self, taken: Taken<C>) -> Result<()> {
+        let index = match taken {
+            Taken::Whole(index) | Taken::FirstOfPrompt(index) | Taken::AfterPrompt(index, _) => {
+                index
+            }
+        };
+        let output =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_pass(taken)))
+                .unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(crate::Error::Model(format!("a batch panicked: {message}")))
+                });
+        let mut state = self.lock()?;
+        if let Pass::AfterPrompt { prompt, .. } = self.passes[index] {
+            state.remaining[prompt] -= 1;
+            if state.remaining[prompt] == 0 {
+                state.caches[prompt] = CacheSlot::Dropped;
+            } else if matches!(state.caches[prompt], CacheSlot::Computing) {
+                // The cache failed: the pass's error stops the run when its turn comes.
+                state.caches[prompt] = CacheSlot::NotYet;
+            }
+        }
+        state.outputs.insert(index, output);
+        drop(state);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// A taken pass's forward, after computing its prompt's cache if it is the prompt's first.
+    fn run_pass(&self, taken: Taken<C>) -> Result<O> {
+        match taken {
+            Taken::Whole(index) => (self.forward)(Job::Whole(self.passes[index].batch())),
+            Taken::FirstOfPrompt(index) => {
+                let Pass::AfterPrompt { prompt, .. } = self.passes[index] else {
+                    return Err(crate::Error::Model("a whole pass has no prompt".into()));
+                };
+                let cache = Arc::new((self.prompt_cache)(&self.shared[prompt])?);
+                self.lock()?.caches[prompt] = CacheSlot::Ready(Arc::clone(&cache));
+                self.changed.notify_all();
+                self.forward_after(index, &cache)
+            }
+            Taken::AfterPrompt(index, cache) => self.forward_after(index, &cache),
+        }
+    }
+
+    fn forward_after(&self, index: usize, cache: &C) -> Result<O> {
+        let Pass::AfterPrompt { prompt, batch } = self.passes[index] else {
+            return Err(crate::Error::Model("a whole pass has no prompt".into()));
+        };
+        (self.forward)(Job::AfterPrompt {
+            prompt,
+            batch,
+            cache,
+        })
+    }
+
+    /// A lane beside the handing-on thread: runs passes until none may be taken, then ends.
+    fn lane(&self) -> Result<()> {
+        loop {
+            let taken = {
+                let mut state = self.lock()?;
+                match self.take(&mut state) {
+                    Some(taken) => taken,
+                    None => {
+                        state.idle_lanes += 1;
+                        return Ok(());
+                    }
+                }
+            };
+            self.run(taken)?;
+        }
+    }
+
+    /// The calling thread: starts the other lanes, runs passes itself (on a rayon thread) when
+    /// the next output has not arrived, and hands each output on in plan order.
+    fn hand_on<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        mut on_output: impl FnMut(Pass, O) -> Result<()>,
+    ) -> Result<()> {
+        let mut state = self.lock()?;
+        loop {
+            if state.delivered == self.passes.len() {
+                return Ok(());
+            }
+            while state.idle_lanes > 0 && self.may_take(&state) {
+                state.idle_lanes -= 1;
+                scope.spawn(move |_| {
+                    if self.lane().is_err() {
+                        // Only a poisoned lock fails here: wake the handing-on thread, whose
+                        // next lock reports it.
+                        self.changed.notify_all();
+                    }
+                });
+            }
+            let delivered = state.delivered;
+            if let Some(output) = state.outputs.remove(&delivered) {
+                drop(state);
+                let handed = output.and_then(|output| on_output(self.passes[delivered], output));
+                state = self.lock()?;
+                if let Err(error) = handed {
+                    state.stopped = true;
+                    return Err(error);
+                }
+                state.delivered += 1;
+                continue;
+            }
+            if self.runs_passes {
+                if let Some(taken) = self.take(&mut state) {
+                    drop(state);
+                    self.run(taken)?;
+                    state = self.lock()?;
+                    continue;
+                }
+            }
+            // The next output is being run by a lane: wait for it (or for a cache).
+            state = self.changed.wait(state).map_err(|_| poisoned())?;
+        }
+    }
 }
 
 /// As [`run_batches`], but with `share_prompts` (and a model with a prompt cache) the examples
@@ -467,6 +708,7 @@ pub fn run_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn batches_respect_the_token_budget_and_cover_every_example_once() {
@@ -612,6 +854,101 @@ mod tests {
                 assert_eq!(p.2, s.2, "hidden of pass {:?}", p.0);
                 assert_eq!(p.3, s.3, "rewards of pass {:?}", p.0);
             }
+        }
+    }
+
+    /// A fake plan for [`run_plan`]: 3 whole passes, then 3 prompts of 2, 3 and 1 passes;
+    /// pass `i`'s "forward" sleeps longest for the early passes so lanes finish out of order.
+    fn fake_plan() -> (Vec<Vec<usize>>, Vec<PromptBatches>) {
+        let whole = vec![vec![0], vec![1, 2], vec![3]];
+        let shared = [
+            vec![vec![4], vec![5]],
+            vec![vec![6], vec![7], vec![8]],
+            vec![vec![9]],
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(prompt, batches)| PromptBatches {
+            prompt: vec![prompt as u32],
+            batches,
+        })
+        .collect();
+        (whole, shared)
+    }
+
+    /// A prompt cache that counts the caches alive.
+    struct CountedCache<'a>(u32, &'a AtomicUsize);
+
+    impl Drop for CountedCache<'_> {
+        fn drop(&mut self) {
+            self.1.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Runs the fake plan on `lanes` lanes; `fail` makes that example's pass fail (an error,
+    /// or a panic for example 7). Returns the examples handed on, in order, the prompt caches
+    /// made, and the run's result.
+    fn run_fake_plan(lanes: usize, fail: Option<usize>) -> (Vec<usize>, usize, Result<()>) {
+        let (whole, shared) = fake_plan();
+        let alive = AtomicUsize::new(0);
+        let made = AtomicUsize::new(0);
+        let mut seen = Vec::new();
+        let result = run_plan(
+            &whole,
+            &shared,
+            lanes,
+            |prompt| {
+                made.fetch_add(1, Ordering::SeqCst);
+                alive.fetch_add(1, Ordering::SeqCst);
+                Ok(CountedCache(prompt.prompt[0], &alive))
+            },
+            |job| {
+                let first = job.batch()[0];
+                std::thread::sleep(std::time::Duration::from_millis(2 * (10 - first as u64)));
+                if let Job::AfterPrompt { prompt, cache, .. } = job {
+                    assert_eq!(cache.0 as usize, prompt, "the job's cache is its prompt's");
+                }
+                match fail {
+                    Some(7) if first == 7 => panic!("example 7"),
+                    Some(failing) if first == failing => Err(crate::Error::Model("no".into())),
+                    _ => Ok(job.batch().to_vec()),
+                }
+            },
+            |pass, output| {
+                assert_eq!(pass.batch(), output.as_slice(), "outputs in plan order");
+                seen.extend(output);
+                Ok(())
+            },
+        );
+        assert_eq!(alive.load(Ordering::SeqCst), 0, "every cache is dropped");
+        (seen, made.load(Ordering::SeqCst), result)
+    }
+
+    #[test]
+    fn run_plan_hands_on_in_plan_order_and_stops_at_the_first_error() {
+        let everything: Vec<usize> = (0..10).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for lanes in [1, 2, 3, 5] {
+            // From outside rayon's pool (a binary's main thread) and from one of its threads.
+            let outside = run_fake_plan(lanes, None);
+            let inside = pool.install(|| run_fake_plan(lanes, None));
+            for (seen, made, result) in [outside, inside] {
+                result.unwrap();
+                assert_eq!(seen, everything, "{lanes} lanes");
+                assert_eq!(made, 3, "each prompt's cache is made once");
+            }
+            // An error at example 5 (prompt 0's second pass): the passes before it are handed
+            // on, nothing after it, and the error is returned.
+            let (seen, _, result) = pool.install(|| run_fake_plan(lanes, Some(5)));
+            assert_eq!(seen, (0..5).collect::<Vec<_>>());
+            assert!(result.unwrap_err().to_string().contains("no"));
+            // A panicking pass is an error too, and the run does not hang waiting for it.
+            let (seen, _, result) = run_fake_plan(lanes, Some(7));
+            assert_eq!(seen, (0..7).collect::<Vec<_>>());
+            assert!(result.unwrap_err().to_string().contains("example 7"));
         }
     }
 
