@@ -438,12 +438,11 @@ struct PlanState<C, O> {
     stopped: bool,
 }
 
-/// A pass a lane has taken, with what it needs before its forward.
-enum Taken<C> {
-    Whole(usize),
-    /// Compute the prompt's cache first.
-    FirstOfPrompt(usize),
-    AfterPrompt(usize, Arc<C>),
+/// A pass a lane has taken: its index, and its prompt's cache when an after-prompt pass finds
+/// it ready (`None` for a whole pass, or for a prompt's first pass, which computes it).
+struct Taken<C> {
+    index: usize,
+    cache: Option<Arc<C>>,
 }
 
 /// One [`run_plan`] run.
@@ -488,31 +487,27 @@ where
             return None;
         }
         let index = state.next;
-        let taken = match self.passes[index] {
-            Pass::Whole(_) => Taken::Whole(index),
+        let cache = match self.passes[index] {
+            Pass::Whole(_) => None,
             Pass::AfterPrompt { prompt, .. } => match &state.caches[prompt] {
                 CacheSlot::NotYet => {
                     state.caches[prompt] = CacheSlot::Computing;
-                    Taken::FirstOfPrompt(index)
+                    None
                 }
                 CacheSlot::Computing => return None,
-                CacheSlot::Ready(cache) => Taken::AfterPrompt(index, Arc::clone(cache)),
+                CacheSlot::Ready(cache) => Some(Arc::clone(cache)),
                 // Passes are taken in order, so a dropped prompt has no pass left.
                 CacheSlot::Dropped => return None,
             },
         };
         state.next += 1;
-        Some(taken)
+        Some(Taken { index, cache })
     }
 
     /// Runs a taken pass and records its output; a panic in it becomes its error, so the
     /// handing-on thread, which may be waiting for this output, always gets one.
     fn run(&self, taken: Taken<C>) -> Result<()> {
-        let index = match taken {
-            Taken::Whole(index) | Taken::FirstOfPrompt(index) | Taken::AfterPrompt(index, _) => {
-                index
-            }
-        };
+        let index = taken.index;
         let output =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_pass(taken)))
                 .unwrap_or_else(|panic| {
@@ -540,31 +535,26 @@ where
     }
 
     /// A taken pass's forward, after computing its prompt's cache if it is the prompt's first.
-    fn run_pass(&self, taken: Taken<C>) -> Result<O> {
-        match taken {
-            Taken::Whole(index) => (self.forward)(Job::Whole(self.passes[index].batch())),
-            Taken::FirstOfPrompt(index) => {
-                let Pass::AfterPrompt { prompt, .. } = self.passes[index] else {
-                    return Err(crate::Error::Model("a whole pass has no prompt".into()));
+    fn run_pass(&self, Taken { index, cache }: Taken<C>) -> Result<O> {
+        match self.passes[index] {
+            Pass::Whole(batch) => (self.forward)(Job::Whole(batch)),
+            Pass::AfterPrompt { prompt, batch } => {
+                let cache = match cache {
+                    Some(cache) => cache,
+                    None => {
+                        let cache = Arc::new((self.prompt_cache)(&self.shared[prompt])?);
+                        self.lock()?.caches[prompt] = CacheSlot::Ready(Arc::clone(&cache));
+                        self.changed.notify_all();
+                        cache
+                    }
                 };
-                let cache = Arc::new((self.prompt_cache)(&self.shared[prompt])?);
-                self.lock()?.caches[prompt] = CacheSlot::Ready(Arc::clone(&cache));
-                self.changed.notify_all();
-                self.forward_after(index, &cache)
+                (self.forward)(Job::AfterPrompt {
+                    prompt,
+                    batch,
+                    cache: &cache,
+                })
             }
-            Taken::AfterPrompt(index, cache) => self.forward_after(index, &cache),
         }
-    }
-
-    fn forward_after(&self, index: usize, cache: &C) -> Result<O> {
-        let Pass::AfterPrompt { prompt, batch } = self.passes[index] else {
-            return Err(crate::Error::Model("a whole pass has no prompt".into()));
-        };
-        (self.forward)(Job::AfterPrompt {
-            prompt,
-            batch,
-            cache,
-        })
     }
 
     /// A lane beside the handing-on thread: runs passes until none may be taken, then ends.
