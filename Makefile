@@ -35,6 +35,8 @@ STEPS ?= 36
 LR ?= 1e-3
 CENTER ?= 0
 NEGATIVE_GOALS ?= anywhere
+RM_TRAIN_LAYERS ?= $(TRAIN_LAYERS)
+CROSS_PAIRS ?= 0
 EMBED_LIMIT ?= 96
 PAIRS_FLAGS = --max-questions $(MAX_QUESTIONS) --holdout-samples $(HOLDOUT_SAMPLES) --max-per-question $(PER_QUESTION)
 W := .cache/gsm8k
@@ -42,22 +44,22 @@ D := reports/gsm8k
 # No first error is known in real data: the calibrated table has no localisation columns.
 CALIBRATED_FLAGS :=
 else
-# ---- the demo's sizes (stages took 81 minutes with the frozen trunk already cached, on a 2-core
-# CPU shared with other jobs; computing the trunk of 1,016 responses adds ~25-40 minutes;
-# reports/demo states them). 600 questions, not 300: with 364 training pairs the eval BT loss rose
-# after step 80 (memorising); with 730 it kept falling and the held-out pooled AUROC rose from
-# 0.61 to 0.68 (bt, synth-id; reports/learning/recipe.md):
+# ---- the demo's sizes (reports/demo states what its stages took). With restated lines and 6
+# trained layers, 300 questions and 120 steps reach an eval pooled AUROC of 0.87 in training (0.95 at 160)
+# (reports/learning/2026-12-03-restate.md); the 600 questions and 240 steps the 2-layer recipe
+# needed (reports/learning/recipe.md) would double the time.
 # QUESTIONS in-distribution questions, HOLDOUT of them held out, the rest paired for training;
 # OOD_QUESTIONS out-of-distribution questions, all held out.
-QUESTIONS ?= 600
+QUESTIONS ?= 300
 OOD_QUESTIONS ?= 30
 SAMPLES ?= 8
 # Mistakes found by comparing spans, mid-solution (a number copied wrongly from the question, a
-# result carried wrongly), with a question's samples sharing one phrasing: reports/learning
-# measures why (SmolLM2-135M learns neither realistic slips nor per-sample phrasings from a
-# laptop-sized run).
+# result carried wrongly), with a question's samples sharing one phrasing and every line quoting
+# the question's sentence for its step (`restate`): reports/learning measures why (SmolLM2-135M
+# learns neither realistic slips nor per-sample phrasings from a laptop-sized run, and notices a
+# miscopied number itself only where it stands in the question's words).
 MISTAKES ?= span
-PHRASING ?= question
+PHRASING ?= restate
 HOLDOUT ?= 0.15
 # Many questions, few pairs each: with 8 pairs a question from 54 training questions the RMs
 # memorised the questions (eval accuracy fell below 0.5 as the training loss fell).
@@ -67,10 +69,15 @@ MICRO_BATCH ?= 8
 MICRO_FLAGS = --micro-batch $(MICRO_BATCH)
 # reports/learning/recipe.md: the runs that chose these (steps, reward centering, where the
 # contrastive loss draws its negative goals), with what failed.
-STEPS ?= 240
+STEPS ?= 120
 LR ?= 1e-3
 CENTER ?= 0
 NEGATIVE_GOALS ?= after-divergence
+# The demo's RMs train the top 6 layers (from layer 24, whose states carry the mistake; a
+# linear probe on the last token's state does not see it) with cross-question pairs, so rewards
+# rank across questions: reports/learning/2026-12-03-restate.md.
+RM_TRAIN_LAYERS ?= 6
+CROSS_PAIRS ?= 1
 EMBED_LIMIT ?= 64
 # Every correct × incorrect combination (up to PER_QUESTION a question): more pairs from the
 # same responses, and the frozen trunk is computed once per distinct response.
@@ -125,8 +132,9 @@ $(W)/held.parquet: $(W)/held-id.parquet $(W)/ood.parquet
 	$(call timed,held,$(BIN)/qrm-cat $(W)/held-id.parquet $(W)/ood.parquet -o $@)
 endif
 
-TRAIN_FLAGS = --model $(MODEL) --train-layers $(TRAIN_LAYERS) --batch-size $(BATCH) $(MICRO_FLAGS) \
-	--max-steps $(STEPS) --lr $(LR) --center-rewards $(CENTER) --seed $(SEED) --cache $(W)/trunk --eval-every 10
+TRAIN_FLAGS = --model $(MODEL) --train-layers $(RM_TRAIN_LAYERS) --batch-size $(BATCH) $(MICRO_FLAGS) \
+	--max-steps $(STEPS) --lr $(LR) --center-rewards $(CENTER) --cross-pairs $(CROSS_PAIRS) --seed $(SEED) \
+	--cache $(W)/trunk --eval-every 10
 
 $(W)/bt/config.json: $(W)/pairs.parquet $(MODEL)
 	$(call timed,train-bt,$(BIN)/qrm-train $< --objective bt $(TRAIN_FLAGS) --log $(W)/train-bt.jsonl -o $(W)/bt)
@@ -219,8 +227,8 @@ endif
 
 $(D)/README.md: $(DEMO_PARTS) scripts/demo-report.sh
 	TASK=$(TASK) QUESTIONS=$(QUESTIONS) OOD_QUESTIONS=$(OOD_QUESTIONS) SAMPLES=$(SAMPLES) MISTAKES=$(MISTAKES) PHRASING=$(PHRASING) HOLDOUT=$(HOLDOUT) \
-	STEPS=$(STEPS) BATCH=$(BATCH) MICRO_BATCH=$(MICRO_BATCH) MICRO_BATCH_TOKENS=$(MICRO_BATCH_TOKENS) LR=$(LR) TRAIN_LAYERS=$(TRAIN_LAYERS) SEED=$(SEED) MODEL=$(MODEL) \
-	CENTER=$(CENTER) NEGATIVE_GOALS=$(NEGATIVE_GOALS) EMBED_LIMIT=$(EMBED_LIMIT) ZEROEVAL=$(ZEROEVAL) MAX_QUESTIONS=$(MAX_QUESTIONS) \
+	STEPS=$(STEPS) BATCH=$(BATCH) MICRO_BATCH=$(MICRO_BATCH) MICRO_BATCH_TOKENS=$(MICRO_BATCH_TOKENS) LR=$(LR) TRAIN_LAYERS=$(RM_TRAIN_LAYERS) SEED=$(SEED) MODEL=$(MODEL) \
+	CENTER=$(CENTER) CROSS_PAIRS=$(CROSS_PAIRS) NEGATIVE_GOALS=$(NEGATIVE_GOALS) EMBED_LIMIT=$(EMBED_LIMIT) ZEROEVAL=$(ZEROEVAL) MAX_QUESTIONS=$(MAX_QUESTIONS) \
 	HOLDOUT_SAMPLES=$(HOLDOUT_SAMPLES) PER_QUESTION=$(PER_QUESTION) \
 	bash scripts/demo-report.sh $(W) $(D) > $@.tmp && mv $@.tmp $@
 

@@ -49,7 +49,9 @@ The \`answer\` and \`obvious\` kinds were measured earlier with per-sample phras
 questions and 80 steps, both objectives: [2026-11-27-answer-obvious.md](2026-11-27-answer-obvious.md)
 (\`answer\` 99/99 eval pairs for both, \`obvious\` 57/99 and 54/99). The demo's training recipe (steps,
 where the contrastive loss draws its negative goals, reward centering: what was tried and what
-failed) is in [recipe.md](recipe.md).
+failed) is in [recipe.md](recipe.md); where the \`copy\` and \`carry\` mistakes sit in the model, and
+the phrasing (\`--phrasing restate\`), depth and cross-question pairs that let the demo's RMs rank
+across questions, in [2026-12-03-restate.md](2026-12-03-restate.md).
 
 | mistakes | run | train pairs | eval pairs | eval accuracy | 95 % CI | p vs 0.5 | eval BT loss | train tokens/s (median) |
 |---|---|---|---|---|---|---|---|---|

@@ -1,7 +1,9 @@
 """How much does the base language model notice a synthetic mistake as it reads it?
 
-Scores each response by its smallest token log-probability under the plain LM (no reward head)
-and prints the AUROC of that score for correct vs wrong responses, per benchmark. A high AUROC
+Scores each response by its smallest token log-probability under the plain LM (no reward head),
+and by its smallest log-probability among tokens with a digit (where every synthetic mistake
+sits), and prints the pooled AUROC of each score for correct vs wrong responses, per benchmark
+(every correct response ranked against every wrong one, across questions). A high AUROC
 means the base model's states carry the mistake, so a reward model built on it can learn to see
 it from little data; near 0.5 means it cannot. Used to size the demo (`qrm-synth --mistakes`).
 
@@ -42,14 +44,17 @@ def main():
         if len(by_benchmark[row["benchmark"]]) < args.limit:
             by_benchmark[row["benchmark"]].append(row)
     for benchmark, members in sorted(by_benchmark.items()):
-        labels, scores = [], []
+        labels, scores, digit_scores = [], [], []
         for row in members:
             messages = [{"role": "user", "content": row["question"]}]
             prompt = tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True
             )
             prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            response_ids = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+            encoded = tokenizer(
+                row["response"], add_special_tokens=False, return_offsets_mapping=True
+            )
+            response_ids = encoded["input_ids"]
             ids = torch.tensor([prompt_ids + response_ids])
             with torch.no_grad():
                 log_probs = model(ids).logits[0].log_softmax(-1)
@@ -57,9 +62,16 @@ def main():
             token_log_probs = log_probs[start - 1 : -1].gather(1, ids[0, start:, None])[:, 0]
             labels.append(int(row["is_correct"]))
             scores.append(token_log_probs.min().item())
+            digits = [
+                index
+                for index, (begin, end) in enumerate(encoded["offset_mapping"])
+                if any(c.isdigit() for c in row["response"][begin:end])
+            ]
+            digit_scores.append(token_log_probs[digits].min().item())
         print(
             f"{benchmark}: {len(labels)} responses ({sum(labels)} correct), "
-            f"AUROC of the min token log-prob {roc_auc_score(labels, scores):.3f}"
+            f"AUROC of the min token log-prob {roc_auc_score(labels, scores):.3f}, "
+            f"of the min digit-token log-prob {roc_auc_score(labels, digit_scores):.3f}"
         )
 
 

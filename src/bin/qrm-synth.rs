@@ -44,7 +44,9 @@ struct Args {
 
     /// `sample`: every sample phrases its lines its own way; `question`: a question's samples
     /// share one phrasing, so right and wrong samples differ only from the mistake on (minimal
-    /// pairs for training).
+    /// pairs for training); `restate`: as `question`, and each line first quotes the question's
+    /// sentence for its step with the numbers the solution uses ("He gets another 6 marbles, so
+    /// he has 14 + 6 = 20 marbles."), where a miscopied number stands in the question's words.
     #[arg(long, value_enum, default_value_t = Phrasing::Sample)]
     phrasing: Phrasing,
 

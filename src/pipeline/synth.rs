@@ -140,6 +140,13 @@ pub enum Phrasing {
     /// in its numbers (from the mistake on): minimal pairs, which teach a reward model where
     /// the mistake is rather than which phrasing came with it.
     Question,
+    /// As `question`, and every line first restates the question's sentence for its step, with
+    /// the numbers the solution uses, before computing ("He gets another 6 marbles, so he has
+    /// 14 + 6 = 20 marbles."), as solvers that quote the question do. A number copied wrongly
+    /// then stands in the question's own words, where a language model's copying expects the
+    /// question's number: the one phrasing in which SmolLM2-135M itself notices a `copy`
+    /// mistake (reports/learning).
+    Restate,
 }
 
 impl Default for SynthConfig {
@@ -393,6 +400,9 @@ struct Problem {
     start: i64,
     operations: Vec<Operation>,
     question: String,
+    /// The question's statements without what it asks: the start value's, then one per
+    /// operation ([`Phrasing::Restate`] quotes them).
+    statements: Vec<String>,
 }
 
 impl Problem {
@@ -497,8 +507,9 @@ impl Problem {
             start,
             operations,
             question: String::new(),
+            statements: Vec::new(),
         };
-        problem.question = problem.question_text(rng);
+        (problem.question, problem.statements) = problem.question_text(rng);
         problem
     }
 
@@ -535,7 +546,8 @@ impl Problem {
         }
     }
 
-    fn question_text(&self, rng: &mut ChaCha8Rng) -> String {
+    /// The question, and its statements (see [`Problem::statements`]).
+    fn question_text(&self, rng: &mut ChaCha8Rng) -> (String, Vec<String>) {
         let (item, items, container, containers) = self.item;
         let subject = self.subject;
         let subject_cap = capitalize(subject);
@@ -552,7 +564,7 @@ impl Problem {
             (true, 1) => format!("{subject_cap} begins the month with {start} {items}."),
             (true, _) => format!("At the start of the week, {subject} holds {start} {items}."),
         });
-        let mut asked = false;
+        let mut asked = None;
         for (position, operation) in self.operations.iter().enumerate() {
             let [a, b] = operation.numbers;
             let verb = operation.verb.0;
@@ -574,18 +586,15 @@ impl Problem {
                         "{connector}, its number of {items} grows to {a} times what it was."
                     ),
                     (Kind::Share, _) => {
-                        asked = true;
+                        asked = Some(format!("How many {items} go in each {container}?"));
                         format!(
                             "{connector}, all the {items} are packed equally into {a} \
-                             {containers}. How many {items} go in each {container}?"
+                             {containers}."
                         )
                     }
                     (Kind::Price, _) => {
-                        asked = true;
-                        format!(
-                            "{connector}, it sells every {item} for {a} dollars. \
-                             How many dollars does it earn?"
-                        )
+                        asked = Some("How many dollars does it earn?".to_owned());
+                        format!("{connector}, it sells every {item} for {a} dollars.")
                     }
                 }
             } else {
@@ -611,24 +620,21 @@ impl Problem {
                         format!("{then}the number of {items} {pronoun} has {grows}.")
                     }
                     (Kind::Share, _) => {
-                        asked = true;
-                        format!(
-                            "{then}{who} puts all the {items} equally into {a} {containers}. \
-                             How many {items} are in each {container}?"
-                        )
+                        asked = Some(format!("How many {items} are in each {container}?"));
+                        format!("{then}{who} puts all the {items} equally into {a} {containers}.")
                     }
                     (Kind::Price, _) => {
-                        asked = true;
-                        format!(
-                            "{then}{who} sells all of them for {a} dollars each. \
-                             How many dollars does {pronoun} get?"
-                        )
+                        asked = Some(format!("How many dollars does {pronoun} get?"));
+                        format!("{then}{who} sells all of them for {a} dollars each.")
                     }
                 }
             };
             sentences.push(capitalize(&sentence));
         }
-        if !asked {
+        let statements = sentences.clone();
+        if let Some(asked) = asked {
+            sentences.push(asked);
+        } else {
             sentences.push(match (ood, rng.random_range(0..3)) {
                 (false, 0) => format!("How many {items} does {subject} have now?"),
                 (false, 1) => format!("How many {items} does {subject} have in the end?"),
@@ -638,7 +644,7 @@ impl Problem {
                 (true, _) => format!("How many {items} are at {subject} in the end?"),
             });
         }
-        sentences.join(" ")
+        (sentences.join(" "), statements)
     }
 }
 
@@ -1098,7 +1104,15 @@ struct Line {
     facts: Vec<Fact>,
 }
 
-fn render(problem: &Problem, solution: &Solution, rng: &mut ChaCha8Rng) -> Vec<Line> {
+fn render(
+    problem: &Problem,
+    solution: &Solution,
+    phrasing: Phrasing,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Line> {
+    if phrasing == Phrasing::Restate {
+        return render_restated(problem, solution);
+    }
     let (_, items, container, containers) = problem.item;
     let ood = problem.setting == Setting::OutOfDistribution;
     let subject = problem.subject;
@@ -1254,6 +1268,95 @@ fn render(problem: &Problem, solution: &Solution, rng: &mut ChaCha8Rng) -> Vec<L
     lines
 }
 
+/// [`Phrasing::Restate`]: the start statement, then per step the question's statement with the
+/// solution's operands and the computation, then the answer.
+fn render_restated(problem: &Problem, solution: &Solution) -> Vec<Line> {
+    let (_, items, container, _) = problem.item;
+    let pronoun = problem.pronoun;
+    // A statement as the solver quotes it: its numbers, in order, replaced by `numbers`; the
+    // final full stop dropped when the line goes on.
+    let quote = |index: usize, numbers: &[i64], goes_on: bool| {
+        let statement = problem.statements.get(index).map_or("", String::as_str);
+        let text = with_numbers(statement, numbers);
+        match (goes_on, text.strip_suffix('.')) {
+            (true, Some(stem)) => stem.to_owned(),
+            _ => text,
+        }
+    };
+    let mut lines = Vec::with_capacity(solution.steps.len() + 2);
+    lines.push(Line {
+        text: quote(0, &[solution.start], false),
+        facts: vec![Fact::Start(solution.start)],
+    });
+    for step in &solution.steps {
+        let operation = &problem.operations[step.operation];
+        let first = step.computations[0];
+        let (x, a, y) = (first.left, first.right, first.result);
+        let sign = first.sign.symbol();
+        let line = match (operation.kind, step.computations.get(1)) {
+            (Kind::GainGroups | Kind::LoseGroups, Some(&second)) => {
+                let stem = quote(step.operation + 1, &[x, a], true);
+                let (left, sign, result) = (second.left, second.sign.symbol(), second.result);
+                Line {
+                    text: format!(
+                        "{stem}, that is {x} * {a} = {y} {items}, so {pronoun} has \
+                         {left} {sign} {y} = {result} {items}."
+                    ),
+                    facts: vec![Fact::Computation(first), Fact::Computation(second)],
+                }
+            }
+            (kind, _) => {
+                let operands: &[i64] = match kind {
+                    Kind::GainGroups | Kind::LoseGroups => &[x, a],
+                    _ => &[a],
+                };
+                let stem = quote(step.operation + 1, operands, true);
+                let text = match kind {
+                    Kind::Share => {
+                        format!("{stem}, so each {container} gets {x} {sign} {a} = {y} {items}.")
+                    }
+                    Kind::Price => {
+                        format!("{stem}, so {pronoun} gets {x} {sign} {a} = {y} dollars.")
+                    }
+                    _ => format!("{stem}, so {pronoun} has {x} {sign} {a} = {y} {items}."),
+                };
+                Line {
+                    text,
+                    facts: vec![Fact::Computation(first)],
+                }
+            }
+        };
+        lines.push(line);
+    }
+    lines.push(Line {
+        text: format!("The answer is {}.", solution.answer),
+        facts: vec![Fact::Answer(solution.answer)],
+    });
+    lines
+}
+
+/// `text` with its runs of digits replaced, in order, by `numbers` (runs past the end of
+/// `numbers` are kept): "gets 3 boxes of 12" with `[4, 12]` → "gets 4 boxes of 12".
+fn with_numbers(text: &str, numbers: &[i64]) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    let mut numbers = numbers.iter();
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        out.push_str(&rest[..start]);
+        let digits = &rest[start..];
+        let end = digits
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(digits.len());
+        match numbers.next() {
+            Some(number) => out.push_str(&number.to_string()),
+            None => out.push_str(&digits[..end]),
+        }
+        rest = &digits[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Index of the first line stating a value that differs from `reference` (or a computation
 /// whose arithmetic is wrong), if any.
 fn first_wrong_line(lines: &[Line], reference: &Solution) -> Option<usize> {
@@ -1302,7 +1405,7 @@ fn phrasing_stream(
 ) -> ChaCha8Rng {
     match config.phrasing {
         Phrasing::Sample => rng,
-        Phrasing::Question => stream(config, setting, index, PHRASING_STREAM),
+        Phrasing::Question | Phrasing::Restate => stream(config, setting, index, PHRASING_STREAM),
     }
 }
 
@@ -1331,6 +1434,7 @@ fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Ge
                 &problem,
                 reference.as_ref(),
                 None,
+                config.phrasing,
                 &mut phrasing,
             ));
             continue;
@@ -1348,6 +1452,7 @@ fn question_rows(config: &SynthConfig, setting: Setting, index: usize) -> Vec<Ge
             &problem,
             Some(reference),
             solution,
+            config.phrasing,
             &mut phrasing,
         ));
     }
@@ -1364,11 +1469,12 @@ fn render_row(
     problem: &Problem,
     reference: Option<&Solution>,
     wrong: Option<Solution>,
+    phrasing: Phrasing,
     rng: &mut ChaCha8Rng,
 ) -> Generation {
     let solution = wrong.as_ref().or(reference);
     let lines = solution
-        .map(|solution| render(problem, solution, rng))
+        .map(|solution| render(problem, solution, phrasing, rng))
         .unwrap_or_default();
     let first_error_line = match (reference, &wrong) {
         (Some(reference), Some(_)) => first_wrong_line(&lines, reference),
@@ -1663,7 +1769,7 @@ mod tests {
                 .all(|(a, b)| (a.left, a.right, a.result) == (b.left, b.right, b.result));
             assert!(same_work && wrong.computations().count() == reference.computations().count());
             // The first wrong line is the answer line, the last one.
-            let lines = render(&problem, &wrong, &mut rng);
+            let lines = render(&problem, &wrong, Phrasing::Sample, &mut rng);
             assert_eq!(first_wrong_line(&lines, &reference), Some(lines.len() - 1));
         }
         assert!(drawn > 150, "{drawn} of 200 problems got an answer mistake");
@@ -1717,7 +1823,7 @@ mod tests {
                     other => panic!("{mistakes:?} drew {other:?}"),
                 }
                 // Mid-solution: the first wrong line is a computation, never the answer line.
-                let lines = render(&problem, &wrong, &mut rng);
+                let lines = render(&problem, &wrong, Phrasing::Sample, &mut rng);
                 let line = first_wrong_line(&lines, &reference).unwrap();
                 assert!(line < lines.len() - 1, "{mistake:?}");
             }
@@ -1785,6 +1891,90 @@ mod tests {
     }
 
     #[test]
+    fn restated_lines_quote_the_question_and_a_copy_changes_one_number_in_the_quote() {
+        let rows = generate(&SynthConfig {
+            phrasing: Phrasing::Restate,
+            mistakes: Mistakes::Copy,
+            ..config(Split::Both, 40, 8)
+        })
+        .unwrap();
+        let numbers = |text: &str| -> Vec<String> {
+            text.split(|c: char| !c.is_ascii_digit())
+                .filter(|run| !run.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let (mut quoted, mut copies) = (0, 0);
+        for samples in by_question(&rows).values() {
+            let question = &samples[0].question;
+            for row in samples {
+                let lines: Vec<&str> = row.response.lines().collect();
+                // Every line but the answer quotes one of the question's statements, in order:
+                // the words agree, and a right sample's numbers too.
+                let mut rest = question.as_str();
+                let mut changed = Vec::new();
+                for line in &lines[..lines.len() - 1] {
+                    let stem = line
+                        .split(", ")
+                        .take_while(|part| {
+                            !part.starts_with("so ") && !part.starts_with("that is ")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let stem = stem.trim_end_matches('.');
+                    let (index, statement) = rest
+                        .split_inclusive(". ")
+                        .enumerate()
+                        .find(|(_, sentence)| {
+                            let words = |t: &str| -> String {
+                                t.split(|c: char| c.is_ascii_digit()).collect()
+                            };
+                            words(sentence.trim_end().trim_end_matches('.')) == words(stem)
+                        })
+                        .unwrap_or_else(|| panic!("{stem:?} not in {rest:?}"));
+                    let statement = statement.trim_end().trim_end_matches('.');
+                    for (said, stated) in numbers(stem).iter().zip(numbers(statement)) {
+                        if *said != stated {
+                            changed.push(said.clone());
+                        }
+                    }
+                    let skip: usize = rest
+                        .split_inclusive(". ")
+                        .take(index + 1)
+                        .map(str::len)
+                        .sum();
+                    rest = &rest[skip..];
+                    quoted += 1;
+                }
+                if row.is_correct {
+                    assert!(changed.is_empty(), "{}", row.response);
+                } else if !changed.is_empty() {
+                    // A copy mistake: one quoted number differs, and it is none of the
+                    // question's numbers.
+                    assert_eq!(changed.len(), 1, "{}", row.response);
+                    assert!(!numbers(question).contains(&changed[0]), "{}", row.response);
+                    copies += 1;
+                }
+            }
+        }
+        assert!(quoted > 500 && copies > 60, "{quoted} {copies}");
+    }
+
+    #[test]
+    fn with_numbers_replaces_digit_runs_in_order() {
+        assert_eq!(
+            with_numbers("gets 3 boxes of 12 pens.", &[4, 12]),
+            "gets 4 boxes of 12 pens."
+        );
+        assert_eq!(
+            with_numbers("gets 3 boxes of 12 pens.", &[7]),
+            "gets 7 boxes of 12 pens."
+        );
+        assert_eq!(with_numbers("doubles.", &[2]), "doubles.");
+        assert_eq!(with_numbers("105", &[98]), "98");
+    }
+
+    #[test]
     fn hand_worked_problem_renders_its_error_line() {
         // 12 apples, gain 5, lose 4 => 12 + 5 = 17, 17 - 4 = 13. Misread 5 as 6:
         // 12 + 6 = 18 (first wrong line), 18 - 4 = 14.
@@ -1807,6 +1997,7 @@ mod tests {
                 },
             ],
             question: String::new(),
+            statements: Vec::new(),
         };
         let reference = solve(&problem, None).unwrap();
         assert_eq!(reference.answer, 13);
@@ -1818,7 +2009,7 @@ mod tests {
         let results: Vec<i64> = wrong.computations().map(|c| c.result).collect();
         assert_eq!(results, [18, 14]);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let lines = render(&problem, &wrong, &mut rng);
+        let lines = render(&problem, &wrong, Phrasing::Sample, &mut rng);
         let first = first_wrong_line(&lines, &reference).unwrap();
         assert!(
             lines[first].text.contains("12 + 6 = 18"),

@@ -331,6 +331,20 @@ pub fn partial_output(output: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Without `--resume`, an `output.partial` left by an interrupted or failed run is a usage
+/// error that says how to clear it.
+fn check_no_leftover_run(output: &Path, resume: bool) -> Result<()> {
+    let partial = partial_output(output);
+    if !resume && partial.exists() {
+        return Err(Error::Usage(format!(
+            "{} holds an interrupted or failed training run: pass --resume to continue it, \
+             or delete it to start over",
+            partial.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Chooses the directory a run works in, so that `output` only ever holds a complete checkpoint:
 /// `output.partial` (an interrupted run continues there under `--resume`; without it, its
 /// presence is an error that says how to clear it), or, for `--resume` of a completed run,
@@ -338,13 +352,7 @@ pub fn partial_output(output: &Path) -> PathBuf {
 fn working_directory(output: &Path, resume: bool) -> Result<PathBuf> {
     let partial = partial_output(output);
     if partial.exists() {
-        if !resume {
-            return Err(Error::Usage(format!(
-                "{} holds an interrupted or failed training run: pass --resume to continue it, \
-                 or delete it to start over",
-                partial.display()
-            )));
-        }
+        check_no_leftover_run(output, resume)?;
         return Ok(partial);
     }
     if resume && state_directory(output).is_dir() {
@@ -695,6 +703,8 @@ fn load_top_layers(request: &FitRequest, device: &Device) -> Result<TopLayers> {
 pub fn fit(request: &FitRequest) -> Result<TrainSummary> {
     let config = &request.config;
     let device = request.device.device()?;
+    // Before minutes of tokenising and trunk computation, not after.
+    check_no_leftover_run(&request.output, request.resume)?;
 
     // 1. The pairs, split into train and eval by question.
     let pairs = RunPairs::read(request)?;

@@ -397,6 +397,17 @@ fn an_interrupted_run_leaves_no_checkpoint_and_resumes_only_the_same_work() {
         .stderr(predicates::str::contains(
             "pass --resume to continue it, or delete it",
         ));
+    // It says so before any work (reading and tokenising the pairs, computing the trunk): even
+    // with pairs it could not read, the partial run is the error.
+    let mut early = qrm_train();
+    early.arg(root.path().join("missing.jsonl"));
+    small_run(&mut early, &model, &cache);
+    early
+        .args(["--max-steps", "2", "-o"])
+        .arg(&output)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("pass --resume to continue it"));
 
     // --resume with other pairs is refused, naming what changed.
     let other_pairs = root.path().join("other.jsonl");
