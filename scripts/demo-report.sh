@@ -65,7 +65,7 @@ a wrong final answer. Both sit mid-solution and are found by comparing two spans
 redoing arithmetic, which SmolLM2-135M cannot do; with \`--phrasing question\` or \`restate\` a
 question's samples share one phrasing, so a training pair differs only from the mistake on, and
 with \`restate\` every line first quotes the question's sentence for its step with the numbers
-the solution uses (\"He gets another 6 marbles, so he has 14 + 6 = 20 marbles.\"), as solvers
+the solution uses ("He gets another 6 marbles, so he has 14 + 6 = 20 marbles."), as solvers
 that quote the question do. A miscopied number then stands in the question's own words, where
 the base model's copying expects the question's number: its surprise at digit tokens ranks
 wrong below right responses with a pooled AUROC of about 0.85 (0.62 with \`question\`), and a
