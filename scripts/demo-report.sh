@@ -68,7 +68,7 @@ with \`restate\` every line first quotes the question's sentence for its step wi
 the solution uses ("He gets another 6 marbles, so he has 14 + 6 = 20 marbles."), as solvers
 that quote the question do. A miscopied number then stands in the question's own words, where
 the base model's copying expects the question's number: its surprise at digit tokens ranks
-wrong below right responses with a pooled AUROC of about 0.85 (0.62 with \`question\`), and a
+wrong below right responses with a pooled AUROC of 0.84–0.87 (0.59–0.64 with \`question\`), and a
 linear probe on its layer-18 to layer-27 states averaged over the response reaches 0.88–0.96 on
 other questions, against at most 0.71 from the last token's state, which is all a reward head
 reads; so the RMs train the top ${TRAIN_LAYERS} layers, from layer 24 up, and add cross-question
