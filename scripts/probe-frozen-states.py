@@ -16,18 +16,14 @@ Needs torch, transformers, gguf and scikit-learn, and the default model installe
 scripts/install-model.sh. Tested with torch 2.15, transformers 5.24, gguf 0.19, sklearn 1.7.
 """
 import argparse
-import json
 import random
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-MODEL_DIR = ".cache/models"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TOKENIZER = "../shared/data/models/smollm2-135m-instruct"
+from probe_model import load_model, prompt_ids, read_generations
 
 
 def main():
@@ -37,12 +33,9 @@ def main():
     parser.add_argument("--layers", default="12,18,24,27,30", help="hidden-state layers (0 = embeddings)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(2)
     layers = [int(layer) for layer in args.layers.split(",")]
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
-    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, gguf_file=GGUF, dtype=torch.float32)
-    model.eval()
-    rows = [json.loads(line) for line in open(args.generations)]
+    tokenizer, model = load_model()
+    rows = read_generations(args.generations)
     questions = sorted({row["question_id"] for row in rows})
     random.Random(args.seed).shuffle(questions)
     questions = questions[: args.questions]
@@ -57,16 +50,14 @@ def main():
     mean = {layer: [] for layer in layers}
     labels, test = [], []
     for row in members:
-        messages = [{"role": "user", "content": row["question"]}]
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt = prompt_ids(tokenizer, row["question"])
         response_ids = tokenizer(row["response"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([prompt_ids + response_ids])
+        ids = torch.tensor([prompt + response_ids])
         with torch.no_grad():
             states = model(ids, output_hidden_states=True).hidden_states
         for layer in layers:
             last[layer].append(states[layer][0, -1].numpy())
-            mean[layer].append(states[layer][0, len(prompt_ids):].mean(0).numpy())
+            mean[layer].append(states[layer][0, len(prompt):].mean(0).numpy())
         labels.append(int(row["is_correct"]))
         test.append(row["question_id"] in test_questions)
     labels, test = np.array(labels), np.array(test)

@@ -14,17 +14,13 @@ Needs torch, transformers, gguf and scikit-learn, and the default model installe
 scripts/install-model.sh. Tested with torch 2.15, transformers 5.24, gguf 0.19, sklearn 1.7.
 """
 import argparse
-import json
 import random
 from collections import defaultdict
 
 import torch
 from sklearn.metrics import roc_auc_score
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-MODEL_DIR = ".cache/models"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TOKENIZER = "../shared/data/models/smollm2-135m-instruct"
+from probe_model import load_model, prompt_ids, read_generations
 
 
 def main():
@@ -33,11 +29,8 @@ def main():
     parser.add_argument("--limit", type=int, default=160, help="responses per benchmark")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
-    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, gguf_file=GGUF, dtype=torch.float32)
-    model.eval()
-    rows = [json.loads(line) for line in open(args.generations)]
+    tokenizer, model = load_model()
+    rows = read_generations(args.generations)
     random.Random(args.seed).shuffle(rows)
     by_benchmark = defaultdict(list)
     for row in rows:
@@ -46,19 +39,15 @@ def main():
     for benchmark, members in sorted(by_benchmark.items()):
         labels, scores, digit_scores = [], [], []
         for row in members:
-            messages = [{"role": "user", "content": row["question"]}]
-            prompt = tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            prompt = prompt_ids(tokenizer, row["question"])
             encoded = tokenizer(
                 row["response"], add_special_tokens=False, return_offsets_mapping=True
             )
             response_ids = encoded["input_ids"]
-            ids = torch.tensor([prompt_ids + response_ids])
+            ids = torch.tensor([prompt + response_ids])
             with torch.no_grad():
                 log_probs = model(ids).logits[0].log_softmax(-1)
-            start = len(prompt_ids)
+            start = len(prompt)
             token_log_probs = log_probs[start - 1 : -1].gather(1, ids[0, start:, None])[:, 0]
             labels.append(int(row["is_correct"]))
             scores.append(token_log_probs.min().item())
